@@ -1,0 +1,27 @@
+//! CNI: network configuration discovery and plugin invocation.
+
+mod config;
+
+pub use config::{NetworkConfigList, find_network_config};
+
+use std::path::PathBuf;
+
+/// What can go wrong with CNI.
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    /// No usable network configuration in the conf dir; `reason` says why (for NetworkReady).
+    #[error("no CNI network config in {dir}: {reason}")]
+    NoNetworkConfig { dir: PathBuf, reason: String },
+    /// A plugin binary named by the config is in none of the bin dirs.
+    #[error("CNI plugin {plugin:?} not found in {dirs:?}")]
+    PluginNotFound { plugin: String, dirs: Vec<PathBuf> },
+    /// A plugin ran and reported an error (CNI error object or a non-zero exit).
+    #[error("CNI plugin {plugin} {command} failed: {message}")]
+    Plugin {
+        plugin: String,
+        command: String,
+        message: String,
+    },
+    #[error("CNI I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
