@@ -1,0 +1,283 @@
+//! crustd's configuration: one TOML file, every key optional.
+//!
+//! `Config::default()` is what crustd runs with when no file is given, and
+//! `commented_default()` prints exactly that as TOML with a comment per key, so
+//! `crustd config default > /etc/crust/crust.toml` is a complete starting point.
+//! Unknown keys, bad values and bad TOML are refused with the file, line and key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The cgroup driver kubelet must be configured with to match crust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The CRI gRPC socket.
+    pub socket: PathBuf,
+    /// Persistent data: state store, content store, snapshots.
+    pub root_dir: PathBuf,
+    /// Runtime state that does not survive a reboot: pod namespaces, shim sockets.
+    pub state_dir: PathBuf,
+    /// The cgroup driver reported to kubelet and used for pod cgroups.
+    pub cgroup_driver: CgroupDriver,
+    /// How long a SIGTERM waits for in-flight calls before crustd exits anyway.
+    pub shutdown_timeout_secs: u64,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    pub log_level: String,
+    pub metrics: MetricsConfig,
+    pub sandbox: crust_sandbox::Config,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at all.
+    pub enabled: bool,
+    /// Address of the metrics HTTP endpoint (`GET /metrics`).
+    pub address: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from("/run/crust/crust.sock"),
+            root_dir: PathBuf::from("/var/lib/crust"),
+            state_dir: PathBuf::from("/run/crust"),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            shutdown_timeout_secs: 10,
+            log_level: "info".to_string(),
+            metrics: MetricsConfig::default(),
+            sandbox: crust_sandbox::Config::default(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 9801)),
+        }
+    }
+}
+
+/// A config file that crustd refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}:{line}: {key}{message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        /// "key `x`: " when the error can be pinned to a key, else empty.
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => locate(text, span.start),
+                None => (1, None),
+            };
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                key: key.map(|k| format!("key `{k}`: ")).unwrap_or_default(),
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+}
+
+/// The 1-based line of byte offset `at`, and the key assigned on that line, if any.
+fn locate(text: &str, at: usize) -> (usize, Option<String>) {
+    let at = at.min(text.len());
+    let line = text[..at].matches('\n').count() + 1;
+    let source_line = text.lines().nth(line - 1).unwrap_or("");
+    let key = source_line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('#') && !k.starts_with('['));
+    // Inside a table header the "key" is the table itself.
+    let key = key.or_else(|| {
+        let t = source_line.trim();
+        t.strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .map(|t| t.trim_matches(|c| c == '[' || c == ']').to_string())
+    });
+    (line, key)
+}
+
+/// The full default configuration as TOML, a comment above every key.
+pub fn commented_default() -> String {
+    let d = Config::default();
+    let q = |p: &Path| toml_str(&p.display().to_string());
+    format!(
+        r#"# crustd configuration. Every key is optional; shown here with its default.
+
+# The CRI gRPC socket kubelet and crictl connect to (mode 0660, owner root).
+socket = {socket}
+# Persistent data: the state store, content store and snapshots.
+root_dir = {root}
+# Runtime state that does not survive a reboot: pod namespaces, shim sockets.
+state_dir = {state}
+# cgroup driver reported to kubelet ("cgroupfs" or "systemd"); kubelet must match it.
+cgroup_driver = "{driver}"
+# Seconds a SIGTERM waits for in-flight calls before crustd exits anyway.
+shutdown_timeout_secs = {shutdown}
+# Log filter in tracing EnvFilter syntax ("info", "crust_cri=debug,info"); RUST_LOG overrides it.
+log_level = {log}
+
+[metrics]
+# Serve Prometheus metrics.
+enabled = {menabled}
+# Address of the metrics endpoint (GET /metrics).
+address = "{maddr}"
+
+[sandbox]
+{sandbox}"#,
+        socket = q(&d.socket),
+        root = q(&d.root_dir),
+        state = q(&d.state_dir),
+        driver = d.cgroup_driver.as_str(),
+        shutdown = d.shutdown_timeout_secs,
+        log = toml_str(&d.log_level),
+        menabled = d.metrics.enabled,
+        maddr = d.metrics.address,
+        sandbox = crust_sandbox::commented_default(),
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/crust/crust.toml"))
+    }
+
+    #[test]
+    fn commented_default_parses_to_default() {
+        let text = commented_default();
+        let parsed = parse(&text).expect("default config parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn commented_default_has_a_comment_above_every_key() {
+        let text = commented_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') || t.starts_with('[') {
+                continue;
+            }
+            assert!(t.contains('='), "unexpected line {t:?}");
+            assert!(
+                i > 0 && lines[i - 1].trim().starts_with('#'),
+                "key line {t:?} has no comment above it"
+            );
+        }
+    }
+
+    #[test]
+    fn commented_default_names_every_key() {
+        // Every top-level key and every key of a top-level section appears as
+        // a key line in the text (deeper tables are written inline).
+        let value = toml::Value::try_from(Config::default()).expect("serializes");
+        let mut keys = Vec::new();
+        for (k, v) in value.as_table().expect("table") {
+            match v {
+                toml::Value::Table(t) => keys.extend(t.keys().cloned()),
+                _ => keys.push(k.clone()),
+            }
+        }
+        let text = commented_default();
+        for k in keys {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{k} ="))),
+                "key {k} missing from the commented default"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse("").expect("empty parses"), Config::default());
+    }
+
+    #[test]
+    fn partial_file_overrides_only_its_keys() {
+        let c = parse("socket = \"/tmp/x.sock\"\n[metrics]\naddress = \"127.0.0.1:9999\"\n")
+            .expect("parses");
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.metrics.address.port(), 9999);
+        assert!(c.metrics.enabled);
+        assert_eq!(c.root_dir, Config::default().root_dir);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("socket = \"/tmp/x.sock\"\n\nbogus_key = 1\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/crust/crust.toml:3"), "{msg}");
+        assert!(msg.contains("bogus_key"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_key() {
+        let err = parse("[metrics]\naddress = \"not an address\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("crust.toml:2"), "{msg}");
+        assert!(msg.contains("key `address`"), "{msg}");
+
+        let err = parse("cgroup_driver = \"cgroupv3\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(":1: key `cgroup_driver`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_toml_names_line() {
+        let err = parse("socket = \"/tmp/x.sock\"\nroot_dir = = 3\n").unwrap_err();
+        assert!(err.to_string().contains("crust.toml:2"), "{err}");
+    }
+}

@@ -1,0 +1,225 @@
+//! crustd's life: prepare directories and the socket, open the store, serve CRI
+//! and metrics, and on SIGTERM/SIGINT stop accepting, let in-flight calls finish
+//! (bounded by `shutdown_timeout_secs`) and return. Containers and shims are not
+//! touched by a daemon exit: they belong to the node, not to this process.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::instrument::InstrumentLayer;
+use crate::server::CriServer;
+use crate::store::{Store, StoreError};
+use crate::{Cri, metrics};
+
+/// CRI messages (ListContainers of a busy node, ExecSync output) outgrow gRPC's 4 MiB default.
+const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket {0} is held by a running crustd (or another live server); refusing to start")]
+    SocketInUse(PathBuf),
+    #[error("socket {path}: {message}")]
+    Socket { path: PathBuf, message: String },
+    #[error("metrics address {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("serving CRI: {0}")]
+    Serve(String),
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs crustd until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    for dir in [&config.root_dir, &config.state_dir] {
+        create_dir(dir, 0o711)?;
+    }
+    let _socket_lock = lock_socket(&config.socket)?;
+    let listener = bind_socket(&config.socket)?;
+
+    let store = Store::open(&config.root_dir.join("state.redb"))?;
+    metrics::init();
+    let metrics_listener = if config.metrics.enabled {
+        let addr = config.metrics.address;
+        Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?,
+        )
+    } else {
+        None
+    };
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signals)?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(DaemonError::Signals)?;
+
+    let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
+    let socket_path = config.socket.clone();
+    let cri = Arc::new(Cri { config, store });
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let metrics_task = metrics_listener.map(|l| {
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(l, stop).await {
+                tracing::error!("metrics endpoint: {e}");
+            }
+        })
+    });
+
+    let server = CriServer(cri.clone());
+    let runtime = RuntimeServiceServer::new(server.clone())
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let images = ImageServiceServer::new(server)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let mut serve = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(InstrumentLayer)
+            .add_service(runtime)
+            .add_service(images)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx)),
+    );
+
+    tracing::info!(
+        socket = %socket_path.display(),
+        version = crate::RUNTIME_VERSION,
+        "crustd is serving CRI"
+    );
+
+    let result = tokio::select! {
+        r = &mut serve => {
+            // The server ended by itself: that is a failure, not a shutdown.
+            Err(DaemonError::Serve(match r {
+                Ok(Ok(())) => "server stopped unexpectedly".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            }))
+        }
+        _ = sigterm.recv() => Ok("SIGTERM"),
+        _ = sigint.recv() => Ok("SIGINT"),
+    };
+    let result = match result {
+        Ok(signal) => {
+            tracing::info!(
+                signal,
+                "shutting down: no new calls, finishing in-flight ones"
+            );
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(shutdown_timeout, &mut serve).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(DaemonError::Serve(e.to_string())),
+                Ok(Err(e)) => Err(DaemonError::Serve(e.to_string())),
+                Err(_) => {
+                    tracing::warn!(
+                        "in-flight calls did not finish within {}s; exiting anyway",
+                        shutdown_timeout.as_secs()
+                    );
+                    serve.abort();
+                    Ok(())
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("crustd stopped");
+    result
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn create_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// An exclusive lock beside the socket, held for the daemon's life. It closes the
+/// race where two crustds starting at once both find the socket stale.
+fn lock_socket(socket: &Path) -> Result<std::fs::File, DaemonError> {
+    let parent = socket.parent().unwrap_or(Path::new("/"));
+    create_dir(parent, 0o711)?;
+    let mut lock_path = socket.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| DaemonError::Socket {
+            path: lock_path.clone(),
+            message: e.to_string(),
+        })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DaemonError::SocketInUse(socket.to_owned()));
+    }
+    Ok(file)
+}
+
+/// Binds the CRI socket: a live server on it is refused, a stale socket file is
+/// replaced, anything else at that path is left alone and refused.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    let sock_err = |message: String| DaemonError::Socket {
+        path: path.to_owned(),
+        message,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(DaemonError::SocketInUse(path.to_owned()));
+            }
+            tracing::info!(socket = %path.display(), "replacing stale socket");
+            std::fs::remove_file(path)
+                .map_err(|e| sock_err(format!("removing stale socket: {e}")))?;
+        }
+        Ok(_) => {
+            return Err(sock_err(
+                "exists and is not a socket; refusing to replace it".to_string(),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err(e.to_string())),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| sock_err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| sock_err(format!("chmod: {e}")))?;
+    std::os::unix::fs::chown(path, Some(0), Some(0))
+        .map_err(|e| sock_err(format!("chown: {e}")))?;
+    Ok(listener)
+}
