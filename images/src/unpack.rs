@@ -1,0 +1,679 @@
+//! Layer unpacking: a (gzip | zstd | plain) tar stream into one empty directory, in the
+//! form overlayfs expects.
+//!
+//! Safety: every path is cleaned lexically (`..` and absolute paths refuse the layer),
+//! and every parent directory is opened with `openat2(RESOLVE_BENEATH)` relative to the
+//! snapshot root, so a symlink or hard link that would lead outside fails with EXDEV and
+//! refuses the layer. The last path component is never followed: whatever stood there is
+//! unlinked first and files are created with `O_EXCL | O_NOFOLLOW`. The caller deletes
+//! the directory when this returns an error, so a refused layer leaves nothing.
+//!
+//! Whiteouts: `.wh.NAME` becomes a character device 0/0 named NAME, and `.wh..wh..opq`
+//! sets `trusted.overlay.opaque=y` on its directory.
+
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
+};
+use rustix::io::Errno;
+
+use crate::digest::Digester;
+use crate::error::{Error, Result};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
+const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const COPY_BUF: usize = 256 * 1024;
+
+/// What unpacking a layer produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    /// sha256 of the uncompressed tar: must equal the config's diff id.
+    pub diff_id: String,
+    /// Uncompressed size in bytes.
+    pub size: u64,
+}
+
+/// Unpacks the layer read from `reader` into `dest`, an existing empty directory.
+/// Compression is detected from the stream's first bytes.
+pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<Unpacked> {
+    let mut buffered = BufReader::with_capacity(COPY_BUF, reader);
+    let head = buffered
+        .fill_buf()
+        .map_err(|e| Error::BadContent(format!("reading layer: {e}")))?;
+    let decompressed: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .map_err(|e| Error::Internal(format!("zstd: {e}")))?,
+        )
+    } else {
+        Box::new(buffered)
+    };
+    let mut hashing = HashingReader {
+        inner: decompressed,
+        digester: Digester::new(),
+        size: 0,
+    };
+    let root = rustix::fs::open(
+        dest,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Internal(format!("open {}: {e}", dest.display())))?;
+    let mut unpacker = Unpacker {
+        root: root.as_fd(),
+        dirs: Vec::new(),
+        buf: vec![0; COPY_BUF],
+    };
+    {
+        let mut archive = tar::Archive::new(&mut hashing);
+        let entries = archive.entries().map_err(bad_tar)?;
+        for entry in entries {
+            let mut entry = entry.map_err(bad_tar)?;
+            unpacker.entry(&mut entry)?;
+        }
+    }
+    // The tar reader stops at the end-of-archive blocks; hash whatever follows too.
+    io::copy(&mut hashing, &mut io::sink()).map_err(bad_tar)?;
+    unpacker.finish_dirs()?;
+    Ok(Unpacked {
+        diff_id: hashing.digester.finish(),
+        size: hashing.size,
+    })
+}
+
+fn bad_tar(e: io::Error) -> Error {
+    // An io::Error carrying our own Error (from a tee'd download) keeps its meaning.
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        return inner.clone();
+    }
+    Error::BadContent(format!("reading layer: {e}"))
+}
+
+struct HashingReader<R> {
+    inner: R,
+    digester: Digester,
+    size: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.digester.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+struct Unpacker<'a> {
+    root: BorrowedFd<'a>,
+    /// Directories whose times are set once all their children exist.
+    dirs: Vec<(PathBuf, Timestamps)>,
+    buf: Vec<u8>,
+}
+
+fn hostile(path: &Path, why: &str) -> Error {
+    Error::BadContent(format!(
+        "refusing layer: entry {:?} {why}",
+        path.to_string_lossy()
+    ))
+}
+
+/// Lexically cleans a tar path. `None` is the root itself.
+fn clean(path: &Path) -> Result<Option<PathBuf>> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(hostile(path, "contains '..'")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(hostile(path, "is an absolute path"));
+            }
+        }
+    }
+    Ok(if out.as_os_str().is_empty() {
+        None
+    } else {
+        Some(out)
+    })
+}
+
+fn errno_err(path: &Path, what: &str, e: Errno) -> Error {
+    if e == Errno::XDEV || e == Errno::LOOP {
+        hostile(path, "leads outside the layer through a link")
+    } else {
+        Error::Internal(format!("{what} {:?}: {e}", path.to_string_lossy()))
+    }
+}
+
+impl Unpacker<'_> {
+    /// Opens directory `rel` (relative to root), never leaving root. Missing directories
+    /// are created (0755), as tar files may omit parent entries.
+    fn open_dir(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        let flags = flags | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let target = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        match rustix::fs::openat2(self.root, target, flags, Mode::empty(), how) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(errno_err(rel, "open", e)),
+        }
+        let mut cur = rustix::io::dup(self.root).map_err(|e| errno_err(rel, "dup", e))?;
+        for comp in rel.components() {
+            let Component::Normal(name) = comp else {
+                return Err(hostile(rel, "is not a clean path"));
+            };
+            match rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(errno_err(rel, "mkdir", e)),
+            }
+            cur = rustix::fs::openat2(&cur, name, flags | OFlags::PATH, Mode::empty(), how)
+                .map_err(|e| errno_err(rel, "open", e))?;
+        }
+        if flags.contains(OFlags::PATH) {
+            Ok(cur)
+        } else {
+            rustix::fs::openat2(self.root, target, flags, Mode::empty(), how)
+                .map_err(|e| errno_err(rel, "open", e))
+        }
+    }
+
+    /// Removes whatever is at `name` in `dir`, unless it is a directory and `keep_dir`.
+    /// Returns whether a directory was kept.
+    fn clear(&self, dir: &OwnedFd, name: &OsStr, keep_dir: bool, path: &Path) -> Result<bool> {
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(errno_err(path, "stat", e)),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                if keep_dir {
+                    return Ok(true);
+                }
+                // A later entry replaces a directory: remove the whole tree, which lies
+                // inside this layer because `dir` was opened beneath the root.
+                let proc = PathBuf::from(format!("/proc/self/fd/{}", raw(dir))).join(name);
+                std::fs::remove_dir_all(&proc)
+                    .map_err(|e| Error::io(format!("replace directory {}", path.display()), e))?;
+                Ok(false)
+            }
+            Ok(_) => {
+                rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                    .map_err(|e| errno_err(path, "unlink", e))?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        let raw_path = entry.path().map_err(bad_tar)?.into_owned();
+        let Some(path) = clean(&raw_path)? else {
+            return Ok(()); // the root directory entry: the snapshot root keeps its own
+        };
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(());
+        };
+        let name_str = name.to_string_lossy();
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+
+        if name_str == WHITEOUT_OPAQUE {
+            let dir = self.open_dir(parent, OFlags::RDONLY)?;
+            rustix::fs::fsetxattr(&dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .map_err(|e| errno_err(&path, "set opaque xattr on", e))?;
+            return Ok(());
+        }
+        if name_str.starts_with(WHITEOUT_META_PREFIX) {
+            return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.): meaningless for overlay
+        }
+        let mode = header.mode().map_err(bad_tar)? & 0o7777;
+        let uid = header.uid().map_err(bad_tar)?;
+        let gid = header.gid().map_err(bad_tar)?;
+        let mtime = header.mtime().map_err(bad_tar)?;
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: mtime as i64,
+                tv_nsec: 0,
+            },
+            last_modification: Timespec {
+                tv_sec: mtime as i64,
+                tv_nsec: 0,
+            },
+        };
+        let owner = (
+            Some(Uid::from_raw(uid as u32)),
+            Some(Gid::from_raw(gid as u32)),
+        );
+        let nofollow = AtFlags::SYMLINK_NOFOLLOW;
+
+        let dir = self.open_dir(parent, OFlags::PATH)?;
+        if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
+            let hidden = OsStr::new(hidden);
+            self.clear(&dir, hidden, false, &path)?;
+            rustix::fs::mknodat(
+                &dir,
+                hidden,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .map_err(|e| errno_err(&path, "create whiteout", e))?;
+            rustix::fs::chownat(&dir, hidden, owner.0, owner.1, nofollow)
+                .map_err(|e| errno_err(&path, "chown", e))?;
+            return Ok(());
+        }
+
+        let xattrs = pax_xattrs(entry)?;
+        match kind {
+            tar::EntryType::Directory => {
+                self.clear(&dir, name, true, &path)?;
+                match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(errno_err(&path, "mkdir", e)),
+                }
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| errno_err(&path, "open", e))?;
+                rustix::fs::fchown(&fd, owner.0, owner.1)
+                    .map_err(|e| errno_err(&path, "chown", e))?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+                    .map_err(|e| errno_err(&path, "chmod", e))?;
+                set_xattrs(&fd, &xattrs, &path)?;
+                self.dirs.push((path, times));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                self.clear(&dir, name, false, &path)?;
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| errno_err(&path, "create", e))?;
+                let mut file = std::fs::File::from(fd);
+                loop {
+                    let n = match entry.read(&mut self.buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(bad_tar(e)),
+                    };
+                    file.write_all(&self.buf[..n])
+                        .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+                }
+                // chown before chmod: chown clears setuid/setgid bits.
+                rustix::fs::fchown(&file, owner.0, owner.1)
+                    .map_err(|e| errno_err(&path, "chown", e))?;
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
+                    .map_err(|e| errno_err(&path, "chmod", e))?;
+                set_xattrs(&file, &xattrs, &path)?;
+                rustix::fs::futimens(&file, &times).map_err(|e| errno_err(&path, "utimes", e))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(bad_tar)?
+                    .ok_or_else(|| hostile(&path, "is a symlink without target"))?
+                    .into_owned();
+                self.clear(&dir, name, false, &path)?;
+                // The target is stored, never followed while unpacking.
+                rustix::fs::symlinkat(target.as_os_str(), &dir, name)
+                    .map_err(|e| errno_err(&path, "symlink", e))?;
+                rustix::fs::chownat(&dir, name, owner.0, owner.1, nofollow)
+                    .map_err(|e| errno_err(&path, "chown", e))?;
+                rustix::fs::utimensat(&dir, name, &times, nofollow)
+                    .map_err(|e| errno_err(&path, "utimes", e))?;
+            }
+            tar::EntryType::Link => {
+                let raw_target = entry
+                    .link_name()
+                    .map_err(bad_tar)?
+                    .ok_or_else(|| hostile(&path, "is a hard link without target"))?
+                    .into_owned();
+                let target = clean(&raw_target)?
+                    .ok_or_else(|| hostile(&path, "is a hard link to the root"))?;
+                let (Some(tparent), Some(tname)) = (target.parent(), target.file_name()) else {
+                    return Err(hostile(&path, "has a bad hard link target"));
+                };
+                let tdir = self.open_dir(tparent, OFlags::PATH)?;
+                self.clear(&dir, name, false, &path)?;
+                // flags 0: a hard link to a symlink links the symlink itself, never what
+                // it points to, so the link cannot reach outside.
+                rustix::fs::linkat(&tdir, tname, &dir, name, AtFlags::empty()).map_err(|e| {
+                    if e == Errno::NOENT {
+                        hostile(&path, "links to a file not in this layer")
+                    } else {
+                        errno_err(&path, "link", e)
+                    }
+                })?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let ftype = match kind {
+                    tar::EntryType::Char => FileType::CharacterDevice,
+                    tar::EntryType::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let major = header.device_major().map_err(bad_tar)?.unwrap_or(0);
+                let minor = header.device_minor().map_err(bad_tar)?.unwrap_or(0);
+                self.clear(&dir, name, false, &path)?;
+                rustix::fs::mknodat(
+                    &dir,
+                    name,
+                    ftype,
+                    Mode::from_raw_mode(mode),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(|e| errno_err(&path, "mknod", e))?;
+                rustix::fs::chownat(&dir, name, owner.0, owner.1, nofollow)
+                    .map_err(|e| errno_err(&path, "chown", e))?;
+                rustix::fs::chmodat(&dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
+                    .map_err(|e| errno_err(&path, "chmod", e))?;
+                rustix::fs::utimensat(&dir, name, &times, nofollow)
+                    .map_err(|e| errno_err(&path, "utimes", e))?;
+            }
+            // Global PAX headers and other metadata-only entries.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<()> {
+        for (path, times) in std::mem::take(&mut self.dirs).into_iter().rev() {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            let dir = self.open_dir(parent, OFlags::PATH)?;
+            match rustix::fs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW) {
+                // A later entry may have replaced or whited out the directory.
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(errno_err(&path, "utimes", e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn raw(fd: &OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(exts) = entry.pax_extensions().map_err(bad_tar)? {
+        for ext in exts {
+            let ext = ext.map_err(bad_tar)?;
+            let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
+                continue;
+            };
+            // A layer must not forge overlay metadata (redirects, opaque markers).
+            if name.starts_with(b"trusted.overlay.") {
+                continue;
+            }
+            out.push((name.to_vec(), ext.value_bytes().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+fn set_xattrs(fd: impl AsFd, xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) -> Result<()> {
+    for (name, value) in xattrs {
+        rustix::fs::fsetxattr(
+            fd.as_fd(),
+            OsStr::from_bytes(name),
+            value,
+            XattrFlags::empty(),
+        )
+        .map_err(|e| errno_err(path, "set xattr on", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(1000);
+        h.set_gid(1001);
+        h.set_mtime(1_600_000_000);
+        h.set_size(0);
+        h
+    }
+
+    /// Writes raw names into headers, bypassing the tar crate's own path checks, so
+    /// hostile paths reach the unpacker exactly as an attacker would send them.
+    fn raw_name(h: &mut tar::Header, name: &str) {
+        let gnu = h.as_gnu_mut().expect("gnu header");
+        gnu.name = [0; 100];
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+    }
+
+    enum E<'a> {
+        Dir(&'a str, u32),
+        File(&'a str, &'a [u8], u32),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+    }
+
+    fn build(entries: &[E<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            match e {
+                E::Dir(p, m) => {
+                    let mut h = header(tar::EntryType::Directory, *m);
+                    raw_name(&mut h, p);
+                    h.set_cksum();
+                    b.append(&h, io::empty()).unwrap();
+                }
+                E::File(p, data, m) => {
+                    let mut h = header(tar::EntryType::Regular, *m);
+                    h.set_size(data.len() as u64);
+                    raw_name(&mut h, p);
+                    h.set_cksum();
+                    b.append(&h, *data).unwrap();
+                }
+                E::Symlink(p, t) | E::Hardlink(p, t) => {
+                    let kind = if matches!(e, E::Symlink(..)) {
+                        tar::EntryType::Symlink
+                    } else {
+                        tar::EntryType::Link
+                    };
+                    let mut h = header(kind, 0o777);
+                    raw_name(&mut h, p);
+                    let gnu = h.as_gnu_mut().unwrap();
+                    gnu.linkname = [0; 100];
+                    gnu.linkname[..t.len()].copy_from_slice(t.as_bytes());
+                    h.set_cksum();
+                    b.append(&h, io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A scratch tree: `outside/` is a sibling the hostile layers aim at, `layer/` is
+    /// the empty snapshot directory.
+    struct Scratch {
+        _dir: tempfile::TempDir,
+        layer: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn scratch() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&layer).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"keep").unwrap();
+        Scratch {
+            _dir: dir,
+            layer,
+            outside,
+        }
+    }
+
+    fn assert_refused(entries: &[E<'_>]) {
+        let s = scratch();
+        let tar = build(entries);
+        let err = unpack_layer(&tar[..], &s.layer).unwrap_err();
+        assert!(
+            matches!(&err, Error::BadContent(m) if m.contains("refusing layer")),
+            "unexpected error: {err}"
+        );
+        assert_eq!(std::fs::read(s.outside.join("secret")).unwrap(), b"keep");
+        let names: Vec<_> = std::fs::read_dir(&s.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
+    }
+
+    #[test]
+    fn refuses_dotdot() {
+        assert_refused(&[E::File("../outside/secret", b"pwned", 0o644)]);
+        assert_refused(&[E::File("a/../../outside/x", b"pwned", 0o644)]);
+    }
+
+    #[test]
+    fn refuses_absolute() {
+        let s = scratch();
+        let abs = format!("{}/x", s.outside.display());
+        assert_refused(&[E::File(&abs, b"pwned", 0o644)]);
+    }
+
+    #[test]
+    fn refuses_write_through_symlink() {
+        let s = scratch();
+        let abs = s.outside.display().to_string();
+        assert_refused(&[E::Symlink("evil", &abs), E::File("evil/x", b"pwned", 0o644)]);
+        assert_refused(&[
+            E::Symlink("evil", "../outside"),
+            E::File("evil/secret", b"pwned", 0o644),
+        ]);
+        assert_refused(&[
+            E::Dir("d", 0o755),
+            E::Symlink("d/up", "../.."),
+            E::File("d/up/outside/x", b"pwned", 0o644),
+        ]);
+    }
+
+    #[test]
+    fn refuses_hardlink_outside() {
+        assert_refused(&[E::Hardlink("h", "../outside/secret")]);
+        let s = scratch();
+        let abs = format!("{}/secret", s.outside.display());
+        assert_refused(&[E::Hardlink("h", &abs)]);
+        // through a symlinked directory inside the layer
+        assert_refused(&[E::Symlink("l", "../outside"), E::Hardlink("h", "l/secret")]);
+    }
+
+    #[test]
+    fn symlink_targets_are_stored_not_followed() {
+        let s = scratch();
+        let tar = build(&[
+            E::Dir("bin", 0o755),
+            E::File("bin/busybox", b"elf", 0o4755),
+            E::Symlink("bin/sh", "/bin/busybox"),
+            E::Symlink("etc", "/etc"),
+            E::Hardlink("bin/ls", "bin/busybox"),
+        ]);
+        unpack_layer(&tar[..], &s.layer).unwrap();
+        let sh = s.layer.join("bin/sh");
+        assert_eq!(std::fs::read_link(&sh).unwrap(), Path::new("/bin/busybox"));
+        let bb = std::fs::metadata(s.layer.join("bin/busybox")).unwrap();
+        assert_eq!(bb.permissions().mode() & 0o7777, 0o4755, "setuid kept");
+        assert_eq!((bb.uid(), bb.gid()), (1000, 1001));
+        assert_eq!(bb.mtime(), 1_600_000_000);
+        assert_eq!(bb.nlink(), 2, "hard link kept");
+        let ls = std::fs::metadata(s.layer.join("bin/ls")).unwrap();
+        assert_eq!(ls.ino(), bb.ino());
+        let bin = std::fs::metadata(s.layer.join("bin")).unwrap();
+        assert_eq!(bin.mtime(), 1_600_000_000, "dir mtime set after children");
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs() {
+        let s = scratch();
+        let tar = build(&[
+            E::Dir("etc", 0o755),
+            E::File("etc/.wh.motd", b"", 0o644),
+            E::Dir("var/cache", 0o700),
+            E::File("var/cache/.wh..wh..opq", b"", 0o644),
+            E::File("var/cache/new", b"n", 0o640),
+            E::File(".wh..wh.plnk", b"", 0o644),
+        ]);
+        let u = unpack_layer(&gzip(&tar)[..], &s.layer).unwrap();
+        assert_eq!(u.diff_id, crate::digest::sha256(&tar));
+        assert_eq!(u.size, tar.len() as u64);
+        let wh = std::fs::symlink_metadata(s.layer.join("etc/motd")).unwrap();
+        assert!(wh.file_type().is_char_device());
+        assert_eq!(wh.rdev(), 0);
+        assert!(!s.layer.join("etc/.wh.motd").exists());
+        assert!(!s.layer.join(".wh..wh.plnk").exists());
+        let cache = s.layer.join("var/cache");
+        let v = rustix::fs::getxattr(&cache, OPAQUE_XATTR, &mut [0u8; 8][..]).unwrap();
+        assert_eq!(v, 1);
+        assert!(!cache.join(".wh..wh..opq").exists());
+        assert_eq!(std::fs::read(cache.join("new")).unwrap(), b"n");
+        let m = std::fs::metadata(&cache).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o700);
+        // implicit parent "var" created
+        assert!(s.layer.join("var").is_dir());
+    }
+
+    #[test]
+    fn zstd_and_plain_layers() {
+        let s = scratch();
+        let tar = build(&[E::File("a", b"hello", 0o644)]);
+        let z = zstd::encode_all(&tar[..], 1).unwrap();
+        let u = unpack_layer(&z[..], &s.layer).unwrap();
+        assert_eq!(u.diff_id, crate::digest::sha256(&tar));
+        assert_eq!(std::fs::read(s.layer.join("a")).unwrap(), b"hello");
+        let s2 = scratch();
+        unpack_layer(&tar[..], &s2.layer).unwrap();
+        assert_eq!(std::fs::read(s2.layer.join("a")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn later_entries_replace_earlier_ones() {
+        let s = scratch();
+        let tar = build(&[
+            E::Symlink("x", "../outside/secret"),
+            E::File("x", b"mine", 0o644),
+        ]);
+        unpack_layer(&tar[..], &s.layer).unwrap();
+        assert_eq!(std::fs::read(s.layer.join("x")).unwrap(), b"mine");
+        assert_eq!(std::fs::read(s.outside.join("secret")).unwrap(), b"keep");
+    }
+}
