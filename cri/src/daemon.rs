@@ -94,9 +94,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let instrument = InstrumentLayer::default();
+    let in_flight = instrument.in_flight();
     let mut serve = tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(InstrumentLayer)
+            .layer(instrument)
             .add_service(runtime)
             .add_service(images)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx)),
@@ -127,22 +129,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 "shutting down: no new calls, finishing in-flight ones"
             );
             let _ = stop_tx.send(true);
-            match tokio::time::timeout(shutdown_timeout, &mut serve).await {
-                Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(e))) => Err(DaemonError::Serve(e.to_string())),
-                Ok(Err(e)) => Err(DaemonError::Serve(e.to_string())),
+            // The server stops accepting at once; it is done when every
+            // connection has closed or, since clients may keep idle
+            // connections open, when no call is in flight any more.
+            let drained = async {
+                tokio::select! {
+                    r = &mut serve => match r {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(DaemonError::Serve(e.to_string())),
+                        Err(e) => Err(DaemonError::Serve(e.to_string())),
+                    },
+                    _ = in_flight.idle() => Ok(()),
+                }
+            };
+            match tokio::time::timeout(shutdown_timeout, drained).await {
+                Ok(r) => r,
                 Err(_) => {
                     tracing::warn!(
                         "in-flight calls did not finish within {}s; exiting anyway",
                         shutdown_timeout.as_secs()
                     );
-                    serve.abort();
                     Ok(())
                 }
             }
         }
         Err(e) => Err(e),
     };
+    serve.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -8,27 +8,74 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use tokio::sync::Notify;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
 use crate::metrics::CRI;
 
-#[derive(Clone, Copy, Default)]
-pub struct InstrumentLayer;
+/// Counts the calls being answered, so a shutdown can wait for exactly those
+/// (and not for idle client connections, which kubelet keeps open forever).
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// Resolves once no call is being answered.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Decrements the in-flight count however the call's future ends (done or dropped).
+struct CallGuard(Arc<InFlight>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct InstrumentLayer {
+    in_flight: Arc<InFlight>,
+}
+
+impl InstrumentLayer {
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
+    }
+}
 
 impl<S> Layer<S> for InstrumentLayer {
     type Service = Instrument<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Instrument { inner }
+        Instrument {
+            inner,
+            in_flight: self.in_flight.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Instrument<S> {
     inner: S,
+    in_flight: Arc<InFlight>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -51,10 +98,13 @@ where
         let method = method_name(req.uri().path()).to_string();
         let span = tracing::info_span!("cri", method = %method);
         let start = Instant::now();
+        self.in_flight.count.fetch_add(1, Ordering::SeqCst);
+        let guard = CallGuard(self.in_flight.clone());
         let fut = self.inner.call(req);
         Box::pin(
             async move {
                 let res = fut.await;
+                drop(guard);
                 let elapsed = start.elapsed();
                 let (code, message) = match &res {
                     Ok(resp) => outcome(resp.headers()),

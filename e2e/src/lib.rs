@@ -1,1 +1,367 @@
-//! End-to-end harness: starts a real crustd and hands tests a CRI client.
+//! End-to-end harness: each test starts its own `crustd` (the built binary) with a
+//! temporary root dir, state dir, socket and metrics port, waits until it answers,
+//! and hands the test CRI clients over the unix socket. Dropping the [`Crustd`]
+//! stops that crustd by PID, unmounts whatever was left under its directories and
+//! removes them, also when the test failed.
+//!
+//! The binary is taken from `$CRUSTD_BIN`, else next to the test executable's
+//! target dir (`target/<profile>/crustd`): `hack/test` builds it first.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use k8s_cri::v1 as cri;
+
+/// How long crustd may take to answer its first call.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// e2e tests need root (namespaces, mounts, cgroups). They fail loudly without it
+/// rather than pass having checked nothing.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "crust e2e tests must run as root (they start crustd, runc and CNI plugins)"
+    );
+}
+
+/// Path of a built workspace binary (`crustd`, `crust-shim`).
+pub fn binary(name: &str) -> PathBuf {
+    let env = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    profile_dir.join(name)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Options for a test's crustd.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Extra TOML appended to the generated config (top-level keys and tables).
+    pub extra_config: String,
+    /// Extra `[sandbox]` keys.
+    pub sandbox_config: String,
+    /// Extra `[images]` keys.
+    pub images_config: String,
+}
+
+/// A running crustd owned by one test.
+pub struct Crustd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub root_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub metrics_addr: SocketAddr,
+}
+
+impl Crustd {
+    /// Starts a crustd with default test options.
+    pub async fn start() -> Result<Crustd> {
+        Crustd::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Result<Crustd> {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("crust-e2e-")
+            .tempdir()
+            .context("temp dir")?;
+        let base = dir.path().to_path_buf();
+        let socket = base.join("run/crust.sock");
+        let root_dir = base.join("root");
+        let state_dir = base.join("state");
+        let cni_conf_dir = base.join("cni");
+        std::fs::create_dir_all(&cni_conf_dir)?;
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config_path = base.join("crust.toml");
+        let config = format!(
+            "socket = {socket:?}\nroot_dir = {root_dir:?}\nstate_dir = {state_dir:?}\n\
+             log_level = \"crust_cri=debug,crust_sandbox=debug,crust_images=debug,info\"\nshutdown_timeout_secs = 5\n{extra}\n\
+             [metrics]\naddress = \"{metrics_addr}\"\n\
+             [sandbox]\ncni_conf_dir = {cni_conf_dir:?}\n{sandbox}\n{images}",
+            extra = opts.extra_config,
+            sandbox = opts.sandbox_config,
+            images = if opts.images_config.is_empty() {
+                String::new()
+            } else {
+                format!("[images]\n{}\n", opts.images_config)
+            },
+        );
+        std::fs::write(&config_path, config)?;
+        let log_path = base.join("crustd.log");
+        let mut crustd = Crustd {
+            child: None,
+            dir,
+            socket,
+            root_dir,
+            state_dir,
+            cni_conf_dir,
+            config_path,
+            log_path,
+            metrics_addr,
+        };
+        crustd.spawn().await?;
+        Ok(crustd)
+    }
+
+    /// The temporary directory everything of this crustd lives under.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = Command::new(binary("crustd"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary("crustd").display()))?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!("crustd exited during start with {status}:\n{}", self.log());
+            }
+            if let Ok(mut c) = self.runtime().await
+                && c.version(cri::VersionRequest::default()).await.is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "crustd did not answer within {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A gRPC channel over the unix socket.
+    pub async fn channel(&self) -> Result<Channel> {
+        channel(&self.socket).await
+    }
+
+    pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>> {
+        Ok(RuntimeServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(32 * 1024 * 1024))
+    }
+
+    pub async fn images(&self) -> Result<ImageServiceClient<Channel>> {
+        Ok(ImageServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(32 * 1024 * 1024))
+    }
+
+    /// crustd's own log so far (printed by failing assertions).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends a signal to this crustd.
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        let pid = self.pid().context("crustd is not running")?;
+        kill(Pid::from_raw(pid as i32), sig)?;
+        Ok(())
+    }
+
+    /// Waits for crustd to exit (after a signal) and returns its exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().context("crustd is not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("crustd did not exit within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILLs crustd, as a crash would; everything it started stays.
+    pub async fn crash(&mut self) -> Result<()> {
+        self.signal(Signal::SIGKILL)?;
+        self.wait_exit(Duration::from_secs(10)).await?;
+        Ok(())
+    }
+
+    /// Starts crustd again on the same directories and config.
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.signal(Signal::SIGTERM)?;
+            self.wait_exit(Duration::from_secs(15)).await?;
+        }
+        self.spawn().await
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        http_get(self.metrics_addr, "/metrics").await
+    }
+
+    /// Writes a file into this crustd's CNI conf dir.
+    pub fn write_cni_config(&self, name: &str, json: &str) -> Result<PathBuf> {
+        let p = self.cni_conf_dir.join(name);
+        std::fs::File::create(&p)?.write_all(json.as_bytes())?;
+        Ok(p)
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Crustd {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- crustd log ({}) ----\n{}",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+        unmount_below(self.dir.path());
+    }
+}
+
+/// Lazily unmounts every mount point at or below `dir`, deepest first, so the
+/// temp dir can be removed even when a test failed half-way.
+pub fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn unescape_mount_path(s: &str) -> PathBuf {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("-"), 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+/// A gRPC channel over a unix socket.
+pub async fn channel(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(channel)
+}
+
+/// A minimal HTTP/1.0 GET on loopback, returning the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body.to_string())
+}
+
+/// The value of one sample line (`name{labels} value`) in a metrics text.
+pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name_and_labels))
+        .and_then(|rest| rest.trim().parse().ok())
+}
