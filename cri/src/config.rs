@@ -45,6 +45,7 @@ pub struct Config {
     pub log_level: String,
     pub metrics: MetricsConfig,
     pub sandbox: crust_sandbox::Config,
+    pub images: crust_images::Config,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             metrics: MetricsConfig::default(),
             sandbox: crust_sandbox::Config::default(),
+            images: crust_images::Config::default(),
         }
     }
 }
@@ -169,7 +171,9 @@ enabled = {menabled}
 address = "{maddr}"
 
 [sandbox]
-{sandbox}"#,
+{sandbox}
+[images]
+{images}"#,
         socket = q(&d.socket),
         root = q(&d.root_dir),
         state = q(&d.state_dir),
@@ -179,6 +183,7 @@ address = "{maddr}"
         menabled = d.metrics.enabled,
         maddr = d.metrics.address,
         sandbox = crust_sandbox::commented_default(),
+        images = crust_images::commented_default(),
     )
 }
 
