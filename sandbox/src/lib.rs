@@ -1,8 +1,17 @@
 //! Pod sandboxes and containers on the node.
 
+pub mod cgroup;
 pub mod cni;
 mod config;
+mod error;
+pub mod metrics;
+pub mod namespaces;
+pub mod pod;
+pub mod sysctl;
 
+pub use cgroup::CgroupDriver;
 pub use config::{
     Config, RuntimeHandler, RuntimeKind, commented_default, resolve_binary, runtime_ready,
 };
+pub use error::{Error, Result};
+pub use pod::{Paths, PodRecord, PodSandboxes};

@@ -1,8 +1,13 @@
 //! CNI: network configuration discovery and plugin invocation.
 
 mod config;
+mod exec;
 
 pub use config::{NetworkConfigList, find_network_config};
+pub use exec::{
+    CachedAttachment, Cni, PluginRunner, ProcessRunner, RunFailure, RunFuture, RuntimeConf,
+    result_ips,
+};
 
 use std::path::PathBuf;
 

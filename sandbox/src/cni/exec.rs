@@ -1,0 +1,650 @@
+//! Running CNI plugins: ADD in order with prevResult chaining, DEL in reverse, and a result cache
+//! on disk so DEL after a crustd restart uses exactly the config and result of the ADD.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{CniError, NetworkConfigList};
+use crate::metrics;
+use crate::pod::spec::PortMapping;
+
+/// What a plugin run produced when it did not succeed.
+#[derive(Debug)]
+pub enum RunFailure {
+    /// Exited non-zero; stdout usually holds a CNI error object.
+    Exit {
+        code: Option<i32>,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    TimedOut,
+    Io(std::io::Error),
+}
+
+pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, RunFailure>> + Send + 'a>>;
+
+/// The process seam: runs one plugin binary with env and stdin, returns its stdout.
+pub trait PluginRunner: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        binary: &'a Path,
+        env: Vec<(String, String)>,
+        stdin: Vec<u8>,
+        timeout: Duration,
+    ) -> RunFuture<'a>;
+}
+
+/// Runs plugins as real processes.
+pub struct ProcessRunner;
+
+impl PluginRunner for ProcessRunner {
+    fn run<'a>(
+        &'a self,
+        binary: &'a Path,
+        env: Vec<(String, String)>,
+        stdin: Vec<u8>,
+        timeout: Duration,
+    ) -> RunFuture<'a> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = tokio::process::Command::new(binary)
+                .envs(env)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(RunFailure::Io)?;
+            if let Some(mut s) = child.stdin.take() {
+                s.write_all(&stdin).await.map_err(RunFailure::Io)?;
+            }
+            let out = tokio::time::timeout(timeout, child.wait_with_output())
+                .await
+                .map_err(|_| RunFailure::TimedOut)?
+                .map_err(RunFailure::Io)?;
+            if out.status.success() {
+                Ok(out.stdout)
+            } else {
+                Err(RunFailure::Exit {
+                    code: out.status.code(),
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                })
+            }
+        })
+    }
+}
+
+/// The per-attachment inputs CNI needs besides the network config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeConf {
+    pub container_id: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    /// CNI_ARGS pairs (K8S_POD_NAMESPACE, K8S_POD_NAME, ...).
+    pub args: Vec<(String, String)>,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// What is cached per attachment under `<root_dir>/cni/<container_id>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedAttachment {
+    pub version: u32,
+    pub network: NetworkConfigList,
+    pub runtime: RuntimeConf,
+    /// None while ADD has not finished (a crash then still lets DEL run with the config).
+    pub result: Option<Value>,
+}
+
+/// A CNI invoker bound to plugin dirs, a cache dir and a process runner.
+pub struct Cni {
+    bin_dirs: Vec<PathBuf>,
+    cache_dir: PathBuf,
+    timeout: Duration,
+    runner: Box<dyn PluginRunner>,
+}
+
+impl Cni {
+    pub fn new(
+        bin_dirs: Vec<PathBuf>,
+        cache_dir: PathBuf,
+        timeout: Duration,
+        runner: Box<dyn PluginRunner>,
+    ) -> Self {
+        Self {
+            bin_dirs,
+            cache_dir,
+            timeout,
+            runner,
+        }
+    }
+
+    fn cache_path(&self, container_id: &str) -> PathBuf {
+        self.cache_dir.join(format!("{container_id}.json"))
+    }
+
+    /// The cached attachment of a container, if any.
+    pub fn cached(&self, container_id: &str) -> Option<CachedAttachment> {
+        let bytes = std::fs::read(self.cache_path(container_id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write_cache(&self, c: &CachedAttachment) -> Result<(), CniError> {
+        std::fs::create_dir_all(&self.cache_dir)?;
+        let path = self.cache_path(&c.runtime.container_id);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(c).unwrap_or_default())?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// ADD: runs the plugins in order, each given the previous one's result. On failure the
+    /// plugins are DELeted again (so IPAM leases and iptables rules do not leak) and the cache
+    /// entry is removed. Returns the final result.
+    pub async fn add(
+        &self,
+        network: &NetworkConfigList,
+        rt: &RuntimeConf,
+    ) -> Result<Value, CniError> {
+        let started = Instant::now();
+        let mut cached = CachedAttachment {
+            version: 1,
+            network: network.clone(),
+            runtime: rt.clone(),
+            result: None,
+        };
+        self.write_cache(&cached)?;
+        let result = self.add_chain(network, rt).await;
+        metrics::observe_cni("add", started.elapsed(), result.is_ok());
+        match result {
+            Ok(res) => {
+                cached.result = Some(res.clone());
+                if let Err(e) = self.write_cache(&cached) {
+                    let _ = self.del_chain(network, rt, Some(&res)).await;
+                    let _ = std::fs::remove_file(self.cache_path(&rt.container_id));
+                    return Err(e);
+                }
+                Ok(res)
+            }
+            Err(e) => {
+                if let Err(del) = self.del_chain(network, rt, None).await {
+                    tracing::warn!(container = %rt.container_id, error = %del, "CNI DEL after failed ADD");
+                }
+                let _ = std::fs::remove_file(self.cache_path(&rt.container_id));
+                Err(e)
+            }
+        }
+    }
+
+    async fn add_chain(
+        &self,
+        network: &NetworkConfigList,
+        rt: &RuntimeConf,
+    ) -> Result<Value, CniError> {
+        let mut prev: Option<Value> = None;
+        for plugin in &network.plugins {
+            let conf = plugin_conf(plugin, network, prev.as_ref(), rt);
+            let out = self.exec(plugin, "ADD", &conf, rt).await?;
+            let res: Value = serde_json::from_slice(&out).map_err(|e| CniError::Plugin {
+                plugin: plugin_type(plugin),
+                command: "ADD".into(),
+                message: format!("invalid result JSON: {e}"),
+            })?;
+            prev = Some(res);
+        }
+        prev.ok_or_else(|| CniError::Plugin {
+            plugin: network.name.clone(),
+            command: "ADD".into(),
+            message: "network has no plugins".into(),
+        })
+    }
+
+    /// DEL for a container, using the cached config and result when there is one (falling back
+    /// to `network`), then forgets the cache entry. No cache and no network: nothing to do.
+    pub async fn del(
+        &self,
+        container_id: &str,
+        network: Option<&NetworkConfigList>,
+        rt: &RuntimeConf,
+    ) -> Result<(), CniError> {
+        let cached = self.cached(container_id);
+        let (net, rt, prev) = match (&cached, network) {
+            (Some(c), _) => (&c.network, &c.runtime, c.result.as_ref()),
+            (None, Some(n)) => (n, rt, None),
+            (None, None) => return Ok(()),
+        };
+        let started = Instant::now();
+        let result = self.del_chain(net, rt, prev).await;
+        metrics::observe_cni("del", started.elapsed(), result.is_ok());
+        result?;
+        match std::fs::remove_file(self.cache_path(container_id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// DEL in reverse order. Every plugin is called even when one fails (so the IPAM lease is
+    /// released whatever portmap says); the first error is returned.
+    async fn del_chain(
+        &self,
+        network: &NetworkConfigList,
+        rt: &RuntimeConf,
+        prev: Option<&Value>,
+    ) -> Result<(), CniError> {
+        // prevResult on DEL exists from CNI 0.4.0 on.
+        let prev = prev.filter(|_| version_at_least(&network.cni_version, (0, 4, 0)));
+        let mut first_err = None;
+        for plugin in network.plugins.iter().rev() {
+            let conf = plugin_conf(plugin, network, prev, rt);
+            if let Err(e) = self.exec(plugin, "DEL", &conf, rt).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn find_plugin(&self, name: &str) -> Result<PathBuf, CniError> {
+        if !name.is_empty() && !name.contains('/') {
+            for d in &self.bin_dirs {
+                let p = d.join(name);
+                if crate::config::is_executable(&p) {
+                    return Ok(p);
+                }
+            }
+        }
+        Err(CniError::PluginNotFound {
+            plugin: name.to_string(),
+            dirs: self.bin_dirs.clone(),
+        })
+    }
+
+    async fn exec(
+        &self,
+        plugin: &Value,
+        command: &str,
+        conf: &Value,
+        rt: &RuntimeConf,
+    ) -> Result<Vec<u8>, CniError> {
+        let ty = plugin_type(plugin);
+        let binary = self.find_plugin(&ty)?;
+        let cni_path = std::env::join_paths(&self.bin_dirs)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let args = rt
+            .args
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";");
+        let env = vec![
+            ("CNI_COMMAND".into(), command.into()),
+            ("CNI_CONTAINERID".into(), rt.container_id.clone()),
+            ("CNI_NETNS".into(), rt.netns.to_string_lossy().into_owned()),
+            ("CNI_IFNAME".into(), rt.ifname.clone()),
+            ("CNI_ARGS".into(), args),
+            ("CNI_PATH".into(), cni_path),
+        ];
+        let stdin = serde_json::to_vec(conf).unwrap_or_default();
+        let fail = |message: String| CniError::Plugin {
+            plugin: ty.clone(),
+            command: command.into(),
+            message,
+        };
+        match self.runner.run(&binary, env, stdin, self.timeout).await {
+            Ok(out) => Ok(out),
+            Err(RunFailure::TimedOut) => Err(fail(format!("timed out after {:?}", self.timeout))),
+            Err(RunFailure::Io(e)) => Err(fail(format!("running {}: {e}", binary.display()))),
+            Err(RunFailure::Exit {
+                code,
+                stdout,
+                stderr,
+            }) => Err(fail(error_message(code, &stdout, &stderr))),
+        }
+    }
+}
+
+/// A plugin's stdin: its config plus the list's name and version, prevResult and the
+/// runtimeConfig for the capabilities it declares.
+fn plugin_conf(
+    plugin: &Value,
+    network: &NetworkConfigList,
+    prev: Option<&Value>,
+    rt: &RuntimeConf,
+) -> Value {
+    let mut conf = plugin.clone();
+    let Some(obj) = conf.as_object_mut() else {
+        return conf;
+    };
+    obj.insert("name".into(), json!(network.name));
+    obj.insert("cniVersion".into(), json!(network.cni_version));
+    if let Some(p) = prev {
+        obj.insert("prevResult".into(), p.clone());
+    }
+    let wants_ports = plugin
+        .get("capabilities")
+        .and_then(|c| c.get("portMappings"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if wants_ports && !rt.port_mappings.is_empty() {
+        let ports: Vec<Value> = rt
+            .port_mappings
+            .iter()
+            .map(|p| {
+                let mut m = json!({
+                    "hostPort": p.host_port,
+                    "containerPort": p.container_port,
+                    "protocol": match p.protocol {
+                        crate::pod::spec::Protocol::Tcp => "tcp",
+                        crate::pod::spec::Protocol::Udp => "udp",
+                        crate::pod::spec::Protocol::Sctp => "sctp",
+                    },
+                });
+                if !p.host_ip.is_empty() {
+                    m["hostIP"] = json!(p.host_ip);
+                }
+                m
+            })
+            .collect();
+        obj.insert("runtimeConfig".into(), json!({ "portMappings": ports }));
+    }
+    conf
+}
+
+fn plugin_type(plugin: &Value) -> String {
+    plugin
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn error_message(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(stdout)
+        && let Some(msg) = v.get("msg").and_then(Value::as_str)
+    {
+        let mut m = msg.to_string();
+        if let Some(d) = v
+            .get("details")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+        {
+            m.push_str(&format!(": {d}"));
+        }
+        if let Some(c) = v.get("code").and_then(Value::as_i64) {
+            m.push_str(&format!(" (code {c})"));
+        }
+        return m;
+    }
+    let err = String::from_utf8_lossy(stderr);
+    let out = String::from_utf8_lossy(stdout);
+    let text = [err.trim(), out.trim()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match code {
+        Some(c) => format!("exit status {c}: {text}"),
+        None => format!("killed by a signal: {text}"),
+    }
+}
+
+fn version_at_least(v: &str, min: (u32, u32, u32)) -> bool {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let got = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    got >= min
+}
+
+/// The IP addresses (without prefix length) a CNI result gives, IPv4 first.
+pub fn result_ips(result: &Value) -> Vec<String> {
+    let mut ips: Vec<String> = Vec::new();
+    if let Some(list) = result.get("ips").and_then(Value::as_array) {
+        for ip in list {
+            if let Some(a) = ip.get("address").and_then(Value::as_str) {
+                ips.push(a.split('/').next().unwrap_or(a).to_string());
+            }
+        }
+    }
+    // CNI 0.2.0 results.
+    for key in ["ip4", "ip6"] {
+        if let Some(a) = result
+            .get(key)
+            .and_then(|v| v.get("ip"))
+            .and_then(Value::as_str)
+        {
+            ips.push(a.split('/').next().unwrap_or(a).to_string());
+        }
+    }
+    ips.sort_by_key(|ip| ip.contains(':'));
+    ips.dedup();
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    type Call = (String, Vec<(String, String)>, Value);
+
+    /// Records every call; answers from a script keyed by (plugin, command).
+    #[derive(Clone, Default)]
+    struct FakeRunner {
+        calls: Arc<Mutex<Vec<Call>>>,
+        fail: Option<(&'static str, &'static str)>,
+    }
+
+    impl PluginRunner for FakeRunner {
+        fn run<'a>(
+            &'a self,
+            binary: &'a Path,
+            env: Vec<(String, String)>,
+            stdin: Vec<u8>,
+            _t: Duration,
+        ) -> RunFuture<'a> {
+            Box::pin(async move {
+                let name = binary.file_name().unwrap().to_string_lossy().into_owned();
+                let cmd = env
+                    .iter()
+                    .find(|(k, _)| k == "CNI_COMMAND")
+                    .unwrap()
+                    .1
+                    .clone();
+                let conf: Value = serde_json::from_slice(&stdin).unwrap();
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((name.clone(), env, conf.clone()));
+                if self.fail == Some((name.as_str(), cmd.as_str())) {
+                    return Err(RunFailure::Exit {
+                        code: Some(1),
+                        stdout: br#"{"code":11,"msg":"boom","details":"no more IPs"}"#.to_vec(),
+                        stderr: vec![],
+                    });
+                }
+                if cmd == "DEL" {
+                    return Ok(vec![]);
+                }
+                // Chain: bridge makes the IP, portmap passes prevResult through.
+                let res = match conf.get("prevResult") {
+                    Some(p) => p.clone(),
+                    None => json!({"cniVersion": "1.0.0", "ips": [{"address": "10.88.0.9/16"}]}),
+                };
+                Ok(serde_json::to_vec(&res).unwrap())
+            })
+        }
+    }
+
+    fn setup(runner: FakeRunner) -> (tempfile::TempDir, Cni, NetworkConfigList, RuntimeConf) {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for p in ["bridge", "portmap"] {
+            let f = bin.join(p);
+            std::fs::write(&f, "#!/bin/sh\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let cni = Cni::new(
+            vec![d.path().join("nope"), bin],
+            d.path().join("cache"),
+            Duration::from_secs(5),
+            Box::new(runner),
+        );
+        let net = NetworkConfigList::from_conflist(
+            br#"{"cniVersion":"1.0.0","name":"testnet","plugins":[{"type":"bridge","bridge":"crust9"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#,
+            Path::new("/x.conflist"),
+        )
+        .unwrap();
+        let rt = RuntimeConf {
+            container_id: "abc".into(),
+            netns: "/run/crust/pods/abc/ns/net".into(),
+            ifname: "eth0".into(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), "default".into()),
+                ("K8S_POD_NAME".into(), "web".into()),
+            ],
+            port_mappings: vec![PortMapping {
+                container_port: 80,
+                host_port: 8080,
+                host_ip: "127.0.0.1".into(),
+                ..Default::default()
+            }],
+        };
+        (d, cni, net, rt)
+    }
+
+    fn env<'a>(e: &'a [(String, String)], k: &str) -> &'a str {
+        &e.iter().find(|(x, _)| x == k).unwrap().1
+    }
+
+    #[tokio::test]
+    async fn add_chains_results_and_del_reverses_with_cache() {
+        let runner = FakeRunner::default();
+        let (_d, cni, net, rt) = setup(runner.clone());
+        let res = cni.add(&net, &rt).await.unwrap();
+        assert_eq!(result_ips(&res), vec!["10.88.0.9"]);
+        {
+            let calls = runner.calls.lock().unwrap();
+            assert_eq!(calls.len(), 2);
+            let (name, e, conf) = &calls[0];
+            assert_eq!(name, "bridge");
+            assert_eq!(env(e, "CNI_COMMAND"), "ADD");
+            assert_eq!(env(e, "CNI_CONTAINERID"), "abc");
+            assert_eq!(env(e, "CNI_NETNS"), "/run/crust/pods/abc/ns/net");
+            assert_eq!(env(e, "CNI_IFNAME"), "eth0");
+            assert_eq!(
+                env(e, "CNI_ARGS"),
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"
+            );
+            assert!(env(e, "CNI_PATH").ends_with("/bin"));
+            assert_eq!(conf["name"], "testnet");
+            assert_eq!(conf["cniVersion"], "1.0.0");
+            assert!(conf.get("prevResult").is_none());
+            assert!(conf.get("runtimeConfig").is_none());
+            let (name, _, conf) = &calls[1];
+            assert_eq!(name, "portmap");
+            assert_eq!(conf["prevResult"]["ips"][0]["address"], "10.88.0.9/16");
+            assert_eq!(
+                conf["runtimeConfig"]["portMappings"][0],
+                json!({"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"})
+            );
+        }
+        assert!(cni.cached("abc").unwrap().result.is_some());
+
+        // DEL after a "restart": no network given, the cache supplies config and result.
+        runner.calls.lock().unwrap().clear();
+        cni.del("abc", None, &RuntimeConf::default()).await.unwrap();
+        {
+            let calls = runner.calls.lock().unwrap();
+            let order: Vec<&str> = calls.iter().map(|c| c.0.as_str()).collect();
+            assert_eq!(order, vec!["portmap", "bridge"]);
+            assert_eq!(env(&calls[1].1, "CNI_NETNS"), "/run/crust/pods/abc/ns/net");
+            assert_eq!(
+                calls[1].2["prevResult"]["ips"][0]["address"],
+                "10.88.0.9/16"
+            );
+        }
+        assert!(cni.cached("abc").is_none());
+        // A second DEL is a no-op.
+        runner.calls.lock().unwrap().clear();
+        cni.del("abc", None, &RuntimeConf::default()).await.unwrap();
+        assert!(runner.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn failed_add_dels_everything_and_forgets() {
+        let runner = FakeRunner {
+            fail: Some(("portmap", "ADD")),
+            ..Default::default()
+        };
+        let (_d, cni, net, rt) = setup(runner.clone());
+        let err = cni.add(&net, &rt).await.unwrap_err().to_string();
+        assert!(
+            err.contains("portmap ADD failed: boom: no more IPs (code 11)"),
+            "{err}"
+        );
+        let order: Vec<String> = runner
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| format!("{} {}", c.0, env(&c.1, "CNI_COMMAND")))
+            .collect();
+        assert_eq!(
+            order,
+            vec!["bridge ADD", "portmap ADD", "portmap DEL", "bridge DEL"]
+        );
+        assert!(cni.cached("abc").is_none());
+    }
+
+    #[tokio::test]
+    async fn del_continues_past_a_failing_plugin() {
+        let runner = FakeRunner {
+            fail: Some(("portmap", "DEL")),
+            ..Default::default()
+        };
+        let (_d, cni, net, rt) = setup(runner.clone());
+        cni.add(&net, &rt).await.unwrap();
+        assert!(cni.del("abc", None, &rt).await.is_err());
+        let calls = runner.calls.lock().unwrap();
+        assert_eq!(calls.last().unwrap().0, "bridge");
+        // Kept so that a later DEL can retry.
+        assert!(cni.cached("abc").is_some());
+    }
+
+    #[tokio::test]
+    async fn missing_plugin_is_reported() {
+        let (_d, cni, mut net, rt) = setup(FakeRunner::default());
+        net.plugins[0]["type"] = json!("flannel");
+        let err = cni.add(&net, &rt).await.unwrap_err();
+        assert!(matches!(err, CniError::PluginNotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn result_ips_v4_first_and_old_format() {
+        let r = json!({"ips": [{"address": "fd00::5/64"}, {"address": "10.88.0.5/16"}]});
+        assert_eq!(result_ips(&r), vec!["10.88.0.5", "fd00::5"]);
+        let r = json!({"ip4": {"ip": "10.1.0.2/24"}});
+        assert_eq!(result_ips(&r), vec!["10.1.0.2"]);
+        assert!(version_at_least("1.0.0", (0, 4, 0)));
+        assert!(!version_at_least("0.3.1", (0, 4, 0)));
+    }
+
+    #[test]
+    fn error_message_without_json() {
+        assert_eq!(
+            error_message(Some(2), b"", b"oops\n"),
+            "exit status 2: oops"
+        );
+    }
+}

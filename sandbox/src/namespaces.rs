@@ -1,0 +1,366 @@
+//! A pod's namespaces without a pause container.
+//!
+//! A short-lived helper thread unshares the namespaces the pod owns (net, ipc, uts; pid in POD
+//! mode), sets the hostname, brings `lo` up, applies the namespaced sysctls, and bind-mounts
+//! `/proc/thread-self/ns/*` onto files under `<pod dir>/ns/`. The bind mounts keep the namespaces
+//! alive after the thread is gone; containers join them by path. unshare() on a thread changes
+//! only that thread, so the rest of crustd stays where it was.
+//!
+//! A PID namespace needs a living init, so in POD mode the thread also forks a tiny infra process
+//! (PID 1 of the pod) that only reaps orphans until it is killed at stop.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What to create.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceRequest {
+    pub dir: PathBuf,
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    pub pid: bool,
+    /// Set in the new UTS namespace.
+    pub hostname: String,
+    /// (path under /proc/sys, value), written from inside the new namespaces.
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// The pinned namespaces of a pod; `None` means the host's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNamespaces {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub pid: Option<PathBuf>,
+    /// The infra process (PID namespace holder), with its start time to tell it from a reused pid.
+    pub infra_pid: Option<i32>,
+    pub infra_start_time: Option<u64>,
+}
+
+fn errno(what: &str) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Creates the namespaces. On error everything made so far is undone.
+pub fn create(req: &NamespaceRequest) -> io::Result<PodNamespaces> {
+    std::fs::create_dir_all(&req.dir)?;
+    let req2 = req.clone();
+    std::thread::Builder::new()
+        .name("crust-pod-ns".into())
+        .spawn(move || {
+            let mut ns = PodNamespaces::default();
+            match in_helper_thread(&req2, &mut ns) {
+                Ok(()) => Ok(ns),
+                Err(e) => {
+                    destroy(&ns);
+                    Err(e)
+                }
+            }
+        })?
+        .join()
+        .map_err(|_| io::Error::other("namespace helper thread panicked"))?
+}
+
+fn in_helper_thread(req: &NamespaceRequest, ns: &mut PodNamespaces) -> io::Result<()> {
+    let mut flags = 0;
+    if req.net {
+        flags |= libc::CLONE_NEWNET;
+    }
+    if req.ipc {
+        flags |= libc::CLONE_NEWIPC;
+    }
+    if req.uts {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    if req.pid {
+        flags |= libc::CLONE_NEWPID;
+    }
+    if flags == 0 {
+        return Ok(());
+    }
+    // SAFETY: unshare affects only this (helper) thread's namespaces.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(errno("unshare"));
+    }
+    if req.uts && !req.hostname.is_empty() {
+        // SAFETY: pointer and length describe a live byte slice.
+        let r = unsafe { libc::sethostname(req.hostname.as_ptr().cast(), req.hostname.len()) };
+        if r != 0 {
+            return Err(errno("sethostname"));
+        }
+    }
+    if req.net {
+        loopback_up()?;
+    }
+    for (path, value) in &req.sysctls {
+        std::fs::write(path, value)
+            .map_err(|e| io::Error::new(e.kind(), format!("sysctl {path}: {e}")))?;
+    }
+    for (kind, wanted, slot) in [
+        ("net", req.net, &mut ns.net),
+        ("ipc", req.ipc, &mut ns.ipc),
+        ("uts", req.uts, &mut ns.uts),
+    ] {
+        if wanted {
+            let target = req.dir.join(kind);
+            pin(Path::new(&format!("/proc/thread-self/ns/{kind}")), &target)?;
+            *slot = Some(target);
+        }
+    }
+    if req.pid {
+        let pid = spawn_infra()?;
+        ns.infra_pid = Some(pid);
+        ns.infra_start_time = start_time(pid);
+        let target = req.dir.join("pid");
+        pin(Path::new(&format!("/proc/{pid}/ns/pid")), &target)?;
+        ns.pid = Some(target);
+    }
+    Ok(())
+}
+
+fn pin(source: &Path, target: &Path) -> io::Result<()> {
+    std::fs::File::create(target)?;
+    let src = cstr(source)?;
+    let dst = cstr(target)?;
+    // SAFETY: valid NUL-terminated paths; a bind mount with no fs type or data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        let e = errno(&format!(
+            "bind mount {} on {}",
+            source.display(),
+            target.display()
+        ));
+        let _ = std::fs::remove_file(target);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))
+}
+
+/// Brings `lo` up in the current thread's network namespace.
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo"; the fd is closed below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(errno("socket"));
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr);
+        if r == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+        }
+        let e = (r != 0).then(|| errno("bringing lo up"));
+        libc::close(fd);
+        e.map_or(Ok(()), Err)
+    }
+}
+
+/// Forks the pod's infra process: PID 1 of the new PID namespace, reaping orphans forever.
+fn spawn_infra() -> io::Result<i32> {
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    let null_fd = devnull.as_raw_fd();
+    // SAFETY: after fork the child runs only async-signal-safe syscalls (no allocation, no
+    // locks), as required in a multi-threaded parent.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(errno("fork infra"));
+    }
+    if pid == 0 {
+        // SAFETY: see above; the child never returns.
+        unsafe {
+            libc::setsid();
+            libc::dup2(null_fd, 0);
+            libc::dup2(null_fd, 1);
+            libc::dup2(null_fd, 2);
+            // Drop every inherited descriptor (crustd's sockets, the state store's file).
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::prctl(
+                libc::PR_SET_NAME,
+                c"crust-pod-init".as_ptr() as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            loop {
+                if libc::waitpid(-1, std::ptr::null_mut(), 0) < 0 {
+                    libc::pause();
+                }
+            }
+        }
+    }
+    Ok(pid)
+}
+
+/// A process's start time (clock ticks since boot), to recognise it after a pid was reused.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may contain spaces and ')': fields start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the infra process if it is still the one crust started, and reaps it when it is our
+/// child.
+pub fn kill_infra(ns: &PodNamespaces) {
+    let Some(pid) = ns.infra_pid else { return };
+    if pid <= 1 || start_time(pid) != ns.infra_start_time || ns.infra_start_time.is_none() {
+        return;
+    }
+    // SAFETY: plain kill/waitpid on a pid verified above.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        // Ours only while the crustd that forked it runs; otherwise ECHILD, and init reaps it.
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// Unmounts a pin (or any mount) lazily; not mounted is fine.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: valid NUL-terminated path.
+    let r = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOENT) => {}
+            _ => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("unmount {}: {e}", target.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kills the infra process and releases every pin. Safe to call again.
+pub fn destroy(ns: &PodNamespaces) {
+    kill_infra(ns);
+    for p in [&ns.net, &ns.ipc, &ns.uts, &ns.pid].into_iter().flatten() {
+        if let Err(e) = unmount(p) {
+            tracing::warn!(path = %p.display(), error = %e, "unpinning namespace");
+        }
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Mounts the pod's /dev/shm: a tmpfs of `size` bytes.
+pub fn mount_shm(target: &Path, size: u64) -> io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let t = cstr(target)?;
+    let data = CString::new(format!("mode=1777,size={size}")).unwrap_or_default();
+    // SAFETY: valid NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(
+            c"shm".as_ptr(),
+            t.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(errno(&format!("mount tmpfs on {}", target.display())));
+    }
+    Ok(())
+}
+
+/// Whether `path` is a mount point (by /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let p = path.to_string_lossy();
+    mi.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    fn ns_inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn start_time_of_self() {
+        assert!(start_time(std::process::id() as i32).is_some());
+        assert!(start_time(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn pinned_namespaces_outlive_the_thread_and_are_released() {
+        if !root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let req = NamespaceRequest {
+            dir: d.path().join("ns"),
+            net: true,
+            ipc: true,
+            uts: true,
+            pid: true,
+            hostname: "unit-pod".into(),
+            sysctls: vec![(
+                "/proc/sys/net/ipv4/ip_unprivileged_port_start".into(),
+                "0".into(),
+            )],
+        };
+        let ns = create(&req).unwrap();
+        let net = ns.net.clone().unwrap();
+        assert!(is_mounted(&net));
+        assert_ne!(ns_inode(&net), ns_inode(Path::new("/proc/self/ns/net")));
+        assert_ne!(
+            ns_inode(ns.uts.as_ref().unwrap()),
+            ns_inode(Path::new("/proc/self/ns/uts"))
+        );
+        let infra = ns.infra_pid.unwrap();
+        assert_eq!(
+            ns_inode(Path::new(&format!("/proc/{infra}/ns/net"))),
+            ns_inode(&net)
+        );
+        destroy(&ns);
+        assert!(!is_mounted(&net));
+        assert!(!net.exists());
+        assert!(start_time(infra).is_none(), "infra process still there");
+        destroy(&ns);
+    }
+}

@@ -1,0 +1,72 @@
+//! PodSandboxStatus and ListPodSandbox.
+
+use super::PodSandboxes;
+use super::record::PodRecord;
+use super::spec::PodFilter;
+use crate::error::Result;
+
+impl PodSandboxes {
+    /// One pod by full id or unique prefix.
+    pub fn status(&self, id: &str) -> Result<PodRecord> {
+        self.inner.get(id)
+    }
+
+    /// The pods that match every field the filter sets, oldest first.
+    pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
+        let mut out: Vec<PodRecord> = self
+            .inner
+            .lock_pods()
+            .values()
+            .filter(|p| matches(p, filter))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.created_at_ns.cmp(&b.created_at_ns).then(a.id.cmp(&b.id)));
+        out
+    }
+}
+
+fn matches(p: &PodRecord, f: &PodFilter) -> bool {
+    (f.id.is_empty() || p.id.starts_with(&f.id))
+        && f.state.is_none_or(|s| s == p.state)
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| p.spec.labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::spec::PodState;
+
+    #[test]
+    fn filters_are_anded() {
+        let mut p = PodRecord::for_test();
+        p.id = "abcdef".into();
+        p.spec.labels.insert("app".into(), "web".into());
+        let f = |id: &str, state, labels: &[(&str, &str)]| PodFilter {
+            id: id.into(),
+            state,
+            label_selector: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        assert!(matches(&p, &f("", None, &[])));
+        assert!(matches(
+            &p,
+            &f("abc", Some(PodState::Ready), &[("app", "web")])
+        ));
+        assert!(!matches(
+            &p,
+            &f("abd", Some(PodState::Ready), &[("app", "web")])
+        ));
+        assert!(!matches(
+            &p,
+            &f("abc", Some(PodState::NotReady), &[("app", "web")])
+        ));
+        assert!(!matches(
+            &p,
+            &f("abc", Some(PodState::Ready), &[("app", "db")])
+        ));
+    }
+}

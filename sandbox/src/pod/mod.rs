@@ -1,0 +1,216 @@
+//! Pod sandboxes: the shared namespaces, network, files and cgroup that a pod's containers live in.
+//!
+//! ```text
+//!   RunPodSandbox ──▶ READY ──StopPodSandbox──▶ NOTREADY ──RemovePodSandbox──▶ (gone)
+//!                       └──────────────RemovePodSandbox (stops first)─────────────┘
+//! ```
+//! Stop and Remove are idempotent; an unknown id is success for both.
+
+pub mod files;
+mod list;
+mod names;
+pub mod record;
+mod remove;
+mod run;
+pub mod spec;
+mod stop;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use record::PodRecord;
+pub use spec::*;
+
+use crate::Config;
+use crate::cgroup::{CgroupDriver, Hierarchies};
+use crate::cni::{Cni, PluginRunner, ProcessRunner};
+use crate::error::{Error, Result};
+use crate::metrics;
+use names::Reservation;
+use store::PodStore;
+
+/// Where a [`PodSandboxes`] keeps things on the node.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Persistent: CNI result cache under `<root_dir>/cni`.
+    pub root_dir: PathBuf,
+    /// Runtime (tmpfs): pod dirs under `<state_dir>/pods/<id>`.
+    pub state_dir: PathBuf,
+}
+
+/// The pods of this node.
+#[derive(Clone)]
+pub struct PodSandboxes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    paths: Paths,
+    cgroup_driver: CgroupDriver,
+    /// None when the node's cgroups could not be read (pods then get no cgroup of their own).
+    hierarchies: Option<Hierarchies>,
+    store: PodStore,
+    cni: Cni,
+    /// Every persisted pod by id. A std Mutex: never held across an await.
+    pods: Mutex<HashMap<String, PodRecord>>,
+    /// Names being created, or created for a caller that went away (see names.rs).
+    names: Mutex<HashMap<String, Reservation>>,
+    /// Serialises Stop/Remove of one pod.
+    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl PodSandboxes {
+    /// Opens the pod store (records written by an earlier crustd come back as they were).
+    pub fn open(
+        config: Config,
+        db: Arc<redb::Database>,
+        paths: Paths,
+        cgroup_driver: CgroupDriver,
+    ) -> Result<Self> {
+        Self::open_with_runner(config, db, paths, cgroup_driver, Box::new(ProcessRunner))
+    }
+
+    /// As [`open`](Self::open), with another CNI plugin runner (tests).
+    pub fn open_with_runner(
+        config: Config,
+        db: Arc<redb::Database>,
+        paths: Paths,
+        cgroup_driver: CgroupDriver,
+        runner: Box<dyn PluginRunner>,
+    ) -> Result<Self> {
+        metrics::init();
+        let store = PodStore::new(db);
+        let pods = store
+            .load_all()?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let hierarchies = match Hierarchies::detect() {
+            Ok(h) if !h.mounts.is_empty() => Some(h),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read cgroup hierarchies; pods get no cgroup");
+                None
+            }
+        };
+        let cni = Cni::new(
+            config.cni_bin_dirs.clone(),
+            paths.root_dir.join("cni"),
+            Duration::from_secs(config.cni_timeout_seconds.max(1)),
+            runner,
+        );
+        let s = Self {
+            inner: Arc::new(Inner {
+                config,
+                paths,
+                cgroup_driver,
+                hierarchies,
+                store,
+                cni,
+                pods: Mutex::new(pods),
+                names: Mutex::new(HashMap::new()),
+                op_locks: Mutex::new(HashMap::new()),
+            }),
+        };
+        s.inner.update_metrics();
+        Ok(s)
+    }
+
+    /// The configuration pods are made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// A pod's record by full id or unique prefix (for the containers of the pod).
+    pub fn get(&self, id: &str) -> Result<PodRecord> {
+        self.inner.get(id)
+    }
+}
+
+impl Inner {
+    fn lock_pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodRecord>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Full id for a full id or unique prefix; None when no pod matches.
+    fn resolve(&self, id: &str) -> Result<Option<String>> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("pod sandbox id is empty".into()));
+        }
+        let pods = self.lock_pods();
+        if pods.contains_key(id) {
+            return Ok(Some(id.to_string()));
+        }
+        let mut matches = pods.keys().filter(|k| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (None, _) => Ok(None),
+            (Some(one), None) => Ok(Some(one.clone())),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "pod sandbox id prefix {id:?} is ambiguous"
+            ))),
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<PodRecord> {
+        let full = self
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))?;
+        self.lock_pods()
+            .get(&full)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+    }
+
+    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.op_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn forget_op_lock(&self, id: &str) {
+        self.op_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Persists and caches a record.
+    fn save(&self, rec: PodRecord) -> Result<()> {
+        self.store.put(&rec)?;
+        self.lock_pods().insert(rec.id.clone(), rec);
+        self.update_metrics();
+        Ok(())
+    }
+
+    fn update_metrics(&self) {
+        let pods = self.lock_pods();
+        for state in [PodState::Ready, PodState::NotReady] {
+            let n = pods.values().filter(|p| p.state == state).count();
+            metrics::PODS
+                .with_label_values(&[state.as_str()])
+                .set(n as i64);
+        }
+    }
+}
+
+/// A fresh random pod id: 64 hex characters.
+fn new_id() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

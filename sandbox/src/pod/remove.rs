@@ -1,0 +1,53 @@
+//! RemovePodSandbox: stop, then release namespaces, files, cgroup and the record; idempotent.
+
+use super::PodSandboxes;
+use super::stop::stop_locked;
+use crate::cgroup;
+use crate::error::Result;
+use crate::namespaces;
+
+impl PodSandboxes {
+    /// Removes a pod in any state. An unknown id is success.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let inner = &self.inner;
+        let Some(id) = inner.resolve(id)? else {
+            return Ok(());
+        };
+        let lock = inner.op_lock(&id);
+        let _guard = lock.lock().await;
+        let Some(rec) = inner.lock_pods().get(&id).cloned() else {
+            return Ok(());
+        };
+        let rec = stop_locked(inner, rec).await?;
+        // The pod's shim is shut down here once crust_sandbox::shim exists.
+        let r = rec.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(shm) = &r.shm {
+                namespaces::unmount(shm)?;
+            }
+            namespaces::destroy(&r.namespaces);
+            match std::fs::remove_dir_all(&r.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            if let Some(cg) = &r.cgroup {
+                cgroup::remove(cg)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| crate::Error::Internal(format!("remove task: {e}")))??;
+        inner.store.delete(&id)?;
+        inner.lock_pods().remove(&id);
+        inner
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, r| r.id() != id);
+        inner.update_metrics();
+        drop(_guard);
+        inner.forget_op_lock(&id);
+        tracing::info!(pod = %id, "pod sandbox removed");
+        Ok(())
+    }
+}

@@ -1,0 +1,412 @@
+//! RunPodSandbox: every step registers its undo, and a failing step undoes all before it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch};
+
+use super::names::Reservation;
+use super::record::PodRecord;
+use super::spec::{NamespaceMode, PodSpec, PodState};
+use super::{Inner, PodSandboxes, new_id, now_ns};
+use crate::cgroup::{self, PodCgroup};
+use crate::cni::{self, RuntimeConf, result_ips};
+use crate::error::{Error, Result};
+use crate::namespaces::{self, NamespaceRequest, PodNamespaces};
+use crate::pod::files;
+use crate::sysctl;
+
+enum Reserved {
+    /// A finished create whose caller had gone: this request takes it over.
+    Created(String),
+    /// The name is ours with this new id.
+    Fresh(String, watch::Sender<super::names::Outcome>),
+    /// An identical create is running.
+    Wait(watch::Receiver<super::names::Outcome>),
+}
+
+/// What to undo if a later step fails, in the order the steps were done.
+enum Undo {
+    Dir(PathBuf),
+    Cgroup(PodCgroup),
+    Namespaces(PodNamespaces),
+    Shm(PathBuf),
+    Network(String),
+}
+
+impl PodSandboxes {
+    /// Creates a pod and returns its id. See names.rs for what happens to a retried request.
+    pub async fn run(&self, spec: PodSpec) -> Result<String> {
+        validate(&self.inner, &spec)?;
+        let key = spec.metadata.key();
+        loop {
+            match self.reserve(&key, &spec)? {
+                Reserved::Created(id) => return Ok(id),
+                Reserved::Fresh(id, tx) => return self.start_run(id, key, spec, tx).await,
+                Reserved::Wait(mut done) => {
+                    // A retry of a create still running: wait for it. If it failed, try again.
+                    let outcome = done
+                        .wait_for(Option::is_some)
+                        .await
+                        .map(|o| o.clone())
+                        .ok()
+                        .flatten();
+                    if let Some(Ok(id)) = outcome {
+                        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
+                        if matches!(names.get(&key), Some(Reservation::Unclaimed { id: i, .. }) if *i == id)
+                        {
+                            names.remove(&key);
+                        }
+                        return Ok(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the name for a new pod, or finds the create this request is a retry of.
+    fn reserve(&self, key: &str, spec: &PodSpec) -> Result<Reserved> {
+        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
+        match names.get(key) {
+            Some(Reservation::InFlight { spec: s, done, .. }) if s == spec => {
+                Ok(Reserved::Wait(done.clone()))
+            }
+            Some(Reservation::Unclaimed { id, spec: s }) if s == spec => {
+                let id = id.clone();
+                names.remove(key);
+                Ok(Reserved::Created(id))
+            }
+            Some(r) => Err(Error::AlreadyExists(format!(
+                "pod sandbox name {key:?} is reserved for {}",
+                r.id()
+            ))),
+            None => {
+                if let Some(holder) = self
+                    .inner
+                    .lock_pods()
+                    .values()
+                    .find(|p| p.spec.metadata == spec.metadata)
+                {
+                    return Err(Error::AlreadyExists(format!(
+                        "pod sandbox name {key:?} is already used by {}",
+                        holder.id
+                    )));
+                }
+                let id = new_id()?;
+                let (tx, rx) = watch::channel(None);
+                names.insert(
+                    key.to_string(),
+                    Reservation::InFlight {
+                        id: id.clone(),
+                        spec: spec.clone(),
+                        done: rx,
+                    },
+                );
+                Ok(Reserved::Fresh(id, tx))
+            }
+        }
+    }
+
+    async fn start_run(
+        &self,
+        id: String,
+        key: String,
+        spec: PodSpec,
+        done: watch::Sender<super::names::Outcome>,
+    ) -> Result<String> {
+        let inner = self.inner.clone();
+        let (tx, rx) = oneshot::channel();
+        // The create runs to its end even if the RPC that asked for it is cancelled.
+        tokio::spawn(async move {
+            let result = create(&inner, &id, &spec).await;
+            {
+                let mut names = inner.names.lock().unwrap_or_else(|p| p.into_inner());
+                match &result {
+                    Ok(id) if tx.is_closed() => {
+                        tracing::info!(pod = %id, name = %key, "pod created after its caller left; kept for a retry");
+                        names.insert(
+                            key.clone(),
+                            Reservation::Unclaimed {
+                                id: id.clone(),
+                                spec: spec.clone(),
+                            },
+                        );
+                    }
+                    _ => {
+                        names.remove(&key);
+                    }
+                }
+            }
+            let _ = done.send(Some(
+                result
+                    .as_ref()
+                    .map(String::clone)
+                    .map_err(|e| e.to_string()),
+            ));
+            let _ = tx.send(result);
+        });
+        rx.await
+            .map_err(|_| Error::Internal("pod creation task ended without a result".into()))?
+    }
+}
+
+/// Checks everything that can be checked before touching the node.
+fn validate(inner: &Inner, spec: &PodSpec) -> Result<()> {
+    let m = &spec.metadata;
+    if m.name.is_empty() || m.namespace.is_empty() || m.uid.is_empty() {
+        return Err(Error::InvalidArgument(
+            "pod sandbox metadata needs name, namespace and uid".into(),
+        ));
+    }
+    if inner.config.handler(&spec.runtime_handler).is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "unknown runtime handler {:?} (configured: {})",
+            spec.runtime_handler,
+            inner
+                .config
+                .runtime_handlers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let ns = &spec.namespaces;
+    for (what, mode) in [("network", ns.network), ("ipc", ns.ipc)] {
+        if !matches!(mode, NamespaceMode::Pod | NamespaceMode::Node) {
+            return Err(Error::InvalidArgument(format!(
+                "{what} namespace mode {mode:?} is not supported for a pod (POD or NODE)"
+            )));
+        }
+    }
+    if !spec.hostname.is_empty() {
+        files::validate_hostname(&spec.hostname).map_err(Error::InvalidArgument)?;
+    }
+    if let Some(dns) = &spec.dns {
+        files::validate_dns(dns).map_err(Error::InvalidArgument)?;
+    }
+    for (k, v) in &spec.sysctls {
+        sysctl::validate(
+            k,
+            v,
+            ns.network == NamespaceMode::Node,
+            ns.ipc == NamespaceMode::Node,
+        )
+        .map_err(Error::InvalidArgument)?;
+    }
+    for p in &spec.port_mappings {
+        if !(1..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid port mapping {}:{}",
+                p.host_port, p.container_port
+            )));
+        }
+        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "invalid host IP {:?} in a port mapping",
+                p.host_ip
+            )));
+        }
+    }
+    cgroup::pod_cgroup_path(inner.cgroup_driver, &spec.cgroup_parent, &"0".repeat(64))
+        .map_err(Error::InvalidArgument)?;
+    Ok(())
+}
+
+async fn create(inner: &Arc<Inner>, id: &str, spec: &PodSpec) -> Result<String> {
+    let mut undo = Vec::new();
+    match create_steps(inner, id, spec, &mut undo).await {
+        Ok(rec) => {
+            if let Err(e) = inner.save(rec) {
+                rollback(inner, undo).await;
+                return Err(e);
+            }
+            tracing::info!(pod = %id, name = %spec.metadata.key(), "pod sandbox ready");
+            Ok(id.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(pod = %id, name = %spec.metadata.key(), error = %e, "RunPodSandbox failed; rolling back");
+            rollback(inner, undo).await;
+            Err(e)
+        }
+    }
+}
+
+async fn create_steps(
+    inner: &Arc<Inner>,
+    id: &str,
+    spec: &PodSpec,
+    undo: &mut Vec<Undo>,
+) -> Result<PodRecord> {
+    let (handler, _) = inner
+        .config
+        .handler(&spec.runtime_handler)
+        .ok_or_else(|| Error::InvalidArgument("unknown runtime handler".into()))?;
+    let handler = handler.to_string();
+    let host_network = spec.namespaces.network == NamespaceMode::Node;
+    let host_ipc = spec.namespaces.ipc == NamespaceMode::Node;
+
+    // 1. The pod's directory.
+    let dir = inner.paths.state_dir.join("pods").join(id);
+    std::fs::create_dir_all(dir.parent().unwrap_or(Path::new("/")))?;
+    std::fs::create_dir(&dir)?;
+    undo.push(Undo::Dir(dir.clone()));
+
+    // 2. The pod cgroup.
+    let mut pod_cgroup = None;
+    if let Some(h) = &inner.hierarchies {
+        let path = cgroup::pod_cgroup_path(inner.cgroup_driver, &spec.cgroup_parent, id)
+            .map_err(Error::InvalidArgument)?;
+        let limits = cgroup::pod_limits(spec.overhead.as_ref(), spec.resources.as_ref());
+        let cg = cgroup::create(h, &path, limits.as_ref())?;
+        undo.push(Undo::Cgroup(cg.clone()));
+        pod_cgroup = Some(cg);
+    }
+
+    // 3. Namespaces, hostname, lo, sysctls.
+    let hostname = if !spec.hostname.is_empty() && !host_network {
+        spec.hostname.clone()
+    } else {
+        node_hostname()
+    };
+    let sysctls = spec
+        .sysctls
+        .iter()
+        .map(|(k, v)| {
+            sysctl::validate(k, v, host_network, host_ipc)
+                .map(|p| (p, v.clone()))
+                .map_err(Error::InvalidArgument)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let req = NamespaceRequest {
+        dir: dir.join("ns"),
+        net: !host_network,
+        ipc: !host_ipc,
+        uts: !host_network,
+        pid: spec.namespaces.pid == NamespaceMode::Pod,
+        hostname: hostname.clone(),
+        sysctls,
+    };
+    let ns = tokio::task::spawn_blocking(move || namespaces::create(&req))
+        .await
+        .map_err(|e| Error::Internal(format!("namespace task: {e}")))??;
+    undo.push(Undo::Namespaces(ns.clone()));
+    if let (Some(h), Some(cg), Some(pid)) = (&inner.hierarchies, &pod_cgroup, ns.infra_pid) {
+        cgroup::add_process(h, &cg.path, pid)?;
+    }
+
+    // 4. /dev/shm.
+    let shm = if host_ipc {
+        None
+    } else {
+        let shm = dir.join("shm");
+        namespaces::mount_shm(&shm, inner.config.pod_shm_size_bytes)?;
+        undo.push(Undo::Shm(shm.clone()));
+        Some(shm)
+    };
+
+    // 5. Network.
+    let mut ips = Vec::new();
+    let mut network = None;
+    if let Some(netns) = &ns.net {
+        let conf = cni::find_network_config(&inner.config.cni_conf_dir)?;
+        let rt = runtime_conf(id, netns, spec);
+        undo.push(Undo::Network(id.to_string()));
+        let result = inner.cni.add(&conf, &rt).await?;
+        ips = result_ips(&result);
+        network = Some(conf.name.clone());
+    }
+
+    // 6. Files for the containers.
+    let hostname_path = dir.join("hostname");
+    std::fs::write(&hostname_path, format!("{hostname}\n"))?;
+    let hosts_path = dir.join("hosts");
+    let hosts = if host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        files::render_hosts(&hostname, &ips)
+    };
+    std::fs::write(&hosts_path, hosts)?;
+    let resolv_conf_path = dir.join("resolv.conf");
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(
+        &resolv_conf_path,
+        files::render_resolv_conf(spec.dns.as_ref(), &host_resolv),
+    )?;
+
+    // 7. The pod's shim: started here once crust_sandbox::shim exists (one step, undone by
+    //    shutting it down). Until then containers of the pod have no shim to run under.
+
+    Ok(PodRecord {
+        version: super::store::RECORD_VERSION,
+        id: id.to_string(),
+        spec: spec.clone(),
+        runtime_handler: handler,
+        state: PodState::Ready,
+        created_at_ns: now_ns(),
+        dir,
+        namespaces: ns,
+        shm,
+        hostname,
+        hostname_path,
+        hosts_path,
+        resolv_conf_path,
+        ips,
+        network,
+        cgroup: pod_cgroup,
+    })
+}
+
+/// CNI's per-pod inputs, with the CNI_ARGS kubelet's networking expects.
+pub(super) fn runtime_conf(id: &str, netns: &Path, spec: &PodSpec) -> RuntimeConf {
+    let m = &spec.metadata;
+    RuntimeConf {
+        container_id: id.to_string(),
+        netns: netns.to_path_buf(),
+        ifname: "eth0".into(),
+        args: vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            ("K8S_POD_NAMESPACE".into(), m.namespace.clone()),
+            ("K8S_POD_NAME".into(), m.name.clone()),
+            ("K8S_POD_INFRA_CONTAINER_ID".into(), id.to_string()),
+            ("K8S_POD_UID".into(), m.uid.clone()),
+        ],
+        port_mappings: spec.port_mappings.clone(),
+    }
+}
+
+async fn rollback(inner: &Arc<Inner>, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        match step {
+            Undo::Network(id) => {
+                if let Err(e) = inner.cni.del(&id, None, &RuntimeConf::default()).await {
+                    tracing::warn!(pod = %id, error = %e, "rollback: CNI DEL");
+                }
+            }
+            Undo::Shm(p) => {
+                if let Err(e) = namespaces::unmount(&p) {
+                    tracing::warn!(error = %e, "rollback: unmount shm");
+                }
+            }
+            Undo::Namespaces(ns) => {
+                let _ = tokio::task::spawn_blocking(move || namespaces::destroy(&ns)).await;
+            }
+            Undo::Cgroup(cg) => {
+                if let Err(e) = cgroup::remove(&cg) {
+                    tracing::warn!(error = %e, "rollback: cgroup");
+                }
+            }
+            Undo::Dir(d) => {
+                if let Err(e) = std::fs::remove_dir_all(&d) {
+                    tracing::warn!(dir = %d.display(), error = %e, "rollback: pod dir");
+                }
+            }
+        }
+    }
+}
+
+fn node_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,107 @@
+//! Pod records in the shared redb state store (table `sandbox_pods`).
+
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::record::PodRecord;
+use crate::error::{Error, Result};
+
+const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("sandbox_pods");
+
+/// The version this code writes; records from a newer crust are refused.
+pub const RECORD_VERSION: u32 = 1;
+
+pub struct PodStore {
+    db: Arc<Database>,
+}
+
+impl PodStore {
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    pub fn load_all(&self) -> Result<Vec<PodRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(PODS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let rec: PodRecord = serde_json::from_slice(v.value())
+                .map_err(|e| Error::Store(format!("pod record {}: {e}", k.value())))?;
+            if rec.version > RECORD_VERSION {
+                return Err(Error::Store(format!(
+                    "pod record {} has version {} (this crust knows {RECORD_VERSION})",
+                    k.value(),
+                    rec.version
+                )));
+            }
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    pub fn put(&self, rec: &PodRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(rec).map_err(|e| Error::Internal(e.to_string()))?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(PODS)?;
+            t.insert(rec.id.as_str(), bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(PODS)?;
+            t.remove(id)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::record::PodRecord;
+
+    #[test]
+    fn records_round_trip_and_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.redb");
+        let rec = PodRecord {
+            id: "ab".repeat(32),
+            ips: vec!["10.88.0.2".into()],
+            ..PodRecord::for_test()
+        };
+        {
+            let s = PodStore::new(Arc::new(Database::create(&path).unwrap()));
+            assert!(s.load_all().unwrap().is_empty());
+            s.put(&rec).unwrap();
+        }
+        let s = PodStore::new(Arc::new(Database::create(&path).unwrap()));
+        assert_eq!(s.load_all().unwrap(), vec![rec.clone()]);
+        s.delete(&rec.id).unwrap();
+        s.delete(&rec.id).unwrap();
+        assert!(s.load_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn newer_records_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = PodStore::new(Arc::new(Database::create(d.path().join("s.redb")).unwrap()));
+        let rec = PodRecord {
+            version: RECORD_VERSION + 1,
+            ..PodRecord::for_test()
+        };
+        s.put(&rec).unwrap();
+        assert!(s.load_all().is_err());
+    }
+}

@@ -1,0 +1,674 @@
+//! Client of the per-pod `crust-shim` (a containerd shim v2) over ttrpc.
+//!
+//! - [`ShimClient::spawn`] starts a pod's shim the containerd way: it runs
+//!   `crust-shim -namespace NS -id POD -address EVENTS start` in the pod's state
+//!   directory with `BootstrapParams` on stdin (events address, socket directory) and
+//!   reads the address the shim answers with. The shim runs detached (own session) and
+//!   writes that address to `<pod dir>/address`, so [`ShimClient::reconnect`] finds it
+//!   again after crustd restarts.
+//! - [`EventsServer`] is the ttrpc `containerd.services.events.ttrpc.v1.Events` service
+//!   the shims publish `/tasks/exit`, `/tasks/start`, `/tasks/oom`, ... to.
+//!
+//! Container stdio (see [`TaskIo`]): a CRI log file is passed as the stdout field
+//! `file:///abs/path.log` (the shim writes stdout and stderr into it in the CRI format);
+//! stdin is a FIFO the caller writes to; exec output can go to FIFOs.
+//! ReopenContainerLog is an `Update` with the [`REOPEN_LOG_ANNOTATION`] annotation
+//! ([`ShimClient::reopen_log`]).
+
+mod events;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, SystemTime},
+};
+
+use containerd_shim_protos::{
+    api::{
+        CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest,
+        KillRequest, PidsRequest, ResizePtyRequest, ShutdownRequest, StartRequest, StateRequest,
+        StatsRequest, UpdateTaskRequest, WaitRequest,
+    },
+    bootstrap_api::{BootstrapParams, BootstrapResult},
+    cgroups::metrics::Metrics,
+    protobuf::{Message, MessageField, well_known_types::any::Any},
+    shim::oci::Options,
+    shim_async::{Client, TaskClient},
+    ttrpc::{self, Code, context::Context},
+    types::{mount::Mount, task::Status},
+};
+use tokio::io::AsyncWriteExt;
+
+pub use events::{EventsServer, ShimEvent, TaskEvent};
+
+/// Annotation on a Task `Update` that makes the shim reopen the container's CRI log.
+pub const REOPEN_LOG_ANNOTATION: &str = "io.crust.shim.reopen-log";
+/// Scheme of the CRI log path in the create request's stdout field.
+pub const CRI_LOG_SCHEME: &str = "file://";
+
+/// Errors talking to a shim, named by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The shim is gone or not answering.
+    #[error("shim unavailable: {0}")]
+    Unavailable(String),
+    /// Starting the shim process failed.
+    #[error("starting shim: {0}")]
+    Start(String),
+    #[error("shim i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("shim: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, ShimError>;
+
+impl From<ttrpc::Error> for ShimError {
+    fn from(e: ttrpc::Error) -> Self {
+        match e {
+            ttrpc::Error::RpcStatus(s) => {
+                let msg = s.message().to_string();
+                match s.code() {
+                    Code::NOT_FOUND => ShimError::NotFound(msg),
+                    Code::ALREADY_EXISTS => ShimError::AlreadyExists(msg),
+                    Code::INVALID_ARGUMENT => ShimError::InvalidArgument(msg),
+                    Code::FAILED_PRECONDITION => ShimError::FailedPrecondition(msg),
+                    Code::UNAVAILABLE | Code::DEADLINE_EXCEEDED => ShimError::Unavailable(msg),
+                    _ => ShimError::Internal(msg),
+                }
+            }
+            ttrpc::Error::Socket(m) => ShimError::Unavailable(m),
+            ttrpc::Error::RemoteClosed | ttrpc::Error::LocalClosed => {
+                ShimError::Unavailable("connection closed".into())
+            }
+            other => ShimError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// How to start shims.
+#[derive(Debug, Clone)]
+pub struct SpawnConfig {
+    /// The shim binary (`crust-shim`, or another shim v2).
+    pub binary: PathBuf,
+    /// containerd-style namespace passed to the shim (`k8s.io`).
+    pub namespace: String,
+    /// Directory for the shims' ttrpc sockets (under crust's state dir; keep it short).
+    pub socket_dir: PathBuf,
+    pub debug: bool,
+    /// How long `start` may take.
+    pub start_timeout: Duration,
+}
+
+impl Default for SpawnConfig {
+    fn default() -> Self {
+        SpawnConfig {
+            binary: PathBuf::from("crust-shim"),
+            namespace: "k8s.io".to_string(),
+            socket_dir: PathBuf::from("/run/crust/s"),
+            debug: false,
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where a process's output goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Discarded.
+    #[default]
+    Null,
+    /// The shim writes stdout and stderr to this file in the CRI log format.
+    CriLog(PathBuf),
+    /// Raw bytes into these paths (FIFOs the caller reads, or files).
+    Paths {
+        stdout: Option<PathBuf>,
+        stderr: Option<PathBuf>,
+    },
+}
+
+/// Stdio of a container's init process or of an exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskIo {
+    /// A FIFO the caller writes the process's stdin into (attach); `CloseIO` ends it.
+    pub stdin: Option<PathBuf>,
+    pub output: Output,
+    /// Allocate a pty (its output is the `stdout` stream).
+    pub terminal: bool,
+}
+
+impl TaskIo {
+    fn fields(&self) -> (String, String, String) {
+        let p = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let (out, err) = match &self.output {
+            Output::Null => (String::new(), String::new()),
+            Output::CriLog(path) => (format!("{CRI_LOG_SCHEME}{}", path.display()), String::new()),
+            Output::Paths { stdout, stderr } => (p(stdout), p(stderr)),
+        };
+        (p(&self.stdin), out, err)
+    }
+}
+
+/// Which OCI runtime the shim drives for a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// runc-compatible binary (default `runc` from PATH).
+    pub binary: Option<String>,
+    /// The runtime's state root (`runc --root`); default `/run/crust/runc`.
+    pub root: Option<PathBuf>,
+    pub systemd_cgroup: bool,
+}
+
+/// A mount the shim performs at `<bundle>/rootfs` before creating the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsMount {
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// A container to create: `bundle` holds `config.json` (and `rootfs` unless mounts are given).
+#[derive(Debug, Clone, Default)]
+pub struct CreateTask {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<RootfsMount>,
+    pub io: TaskIo,
+    pub runtime: RuntimeOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    Unknown,
+    Created,
+    Running,
+    Stopped,
+    Paused,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub pid: u32,
+    /// Exit code, or 128 + signal.
+    pub exit_status: u32,
+    pub exited_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    pub id: String,
+    pub exec_id: String,
+    pub pid: u32,
+    pub status: TaskStatus,
+    pub exit_status: u32,
+    pub exited_at: Option<SystemTime>,
+    pub bundle: String,
+    pub terminal: bool,
+}
+
+fn to_time(
+    t: &MessageField<containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp>,
+) -> Option<SystemTime> {
+    t.as_ref()
+        .filter(|t| t.seconds > 0 || t.nanos > 0)
+        .map(|t| SystemTime::from(t.clone()))
+}
+
+/// A connection to one pod's shim.
+#[derive(Clone)]
+pub struct ShimClient {
+    task: TaskClient,
+    address: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ShimClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShimClient")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+/// Parses what `shim start` printed: a `BootstrapResult`, the legacy JSON, or a bare address.
+fn parse_start_output(out: &[u8]) -> Option<String> {
+    if let Ok(r) = BootstrapResult::parse_from_bytes(out)
+        && !r.address.is_empty()
+        && r.address.is_ascii()
+    {
+        return Some(r.address);
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(out)
+        && let Some(a) = v.get("address").and_then(|a| a.as_str())
+    {
+        return Some(a.to_string());
+    }
+    let s = std::str::from_utf8(out).ok()?.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl ShimClient {
+    /// Starts the pod's shim (or finds the one already serving this pod) and connects.
+    ///
+    /// `pod_dir` is the shim's working directory: it gets `address`, `shim.pid` and
+    /// `shim.log`. `events_address` is the [`EventsServer`] the shim publishes to.
+    pub async fn spawn(
+        cfg: &SpawnConfig,
+        pod_id: &str,
+        pod_dir: &Path,
+        events_address: &str,
+    ) -> Result<ShimClient> {
+        tokio::fs::create_dir_all(&cfg.socket_dir).await?;
+        let params = BootstrapParams {
+            instance_id: pod_id.to_string(),
+            namespace: cfg.namespace.clone(),
+            containerd_ttrpc_address: events_address.to_string(),
+            containerd_grpc_address: events_address.to_string(),
+            socket_dir: Some(cfg.socket_dir.display().to_string()),
+            ..Default::default()
+        };
+        let input = params
+            .write_to_bytes()
+            .map_err(|e| ShimError::Internal(e.to_string()))?;
+        let mut cmd = tokio::process::Command::new(&cfg.binary);
+        cmd.current_dir(pod_dir)
+            .args(["-namespace", &cfg.namespace, "-id", pod_id])
+            .args(["-address", events_address])
+            .env("TTRPC_ADDRESS", events_address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if cfg.debug {
+            cmd.arg("-debug");
+        }
+        cmd.arg("start");
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| ShimError::Start(format!("{}: {e}", cfg.binary.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&input).await?;
+        }
+        let out = tokio::time::timeout(cfg.start_timeout, child.wait_with_output())
+            .await
+            .map_err(|_| ShimError::Start("timed out".into()))??;
+        if !out.status.success() {
+            return Err(ShimError::Start(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let address = parse_start_output(&out.stdout)
+            .ok_or_else(|| ShimError::Start("shim printed no address".into()))?;
+        Self::connect(&address).await
+    }
+
+    /// Connects to a shim at `address` (`unix:///path`).
+    pub async fn connect(address: &str) -> Result<ShimClient> {
+        let client = Client::connect(address)
+            .await
+            .map_err(|e| ShimError::Unavailable(format!("{address}: {e}")))?;
+        Ok(ShimClient {
+            task: TaskClient::new(client),
+            address: address.to_string(),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Reconnects to the shim whose address was saved in `pod_dir/address` (after a restart).
+    pub async fn reconnect(pod_dir: &Path) -> Result<ShimClient> {
+        let address = tokio::fs::read_to_string(pod_dir.join("address")).await?;
+        Self::connect(address.trim()).await
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Per-call timeout for everything but `wait` (default 30 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    fn ctx(&self) -> Context {
+        ttrpc::context::with_timeout(self.timeout.as_nanos() as i64)
+    }
+
+    /// Creates a container; returns its init pid.
+    pub async fn create(&self, t: &CreateTask) -> Result<u32> {
+        let (stdin, stdout, stderr) = t.io.fields();
+        let opts = Options {
+            binary_name: t.runtime.binary.clone().unwrap_or_default(),
+            root: t
+                .runtime
+                .root
+                .as_ref()
+                .map(|r| r.display().to_string())
+                .unwrap_or_default(),
+            systemd_cgroup: t.runtime.systemd_cgroup,
+            ..Default::default()
+        };
+        let options = Any {
+            type_url: "containerd.runc.v1.Options".to_string(),
+            value: opts
+                .write_to_bytes()
+                .map_err(|e| ShimError::Internal(e.to_string()))?,
+            ..Default::default()
+        };
+        let req = CreateTaskRequest {
+            id: t.id.clone(),
+            bundle: t.bundle.display().to_string(),
+            rootfs: t
+                .rootfs
+                .iter()
+                .map(|m| Mount {
+                    type_: m.kind.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            terminal: t.io.terminal,
+            stdin,
+            stdout,
+            stderr,
+            options: Some(options).into(),
+            ..Default::default()
+        };
+        Ok(self.task.create(self.ctx(), &req).await?.pid)
+    }
+
+    /// Starts a created container (`exec_id` empty) or an added exec; returns its pid.
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let req = StartRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        Ok(self.task.start(self.ctx(), &req).await?.pid)
+    }
+
+    /// Signals the container's init (`all`: every process of it) or an exec.
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let req = KillRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.task.kill(self.ctx(), &req).await?;
+        Ok(())
+    }
+
+    /// Waits until the process exited (no timeout).
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        let req = WaitRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        let r = self.task.wait(Context::default(), &req).await?;
+        Ok(ExitInfo {
+            pid: 0,
+            exit_status: r.exit_status,
+            exited_at: to_time(&r.exited_at),
+        })
+    }
+
+    /// Deletes a stopped container (or exec) and returns how it ended.
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        let req = DeleteRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        let r = self.task.delete(self.ctx(), &req).await?;
+        Ok(ExitInfo {
+            pid: r.pid,
+            exit_status: r.exit_status,
+            exited_at: to_time(&r.exited_at),
+        })
+    }
+
+    pub async fn state(&self, id: &str, exec_id: &str) -> Result<TaskState> {
+        let req = StateRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        let r = self.task.state(self.ctx(), &req).await?;
+        let status = match r.status.enum_value_or_default() {
+            Status::CREATED => TaskStatus::Created,
+            Status::RUNNING => TaskStatus::Running,
+            Status::STOPPED => TaskStatus::Stopped,
+            Status::PAUSED | Status::PAUSING => TaskStatus::Paused,
+            _ => TaskStatus::Unknown,
+        };
+        Ok(TaskState {
+            id: r.id.clone(),
+            exec_id: r.exec_id.clone(),
+            pid: r.pid,
+            status,
+            exit_status: r.exit_status,
+            exited_at: to_time(&r.exited_at),
+            bundle: r.bundle.clone(),
+            terminal: r.terminal,
+        })
+    }
+
+    /// Adds an exec process (an OCI `process` object, serialized as JSON); start it with
+    /// [`ShimClient::start`].
+    pub async fn exec<S: serde::Serialize>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &S,
+        io: &TaskIo,
+    ) -> Result<()> {
+        let (stdin, stdout, stderr) = io.fields();
+        let value =
+            serde_json::to_vec(process).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        let req = ExecProcessRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            terminal: io.terminal,
+            stdin,
+            stdout,
+            stderr,
+            spec: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        self.task.exec(self.ctx(), &req).await?;
+        Ok(())
+    }
+
+    /// cgroup v1 statistics of the container.
+    pub async fn stats(&self, id: &str) -> Result<Metrics> {
+        let req = StatsRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let r = self.task.stats(self.ctx(), &req).await?;
+        let any = r
+            .stats
+            .as_ref()
+            .ok_or_else(|| ShimError::Internal("no stats".into()))?;
+        Metrics::parse_from_bytes(&any.value).map_err(|e| ShimError::Internal(e.to_string()))
+    }
+
+    /// Applies new resources (an OCI `LinuxResources` object) to a running container.
+    pub async fn update<S: serde::Serialize>(&self, id: &str, resources: &S) -> Result<()> {
+        let value =
+            serde_json::to_vec(resources).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        let req = UpdateTaskRequest {
+            id: id.to_string(),
+            resources: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                    .into(),
+                value,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        self.task.update(self.ctx(), &req).await?;
+        Ok(())
+    }
+
+    /// Reopens the container's CRI log file (ReopenContainerLog). Fails with
+    /// `FailedPrecondition` when the container is not running or has no CRI log.
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let req = UpdateTaskRequest {
+            id: id.to_string(),
+            annotations: HashMap::from([(REOPEN_LOG_ANNOTATION.to_string(), "true".to_string())]),
+            ..Default::default()
+        };
+        self.task.update(self.ctx(), &req).await?;
+        Ok(())
+    }
+
+    /// Pids of the container's processes.
+    pub async fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        let req = PidsRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let r = self.task.pids(self.ctx(), &req).await?;
+        Ok(r.processes.iter().map(|p| p.pid).collect())
+    }
+
+    /// Closes the process's stdin (after the attached client went away).
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = CloseIORequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdin: true,
+            ..Default::default()
+        };
+        self.task.close_io(self.ctx(), &req).await?;
+        Ok(())
+    }
+
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = ResizePtyRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.task.resize_pty(self.ctx(), &req).await?;
+        Ok(())
+    }
+
+    /// The shim's own pid.
+    pub async fn shim_pid(&self) -> Result<u32> {
+        let r = self
+            .task
+            .connect(self.ctx(), &ConnectRequest::default())
+            .await?;
+        Ok(r.shim_pid)
+    }
+
+    /// Asks the shim to exit: only when it holds no container, unless `now`.
+    pub async fn shutdown(&self, now: bool) -> Result<()> {
+        let req = ShutdownRequest {
+            now,
+            ..Default::default()
+        };
+        match self.task.shutdown(self.ctx(), &req).await {
+            Ok(_) => Ok(()),
+            // The shim may exit before answering.
+            Err(ttrpc::Error::RemoteClosed | ttrpc::Error::LocalClosed) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_output_formats() {
+        let r = BootstrapResult {
+            version: 3,
+            address: "unix:///run/crust/s/abc".into(),
+            protocol: "ttrpc".into(),
+            ..Default::default()
+        };
+        let bytes = r.write_to_bytes().unwrap();
+        assert_eq!(
+            parse_start_output(&bytes).as_deref(),
+            Some("unix:///run/crust/s/abc")
+        );
+        assert_eq!(
+            parse_start_output(br#"{"version":3,"address":"unix:///x","protocol":"ttrpc"}"#)
+                .as_deref(),
+            Some("unix:///x")
+        );
+        assert_eq!(
+            parse_start_output(b"unix:///y\n").as_deref(),
+            Some("unix:///y")
+        );
+        assert_eq!(parse_start_output(b""), None);
+    }
+
+    #[test]
+    fn stdio_fields() {
+        let io = TaskIo {
+            stdin: Some("/p/stdin".into()),
+            output: Output::CriLog("/var/log/pods/c.log".into()),
+            terminal: false,
+        };
+        assert_eq!(
+            io.fields(),
+            (
+                "/p/stdin".to_string(),
+                "file:///var/log/pods/c.log".to_string(),
+                String::new()
+            )
+        );
+        let io = TaskIo {
+            output: Output::Paths {
+                stdout: Some("/f/out".into()),
+                stderr: None,
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            io.fields(),
+            (String::new(), "/f/out".to_string(), String::new())
+        );
+    }
+
+    #[test]
+    fn status_codes_map_to_variants() {
+        let e: ShimError =
+            ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "gone")).into();
+        assert!(matches!(e, ShimError::NotFound(m) if m == "gone"));
+        let e: ShimError = ttrpc::Error::RemoteClosed.into();
+        assert!(matches!(e, ShimError::Unavailable(_)));
+    }
+}
