@@ -92,7 +92,7 @@ registry_start() {
 				break
 			fi
 			if grep -q "listening on $addr" "$dir/registry.log" &&
-				curl -sS -o /dev/null "http://$addr/v2/" 2>/dev/null; then
+				curl --noproxy "*" -sS -o /dev/null "http://$addr/v2/" 2>/dev/null; then
 				REGISTRY_PID=$pid
 				REGISTRY_ADDR=$addr
 				return 0
