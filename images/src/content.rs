@@ -154,6 +154,16 @@ impl BlobWriter {
         self.written
     }
 
+    /// Whether what was written so far has the expected digest (nothing is published).
+    pub fn digest_matches(&self) -> bool {
+        self.hasher.clone().finish() == self.digest
+    }
+
+    /// The digest this blob must have.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// Verifies and publishes the blob.
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take();

@@ -1,12 +1,27 @@
 //! Images: references, registry pulls, content store, overlay snapshots.
+//!
+//! ```text
+//! <root>/content/blobs/sha256/<hex>   manifests, configs, compressed layers (content.rs)
+//! <root>/content/ingest/              downloads in progress
+//! <root>/snapshots/<n>/fs             one unpacked layer per chain ID (snapshot.rs)
+//! state.redb: images.images, images.snapshots, images.meta
+//! ```
+//! [`ImageStore`] is the API cri calls; [`Snapshotter`] is what containers use.
 
 pub mod config;
 pub mod content;
 pub mod digest;
 pub mod error;
+pub mod metrics;
 pub mod reference;
+pub mod registry;
+pub mod snapshot;
+pub mod store;
 pub mod unpack;
 
 pub use config::{Config, RegistryConfig, commented_default};
 pub use error::{Error, Result};
 pub use reference::Reference;
+pub use registry::Auth;
+pub use snapshot::{Mount, Snapshotter};
+pub use store::{FsInfo, FsUsage, GcReport, Image, ImageStore};

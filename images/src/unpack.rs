@@ -44,9 +44,7 @@ pub struct Unpacked {
 /// Compression is detected from the stream's first bytes.
 pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<Unpacked> {
     let mut buffered = BufReader::with_capacity(COPY_BUF, reader);
-    let head = buffered
-        .fill_buf()
-        .map_err(|e| Error::BadContent(format!("reading layer: {e}")))?;
+    let head = buffered.fill_buf().map_err(bad_tar)?;
     let decompressed: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -88,6 +86,11 @@ pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<Unpacked> {
         diff_id: hashing.digester.finish(),
         size: hashing.size,
     })
+}
+
+/// Turns a read error while unpacking into ours, keeping a download's own error.
+pub fn io_to_error(e: io::Error) -> Error {
+    bad_tar(e)
 }
 
 fn bad_tar(e: io::Error) -> Error {

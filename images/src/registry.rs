@@ -1,0 +1,787 @@
+//! Talking to registries: endpoints (mirrors first, then the host), credentials,
+//! manifests and blobs over the distribution v2 API through `oci-client`.
+//!
+//! oci-client does the protocol and auth (anonymous, basic, bearer-token challenge).
+//! Blob bodies are streamed here chunk by chunk to the caller, with resume by Range
+//! request, bounded retries with backoff, and a no-progress timeout.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, RegistryConfig};
+use crate::error::{Error, Result};
+use crate::reference::{DOCKER_DOMAIN, Reference};
+
+/// Media types of manifests and indexes we accept.
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// Registry credentials, as CRI's `AuthConfig` carries them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    /// User name for basic auth.
+    pub username: String,
+    /// Password for basic auth.
+    pub password: String,
+    /// base64 of `username:password`.
+    pub auth: String,
+    /// Identity (refresh) token.
+    pub identity_token: String,
+    /// A bearer token for the registry itself.
+    pub registry_token: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    fn is_empty(&self) -> bool {
+        *self == Auth::default()
+    }
+
+    fn from_registry_config(c: &RegistryConfig) -> Auth {
+        Auth {
+            username: c.username.clone(),
+            password: c.password.clone(),
+            auth: c.auth.clone(),
+            identity_token: c.identity_token.clone(),
+            registry_token: c.registry_token.clone(),
+        }
+    }
+
+    /// Turns CRI credentials into what oci-client speaks. An identity token is offered
+    /// to the token service as the basic-auth password (with the user name or
+    /// `<token>`), the way registries that issue such tokens accept them.
+    fn to_registry_auth(&self) -> Result<RegistryAuth> {
+        if !self.registry_token.is_empty() {
+            return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
+        }
+        if !self.identity_token.is_empty() {
+            let user = if self.username.is_empty() {
+                "<token>".to_string()
+            } else {
+                self.username.clone()
+            };
+            return Ok(RegistryAuth::Basic(user, self.identity_token.clone()));
+        }
+        if !self.username.is_empty() || !self.password.is_empty() {
+            return Ok(RegistryAuth::Basic(
+                self.username.clone(),
+                self.password.clone(),
+            ));
+        }
+        if !self.auth.is_empty() {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(self.auth.trim())
+                .map_err(|e| Error::InvalidArgument(format!("auth is not base64: {e}")))?;
+            let text = String::from_utf8(raw)
+                .map_err(|_| Error::InvalidArgument("auth is not UTF-8".into()))?;
+            let (u, p) = text
+                .split_once(':')
+                .ok_or_else(|| Error::InvalidArgument("auth is not user:password".into()))?;
+            return Ok(RegistryAuth::Basic(u.to_string(), p.to_string()));
+        }
+        Ok(RegistryAuth::Anonymous)
+    }
+}
+
+/// One place to fetch an image from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host[:port]`.
+    pub host: String,
+    /// Plain HTTP.
+    pub http: bool,
+    /// HTTPS without certificate verification.
+    pub skip_verify: bool,
+    /// A mirror rather than the image's own registry.
+    pub mirror: bool,
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    h == "localhost" || h.starts_with("127.") || h == "[::1]"
+}
+
+/// Endpoints for `domain`, in the order to try them: configured mirrors, then the
+/// registry itself. Insecure hosts (configured, or loopback as Docker treats them) are
+/// tried over unverified HTTPS first and plain HTTP second.
+pub fn endpoints(config: &Config, domain: &str) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    let rc = config.registries.get(domain);
+    for m in rc.map(|r| r.mirrors.as_slice()).unwrap_or_default() {
+        let (scheme, rest) = match m.split_once("://") {
+            Some((s, r)) => (s, r),
+            None => ("https", m.as_str()),
+        };
+        let host = rest.split('/').next().unwrap_or(rest).to_string();
+        if host.is_empty() {
+            continue;
+        }
+        let insecure = config.insecure_registries.contains(&host)
+            || config.registries.get(&host).is_some_and(|r| r.insecure);
+        out.push(Endpoint {
+            http: scheme == "http",
+            skip_verify: insecure,
+            host,
+            mirror: true,
+        });
+    }
+    let insecure = rc.is_some_and(|r| r.insecure)
+        || config.insecure_registries.iter().any(|h| h == domain)
+        || is_loopback(domain);
+    out.push(Endpoint {
+        host: domain.to_string(),
+        http: false,
+        skip_verify: insecure,
+        mirror: false,
+    });
+    if insecure {
+        out.push(Endpoint {
+            host: domain.to_string(),
+            http: true,
+            skip_verify: false,
+            mirror: false,
+        });
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct DockerConfigFile {
+    #[serde(default)]
+    auths: BTreeMap<String, DockerAuthEntry>,
+}
+
+#[derive(Deserialize, Default)]
+struct DockerAuthEntry {
+    #[serde(default)]
+    auth: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default, rename = "identitytoken")]
+    identity_token: String,
+    #[serde(default, rename = "registrytoken")]
+    registry_token: String,
+}
+
+fn normalize_host_key(k: &str) -> String {
+    let k = k.split_once("://").map_or(k, |(_, r)| r);
+    let k = k.split('/').next().unwrap_or(k);
+    match k {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_DOMAIN.to_string(),
+        k => k.to_string(),
+    }
+}
+
+/// Credentials for `host`: from the request if the host is the image's own registry,
+/// else from the config, else from the credentials file.
+pub fn credentials(
+    config: &Config,
+    host: &str,
+    own_registry: bool,
+    request: Option<&Auth>,
+) -> Result<RegistryAuth> {
+    if own_registry
+        && let Some(a) = request
+        && !a.is_empty()
+    {
+        return a.to_registry_auth();
+    }
+    if let Some(rc) = config.registries.get(host) {
+        let a = Auth::from_registry_config(rc);
+        if !a.is_empty() {
+            return a.to_registry_auth();
+        }
+    }
+    if !config.credentials_file.is_empty() {
+        let text = match std::fs::read(&config.credentials_file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(RegistryAuth::Anonymous);
+            }
+            Err(e) => return Err(Error::io(format!("read {}", config.credentials_file), e)),
+        };
+        let file: DockerConfigFile = serde_json::from_slice(&text).map_err(|e| {
+            Error::InvalidArgument(format!("credentials file {}: {e}", config.credentials_file))
+        })?;
+        for (k, e) in file.auths {
+            if normalize_host_key(&k) == host {
+                return Auth {
+                    username: e.username,
+                    password: e.password,
+                    auth: e.auth,
+                    identity_token: e.identity_token,
+                    registry_token: e.registry_token,
+                }
+                .to_registry_auth();
+            }
+        }
+    }
+    Ok(RegistryAuth::Anonymous)
+}
+
+/// Maps an oci-client error to ours. `what` names the object for the message.
+pub fn map_oci(what: &str, e: OciDistributionError) -> Error {
+    use OciDistributionError as E;
+    match e {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
+            Error::Unauthenticated(format!("{what}: {e}"))
+        }
+        E::RegistryError { ref envelope, .. } => {
+            let code = envelope.errors.first().map(|e| &e.code);
+            match code {
+                Some(
+                    OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+                    | OciErrorCode::NotFound,
+                ) => Error::NotFound(format!("{what}: {e}")),
+                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => {
+                    Error::Unauthenticated(format!("{what}: {e}"))
+                }
+                Some(OciErrorCode::Toomanyrequests) => Error::Unavailable(format!("{what}: {e}")),
+                _ => Error::BadContent(format!("{what}: {e}")),
+            }
+        }
+        E::ServerError { code, .. } => match code {
+            404 => Error::NotFound(format!("{what}: {e}")),
+            401 | 403 => Error::Unauthenticated(format!("{what}: {e}")),
+            429 | 500..=599 => Error::Unavailable(format!("{what}: {e}")),
+            _ => Error::BadContent(format!("{what}: {e}")),
+        },
+        E::RequestError(_) | E::IoError(_) | E::GenericError(_) => {
+            Error::Unavailable(format!("{what}: {e}"))
+        }
+        _ => Error::BadContent(format!("{what}: {e}")),
+    }
+}
+
+/// Retry policy and timeouts for one pull.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Longest silence from the registry before an attempt fails.
+    pub no_progress: Duration,
+}
+
+impl Policy {
+    fn backoff(attempt: u32) -> Duration {
+        Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)))
+    }
+
+    /// Runs `f` until it succeeds, fails with a non-transient error, or retries run out.
+    async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let r = match tokio::time::timeout(self.no_progress, f()).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Unavailable(format!(
+                    "no response from registry for {}s",
+                    self.no_progress.as_secs_f32()
+                ))),
+            };
+            match r {
+                Err(Error::Unavailable(m)) if attempt < self.retries => {
+                    tracing::debug!("retrying after: {m}");
+                    tokio::time::sleep(Self::backoff(attempt)).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// A descriptor as found in manifests.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Descriptor {
+    /// Media type.
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    /// Content digest.
+    pub digest: String,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size: i64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Platform {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+/// An image manifest, Docker schema2 or OCI, or an index / manifest list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion", default)]
+    schema_version: i64,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    /// The config blob.
+    #[serde(default)]
+    pub config: Option<Descriptor>,
+    /// Layers, bottom first.
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+impl Manifest {
+    fn is_index(&self) -> bool {
+        matches!(
+            self.media_type.as_deref(),
+            Some(
+                "application/vnd.oci.image.index.v1+json"
+                    | "application/vnd.docker.distribution.manifest.list.v2+json"
+            )
+        ) || (self.config.is_none() && !self.manifests.is_empty())
+    }
+}
+
+/// This node's platform in OCI terms.
+pub fn node_platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        a => a,
+    };
+    ("linux", arch)
+}
+
+fn pick_platform(index: &Manifest) -> Option<&Descriptor> {
+    let (os, arch) = node_platform();
+    let matching = index.manifests.iter().filter(|d| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == os && p.architecture == arch)
+    });
+    // Prefer the plain variant (or v8 on arm64) when several match.
+    let mut best = None;
+    for d in matching {
+        let v = d.platform.as_ref().and_then(|p| p.variant.as_deref());
+        if v.is_none() || v == Some("v8") {
+            return Some(d);
+        }
+        best.get_or_insert(d);
+    }
+    best
+}
+
+/// What a reference resolved to.
+pub struct Resolved {
+    /// Digest of what the reference names (the index, for multi-arch images).
+    pub repo_digest: String,
+    /// The platform's image manifest.
+    pub manifest: Manifest,
+    /// Digest of that manifest.
+    pub manifest_digest: String,
+    /// Raw manifests fetched (index and manifest), to keep in the content store.
+    pub blobs: Vec<(String, Bytes)>,
+}
+
+/// A client bound to one endpoint and one repository.
+pub struct RegistryClient {
+    client: oci_client::Client,
+    endpoint: Endpoint,
+    registry: String,
+    repository: String,
+    auth: RegistryAuth,
+    policy: Policy,
+}
+
+impl RegistryClient {
+    /// A client for `reference`'s repository at `endpoint`.
+    pub fn new(
+        endpoint: Endpoint,
+        reference: &Reference,
+        auth: RegistryAuth,
+        policy: Policy,
+    ) -> Self {
+        let config = ClientConfig {
+            protocol: if endpoint.http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: endpoint.skip_verify,
+            platform_resolver: None,
+            connect_timeout: Some(policy.no_progress),
+            ..Default::default()
+        };
+        RegistryClient {
+            client: oci_client::Client::new(config),
+            registry: endpoint.host.clone(),
+            repository: reference.path().to_string(),
+            endpoint,
+            auth,
+            policy,
+        }
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn oci_ref(&self, tag_or_digest: &str) -> oci_client::Reference {
+        if tag_or_digest.starts_with("sha256:") {
+            oci_client::Reference::with_digest(
+                self.registry.clone(),
+                self.repository.clone(),
+                tag_or_digest.to_string(),
+            )
+        } else {
+            oci_client::Reference::with_tag(
+                self.registry.clone(),
+                self.repository.clone(),
+                tag_or_digest.to_string(),
+            )
+        }
+    }
+
+    async fn manifest(&self, tag_or_digest: &str) -> Result<(Bytes, String, Manifest)> {
+        let oref = self.oci_ref(tag_or_digest);
+        let what = format!(
+            "manifest {}/{}:{tag_or_digest}",
+            self.registry, self.repository
+        );
+        let (bytes, digest) = self
+            .policy
+            .retry(|| async {
+                self.client
+                    .pull_manifest_raw(&oref, &self.auth, MANIFEST_TYPES)
+                    .await
+                    .map_err(|e| map_oci(&what, e))
+            })
+            .await?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::BadContent(format!("{what}: not a manifest: {e}")))?;
+        if m.schema_version != 2 {
+            return Err(Error::BadContent(format!(
+                "{what}: unsupported schema version {}",
+                m.schema_version
+            )));
+        }
+        Ok((bytes, digest, m))
+    }
+
+    /// Resolves `reference` to this node's image manifest.
+    pub async fn resolve(&self, reference: &Reference) -> Result<Resolved> {
+        let top = reference
+            .digest()
+            .or(reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let (bytes, digest, m) = self.manifest(&top).await?;
+        let mut blobs = vec![(digest.clone(), bytes)];
+        if !m.is_index() {
+            return Ok(Resolved {
+                repo_digest: digest.clone(),
+                manifest: m,
+                manifest_digest: digest,
+                blobs,
+            });
+        }
+        let (os, arch) = node_platform();
+        let entry = pick_platform(&m).ok_or_else(|| {
+            Error::NotFound(format!("{reference}: no image for platform {os}/{arch}"))
+        })?;
+        let (mbytes, mdigest, manifest) = self.manifest(&entry.digest).await?;
+        if manifest.is_index() || manifest.config.is_none() {
+            return Err(Error::BadContent(format!(
+                "{reference}: platform entry {} is not an image manifest",
+                entry.digest
+            )));
+        }
+        blobs.push((mdigest.clone(), mbytes));
+        Ok(Resolved {
+            repo_digest: digest,
+            manifest,
+            manifest_digest: mdigest,
+            blobs,
+        })
+    }
+
+    /// Fetches a small blob (a config) whole; oci-client verifies its digest.
+    pub async fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        let oref = self.oci_ref(&desc.digest);
+        let what = format!("blob {}", desc.digest);
+        self.client
+            .store_auth_if_needed(&self.registry, &self.auth)
+            .await;
+        self.policy
+            .retry(|| async {
+                let mut out = Vec::new();
+                self.client
+                    .pull_blob(&oref, desc.digest.as_str(), &mut out)
+                    .await
+                    .map_err(|e| match e {
+                        OciDistributionError::DigestError(d) => {
+                            Error::BadContent(format!("{what}: {d}"))
+                        }
+                        e => map_oci(&what, e),
+                    })?;
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Streams blob `desc` into `tx`, in order and each byte once, resuming after a
+    /// dropped connection from where it stopped (Range request; if the registry ignores
+    /// Range, the bytes already sent are skipped). The receiver verifies the digest.
+    ///
+    /// `Err(None)` means the receiver went away (it has its own error to report).
+    pub async fn stream_blob(
+        &self,
+        desc: &Descriptor,
+        tx: &mpsc::Sender<Result<Bytes>>,
+        mut on_bytes: impl FnMut(u64),
+    ) -> std::result::Result<(), Option<Error>> {
+        self.client
+            .store_auth_if_needed(&self.registry, &self.auth)
+            .await;
+        let expected = u64::try_from(desc.size).ok().filter(|s| *s > 0);
+        let mut sent: u64 = 0;
+        let mut attempt = 0;
+        loop {
+            match self
+                .stream_attempt(desc, expected, &mut sent, tx, &mut on_bytes)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(Some(Error::Unavailable(m))) if attempt < self.policy.retries => {
+                    tracing::info!(digest = %desc.digest, sent, "blob download interrupted, resuming: {m}");
+                    tokio::time::sleep(Policy::backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(Some(e)) => {
+                    let e = match e {
+                        Error::Unavailable(m) if attempt > 0 => {
+                            Error::Unavailable(format!("{m} (after {} attempts)", attempt + 1))
+                        }
+                        e => e,
+                    };
+                    // Wake the receiver with the cause; it may be gone already.
+                    let _ = tx.send(Err(e.clone())).await;
+                    return Err(Some(e));
+                }
+                Err(None) => return Err(None),
+            }
+        }
+    }
+
+    async fn stream_attempt(
+        &self,
+        desc: &Descriptor,
+        expected: Option<u64>,
+        sent: &mut u64,
+        tx: &mpsc::Sender<Result<Bytes>>,
+        on_bytes: &mut impl FnMut(u64),
+    ) -> std::result::Result<(), Option<Error>> {
+        let oref = self.oci_ref(&desc.digest);
+        let what = format!("blob {}", desc.digest);
+        let secs = self.policy.no_progress.as_secs_f32();
+        let stalled =
+            |at: u64| Error::Unavailable(format!("{what}: no progress for {secs}s at byte {at}"));
+        let resp = tokio::time::timeout(
+            self.policy.no_progress,
+            self.client
+                .pull_blob_stream_partial(&oref, desc.digest.as_str(), *sent, None),
+        )
+        .await
+        .map_err(|_| Some(stalled(*sent)))?
+        .map_err(|e| Some(map_oci(&what, e)))?;
+        let (mut stream, mut skip) = match resp {
+            oci_client::client::BlobResponse::Partial(s) => (s, 0),
+            // The registry ignored Range: skip what the receiver already has.
+            oci_client::client::BlobResponse::Full(s) => (s, *sent),
+        };
+        loop {
+            let next = tokio::time::timeout(self.policy.no_progress, stream.next())
+                .await
+                .map_err(|_| Some(stalled(*sent)))?;
+            let mut chunk = match next {
+                None => break,
+                Some(Ok(c)) => c,
+                // oci-client's own digest check reports at the very end; the receiver
+                // checks the digest itself, with a clearer message.
+                Some(Err(_)) if expected.is_some_and(|n| *sent >= n) => break,
+                Some(Err(e)) => {
+                    return Err(Some(Error::Unavailable(format!(
+                        "{what}: connection lost at byte {sent}: {e}",
+                        sent = *sent
+                    ))));
+                }
+            };
+            if skip > 0 {
+                let n = skip.min(chunk.len() as u64);
+                let _ = chunk.split_to(n as usize);
+                skip -= n;
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
+            *sent += chunk.len() as u64;
+            on_bytes(chunk.len() as u64);
+            if let Some(n) = expected
+                && *sent > n
+            {
+                return Err(Some(Error::BadContent(format!(
+                    "{what}: registry sent more than the {n} bytes the manifest states"
+                ))));
+            }
+            tx.send(Ok(chunk)).await.map_err(|_| None)?;
+        }
+        match expected {
+            Some(n) if *sent < n => Err(Some(Error::Unavailable(format!(
+                "{what}: truncated: got {sent} of {n} bytes",
+                sent = *sent
+            )))),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_mirrors_first() {
+        let mut c = Config::default();
+        c.registries.insert(
+            "registry.k8s.io".into(),
+            RegistryConfig {
+                mirrors: vec!["http://127.0.0.1:5000".into(), "mirror.example".into()],
+                ..Default::default()
+            },
+        );
+        let e = endpoints(&c, "registry.k8s.io");
+        assert_eq!(e.len(), 3);
+        assert_eq!(
+            (e[0].host.as_str(), e[0].http, e[0].mirror),
+            ("127.0.0.1:5000", true, true)
+        );
+        assert_eq!((e[1].host.as_str(), e[1].http), ("mirror.example", false));
+        assert_eq!(
+            (e[2].host.as_str(), e[2].mirror),
+            ("registry.k8s.io", false)
+        );
+        let e = endpoints(&c, "127.0.0.1:5000");
+        assert_eq!(e.len(), 2, "loopback: https unverified, then http");
+        assert!(e[0].skip_verify && !e[0].http && e[1].http);
+    }
+
+    #[test]
+    fn credentials_sources() {
+        let a = Auth {
+            auth: base64::engine::general_purpose::STANDARD.encode("u:p"),
+            ..Default::default()
+        };
+        let c = Config::default();
+        assert_eq!(
+            credentials(&c, "h", true, Some(&a)).unwrap(),
+            RegistryAuth::Basic("u".into(), "p".into())
+        );
+        assert_eq!(
+            credentials(&c, "h", false, Some(&a)).unwrap(),
+            RegistryAuth::Anonymous,
+            "request credentials never go to a mirror"
+        );
+        let bad = Auth {
+            auth: "%%%".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            credentials(&c, "h", true, Some(&bad)),
+            Err(Error::InvalidArgument(_))
+        ));
+        let tok = Auth {
+            registry_token: "t".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            credentials(&c, "h", true, Some(&tok)).unwrap(),
+            RegistryAuth::Bearer("t".into())
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.json");
+        std::fs::write(
+            &f,
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"r.io":{"username":"a","password":"b"}}}"#,
+        )
+        .unwrap();
+        let c = Config {
+            credentials_file: f.display().to_string(),
+            ..Default::default()
+        };
+        assert_eq!(
+            credentials(&c, "docker.io", true, None).unwrap(),
+            RegistryAuth::Basic("u".into(), "p".into())
+        );
+        assert_eq!(
+            credentials(&c, "r.io", true, None).unwrap(),
+            RegistryAuth::Basic("a".into(), "b".into())
+        );
+        assert_eq!(
+            credentials(&c, "x.io", true, None).unwrap(),
+            RegistryAuth::Anonymous
+        );
+    }
+
+    #[test]
+    fn picks_node_platform() {
+        let (_, arch) = node_platform();
+        let idx: Manifest = serde_json::from_str(&format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+              {{"digest":"sha256:a","size":1,"platform":{{"os":"linux","architecture":"s390x"}}}},
+              {{"digest":"sha256:b","size":1,"platform":{{"os":"linux","architecture":"{arch}"}}}}]}}"#
+        ))
+        .unwrap();
+        assert!(idx.is_index());
+        assert_eq!(pick_platform(&idx).unwrap().digest, "sha256:b");
+    }
+}

@@ -1,0 +1,553 @@
+//! The overlay snapshotter.
+//!
+//! ```text
+//! <root>/snapshots/<id>/fs      committed: one unpacked layer, keyed by its chain ID and
+//!                               shared by every image and container with that chain
+//!                               active: the writable upper dir of a container
+//! <root>/snapshots/<id>/work    active only: overlay's work dir
+//! ```
+//! Ids are small numbers so that long lowerdir lists stay short. A directory is only
+//! meaningful once its record is in the state store (table `images.snapshots`):
+//!
+//! ```text
+//!  begin() ──▶ staging dir (no record) ──commit()──▶ committed record + dir
+//!                  │ error / drop / crash
+//!                  ▼
+//!              removed (Drop, or gc at start: a dir without a record is garbage)
+//!
+//!  prepare(key, parent) ──▶ active record + dir ──remove(key)──▶ gone
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("images.snapshots");
+const META: TableDefinition<&str, u64> = TableDefinition::new("images.meta");
+const NEXT_ID: &str = "next_snapshot_id";
+const RECORD_VERSION: u32 = 1;
+/// Active snapshot keys live beside chain IDs in one table; the prefix keeps them apart.
+const ACTIVE_PREFIX: &str = "active/";
+
+/// A mount, in the shape containerd's snapshotters return: enough for
+/// `mount -t <fstype> -o <options> <source> <target>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// `overlay` or `bind`.
+    pub fstype: String,
+    /// `overlay`, or the directory to bind.
+    pub source: String,
+    /// Mount options (`lowerdir=…`, `upperdir=…`, `workdir=…`, `ro`, `rbind`).
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Committed,
+    Active,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    version: u32,
+    id: u64,
+    kind: Kind,
+    /// Chain ID of the snapshot below, if any.
+    parent: Option<String>,
+}
+
+/// Overlay snapshots: committed layers by chain ID, active container snapshots by key.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    root: PathBuf,
+    db: Arc<Database>,
+}
+
+/// A directory a layer is being unpacked into. Removed on drop unless committed.
+#[derive(Debug)]
+pub struct Staging {
+    id: u64,
+    dir: PathBuf,
+    done: bool,
+}
+
+impl Staging {
+    /// The empty directory to unpack into.
+    pub fn fs(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Snapshotter {
+    /// Opens the snapshot store at `root` (`<images root>/snapshots`).
+    pub fn open(root: impl Into<PathBuf>, db: Arc<Database>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)
+            .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+        let tx = db.begin_write()?;
+        tx.open_table(SNAPSHOTS)?;
+        tx.open_table(META)?;
+        tx.commit()?;
+        Ok(Snapshotter { root, db })
+    }
+
+    /// The directory holding every snapshot.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn alloc_id(&self) -> Result<u64> {
+        let tx = self.db.begin_write()?;
+        let id = {
+            let mut t = tx.open_table(META)?;
+            let id = t.get(NEXT_ID)?.map_or(1, |v| v.value());
+            t.insert(NEXT_ID, id + 1)?;
+            id
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn record(&self, key: &str) -> Result<Option<Record>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SNAPSHOTS)?;
+        let Some(v) = t.get(key)? else {
+            return Ok(None);
+        };
+        let r = serde_json::from_slice(v.value())
+            .map_err(|e| Error::Internal(format!("snapshot record {key}: {e}")))?;
+        Ok(Some(r))
+    }
+
+    fn records(&self) -> Result<HashMap<String, Record>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SNAPSHOTS)?;
+        let mut out = HashMap::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let r: Record = serde_json::from_slice(v.value())
+                .map_err(|e| Error::Internal(format!("snapshot record {}: {e}", k.value())))?;
+            out.insert(k.value().to_string(), r);
+        }
+        Ok(out)
+    }
+
+    fn dir(&self, id: u64) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    /// Whether the committed snapshot `chain_id` exists.
+    pub fn exists(&self, chain_id: &str) -> Result<bool> {
+        Ok(self
+            .record(chain_id)?
+            .is_some_and(|r| r.kind == Kind::Committed))
+    }
+
+    /// A fresh, empty directory to unpack one layer into.
+    pub fn begin(&self) -> Result<Staging> {
+        let id = self.alloc_id()?;
+        let dir = self.dir(id);
+        let staging = Staging {
+            id,
+            dir: dir.clone(),
+            done: false,
+        };
+        fs::create_dir_all(dir.join("fs"))
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        Ok(staging)
+    }
+
+    /// Publishes an unpacked layer as the committed snapshot `chain_id`. If another pull
+    /// committed the same chain meanwhile, this one is discarded.
+    pub fn commit(&self, mut staging: Staging, chain_id: &str, parent: Option<&str>) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        let inserted = {
+            let mut t = tx.open_table(SNAPSHOTS)?;
+            if t.get(chain_id)?.is_some() {
+                false
+            } else {
+                let r = Record {
+                    version: RECORD_VERSION,
+                    id: staging.id,
+                    kind: Kind::Committed,
+                    parent: parent.map(str::to_string),
+                };
+                let bytes = serde_json::to_vec(&r).map_err(|e| Error::Internal(e.to_string()))?;
+                t.insert(chain_id, bytes.as_slice())?;
+                true
+            }
+        };
+        tx.commit()?;
+        staging.done = inserted;
+        Ok(())
+    }
+
+    /// The `fs` directories of `chain_id` and all its parents, top first.
+    pub fn lowers(&self, chain_id: &str) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut next = Some(chain_id.to_string());
+        while let Some(key) = next {
+            let r = self
+                .record(&key)?
+                .filter(|r| r.kind == Kind::Committed)
+                .ok_or_else(|| Error::NotFound(format!("snapshot {key}")))?;
+            out.push(self.dir(r.id).join("fs"));
+            next = r.parent;
+        }
+        Ok(out)
+    }
+
+    /// Creates a writable snapshot `key` over the committed chain `parent` (or empty) and
+    /// returns its mounts. The chain stays referenced (safe from gc) until `remove(key)`.
+    pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
+        if let Some(p) = parent {
+            self.lowers(p)?;
+        }
+        let full = format!("{ACTIVE_PREFIX}{key}");
+        let id = self.alloc_id()?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SNAPSHOTS)?;
+            if t.get(full.as_str())?.is_some() {
+                return Err(Error::AlreadyExists(format!("snapshot {key}")));
+            }
+            let r = Record {
+                version: RECORD_VERSION,
+                id,
+                kind: Kind::Active,
+                parent: parent.map(str::to_string),
+            };
+            let bytes = serde_json::to_vec(&r).map_err(|e| Error::Internal(e.to_string()))?;
+            t.insert(full.as_str(), bytes.as_slice())?;
+        }
+        // Record first, directory second: gc lists directories before records, so it
+        // never mistakes a directory being prepared for garbage.
+        tx.commit()?;
+        let dir = self.dir(id);
+        for d in [dir.join("fs"), dir.join("work")] {
+            fs::create_dir_all(&d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        }
+        self.mounts(key)
+    }
+
+    /// Mounts of the active snapshot `key`, or a read-only view of the committed chain
+    /// `key` when it is a chain ID.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        if let Some(r) = self.record(&format!("{ACTIVE_PREFIX}{key}"))? {
+            let dir = self.dir(r.id);
+            let upper = dir.join("fs").display().to_string();
+            let Some(parent) = r.parent else {
+                return Ok(vec![Mount {
+                    fstype: "bind".into(),
+                    source: upper,
+                    options: vec!["rbind".into(), "rw".into()],
+                }]);
+            };
+            let lowers = self.lowers(&parent)?;
+            return Ok(vec![Mount {
+                fstype: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    format!("workdir={}", dir.join("work").display()),
+                    format!("upperdir={upper}"),
+                    lowerdir_option(&lowers),
+                ],
+            }]);
+        }
+        let lowers = self.lowers(key)?;
+        if lowers.len() == 1 {
+            return Ok(vec![Mount {
+                fstype: "bind".into(),
+                source: lowers[0].display().to_string(),
+                options: vec!["rbind".into(), "ro".into()],
+            }]);
+        }
+        Ok(vec![Mount {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![lowerdir_option(&lowers), "ro".into()],
+        }])
+    }
+
+    /// Removes the active snapshot `key`; absent is fine. Committed layers go only
+    /// through gc.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let full = format!("{ACTIVE_PREFIX}{key}");
+        let Some(r) = self.record(&full)? else {
+            return Ok(());
+        };
+        let tx = self.db.begin_write()?;
+        tx.open_table(SNAPSHOTS)?.remove(full.as_str())?;
+        tx.commit()?;
+        remove_tree(&self.dir(r.id))
+    }
+
+    /// Keys of the active snapshots (for the containers side to reconcile).
+    pub fn active_keys(&self) -> Result<Vec<String>> {
+        Ok(self
+            .records()?
+            .into_keys()
+            .filter_map(|k| k.strip_prefix(ACTIVE_PREFIX).map(str::to_string))
+            .collect())
+    }
+
+    /// Removes every committed snapshot that neither `keep` (chain IDs of images) nor an
+    /// active snapshot needs, and every directory without a record (interrupted unpacks).
+    /// Call only when no pull is running. Returns how many directories went.
+    pub fn gc(&self, keep: &HashSet<String>) -> Result<usize> {
+        // Directories first, records second: see `prepare`.
+        let dirs: Vec<(u64, PathBuf)> = fs::read_dir(&self.root)
+            .map_err(|e| Error::io(format!("read {}", self.root.display()), e))?
+            .flatten()
+            .filter_map(|e| {
+                let id = e.file_name().to_str()?.parse::<u64>().ok()?;
+                Some((id, e.path()))
+            })
+            .collect();
+        let records = self.records()?;
+        let mut live: HashSet<String> = HashSet::new();
+        let mut stack: Vec<String> = keep.iter().cloned().collect();
+        for (k, r) in &records {
+            if r.kind == Kind::Active {
+                live.insert(k.clone());
+                stack.extend(r.parent.clone());
+            }
+        }
+        while let Some(k) = stack.pop() {
+            if live.insert(k.clone())
+                && let Some(p) = records.get(&k).and_then(|r| r.parent.clone())
+            {
+                stack.push(p);
+            }
+        }
+        let dead: Vec<&String> = records.keys().filter(|k| !live.contains(*k)).collect();
+        if !dead.is_empty() {
+            let tx = self.db.begin_write()?;
+            {
+                let mut t = tx.open_table(SNAPSHOTS)?;
+                for k in &dead {
+                    t.remove(k.as_str())?;
+                }
+            }
+            tx.commit()?;
+        }
+        let live_ids: HashSet<u64> = records
+            .iter()
+            .filter(|(k, _)| live.contains(*k))
+            .map(|(_, r)| r.id)
+            .collect();
+        let mut removed = 0;
+        for (id, path) in dirs {
+            if !live_ids.contains(&id) {
+                remove_tree(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn lowerdir_option(lowers: &[PathBuf]) -> String {
+    let parts: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    format!("lowerdir={}", parts.join(":"))
+}
+
+fn remove_tree(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::io(format!("remove {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Mounts `mounts` (as returned by [`Snapshotter::prepare`]) at `target`.
+///
+/// Overlay goes through the new mount API, one `lowerdir+` per layer (Linux 6.8+), so
+/// no lowerdir list ever meets the one-page limit of mount(2) options; older kernels get
+/// mount(2) with the joined list.
+pub fn mount(mounts: &[Mount], target: &Path) -> Result<()> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let err = |what: &str, e: rustix::io::Errno| {
+        Error::Internal(format!("mount {} ({what}): {e}", target.display()))
+    };
+    for m in mounts {
+        let ro = m.options.iter().any(|o| o == "ro");
+        if m.fstype == "bind" {
+            rustix::mount::mount_bind_recursive(m.source.as_str(), target)
+                .map_err(|e| err("bind", e))?;
+            if ro {
+                let flags = MountFlags::BIND | MountFlags::RDONLY;
+                rustix::mount::mount_remount(target, flags, "")
+                    .map_err(|e| err("remount ro", e))?;
+            }
+            continue;
+        }
+        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err("fsopen", e))?;
+        let mut new_api = true;
+        for o in &m.options {
+            let (k, v) = o.split_once('=').unwrap_or((o.as_str(), ""));
+            match k {
+                "lowerdir" => {
+                    for l in v.split(':') {
+                        if fsconfig_set_string(&fs, "lowerdir+", l).is_err() {
+                            new_api = false;
+                            break;
+                        }
+                    }
+                }
+                "upperdir" | "workdir" => {
+                    fsconfig_set_string(&fs, k, v).map_err(|e| err(k, e))?;
+                }
+                _ => {}
+            }
+            if !new_api {
+                break;
+            }
+        }
+        if new_api {
+            fsconfig_create(&fs).map_err(|e| err("create", e))?;
+            let attrs = if ro {
+                MountAttrFlags::MOUNT_ATTR_RDONLY
+            } else {
+                MountAttrFlags::empty()
+            };
+            let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+                .map_err(|e| err("fsmount", e))?;
+            move_mount(
+                &mnt,
+                "",
+                rustix::fs::CWD,
+                target,
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+            .map_err(|e| err("move_mount", e))?;
+        } else {
+            let opts = m
+                .options
+                .iter()
+                .filter(|o| *o != "ro")
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",");
+            let flags = if ro {
+                MountFlags::RDONLY
+            } else {
+                MountFlags::empty()
+            };
+            let data = std::ffi::CString::new(opts)
+                .map_err(|_| Error::InvalidArgument("mount options contain NUL".into()))?;
+            rustix::mount::mount("overlay", target, "overlay", flags, data.as_c_str())
+                .map_err(|e| err("mount(2)", e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Snapshotter) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("state.redb")).unwrap());
+        let s = Snapshotter::open(dir.path().join("snapshots"), db).unwrap();
+        (dir, s)
+    }
+
+    fn layer(s: &Snapshotter, chain: &str, parent: Option<&str>, file: &str) {
+        let st = s.begin().unwrap();
+        fs::write(st.fs().join(file), file).unwrap();
+        s.commit(st, chain, parent).unwrap();
+    }
+
+    #[test]
+    fn chains_prepare_mount_and_gc() {
+        let (_d, s) = open();
+        layer(&s, "c1", None, "a");
+        layer(&s, "c2", Some("c1"), "b");
+        layer(&s, "x1", None, "x");
+        // an interrupted unpack
+        let st = s.begin().unwrap();
+        std::mem::forget(st);
+        assert_eq!(s.lowers("c2").unwrap().len(), 2);
+        let m = s.mounts("c1").unwrap();
+        assert_eq!(m[0].fstype, "bind");
+
+        let m = s.prepare("ctr1", Some("c2")).unwrap();
+        assert_eq!(m[0].fstype, "overlay");
+        assert!(m[0].options.iter().any(|o| o.starts_with("upperdir=")));
+        let lower = m[0]
+            .options
+            .iter()
+            .find(|o| o.starts_with("lowerdir="))
+            .unwrap();
+        assert_eq!(lower.matches(':').count(), 1);
+        assert!(matches!(
+            s.prepare("ctr1", Some("c2")),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            s.prepare("ctr2", Some("nope")),
+            Err(Error::NotFound(_))
+        ));
+
+        // No image keeps anything, but the container keeps c2 and c1.
+        let removed = s.gc(&HashSet::new()).unwrap();
+        assert_eq!(removed, 2, "x1 and the interrupted dir");
+        assert!(s.exists("c1").unwrap() && s.exists("c2").unwrap());
+        assert!(!s.exists("x1").unwrap());
+        assert_eq!(s.active_keys().unwrap(), vec!["ctr1".to_string()]);
+
+        s.remove("ctr1").unwrap();
+        s.remove("ctr1").unwrap();
+        s.gc(&HashSet::new()).unwrap();
+        assert!(!s.exists("c1").unwrap());
+        assert_eq!(fs::read_dir(s.root()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn overlay_mount_through_new_api() {
+        let (d, s) = open();
+        layer(&s, "c1", None, "a");
+        layer(&s, "c2", Some("c1"), "b");
+        let m = s.prepare("ctr", Some("c2")).unwrap();
+        let target = d.path().join("rootfs");
+        fs::create_dir(&target).unwrap();
+        if let Err(e) = mount(&m, &target) {
+            // Unprivileged test runs cannot mount; the e2e tests cover it as root.
+            eprintln!("skipping mount check: {e}");
+            return;
+        }
+        let ok = fs::read(target.join("a")).ok() == Some(b"a".to_vec())
+            && fs::read(target.join("b")).ok() == Some(b"b".to_vec());
+        fs::write(target.join("c"), b"c").unwrap();
+        rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH).unwrap();
+        assert!(ok, "both layers visible");
+        let upper = m[0]
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .unwrap();
+        assert_eq!(fs::read(Path::new(upper).join("c")).unwrap(), b"c");
+    }
+}

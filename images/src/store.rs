@@ -1,0 +1,717 @@
+//! The image store: what cri calls. Pulls images into the content store and the
+//! snapshotter, keeps image records in the state store, removes and collects garbage.
+//!
+//! Concurrency:
+//! - A pull holds the gc lock shared; gc holds it exclusively, so gc never sees the
+//!   staging directories and ingest files of a running pull as garbage.
+//! - Pulls of one reference, and unpacks of one chain ID, are serialised by keyed
+//!   locks: the second waits, then finds the work done.
+//! - Layer downloads across all pulls are bounded by one semaphore.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedMutexGuard, RwLock, Semaphore, mpsc};
+
+use crate::config::Config;
+use crate::content::{BlobWriter, ContentStore};
+use crate::digest::{chain_ids, hex_of};
+use crate::error::{Error, Result};
+use crate::metrics::METRICS;
+use crate::reference::{Reference, is_hex64};
+use crate::registry::{self, Auth, Descriptor, Policy, RegistryClient};
+use crate::snapshot::Snapshotter;
+use crate::unpack::unpack_layer;
+
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images.images");
+const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImageRecord {
+    version: u32,
+    id: String,
+    repo_tags: Vec<String>,
+    repo_digests: Vec<String>,
+    size: u64,
+    manifest_digest: String,
+    /// Every blob the image needs kept: manifests, config, layers.
+    blobs: Vec<String>,
+    /// Chain ID of the top layer (the rootfs); `None` for an image without layers.
+    chain_id: Option<String>,
+    /// `User` from the image config.
+    user: String,
+}
+
+/// An image as cri reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The config digest, `sha256:<hex>`.
+    pub id: String,
+    /// `name:tag` references.
+    pub repo_tags: Vec<String>,
+    /// `name@digest` references.
+    pub repo_digests: Vec<String>,
+    /// Bytes of config and (compressed) layers.
+    pub size: u64,
+    /// Numeric user from the config's `User`, if it is numeric.
+    pub uid: Option<i64>,
+    /// User name from the config's `User`, if it is a name.
+    pub username: String,
+    /// In the configured pinned list.
+    pub pinned: bool,
+    /// Chain ID of the rootfs: the parent for [`Snapshotter::prepare`].
+    pub chain_id: Option<String>,
+}
+
+/// Usage of one store directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsUsage {
+    /// The directory measured.
+    pub path: PathBuf,
+    /// The mount point holding it.
+    pub mountpoint: PathBuf,
+    /// Bytes used (allocated blocks).
+    pub bytes: u64,
+    /// Inodes used.
+    pub inodes: u64,
+}
+
+/// Usage of the snapshot store and the content store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsInfo {
+    /// Snapshots (unpacked layers, container upper dirs).
+    pub snapshots: FsUsage,
+    /// Blobs.
+    pub content: FsUsage,
+}
+
+/// What a gc pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs removed.
+    pub blobs: usize,
+    /// Snapshot directories removed (unreferenced or half-unpacked).
+    pub snapshots: usize,
+    /// Ingest files of interrupted downloads removed.
+    pub ingests: usize,
+}
+
+#[derive(Default)]
+struct KeyedLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl KeyedLocks {
+    async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget locks nobody holds or waits for, so the map does not grow forever.
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+            map.entry(key.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+}
+
+struct Inner {
+    root: PathBuf,
+    config: Config,
+    pinned: HashSet<String>,
+    db: Arc<Database>,
+    content: ContentStore,
+    snapshots: Snapshotter,
+    downloads: Arc<Semaphore>,
+    locks: KeyedLocks,
+    gc_lock: RwLock<()>,
+}
+
+/// The images of this node. Cheap to clone.
+#[derive(Clone)]
+pub struct ImageStore {
+    inner: Arc<Inner>,
+}
+
+impl ImageStore {
+    /// Opens the store under `root` (e.g. `/var/lib/crust/images`) with the state store
+    /// `db`, and collects garbage left by a previous run (interrupted pulls).
+    pub async fn open(root: impl Into<PathBuf>, config: Config, db: Arc<Database>) -> Result<Self> {
+        let root = root.into();
+        let content = ContentStore::open(root.join("content"))?;
+        let snapshots = Snapshotter::open(root.join("snapshots"), db.clone())?;
+        {
+            let tx = db.begin_write()?;
+            tx.open_table(IMAGES)?;
+            tx.commit()?;
+        }
+        let mut pinned = HashSet::new();
+        for p in &config.pinned_images {
+            let r = Reference::parse(p)?;
+            pinned.insert(r.to_string());
+        }
+        let store = ImageStore {
+            inner: Arc::new(Inner {
+                downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads.max(1))),
+                root,
+                config,
+                pinned,
+                db,
+                content,
+                snapshots,
+                locks: KeyedLocks::default(),
+                gc_lock: RwLock::new(()),
+            }),
+        };
+        let report = store.gc().await?;
+        if report != GcReport::default() {
+            tracing::info!(?report, "images: collected garbage at start");
+        }
+        // Registered at open, so /metrics lists them before the first pull.
+        std::sync::LazyLock::force(&METRICS);
+        Ok(store)
+    }
+
+    /// The snapshotter, for containers: `prepare(key, image.chain_id)` / `remove(key)`.
+    /// An active snapshot keeps its image's layers from gc even after the image is
+    /// removed.
+    pub fn snapshotter(&self) -> &Snapshotter {
+        &self.inner.snapshots
+    }
+
+    /// The content store (read access to manifests and configs).
+    pub fn content(&self) -> &ContentStore {
+        &self.inner.content
+    }
+
+    /// Root directory of the store.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    // ---- records -------------------------------------------------------------------
+
+    fn records(&self) -> Result<Vec<ImageRecord>> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let r: ImageRecord = serde_json::from_slice(v.value())
+                .map_err(|e| Error::Internal(format!("image record {}: {e}", k.value())))?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    fn to_image(&self, r: &ImageRecord) -> Image {
+        let user = r.user.split(':').next().unwrap_or("");
+        let (uid, username) = match user.parse::<i64>() {
+            Ok(n) => (Some(n), String::new()),
+            Err(_) => (None, user.to_string()),
+        };
+        Image {
+            id: r.id.clone(),
+            repo_tags: r.repo_tags.clone(),
+            repo_digests: r.repo_digests.clone(),
+            size: r.size,
+            uid,
+            username,
+            pinned: r.repo_tags.iter().any(|t| self.inner.pinned.contains(t)),
+            chain_id: r.chain_id.clone(),
+        }
+    }
+
+    /// Finds the record for an image id (`sha256:<hex>` or `<hex>`), a unique id
+    /// prefix of at least 12 hex digits, or a reference (by tag or by digest).
+    fn find(&self, records: &[ImageRecord], what: &str) -> Result<Option<usize>> {
+        let id = what.strip_prefix("sha256:").unwrap_or(what);
+        if is_hex64(id) {
+            let full = format!("sha256:{id}");
+            if let Some(i) = records.iter().position(|r| r.id == full) {
+                return Ok(Some(i));
+            }
+            // `sha256:<hex>` may also be a manifest digest; fall through.
+        } else if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hits: Vec<usize> = (0..records.len())
+                .filter(|&i| hex_of(&records[i].id).is_some_and(|h| h.starts_with(id)))
+                .collect();
+            if hits.len() == 1 {
+                return Ok(Some(hits[0]));
+            }
+        }
+        if what.starts_with("sha256:") {
+            return Ok(records
+                .iter()
+                .position(|r| r.repo_digests.iter().any(|d| d.ends_with(what))));
+        }
+        let r = match Reference::parse(what) {
+            Ok(r) => r,
+            Err(_) if is_hex64(id) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if let Some(d) = r.digest() {
+            let rd = r.with_digest(d);
+            return Ok(records.iter().position(|x| x.repo_digests.contains(&rd)));
+        }
+        let tagged = r.tagged().unwrap_or_default();
+        Ok(records.iter().position(|x| x.repo_tags.contains(&tagged)))
+    }
+
+    /// The image `what` names (id, reference or digest), if present.
+    pub fn status(&self, what: &str) -> Result<Option<Image>> {
+        let records = self.records()?;
+        Ok(self
+            .find(&records, what)?
+            .map(|i| self.to_image(&records[i])))
+    }
+
+    /// The image config JSON of image `id` (for verbose status and for containers).
+    pub fn config_json(&self, id: &str) -> Result<Vec<u8>> {
+        self.inner.content.read(id)
+    }
+
+    /// All images, or those matching `filter` (a reference or id) when given.
+    pub fn list(&self, filter: Option<&str>) -> Result<Vec<Image>> {
+        let records = self.records()?;
+        match filter.filter(|f| !f.is_empty()) {
+            None => Ok(records.iter().map(|r| self.to_image(r)).collect()),
+            Some(f) => Ok(self
+                .find(&records, f)?
+                .map(|i| vec![self.to_image(&records[i])])
+                .unwrap_or_default()),
+        }
+    }
+
+    /// Removes the image `what` names with all its tags and digests; absent is fine.
+    /// Unreferenced blobs and snapshots are collected afterwards.
+    pub async fn remove(&self, what: &str) -> Result<()> {
+        let records = self.records()?;
+        let Some(i) = self.find(&records, what)? else {
+            return Ok(());
+        };
+        let id = records[i].id.clone();
+        let tx = self.inner.db.begin_write()?;
+        tx.open_table(IMAGES)?.remove(id.as_str())?;
+        tx.commit()?;
+        // Collect now if no pull is running; otherwise the next gc will.
+        if let Ok(guard) = self.inner.gc_lock.try_write() {
+            let r = self.gc_locked().await;
+            drop(guard);
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Removes blobs and snapshots that no image or active snapshot needs, ingest files
+    /// and half-unpacked snapshots of interrupted pulls. Waits for running pulls.
+    pub async fn gc(&self) -> Result<GcReport> {
+        let _g = self.inner.gc_lock.write().await;
+        self.gc_locked().await
+    }
+
+    async fn gc_locked(&self) -> Result<GcReport> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let records = store.records()?;
+            let mut blobs: HashSet<String> = HashSet::new();
+            let mut chains: HashSet<String> = HashSet::new();
+            for r in &records {
+                blobs.extend(r.blobs.iter().cloned());
+                chains.extend(r.chain_id.iter().cloned());
+            }
+            let mut report = GcReport {
+                ingests: store.inner.content.clean_ingest()?,
+                snapshots: store.inner.snapshots.gc(&chains)?,
+                ..Default::default()
+            };
+            for d in store.inner.content.list()? {
+                if !blobs.contains(&d) {
+                    store.inner.content.delete(&d)?;
+                    report.blobs += 1;
+                }
+            }
+            Ok(report)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("gc task: {e}")))?
+    }
+
+    /// Bytes and inodes used by the snapshot and content stores.
+    pub async fn fs_info(&self) -> Result<FsInfo> {
+        let snap = self.inner.snapshots.root().to_path_buf();
+        let content = self.inner.content.root().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            Ok(FsInfo {
+                snapshots: usage(&snap)?,
+                content: usage(&content)?,
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("fs info task: {e}")))?
+    }
+
+    // ---- pulling -------------------------------------------------------------------
+
+    /// Pulls `reference` with optional credentials and returns the image id.
+    pub async fn pull(&self, reference: &str, auth: Option<&Auth>) -> Result<String> {
+        let r = Reference::parse(reference)?;
+        let m = &*METRICS;
+        m.pulls.inc();
+        m.pulls_in_progress.inc();
+        let start = Instant::now();
+        let result = async {
+            let _gc = self.inner.gc_lock.read().await;
+            let _one = self.inner.locks.lock(&format!("ref {r}")).await;
+            self.pull_locked(&r, auth).await
+        }
+        .await;
+        m.pulls_in_progress.dec();
+        m.pull_duration.observe(start.elapsed().as_secs_f64());
+        match &result {
+            Ok(id) => {
+                tracing::info!(reference = %r, %id, secs = start.elapsed().as_secs_f32(), "pulled")
+            }
+            Err(e) => {
+                m.pulls_failed.inc();
+                tracing::warn!(reference = %r, "pull failed: {e}");
+            }
+        }
+        result
+    }
+
+    async fn pull_locked(&self, r: &Reference, auth: Option<&Auth>) -> Result<String> {
+        let cfg = &self.inner.config;
+        let policy = Policy {
+            retries: cfg.retries,
+            no_progress: Duration::from_secs(cfg.no_progress_timeout_secs.max(1)),
+        };
+        let mut last: Option<Error> = None;
+        for ep in registry::endpoints(cfg, r.domain()) {
+            let creds = registry::credentials(cfg, &ep.host, !ep.mirror, auth)?;
+            let client = RegistryClient::new(ep.clone(), r, creds, policy);
+            match client.resolve(r).await {
+                Ok(resolved) => return self.fetch(&client, r, resolved).await,
+                Err(e) => {
+                    tracing::debug!(endpoint = ?ep, "resolving {r}: {e}");
+                    // Keep the most telling error: the image's own registry over a mirror,
+                    // an answer (not found, unauthenticated) over an unreachable host.
+                    let keep = match (&last, &e) {
+                        (None, _) => true,
+                        (Some(Error::Unavailable(_)), _) => true,
+                        (Some(_), Error::Unavailable(_)) => false,
+                        _ => !ep.mirror,
+                    };
+                    if keep {
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::NotFound(format!("{r}: no endpoint"))))
+    }
+
+    async fn fetch(
+        &self,
+        client: &RegistryClient,
+        r: &Reference,
+        resolved: registry::Resolved,
+    ) -> Result<String> {
+        let content = &self.inner.content;
+        let manifest = &resolved.manifest;
+        let config_desc = manifest
+            .config
+            .as_ref()
+            .ok_or_else(|| Error::BadContent(format!("{r}: manifest has no config")))?;
+        let config_bytes = if content.contains(&config_desc.digest) {
+            content.read(&config_desc.digest)?
+        } else {
+            client.blob_bytes(config_desc).await?
+        };
+        #[derive(Deserialize, Default)]
+        struct RootFs {
+            #[serde(default)]
+            diff_ids: Vec<String>,
+        }
+        #[derive(Deserialize, Default)]
+        struct ExecConfig {
+            #[serde(rename = "User", default)]
+            user: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct ImageConfig {
+            #[serde(default)]
+            config: Option<ExecConfig>,
+            #[serde(default)]
+            rootfs: RootFs,
+        }
+        let image_config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| Error::BadContent(format!("{r}: image config: {e}")))?;
+        let diff_ids = &image_config.rootfs.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(Error::BadContent(format!(
+                "{r}: {} layers but {} diff ids",
+                manifest.layers.len(),
+                diff_ids.len()
+            )));
+        }
+        for d in diff_ids
+            .iter()
+            .chain(manifest.layers.iter().map(|l| &l.digest))
+        {
+            if hex_of(d).is_none() {
+                return Err(Error::BadContent(format!("{r}: bad digest {d:?}")));
+            }
+        }
+        let chains = chain_ids(diff_ids);
+        let layers = manifest.layers.iter().enumerate().map(|(i, layer)| {
+            let parent = i.checked_sub(1).map(|p| chains[p].as_str());
+            self.ensure_layer(client, layer, &diff_ids[i], &chains[i], parent)
+        });
+        futures::future::try_join_all(layers).await?;
+        // Manifests and config go in last: a failed pull leaves no blob behind that
+        // only the image record would have referenced.
+        for (d, bytes) in &resolved.blobs {
+            content.write_all(d, bytes)?;
+        }
+        content.write_all(&config_desc.digest, &config_bytes)?;
+
+        let id = config_desc.digest.clone();
+        let mut blobs: Vec<String> = resolved.blobs.iter().map(|(d, _)| d.clone()).collect();
+        blobs.push(id.clone());
+        blobs.extend(manifest.layers.iter().map(|l| l.digest.clone()));
+        let size = manifest
+            .layers
+            .iter()
+            .map(|l| l.size.max(0) as u64)
+            .sum::<u64>()
+            + config_desc.size.max(0) as u64;
+        let record = ImageRecord {
+            version: RECORD_VERSION,
+            id: id.clone(),
+            repo_tags: r.tagged().into_iter().collect(),
+            repo_digests: vec![r.with_digest(&resolved.repo_digest)],
+            size,
+            manifest_digest: resolved.manifest_digest.clone(),
+            blobs,
+            chain_id: chains.last().cloned(),
+            user: image_config.config.and_then(|c| c.user).unwrap_or_default(),
+        };
+        self.save(record)?;
+        Ok(id)
+    }
+
+    /// Stores `new`, merging with an existing record of the same id, and moves its tags
+    /// away from any other image (an image left with no name is dropped).
+    fn save(&self, new: ImageRecord) -> Result<()> {
+        let tx = self.inner.db.begin_write()?;
+        {
+            let mut t = tx.open_table(IMAGES)?;
+            let mut others = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let rec: ImageRecord = serde_json::from_slice(v.value())
+                    .map_err(|e| Error::Internal(format!("image record {}: {e}", k.value())))?;
+                others.push(rec);
+            }
+            let mut merged = new.clone();
+            for mut o in others {
+                if o.id == new.id {
+                    for t in o.repo_tags {
+                        if !merged.repo_tags.contains(&t) {
+                            merged.repo_tags.push(t);
+                        }
+                    }
+                    for d in o.repo_digests {
+                        if !merged.repo_digests.contains(&d) {
+                            merged.repo_digests.push(d);
+                        }
+                    }
+                    continue;
+                }
+                let before = o.repo_tags.len();
+                o.repo_tags.retain(|t| !new.repo_tags.contains(t));
+                if o.repo_tags.len() != before {
+                    if o.repo_tags.is_empty() && o.repo_digests.is_empty() {
+                        t.remove(o.id.as_str())?;
+                    } else {
+                        let bytes =
+                            serde_json::to_vec(&o).map_err(|e| Error::Internal(e.to_string()))?;
+                        t.insert(o.id.as_str(), bytes.as_slice())?;
+                    }
+                }
+            }
+            let bytes = serde_json::to_vec(&merged).map_err(|e| Error::Internal(e.to_string()))?;
+            t.insert(merged.id.as_str(), bytes.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes sure the committed snapshot `chain_id` exists: downloads the layer (unless
+    /// its blob is here already), unpacking while it streams in.
+    async fn ensure_layer(
+        &self,
+        client: &RegistryClient,
+        layer: &Descriptor,
+        diff_id: &str,
+        chain_id: &str,
+        parent: Option<&str>,
+    ) -> Result<()> {
+        if layer.media_type.contains("encrypted") {
+            return Err(Error::BadContent(format!(
+                "layer {}: encrypted layers are not supported",
+                layer.digest
+            )));
+        }
+        let _one = self.inner.locks.lock(&format!("chain {chain_id}")).await;
+        let snaps = &self.inner.snapshots;
+        if snaps.exists(chain_id)? {
+            return Ok(());
+        }
+        let staging = snaps.begin()?;
+        let dest = staging.fs();
+        let unpacked = if self.inner.content.contains(&layer.digest) {
+            let path = self.inner.content.blob_path(&layer.digest)?;
+            tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&path)
+                    .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+                unpack_layer(f, &dest)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("unpack task: {e}")))??
+        } else {
+            let _permit = self
+                .inner
+                .downloads
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Internal("download semaphore closed".into()))?;
+            let size = u64::try_from(layer.size).ok().filter(|s| *s > 0);
+            let writer = self.inner.content.writer(&layer.digest, size)?;
+            let (tx, rx) = mpsc::channel::<Result<Bytes>>(64);
+            let unpack = tokio::task::spawn_blocking(move || {
+                let mut tee = Tee {
+                    rx,
+                    cur: Bytes::new(),
+                    blob: Some(writer),
+                };
+                let unpacked = unpack_layer(&mut tee, &dest);
+                // Bytes after the tar's end (padding) still belong to the blob.
+                let drained = std::io::copy(&mut tee, &mut std::io::sink());
+                let blob = tee
+                    .blob
+                    .take()
+                    .ok_or_else(|| Error::Internal("blob writer gone".into()))?;
+                match (unpacked, drained) {
+                    (Ok(u), Ok(_)) => blob.commit().map(|()| u),
+                    (Ok(_), Err(e)) => Err(crate::unpack::io_to_error(e)),
+                    // A corrupt stream is best explained by its digest, if the whole
+                    // blob arrived; the blob itself is never kept.
+                    (Err(e), Ok(_)) if !blob.digest_matches() => Err(Error::BadContent(format!(
+                        "blob digest mismatch for {} ({e})",
+                        blob.digest()
+                    ))),
+                    (Err(e), _) => Err(e),
+                }
+            });
+            let bytes = &METRICS.bytes_pulled;
+            let downloaded = client.stream_blob(layer, &tx, |n| bytes.inc_by(n)).await;
+            drop(tx);
+            let unpacked = unpack
+                .await
+                .map_err(|e| Error::Internal(format!("unpack task: {e}")))?;
+            match (downloaded, unpacked) {
+                (Err(Some(e)), _) => return Err(e),
+                (_, r) => r?,
+            }
+        };
+        if unpacked.diff_id != diff_id {
+            return Err(Error::BadContent(format!(
+                "layer {}: uncompressed digest {} does not match the config's {diff_id}",
+                layer.digest, unpacked.diff_id
+            )));
+        }
+        snaps.commit(staging, chain_id, parent)
+    }
+}
+
+/// Reads a layer from the download channel, writing every byte to the blob as it passes.
+struct Tee {
+    rx: mpsc::Receiver<Result<Bytes>>,
+    cur: Bytes,
+    blob: Option<BlobWriter>,
+}
+
+impl std::io::Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Write as _;
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                Some(Ok(b)) => {
+                    if let Some(w) = self.blob.as_mut() {
+                        w.write_all(&b)?;
+                    }
+                    self.cur = b;
+                }
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Allocated bytes and inodes under `path` (hard links counted once).
+fn usage(path: &Path) -> Result<FsUsage> {
+    use std::os::unix::fs::MetadataExt;
+    let mut bytes = 0u64;
+    let mut inodes = 0u64;
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue; // removed while we walked
+        };
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        bytes += meta.blocks() * 512;
+        inodes += 1;
+        if meta.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    Ok(FsUsage {
+        path: path.to_path_buf(),
+        mountpoint: mountpoint(path)?,
+        bytes,
+        inodes,
+    })
+}
+
+/// The mount point holding `path`: the longest mount target in /proc/self/mountinfo that
+/// is a prefix of it.
+fn mountpoint(path: &Path) -> Result<PathBuf> {
+    let path = std::fs::canonicalize(path)
+        .map_err(|e| Error::io(format!("canonicalize {}", path.display()), e))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
+    let mut best = PathBuf::from("/");
+    for line in info.lines() {
+        let Some(target) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let target = PathBuf::from(target.replace("\\040", " "));
+        if path.starts_with(&target) && target.components().count() > best.components().count() {
+            best = target;
+        }
+    }
+    Ok(best)
+}

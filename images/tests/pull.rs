@@ -1,0 +1,601 @@
+//! Pulls against a small in-process registry (hyper on 127.0.0.1:0) that can misbehave:
+//! wrong digests, truncated and stalled blobs, dropped connections, auth.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crust_images::digest::sha256;
+use crust_images::{Auth, Config, Error, ImageStore, RegistryConfig};
+use futures::StreamExt as _;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::Frame;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Blob {
+    Good,
+    /// Same length, different bytes.
+    WrongDigest,
+    /// Sends half the bytes, then drops the connection, every time.
+    Truncated,
+    /// Sends half the bytes, then nothing, forever.
+    Stalled,
+    /// Drops the connection half-way the first time only; honours Range afterwards.
+    Flaky,
+}
+
+#[derive(Default)]
+struct State {
+    manifests: HashMap<String, (String, Bytes)>,
+    blobs: HashMap<String, (Bytes, Blob)>,
+    blob_gets: HashMap<String, usize>,
+    ranges: Vec<String>,
+    basic_auth: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Registry(Arc<Mutex<State>>);
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(
+            Full::new(body.into())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        )
+        .expect("response")
+}
+
+impl Registry {
+    async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let me = me.clone();
+                        async move { Ok::<_, Infallible>(me.handle(req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr.to_string()
+    }
+
+    fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let mut st = self.0.lock().unwrap();
+        if let Some(expected) = &st.basic_auth {
+            let got = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if got != format!("Basic {expected}") {
+                let mut r = full(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}"#,
+                );
+                r.headers_mut()
+                    .insert("www-authenticate", "Basic realm=\"test\"".parse().unwrap());
+                return r;
+            }
+        }
+        let path = req.uri().path().to_string();
+        if path == "/v2/" {
+            return full(StatusCode::OK, "{}");
+        }
+        if let Some((_, reference)) = path.split_once("/manifests/") {
+            let Some((ct, body)) = st.manifests.get(reference).cloned() else {
+                return full(
+                    StatusCode::NOT_FOUND,
+                    r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}"#,
+                );
+            };
+            let mut r = full(StatusCode::OK, body.clone());
+            r.headers_mut().insert("content-type", ct.parse().unwrap());
+            r.headers_mut()
+                .insert("docker-content-digest", sha256(&body).parse().unwrap());
+            return r;
+        }
+        let Some((_, digest)) = path.split_once("/blobs/") else {
+            return full(StatusCode::NOT_FOUND, "");
+        };
+        let Some((data, kind)) = st.blobs.get(digest).cloned() else {
+            return full(
+                StatusCode::NOT_FOUND,
+                r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#,
+            );
+        };
+        let n = {
+            let c = st.blob_gets.entry(digest.to_string()).or_default();
+            *c += 1;
+            *c
+        };
+        let range = req
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(r) = &range {
+            st.ranges.push(r.clone());
+        }
+        drop(st);
+        let len = data.len();
+        let half = data.slice(..len / 2);
+        // After the chunks: end, stall forever, or cut the connection (after a pause,
+        // so that hyper flushes what was sent before).
+        #[derive(Clone, Copy)]
+        enum Then {
+            End,
+            Stall,
+            Cut,
+        }
+        let stream_of = |chunks: Vec<Bytes>, then: Then| -> Body {
+            let s = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+            let s: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match then {
+                Then::End => s.boxed(),
+                Then::Stall => s.chain(futures::stream::pending()).boxed(),
+                Then::Cut => s
+                    .chain(futures::stream::once(async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Err(std::io::Error::other("connection cut"))
+                    }))
+                    .boxed(),
+            };
+            BodyExt::boxed_unsync(StreamBody::new(s.map(|r| r.map(Frame::data))))
+        };
+        let with_len = |body: Body, n: usize, status: StatusCode| {
+            Response::builder()
+                .status(status)
+                .header("content-length", n.to_string())
+                .body(body)
+                .expect("response")
+        };
+        match kind {
+            Blob::Good => with_len(stream_of(vec![data], Then::End), len, StatusCode::OK),
+            Blob::WrongDigest => {
+                let mut bad = data.to_vec();
+                bad[len / 2] ^= 0xff;
+                with_len(
+                    stream_of(vec![Bytes::from(bad)], Then::End),
+                    len,
+                    StatusCode::OK,
+                )
+            }
+            Blob::Truncated => with_len(
+                stream_of(vec![half.clone()], Then::Cut),
+                len,
+                StatusCode::OK,
+            ),
+            Blob::Stalled => with_len(
+                stream_of(vec![half.clone()], Then::Stall),
+                len,
+                StatusCode::OK,
+            ),
+            Blob::Flaky if n == 1 => with_len(
+                stream_of(vec![half.clone()], Then::Cut),
+                len,
+                StatusCode::OK,
+            ),
+            Blob::Flaky => {
+                let start = range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .unwrap_or(0)
+                    .min(len);
+                let rest = data.slice(start..);
+                let mut r = with_len(
+                    stream_of(vec![rest.clone()], Then::End),
+                    rest.len(),
+                    StatusCode::PARTIAL_CONTENT,
+                );
+                r.headers_mut().insert(
+                    "content-range",
+                    format!("bytes {start}-{}/{len}", len - 1).parse().unwrap(),
+                );
+                r
+            }
+        }
+    }
+}
+
+/// A layer: (compressed bytes, diff id).
+fn layer(files: &[(&str, &[u8])], zstd: bool) -> (Bytes, String) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let diff = sha256(&tar);
+    let compressed = if zstd {
+        zstd::encode_all(&tar[..], 3).unwrap()
+    } else {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&tar).unwrap();
+        e.finish().unwrap()
+    };
+    (Bytes::from(compressed), diff)
+}
+
+struct TestImage {
+    manifest_digest: String,
+    config_digest: String,
+    layer_digests: Vec<String>,
+}
+
+/// Registers an image under `tag` made of `layers` (each with its blob behaviour).
+fn add_image(
+    reg: &Registry,
+    tag: &str,
+    layers: &[((Bytes, String), Blob)],
+    user: &str,
+) -> TestImage {
+    let mut st = reg.0.lock().unwrap();
+    let diff_ids: Vec<&String> = layers.iter().map(|((_, d), _)| d).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"User": user, "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    })
+    .to_string();
+    let config_digest = sha256(config.as_bytes());
+    st.blobs.insert(
+        config_digest.clone(),
+        (Bytes::from(config.clone()), Blob::Good),
+    );
+    let mut descs = Vec::new();
+    let mut layer_digests = Vec::new();
+    for ((data, _), kind) in layers {
+        let d = sha256(data);
+        st.blobs.insert(d.clone(), (data.clone(), *kind));
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": d, "size": data.len(),
+        }));
+        layer_digests.push(d);
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": descs,
+    })
+    .to_string();
+    let manifest_digest = sha256(manifest.as_bytes());
+    let ct = "application/vnd.oci.image.manifest.v1+json".to_string();
+    let body = Bytes::from(manifest);
+    st.manifests
+        .insert(tag.to_string(), (ct.clone(), body.clone()));
+    st.manifests.insert(manifest_digest.clone(), (ct, body));
+    TestImage {
+        manifest_digest,
+        config_digest,
+        layer_digests,
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    db: Arc<redb::Database>,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
+    Env { dir, db }
+}
+
+impl Env {
+    async fn store(&self, config: Config) -> ImageStore {
+        ImageStore::open(self.dir.path().join("images"), config, self.db.clone())
+            .await
+            .unwrap()
+    }
+    fn root(&self) -> std::path::PathBuf {
+        self.dir.path().join("images")
+    }
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// Nothing of a failed pull may remain: no blob of the bad layer, no ingest file, no
+/// snapshot directory.
+fn assert_nothing_left(e: &Env, store: &ImageStore, bad_blob: &str) {
+    assert!(!store.content().contains(bad_blob), "bad blob kept");
+    assert_eq!(count(&e.root().join("content/ingest")), 0, "ingest left");
+    assert_eq!(count(&e.root().join("snapshots")), 0, "snapshot left");
+    assert!(store.list(None).unwrap().is_empty());
+}
+
+fn quick() -> Config {
+    Config {
+        retries: 1,
+        no_progress_timeout_secs: 1,
+        ..Config::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_status_list_remove_gc() {
+    let reg = Registry::default();
+    let base = layer(&[("etc/os-release", b"crust")], false);
+    let app = layer(&[("app/run", b"#!/bin/sh\n")], true);
+    let img = add_image(
+        &reg,
+        "v1",
+        &[(base.clone(), Blob::Good), (app, Blob::Good)],
+        "1000:1000",
+    );
+    let other = add_image(&reg, "other", &[(base, Blob::Good)], "nobody");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(Config::default()).await;
+    let name = format!("{host}/crust/app");
+
+    let id = store.pull(&format!("{name}:v1"), None).await.unwrap();
+    assert_eq!(id, img.config_digest);
+    let id2 = store.pull(&format!("{name}:other"), None).await.unwrap();
+    assert_eq!(id2, other.config_digest);
+
+    let im = store
+        .status(&format!("{name}:v1"))
+        .unwrap()
+        .expect("by tag");
+    assert_eq!(im.repo_tags, vec![format!("{name}:v1")]);
+    assert_eq!(
+        im.repo_digests,
+        vec![format!("{name}@{}", img.manifest_digest)]
+    );
+    assert_eq!(im.uid, Some(1000));
+    assert!(!im.pinned);
+    assert!(im.size > 0);
+    let o = store.status(&id2).unwrap().expect("by id");
+    assert_eq!((o.uid, o.username.as_str()), (None, "nobody"));
+    assert_eq!(
+        store
+            .status(&format!("{name}@{}", img.manifest_digest))
+            .unwrap()
+            .map(|i| i.id),
+        Some(id.clone()),
+        "by digest"
+    );
+    assert!(store.status(&id[7..19]).unwrap().is_some(), "by short id");
+    assert!(store.status(&format!("{name}:nope")).unwrap().is_none());
+    assert!(matches!(
+        store.status("Bad Ref"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(store.list(None).unwrap().len(), 2);
+    assert_eq!(store.list(Some(&format!("{name}:other"))).unwrap().len(), 1);
+
+    // Shared base layer: one snapshot, one blob; both layers of v1 visible in the chain.
+    assert_eq!(count(&e.root().join("snapshots")), 2);
+    let chain = im.chain_id.clone().unwrap();
+    let lowers = store.snapshotter().lowers(&chain).unwrap();
+    assert_eq!(lowers.len(), 2);
+    assert_eq!(
+        std::fs::read(lowers[0].join("app/run")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+    assert_eq!(
+        std::fs::read(lowers[1].join("etc/os-release")).unwrap(),
+        b"crust"
+    );
+    let cfg: serde_json::Value = serde_json::from_slice(&store.config_json(&id).unwrap()).unwrap();
+    assert_eq!(cfg["config"]["User"], "1000:1000");
+    let gets = reg.0.lock().unwrap().blob_gets.clone();
+    assert_eq!(gets[&img.layer_digests[0]], 1, "base layer fetched once");
+
+    let fs = store.fs_info().await.unwrap();
+    assert!(fs.snapshots.bytes > 0 && fs.snapshots.inodes > 0);
+    assert!(fs.content.bytes > 0 && fs.content.inodes > 0);
+    assert!(fs.content.path.starts_with(fs.content.mountpoint.as_path()));
+
+    // Records survive a restart.
+    drop(store);
+    let store = e.store(Config::default()).await;
+    assert_eq!(store.list(None).unwrap().len(), 2);
+
+    // Remove by tag: v1's own layer goes, the shared base stays for "other".
+    store.remove(&format!("{name}:v1")).await.unwrap();
+    store.remove(&format!("{name}:v1")).await.unwrap();
+    assert!(store.status(&id).unwrap().is_none());
+    assert_eq!(count(&e.root().join("snapshots")), 1);
+    assert!(!store.content().contains(&img.layer_digests[1]));
+    assert!(store.content().contains(&img.layer_digests[0]));
+    store.remove(&id2).await.unwrap();
+    assert_eq!(count(&e.root().join("snapshots")), 0);
+    assert!(store.content().list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_do_the_work_once() {
+    let reg = Registry::default();
+    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    let l = layer(&[("big", &big)], false);
+    let img = add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(Config::default()).await;
+    let r = format!("{host}/crust/big:v1");
+    let (a, b) = tokio::join!(store.pull(&r, None), store.pull(&r, None));
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(reg.0.lock().unwrap().blob_gets[&img.layer_digests[0]], 1);
+    assert_eq!(count(&e.root().join("snapshots")), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_digest_blob_is_refused() {
+    let reg = Registry::default();
+    let l = layer(&[("f", &[7u8; 100_000][..])], false);
+    let img = add_image(&reg, "v1", &[(l, Blob::WrongDigest)], "");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let err = store
+        .pull(&format!("{host}/crust/bad:v1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadContent(_)), "{err}");
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    assert_nothing_left(&e, &store, &img.layer_digests[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_blob_fails_clearly() {
+    let reg = Registry::default();
+    let l = layer(&[("f", &[7u8; 100_000][..])], true);
+    let img = add_image(&reg, "v1", &[(l, Blob::Truncated)], "");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let err = store
+        .pull(&format!("{host}/crust/cut:v1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&img.layer_digests[0]), "{msg}");
+    assert!(msg.contains("after 2 attempts"), "{msg}");
+    assert_nothing_left(&e, &store, &img.layer_digests[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_blob_times_out() {
+    let reg = Registry::default();
+    let l = layer(&[("f", &[7u8; 100_000][..])], false);
+    let img = add_image(&reg, "v1", &[(l, Blob::Stalled)], "");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e
+        .store(Config {
+            retries: 0,
+            ..quick()
+        })
+        .await;
+    let t = Instant::now();
+    let err = store
+        .pull(&format!("{host}/crust/stall:v1"), None)
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(err.to_string().contains("no progress for 1s"), "{err}");
+    assert_nothing_left(&e, &store, &img.layer_digests[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_resumes_with_range() {
+    let reg = Registry::default();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let l = layer(&[("f", &data)], false);
+    let img = add_image(&reg, "v1", &[(l, Blob::Flaky)], "");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    store
+        .pull(&format!("{host}/crust/flaky:v1"), None)
+        .await
+        .unwrap();
+    let st = reg.0.lock().unwrap();
+    assert_eq!(st.blob_gets[&img.layer_digests[0]], 2);
+    assert!(
+        st.ranges.iter().any(|r| r != "bytes=0-"),
+        "resumed from an offset: {:?}",
+        st.ranges
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_keeps_the_image_name() {
+    let reg = Registry::default();
+    let l = layer(&[("pause", b"p")], false);
+    add_image(&reg, "3.9", &[(l, Blob::Good)], "65535");
+    let host = reg.serve().await;
+    let e = env();
+    let mut c = quick();
+    c.registries.insert(
+        "registry.k8s.io".into(),
+        RegistryConfig {
+            mirrors: vec![format!("http://{host}")],
+            ..Default::default()
+        },
+    );
+    let store = e.store(c).await;
+    let id = store.pull("registry.k8s.io/pause:3.9", None).await.unwrap();
+    let im = store.status("registry.k8s.io/pause:3.9").unwrap().unwrap();
+    assert_eq!(im.id, id);
+    assert_eq!(im.repo_tags, vec!["registry.k8s.io/pause:3.9".to_string()]);
+    assert!(im.pinned, "the default pinned list has the pause image");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_right_and_wrong() {
+    use base64::Engine as _;
+    let reg = Registry::default();
+    let l = layer(&[("f", b"x")], false);
+    add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    reg.0.lock().unwrap().basic_auth =
+        Some(base64::engine::general_purpose::STANDARD.encode("user:secret"));
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/private:v1");
+    let err = store.pull(&r, None).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+    let wrong = Auth {
+        username: "user".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = store.pull(&r, Some(&wrong)).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+    let right = Auth {
+        username: "user".into(),
+        password: "secret".into(),
+        ..Default::default()
+    };
+    store.pull(&r, Some(&right)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_is_not_found() {
+    let reg = Registry::default();
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let err = store
+        .pull(&format!("{host}/crust/none:v1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+}
