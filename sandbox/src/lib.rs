@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod cni;
 mod config;
+pub mod container;
 mod error;
 pub mod metrics;
 pub mod namespaces;
