@@ -148,7 +148,7 @@ fn outcome(headers: &http::HeaderMap) -> (tonic::Code, String) {
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .map(|m| percent_decode(m))
+        .map(percent_decode)
         .unwrap_or_default();
     (code, message)
 }
