@@ -40,6 +40,10 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("pods: {0}")]
+    Pods(#[from] crust_sandbox::Error),
+    #[error("images: {0}")]
+    Images(#[from] crust_images::Error),
     #[error("serving CRI: {0}")]
     Serve(String),
     #[error("installing signal handlers: {0}")]
@@ -74,7 +78,31 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
     let socket_path = config.socket.clone();
-    let cri = Arc::new(Cri { config, store });
+    let pods = crust_sandbox::PodSandboxes::open(
+        config.sandbox.clone(),
+        store.database(),
+        crust_sandbox::Paths {
+            root_dir: config.root_dir.clone(),
+            state_dir: config.state_dir.clone(),
+        },
+        match config.cgroup_driver {
+            crate::config::CgroupDriver::Cgroupfs => crust_sandbox::CgroupDriver::Cgroupfs,
+            crate::config::CgroupDriver::Systemd => crust_sandbox::CgroupDriver::Systemd,
+        },
+    )?;
+    // Opening the image store also collects what interrupted pulls left behind.
+    let images = crust_images::ImageStore::open(
+        config.root_dir.join("images"),
+        config.images.clone(),
+        store.database(),
+    )
+    .await?;
+    let cri = Arc::new(Cri {
+        config,
+        store,
+        pods,
+        images,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let metrics_task = metrics_listener.map(|l| {

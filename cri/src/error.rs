@@ -13,6 +13,10 @@ pub enum CriError {
     InvalidArgument(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Sandbox(#[from] crust_sandbox::Error),
+    #[error(transparent)]
+    Images(#[from] crust_images::Error),
     // Each crate's error joins here with #[from]; its codes are mapped below.
 }
 
@@ -24,8 +28,38 @@ impl From<CriError> for Status {
             CriError::Unimplemented(_) => Code::Unimplemented,
             CriError::InvalidArgument(_) => Code::InvalidArgument,
             CriError::Store(_) => Code::Internal,
+            CriError::Sandbox(e) => sandbox_code(e),
+            CriError::Images(e) => images_code(e),
         };
         Status::new(code, e.to_string())
+    }
+}
+
+fn images_code(e: &crust_images::Error) -> Code {
+    use crust_images::Error as E;
+    match e {
+        E::InvalidArgument(_) => Code::InvalidArgument,
+        E::NotFound(_) => Code::NotFound,
+        E::AlreadyExists(_) => Code::AlreadyExists,
+        E::Unauthenticated(_) => Code::Unauthenticated,
+        E::Unavailable(_) => Code::Unavailable,
+        // Corrupt or hostile registry content: a digest mismatch, an escaping layer.
+        E::BadContent(_) => Code::DataLoss,
+        E::FailedPrecondition(_) => Code::FailedPrecondition,
+        E::Internal(_) => Code::Internal,
+    }
+}
+
+fn sandbox_code(e: &crust_sandbox::Error) -> Code {
+    use crust_sandbox::Error as E;
+    use crust_sandbox::cni::CniError;
+    match e {
+        E::NotFound(_) => Code::NotFound,
+        E::AlreadyExists(_) => Code::AlreadyExists,
+        E::InvalidArgument(_) => Code::InvalidArgument,
+        E::FailedPrecondition(_) => Code::FailedPrecondition,
+        E::Cni(CniError::NoNetworkConfig { .. }) => Code::FailedPrecondition,
+        E::Cni(_) | E::Store(_) | E::Io(_) | E::Internal(_) => Code::Internal,
     }
 }
 

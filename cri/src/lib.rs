@@ -29,4 +29,6 @@ pub type EventStream =
 pub struct Cri {
     pub config: config::Config,
     pub store: store::Store,
+    pub pods: crust_sandbox::PodSandboxes,
+    pub images: crust_images::ImageStore,
 }

@@ -389,16 +389,25 @@ pub fn add_process(h: &Hierarchies, path: &str, pid: i32) -> std::io::Result<()>
     Ok(())
 }
 
-/// Removes the directories crust created, deepest first. Missing ones are fine; a cgroup that
-/// still has processes (EBUSY) is retried briefly, then reported.
+/// Removes the directories crust created, deepest first. Missing ones are fine. The pod's own
+/// cgroup is retried briefly while its last processes leave (EBUSY); a shared parent crust made
+/// (`/crust`) that still holds other pods is left in place.
 pub fn remove(cg: &PodCgroup) -> std::io::Result<()> {
+    let leaf = cg.path.trim_matches('/');
     let mut first_err = None;
     for dir in cg.created.iter().rev() {
+        let is_leaf = dir.to_string_lossy().ends_with(&format!("/{leaf}"));
         let mut tries = 0;
         loop {
             match std::fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e)
+                    if !is_leaf
+                        && matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) =>
+                {
+                    break;
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
@@ -515,6 +524,24 @@ mod tests {
         assert!(d.path().join("cpuset/kubepods/cpuset.cpus").exists());
         // Removing twice is fine.
         remove(&cg).unwrap();
+    }
+
+    #[test]
+    fn a_shared_parent_with_other_pods_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Hierarchies {
+            unified: true,
+            mounts: vec![(d.path().to_path_buf(), vec![])],
+        };
+        let a = create(&h, &format!("/crust/{ID}"), None).unwrap();
+        let other = "f".repeat(64);
+        let b = create(&h, &format!("/crust/{other}"), None).unwrap();
+        assert_eq!(a.created.len(), 2);
+        assert_eq!(b.created.len(), 1);
+        remove(&a).unwrap();
+        assert!(d.path().join("crust").join(&other).exists());
+        remove(&b).unwrap();
+        assert!(d.path().join("crust").exists());
     }
 
     #[test]

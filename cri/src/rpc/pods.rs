@@ -1,5 +1,13 @@
-//! Pod sandbox RPCs.
+//! Pod sandbox RPCs: CRI messages to and from `crust_sandbox::pod`.
 
+use std::collections::{BTreeMap, HashMap};
+
+use crust_sandbox::PodRecord;
+use crust_sandbox::pod::{
+    DnsConfig, NamespaceMode, NamespaceOptions, PodFilter, PodMetadata, PodResources, PodSpec,
+    PodState, PortMapping, Protocol,
+};
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::{
     ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest,
     PodSandboxStatusResponse, RemovePodSandboxRequest, RemovePodSandboxResponse,
@@ -9,42 +17,225 @@ use k8s_cri::v1::{
 use crate::Cri;
 use crate::error::{CriError, CriResult};
 
-/// RunPodSandbox: not built yet.
 pub async fn run_pod_sandbox(
-    _cri: &Cri,
-    _req: RunPodSandboxRequest,
+    cri: &Cri,
+    req: RunPodSandboxRequest,
 ) -> CriResult<RunPodSandboxResponse> {
-    Err(CriError::Unimplemented("RunPodSandbox"))
+    let config = req
+        .config
+        .ok_or_else(|| CriError::InvalidArgument("RunPodSandbox needs a config".into()))?;
+    let spec = pod_spec(config, req.runtime_handler)?;
+    let pod_sandbox_id = cri.pods.run(spec).await?;
+    Ok(RunPodSandboxResponse { pod_sandbox_id })
 }
 
-/// StopPodSandbox: not built yet.
 pub async fn stop_pod_sandbox(
-    _cri: &Cri,
-    _req: StopPodSandboxRequest,
+    cri: &Cri,
+    req: StopPodSandboxRequest,
 ) -> CriResult<StopPodSandboxResponse> {
-    Err(CriError::Unimplemented("StopPodSandbox"))
+    cri.pods.stop(&req.pod_sandbox_id).await?;
+    Ok(StopPodSandboxResponse {})
 }
 
-/// RemovePodSandbox: not built yet.
 pub async fn remove_pod_sandbox(
-    _cri: &Cri,
-    _req: RemovePodSandboxRequest,
+    cri: &Cri,
+    req: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
-    Err(CriError::Unimplemented("RemovePodSandbox"))
+    cri.pods.remove(&req.pod_sandbox_id).await?;
+    Ok(RemovePodSandboxResponse {})
 }
 
-/// PodSandboxStatus: not built yet.
 pub async fn pod_sandbox_status(
-    _cri: &Cri,
-    _req: PodSandboxStatusRequest,
+    cri: &Cri,
+    req: PodSandboxStatusRequest,
 ) -> CriResult<PodSandboxStatusResponse> {
-    Err(CriError::Unimplemented("PodSandboxStatus"))
+    let rec = cri.pods.status(&req.pod_sandbox_id)?;
+    let mut info = HashMap::new();
+    if req.verbose {
+        info.insert(
+            "info".to_string(),
+            serde_json::to_string(&rec).unwrap_or_default(),
+        );
+    }
+    Ok(PodSandboxStatusResponse {
+        status: Some(pod_status(&rec)),
+        info,
+        containers_statuses: Vec::new(),
+        timestamp: 0,
+    })
 }
 
-/// ListPodSandbox: not built yet.
 pub async fn list_pod_sandbox(
-    _cri: &Cri,
-    _req: ListPodSandboxRequest,
+    cri: &Cri,
+    req: ListPodSandboxRequest,
 ) -> CriResult<ListPodSandboxResponse> {
-    Err(CriError::Unimplemented("ListPodSandbox"))
+    let filter = req.filter.map(|f| PodFilter {
+        id: f.id,
+        state: f.state.map(|s| state_from_cri(s.state)),
+        label_selector: f.label_selector.into_iter().collect(),
+    });
+    let items = cri
+        .pods
+        .list(&filter.unwrap_or_default())
+        .iter()
+        .map(|r| cri::PodSandbox {
+            id: r.id.clone(),
+            metadata: Some(metadata_to_cri(&r.spec.metadata)),
+            state: state_to_cri(r.state) as i32,
+            created_at: r.created_at_ns,
+            labels: to_hash(&r.spec.labels),
+            annotations: to_hash(&r.spec.annotations),
+            runtime_handler: r.runtime_handler.clone(),
+        })
+        .collect();
+    Ok(ListPodSandboxResponse { items })
+}
+
+fn pod_spec(c: cri::PodSandboxConfig, runtime_handler: String) -> CriResult<PodSpec> {
+    let m = c
+        .metadata
+        .ok_or_else(|| CriError::InvalidArgument("pod sandbox config needs metadata".into()))?;
+    let linux = c.linux.unwrap_or_default();
+    let sc = linux.security_context.unwrap_or_default();
+    let ns = sc.namespace_options.unwrap_or_default();
+    if let Some(userns) = &ns.userns_options
+        && userns.mode() != cri::NamespaceMode::Node
+    {
+        return Err(CriError::InvalidArgument(
+            "user namespaces are not supported by crust yet".into(),
+        ));
+    }
+    let port_mappings = c
+        .port_mappings
+        .into_iter()
+        .map(|p| PortMapping {
+            protocol: match p.protocol() {
+                cri::Protocol::Tcp => Protocol::Tcp,
+                cri::Protocol::Udp => Protocol::Udp,
+                cri::Protocol::Sctp => Protocol::Sctp,
+            },
+            container_port: p.container_port,
+            host_port: p.host_port,
+            host_ip: p.host_ip,
+        })
+        .collect();
+    Ok(PodSpec {
+        metadata: PodMetadata {
+            name: m.name,
+            uid: m.uid,
+            namespace: m.namespace,
+            attempt: m.attempt,
+        },
+        hostname: c.hostname,
+        log_directory: c.log_directory,
+        dns: c.dns_config.map(|d| DnsConfig {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
+        port_mappings,
+        labels: c.labels.into_iter().collect(),
+        annotations: c.annotations.into_iter().collect(),
+        cgroup_parent: linux.cgroup_parent,
+        sysctls: linux.sysctls.into_iter().collect(),
+        namespaces: NamespaceOptions {
+            network: mode_from_cri(ns.network()),
+            pid: mode_from_cri(ns.pid()),
+            ipc: mode_from_cri(ns.ipc()),
+            target_id: ns.target_id,
+        },
+        overhead: linux.overhead.map(resources),
+        resources: linux.resources.map(resources),
+        privileged: sc.privileged,
+        runtime_handler,
+    })
+}
+
+fn resources(r: cri::LinuxContainerResources) -> PodResources {
+    PodResources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        cpuset_cpus: r.cpuset_cpus,
+        cpuset_mems: r.cpuset_mems,
+    }
+}
+
+fn pod_status(r: &PodRecord) -> cri::PodSandboxStatus {
+    let ns = &r.spec.namespaces;
+    cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(metadata_to_cri(&r.spec.metadata)),
+        state: state_to_cri(r.state) as i32,
+        created_at: r.created_at_ns,
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: r.ip().to_string(),
+            additional_ips: r
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: mode_to_cri(ns.network) as i32,
+                    pid: mode_to_cri(ns.pid) as i32,
+                    ipc: mode_to_cri(ns.ipc) as i32,
+                    target_id: ns.target_id.clone(),
+                    userns_options: None,
+                }),
+            }),
+        }),
+        labels: to_hash(&r.spec.labels),
+        annotations: to_hash(&r.spec.annotations),
+        runtime_handler: r.runtime_handler.clone(),
+    }
+}
+
+fn metadata_to_cri(m: &PodMetadata) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    }
+}
+
+fn to_hash(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn mode_from_cri(m: cri::NamespaceMode) -> NamespaceMode {
+    match m {
+        cri::NamespaceMode::Pod => NamespaceMode::Pod,
+        cri::NamespaceMode::Container => NamespaceMode::Container,
+        cri::NamespaceMode::Node => NamespaceMode::Node,
+        cri::NamespaceMode::Target => NamespaceMode::Target,
+    }
+}
+
+fn mode_to_cri(m: NamespaceMode) -> cri::NamespaceMode {
+    match m {
+        NamespaceMode::Pod => cri::NamespaceMode::Pod,
+        NamespaceMode::Container => cri::NamespaceMode::Container,
+        NamespaceMode::Node => cri::NamespaceMode::Node,
+        NamespaceMode::Target => cri::NamespaceMode::Target,
+    }
+}
+
+fn state_from_cri(s: i32) -> PodState {
+    match cri::PodSandboxState::try_from(s) {
+        Ok(cri::PodSandboxState::SandboxReady) => PodState::Ready,
+        _ => PodState::NotReady,
+    }
+}
+
+fn state_to_cri(s: PodState) -> cri::PodSandboxState {
+    match s {
+        PodState::Ready => cri::PodSandboxState::SandboxReady,
+        PodState::NotReady => cri::PodSandboxState::SandboxNotready,
+    }
 }
