@@ -1,0 +1,720 @@
+//! The scenarios: what each one asks the runtime, what it times, and how it
+//! puts the runtime back as it found it.
+//!
+//! Every pod, container and image a scenario creates is tracked as soon as
+//! the runtime names it, and [`Ctx::cleanup`] removes what is still tracked
+//! (plus any pod carrying this run's label, in case a call timed out after the
+//! runtime made the pod) whether the scenario succeeded or not.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_cri::v1 as cri;
+
+use crate::cri::{BenchError, Cri, RUN_LABEL, pod_config, sleep_container};
+use crate::procs::{ProcFs, ShimQuery, with_descendants};
+use crate::report::{Figure, Operation};
+use crate::stats::Summary;
+
+/// The scenarios that talk to a CRI endpoint.
+pub const CRI_SCENARIOS: &[&str] = &[
+    "version",
+    "status",
+    "pull-small",
+    "pull-large",
+    "pod",
+    "container",
+    "pod-container",
+    "density",
+    "list",
+    "stats",
+    "exec",
+    "cleanup",
+];
+
+/// Scenarios that measure the machine itself, with no runtime.
+pub const FLOOR_SCENARIOS: &[&str] = &["floor-unshare", "floor-runc"];
+
+/// Settings of one scenario run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub scenario: String,
+    pub count: usize,
+    pub parallel: usize,
+    pub image: Option<String>,
+    /// Pods present during `list` and `stats`.
+    pub pods: usize,
+    pub daemon_pid: Option<u32>,
+    pub shim_name: Option<String>,
+    pub shim_match: Option<String>,
+    /// Pod log directories live here (removed at the end).
+    pub work_dir: PathBuf,
+    pub run_id: String,
+}
+
+/// Samples and figures gathered while a scenario runs.
+#[derive(Default)]
+pub struct Recorder {
+    ops: Mutex<Vec<(String, Vec<Duration>)>>,
+    figures: Mutex<Vec<Figure>>,
+}
+
+impl Recorder {
+    pub fn record(&self, name: &str, d: Duration) {
+        let mut ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        match ops.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => v.push(d),
+            None => ops.push((name.to_string(), vec![d])),
+        }
+    }
+
+    /// Forgets the samples so far (warm-up calls).
+    pub fn clear(&self) {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Keeps the operations named, in their order, and forgets the others.
+    pub fn keep_only(&self, names: &[&str]) {
+        self.ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, _)| names.contains(&n.as_str()));
+    }
+
+    pub fn figure(&self, name: &str, unit: &str, value: f64) {
+        self.figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Figure {
+                name: name.to_string(),
+                unit: unit.to_string(),
+                value,
+            });
+    }
+
+    pub fn operations(&self) -> Vec<Operation> {
+        let ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        ops.iter()
+            .filter_map(|(name, v)| {
+                Some(Operation {
+                    name: name.clone(),
+                    summary: Summary::of(v)?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn figures(&self) -> Vec<Figure> {
+        self.figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What the scenario made and has not removed yet.
+#[derive(Default)]
+struct Tracker {
+    pods: Mutex<Vec<String>>,
+    containers: Mutex<Vec<String>>,
+    images: Mutex<Vec<String>>,
+}
+
+fn add(list: &Mutex<Vec<String>>, id: &str) {
+    list.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(id.to_string());
+}
+
+fn forget(list: &Mutex<Vec<String>>, id: &str) {
+    list.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|x| x != id);
+}
+
+fn take(list: &Mutex<Vec<String>>) -> Vec<String> {
+    std::mem::take(&mut *list.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// A started pod: its id and the config it was made with.
+struct Pod {
+    id: String,
+    config: cri::PodSandboxConfig,
+}
+
+pub struct Ctx {
+    cri: Cri,
+    s: Settings,
+    pub rec: Recorder,
+    tracker: Tracker,
+    failed: AtomicBool,
+    procfs: ProcFs,
+}
+
+impl Ctx {
+    pub fn new(cri: Cri, s: Settings) -> Ctx {
+        Ctx {
+            cri,
+            s,
+            rec: Recorder::default(),
+            tracker: Tracker::default(),
+            failed: AtomicBool::new(false),
+            procfs: ProcFs::default(),
+        }
+    }
+
+    fn image(&self) -> Result<&str, BenchError> {
+        self.s
+            .image
+            .as_deref()
+            .ok_or_else(|| BenchError::Invalid(format!("{} needs --image", self.s.scenario)))
+    }
+
+    fn log_root(&self) -> PathBuf {
+        self.s.work_dir.join("logs")
+    }
+
+    /// Runs `f(0..n)`, at most `parallel` at once. After the first failure no
+    /// new call starts, the running ones finish (so what they create is
+    /// tracked and cleaned up), and that first error is returned.
+    async fn each<F, Fut>(&self, n: usize, parallel: usize, f: F) -> Result<(), BenchError>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<(), BenchError>>,
+    {
+        let results: Vec<Result<(), BenchError>> = futures::stream::iter(0..n)
+            .map(|i| {
+                let fut = f(i);
+                async move {
+                    if self.failed.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    let r = fut.await;
+                    if r.is_err() {
+                        self.failed.store(true, Ordering::SeqCst);
+                    }
+                    r
+                }
+            })
+            .buffer_unordered(parallel.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Runs the scenario, then cleans up, also when it failed.
+    pub async fn run(&self) -> Result<(), BenchError> {
+        let res = self.dispatch().await;
+        let cleanup = self.cleanup().await;
+        res?;
+        cleanup
+    }
+
+    async fn dispatch(&self) -> Result<(), BenchError> {
+        let n = self.s.count;
+        match self.s.scenario.as_str() {
+            "version" => {
+                for _ in 0..n {
+                    let (_, d) = self.cri.version().await?;
+                    self.rec.record("Version", d);
+                }
+                Ok(())
+            }
+            "status" => {
+                for _ in 0..n {
+                    let (_, d) = self.cri.status().await?;
+                    self.rec.record("Status", d);
+                }
+                Ok(())
+            }
+            "pull-small" | "pull-large" => self.pull().await,
+            "pod" => self.pods().await,
+            "container" => self.containers().await,
+            "pod-container" => self.pod_container().await,
+            "density" => self.density().await,
+            "list" => self.list().await,
+            "stats" => self.stats().await,
+            "exec" => self.exec().await,
+            "cleanup" => self.remove_everything().await,
+            other => Err(BenchError::Invalid(format!("unknown scenario {other:?}"))),
+        }
+    }
+
+    // ----- images -----
+
+    /// Each pull is cold: the image is removed before it (untimed when it
+    /// was there before the run) and after it (timed as RemoveImage).
+    async fn pull(&self) -> Result<(), BenchError> {
+        let image = self.image()?;
+        if self.cri.image_status(image).await?.0.is_some() {
+            self.cri.remove_image(image).await?;
+        }
+        for _ in 0..self.s.count {
+            add(&self.tracker.images, image);
+            let (_, d) = self.cri.pull_image(image).await?;
+            self.rec.record("PullImage", d);
+            let d = self.cri.remove_image(image).await?;
+            forget(&self.tracker.images, image);
+            self.rec.record("RemoveImage", d);
+        }
+        Ok(())
+    }
+
+    /// Pulls the image if the runtime lacks it; a pull made here is undone at cleanup.
+    async fn ensure_image(&self) -> Result<(), BenchError> {
+        let image = self.image()?;
+        if self.cri.image_status(image).await?.0.is_none() {
+            add(&self.tracker.images, image);
+            self.cri.pull_image(image).await?;
+        }
+        Ok(())
+    }
+
+    // ----- pods and containers -----
+
+    async fn start_pod(&self, i: usize) -> Result<Pod, BenchError> {
+        let config = pod_config(&self.s.run_id, i, &self.log_root());
+        std::fs::create_dir_all(&config.log_directory).map_err(|source| BenchError::Io {
+            what: format!("creating {}", config.log_directory),
+            source,
+        })?;
+        let (id, d) = self.cri.run_pod(&config).await?;
+        add(&self.tracker.pods, &id);
+        self.rec.record("RunPodSandbox", d);
+        Ok(Pod { id, config })
+    }
+
+    async fn teardown_pod(&self, id: &str) -> Result<(), BenchError> {
+        let stop = self.cri.stop_pod(id).await?;
+        let remove = self.cri.remove_pod(id).await?;
+        forget(&self.tracker.pods, id);
+        self.rec.record("StopPodSandbox", stop);
+        self.rec.record("RemovePodSandbox", remove);
+        self.rec
+            .record("StopPodSandbox+RemovePodSandbox", stop + remove);
+        Ok(())
+    }
+
+    /// Creates and starts one sleep container; returns its id and the two latencies.
+    async fn start_container(
+        &self,
+        pod: &Pod,
+        name: &str,
+    ) -> Result<(String, Duration, Duration), BenchError> {
+        let config = sleep_container(&self.s.run_id, name, self.image()?);
+        let (id, create) = self
+            .cri
+            .create_container(&pod.id, &config, &pod.config)
+            .await?;
+        add(&self.tracker.containers, &id);
+        let start = self.cri.start_container(&id).await?;
+        self.rec.record("CreateContainer", create);
+        self.rec.record("StartContainer", start);
+        self.rec
+            .record("CreateContainer+StartContainer", create + start);
+        Ok((id, create, start))
+    }
+
+    /// A pod with one running sleep container; returns (pod id, container id).
+    async fn pod_with_container(&self, i: usize) -> Result<(String, String), BenchError> {
+        let begin = Instant::now();
+        let pod = self.start_pod(i).await?;
+        let (cid, _, _) = self.start_container(&pod, "sleep").await?;
+        self.rec.record("pod+container", begin.elapsed());
+        Ok((pod.id, cid))
+    }
+
+    /// Stops and removes pods `ids`, `parallel` at a time; returns the wall time.
+    async fn teardown_all(&self, ids: &[String]) -> Result<Duration, BenchError> {
+        let begin = Instant::now();
+        self.failed.store(false, Ordering::SeqCst);
+        self.each(ids.len(), self.s.parallel, |i| self.teardown_pod(&ids[i]))
+            .await?;
+        Ok(begin.elapsed())
+    }
+
+    /// Sets up `n` pods with a running container each; returns (pods, containers).
+    async fn populate(&self, n: usize) -> Result<(Vec<String>, Vec<String>), BenchError> {
+        self.ensure_image().await?;
+        let made = Mutex::new((Vec::new(), Vec::new()));
+        self.each(n, self.s.parallel, |i| {
+            let made = &made;
+            async move {
+                let (p, c) = self.pod_with_container(i).await?;
+                let mut m = made.lock().unwrap_or_else(|e| e.into_inner());
+                m.0.push(p);
+                m.1.push(c);
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(made.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs every pod (`parallel` at a time), then stops and removes every pod.
+    async fn pods(&self) -> Result<(), BenchError> {
+        // One untimed pod first: the runtime's first pod pays for caches,
+        // CNI plugin page-ins and (containerd) the pause image unpack.
+        let warm = self.start_pod(usize::MAX / 2).await?;
+        self.teardown_pod(&warm.id).await?;
+        self.rec.clear();
+
+        let ids = Mutex::new(Vec::new());
+        let begin = Instant::now();
+        self.each(self.s.count, self.s.parallel, |i| {
+            let ids = &ids;
+            async move {
+                let pod = self.start_pod(i).await?;
+                ids.lock().unwrap_or_else(|e| e.into_inner()).push(pod.id);
+                Ok(())
+            }
+        })
+        .await?;
+        let run_wall = begin.elapsed();
+        let ids = ids.into_inner().unwrap_or_else(|e| e.into_inner());
+        let down_wall = self.teardown_all(&ids).await?;
+        self.rec.figure("run_wall", "s", run_wall.as_secs_f64());
+        self.rec
+            .figure("teardown_wall", "s", down_wall.as_secs_f64());
+        Ok(())
+    }
+
+    /// In one pod: create+start a container, then stop+remove it, `count` times.
+    async fn containers(&self) -> Result<(), BenchError> {
+        self.ensure_image().await?;
+        let pod = self.start_pod(0).await?;
+        for i in 0..=self.s.count {
+            let name = format!("sleep-{i}");
+            let (id, _, _) = self.start_container(&pod, &name).await?;
+            let stop = self.cri.stop_container(&id, 10).await?;
+            let remove = self.cri.remove_container(&id).await?;
+            forget(&self.tracker.containers, &id);
+            if i == 0 {
+                // The first container warms the runtime up: not counted.
+                self.rec.clear();
+                continue;
+            }
+            self.rec.record("StopContainer", stop);
+            self.rec.record("RemoveContainer", remove);
+            self.rec
+                .record("StopContainer+RemoveContainer", stop + remove);
+        }
+        self.teardown_pod(&pod.id).await?;
+        self.keep_only(&[
+            "CreateContainer",
+            "StartContainer",
+            "CreateContainer+StartContainer",
+            "StopContainer",
+            "RemoveContainer",
+            "StopContainer+RemoveContainer",
+        ]);
+        Ok(())
+    }
+
+    /// What kubelet does for a new pod: ImageStatus (PullImage if absent),
+    /// RunPodSandbox, CreateContainer, StartContainer. `total` is their sum.
+    async fn pod_container(&self) -> Result<(), BenchError> {
+        let image = self.image()?.to_string();
+        let ids = Mutex::new(Vec::new());
+        let one = |i: usize| {
+            let ids = &ids;
+            let image = &image;
+            async move {
+                let begin = Instant::now();
+                let (present, d) = self.cri.image_status(image).await?;
+                self.rec.record("ImageStatus", d);
+                if present.is_none() {
+                    add(&self.tracker.images, image);
+                    let (_, d) = self.cri.pull_image(image).await?;
+                    self.rec.record("PullImage", d);
+                }
+                let pod = self.start_pod(i).await?;
+                ids.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(pod.id.clone());
+                self.start_container(&pod, "app").await?;
+                self.rec.record("total", begin.elapsed());
+                Ok(())
+            }
+        };
+        // Warm-up pod (pulls the image if needed), not counted.
+        one(usize::MAX / 2).await?;
+        self.rec.clear();
+        self.each(self.s.count, self.s.parallel, one).await?;
+        let ids = ids.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.teardown_all(&ids).await?;
+        // Teardown is measured by `pod`; keep this table about starting.
+        self.keep_only(&[
+            "ImageStatus",
+            "PullImage",
+            "RunPodSandbox",
+            "CreateContainer",
+            "StartContainer",
+            "total",
+        ]);
+        Ok(())
+    }
+
+    /// `count` pods with one sleep container, `parallel` at a time: wall
+    /// time, then the daemon's and the shims' memory with all of them up.
+    async fn density(&self) -> Result<(), BenchError> {
+        self.ensure_image().await?;
+        let shim_name = self.s.shim_name.clone().unwrap_or_default();
+        let before: HashSet<u32> = self
+            .procfs
+            .processes()
+            .into_iter()
+            .filter(|p| p.name == shim_name)
+            .map(|p| p.pid)
+            .collect();
+        let daemon_before = self.s.daemon_pid.and_then(|pid| self.procfs.memory(pid));
+
+        let begin = Instant::now();
+        let (pods, _) = self.populate(self.s.count).await?;
+        let wall = begin.elapsed();
+        self.rec.figure("start_wall", "s", wall.as_secs_f64());
+        self.rec.figure(
+            "pods_per_s",
+            "pods/s",
+            pods.len() as f64 / wall.as_secs_f64().max(1e-9),
+        );
+
+        // Let shims and daemon settle (lazy allocations, GC) before reading.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        if let Some(m) = self.s.daemon_pid.and_then(|pid| self.procfs.memory(pid)) {
+            self.rec.figure("daemon_rss", "MiB", mib(m.rss_kib));
+            if let Some(b) = daemon_before {
+                self.rec
+                    .figure("daemon_rss_growth", "MiB", mib(m.rss_kib) - mib(b.rss_kib));
+            }
+        }
+        if !shim_name.is_empty() {
+            let shims = self.procfs.find_shims(&ShimQuery {
+                name: &shim_name,
+                daemon_pid: self.s.daemon_pid,
+                marker: self.s.shim_match.as_deref(),
+                exclude: &before,
+            });
+            let mems: Vec<_> = shims
+                .iter()
+                .filter_map(|p| self.procfs.memory(p.pid))
+                .collect();
+            let rss: u64 = mems.iter().map(|m| m.rss_kib).sum();
+            let pss: u64 = mems.iter().map(|m| m.pss_kib).sum();
+            let n = pods.len().max(1) as f64;
+            self.rec.figure("shims", "processes", mems.len() as f64);
+            self.rec.figure("shim_rss_total", "MiB", mib(rss));
+            self.rec.figure("shim_rss_per_pod", "MiB", mib(rss) / n);
+            self.rec.figure("shim_pss_per_pod", "MiB", mib(pss) / n);
+            // Everything the runtime costs with the pods up: the daemon, the
+            // shims and what runs under them (containers, pause processes),
+            // in PSS so libraries shared between them count once.
+            let mut roots: Vec<u32> = shims.iter().map(|p| p.pid).collect();
+            roots.extend(self.s.daemon_pid);
+            let all = with_descendants(&self.procfs.processes(), &roots);
+            let total: u64 = all
+                .iter()
+                .filter_map(|pid| self.procfs.memory(*pid))
+                .map(|m| m.pss_kib)
+                .sum();
+            self.rec.figure("total_pss", "MiB", mib(total));
+            self.rec.figure("total_pss_per_pod", "MiB", mib(total) / n);
+        }
+        let down = self.teardown_all(&pods).await?;
+        self.rec.figure("teardown_wall", "s", down.as_secs_f64());
+        Ok(())
+    }
+
+    /// List and status latency with `pods` pods (one container each) present.
+    async fn list(&self) -> Result<(), BenchError> {
+        let (pods, containers) = self.populate(self.s.pods).await?;
+        self.rec.clear();
+        for i in 0..self.s.count {
+            let (found, d) = self.cri.list_pods(None).await?;
+            if found.len() < pods.len() {
+                return Err(BenchError::Invalid(format!(
+                    "ListPodSandbox returned {} pods, {} exist",
+                    found.len(),
+                    pods.len()
+                )));
+            }
+            self.rec.record("ListPodSandbox", d);
+            let (_, d) = self.cri.list_containers(None).await?;
+            self.rec.record("ListContainers", d);
+            let d = self.cri.pod_status(&pods[i % pods.len()]).await?;
+            self.rec.record("PodSandboxStatus", d);
+            let d = self
+                .cri
+                .container_status(&containers[i % containers.len()])
+                .await?;
+            self.rec.record("ContainerStatus", d);
+        }
+        self.rec.figure("pods", "pods", pods.len() as f64);
+        self.teardown_all(&pods).await?;
+        self.keep_only(&[
+            "ListPodSandbox",
+            "ListContainers",
+            "PodSandboxStatus",
+            "ContainerStatus",
+        ]);
+        Ok(())
+    }
+
+    /// ListContainerStats (and ContainerStats) with `pods` containers running.
+    async fn stats(&self) -> Result<(), BenchError> {
+        let (pods, containers) = self.populate(self.s.pods).await?;
+        self.rec.clear();
+        for i in 0..self.s.count {
+            let (n, d) = self.cri.list_container_stats().await?;
+            if n < containers.len() {
+                return Err(BenchError::Invalid(format!(
+                    "ListContainerStats returned {n} entries, {} containers run",
+                    containers.len()
+                )));
+            }
+            self.rec.record("ListContainerStats", d);
+            let d = self
+                .cri
+                .container_stats(&containers[i % containers.len()])
+                .await?;
+            self.rec.record("ContainerStats", d);
+        }
+        self.rec
+            .figure("containers", "containers", containers.len() as f64);
+        self.teardown_all(&pods).await?;
+        self.keep_only(&["ListContainerStats", "ContainerStats"]);
+        Ok(())
+    }
+
+    /// ExecSync of `true` in one running container.
+    async fn exec(&self) -> Result<(), BenchError> {
+        let (pod, container) = {
+            let (p, c) = self.populate(1).await?;
+            (p, c)
+        };
+        let cid = container
+            .first()
+            .ok_or_else(|| BenchError::Invalid("no container".to_string()))?;
+        for i in 0..=self.s.count {
+            let (r, d) = self.cri.exec_sync(cid, &["true"]).await?;
+            if r.exit_code != 0 {
+                return Err(BenchError::Invalid(format!(
+                    "ExecSync true exited {}: {}",
+                    r.exit_code,
+                    String::from_utf8_lossy(&r.stderr)
+                )));
+            }
+            if i > 0 {
+                self.rec.record("ExecSync", d);
+            }
+        }
+        self.teardown_all(&pod).await?;
+        self.keep_only(&["ExecSync"]);
+        Ok(())
+    }
+
+    fn keep_only(&self, names: &[&str]) {
+        self.rec.keep_only(names);
+    }
+
+    /// Removes every pod and container of the endpoint (for a runtime that
+    /// `hack/bench` started and owns, before stopping it).
+    async fn remove_everything(&self) -> Result<(), BenchError> {
+        let (pods, _) = self.cri.list_pods(None).await?;
+        for id in &pods {
+            self.teardown_pod(id).await?;
+        }
+        let (containers, _) = self.cri.list_containers(None).await?;
+        for id in &containers {
+            let _ = self.cri.stop_container(id, 0).await;
+            self.cri.remove_container(id).await?;
+        }
+        self.rec.figure("pods_removed", "pods", pods.len() as f64);
+        self.rec
+            .figure("containers_removed", "containers", containers.len() as f64);
+        Ok(())
+    }
+
+    /// Removes what the scenario left: tracked containers, pods (and any pod
+    /// with this run's label), images; then the work dir. Returns the first
+    /// error, after trying everything.
+    async fn cleanup(&self) -> Result<(), BenchError> {
+        let mut first: Option<BenchError> = None;
+        let mut note = |r: Result<Duration, BenchError>| {
+            if let Err(e) = r
+                && first.is_none()
+            {
+                first = Some(e);
+            }
+        };
+        for id in take(&self.tracker.containers) {
+            let _ = self.cri.stop_container(&id, 0).await;
+            note(self.cri.remove_container(&id).await);
+        }
+        let mut pods = take(&self.tracker.pods);
+        if let Ok((labelled, _)) = self.cri.list_pods(Some((RUN_LABEL, &self.s.run_id))).await {
+            for id in labelled {
+                if !pods.contains(&id) {
+                    pods.push(id);
+                }
+            }
+        }
+        for id in pods {
+            note(self.cri.stop_pod(&id).await);
+            note(self.cri.remove_pod(&id).await);
+        }
+        for image in take(&self.tracker.images) {
+            note(self.cri.remove_image(&image).await);
+        }
+        let logs = self.log_root();
+        if logs.exists()
+            && let Err(source) = std::fs::remove_dir_all(&logs)
+            && first.is_none()
+        {
+            first = Some(BenchError::Io {
+                what: format!("removing {}", logs.display()),
+                source,
+            });
+        }
+        match first {
+            None => Ok(()),
+            Some(e) => Err(BenchError::Invalid(format!("cleanup: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_keeps_order_and_summarises() {
+        let r = Recorder::default();
+        r.record("b", Duration::from_millis(2));
+        r.record("a", Duration::from_millis(1));
+        r.record("b", Duration::from_millis(4));
+        let ops = r.operations();
+        assert_eq!(ops[0].name, "b");
+        assert_eq!(ops[0].summary.samples, 2);
+        assert_eq!(ops[0].summary.median_ms, 3.0);
+        assert_eq!(ops[1].name, "a");
+        r.figure("wall", "s", 1.5);
+        assert_eq!(r.figures()[0].value, 1.5);
+    }
+
+    #[test]
+    fn tracker_lists() {
+        let t = Tracker::default();
+        add(&t.pods, "p1");
+        add(&t.pods, "p2");
+        forget(&t.pods, "p1");
+        assert_eq!(take(&t.pods), vec!["p2".to_string()]);
+        assert!(take(&t.pods).is_empty());
+    }
+}
