@@ -15,6 +15,8 @@ mod run;
 pub mod spec;
 mod stop;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -71,24 +73,6 @@ impl PodSandboxes {
         paths: Paths,
         cgroup_driver: CgroupDriver,
     ) -> Result<Self> {
-        Self::open_with_runner(config, db, paths, cgroup_driver, Box::new(ProcessRunner))
-    }
-
-    /// As [`open`](Self::open), with another CNI plugin runner (tests).
-    pub fn open_with_runner(
-        config: Config,
-        db: Arc<redb::Database>,
-        paths: Paths,
-        cgroup_driver: CgroupDriver,
-        runner: Box<dyn PluginRunner>,
-    ) -> Result<Self> {
-        metrics::init();
-        let store = PodStore::new(db);
-        let pods = store
-            .load_all()?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
         let hierarchies = match Hierarchies::detect() {
             Ok(h) if !h.mounts.is_empty() => Some(h),
             Ok(_) => None,
@@ -97,6 +81,33 @@ impl PodSandboxes {
                 None
             }
         };
+        Self::open_with(
+            config,
+            db,
+            paths,
+            cgroup_driver,
+            Box::new(ProcessRunner),
+            hierarchies,
+        )
+    }
+
+    /// As [`open`](Self::open), with the process and cgroup seams given: another CNI plugin
+    /// runner, and the cgroup hierarchies to use (None: pods get no cgroup).
+    pub fn open_with(
+        config: Config,
+        db: Arc<redb::Database>,
+        paths: Paths,
+        cgroup_driver: CgroupDriver,
+        runner: Box<dyn PluginRunner>,
+        hierarchies: Option<Hierarchies>,
+    ) -> Result<Self> {
+        metrics::init();
+        let store = PodStore::new(db);
+        let pods = store
+            .load_all()?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
         let cni = Cni::new(
             config.cni_bin_dirs.clone(),
             paths.root_dir.join("cni"),
