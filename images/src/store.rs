@@ -376,6 +376,17 @@ impl ImageStore {
             Err(e) => {
                 m.pulls_failed.inc();
                 tracing::warn!(reference = %r, "pull failed: {e}");
+                // Corrupt or hostile content leaves nothing behind: collect the layers
+                // this pull did commit. A network failure keeps them for the retry
+                // (until the next gc).
+                if matches!(e, Error::BadContent(_))
+                    && let Ok(guard) = self.inner.gc_lock.try_write()
+                {
+                    if let Err(e) = self.gc_locked().await {
+                        tracing::warn!("gc after failed pull: {e}");
+                    }
+                    drop(guard);
+                }
             }
         }
         result
@@ -388,8 +399,21 @@ impl ImageStore {
             no_progress: Duration::from_secs(cfg.no_progress_timeout_secs.max(1)),
         };
         let mut last: Option<Error> = None;
-        for ep in registry::endpoints(cfg, r.domain()) {
+        let endpoints = registry::endpoints(cfg, r.domain());
+        for (i, ep) in endpoints.iter().enumerate() {
             let creds = registry::credentials(cfg, &ep.host, !ep.mirror, auth)?;
+            // HTTPS to an insecure host that may only speak HTTP: one try, then HTTP.
+            let has_http_fallback = endpoints
+                .get(i + 1)
+                .is_some_and(|n| n.host == ep.host && n.http && !ep.http);
+            let policy = if has_http_fallback {
+                Policy {
+                    retries: 0,
+                    ..policy
+                }
+            } else {
+                policy
+            };
             let client = RegistryClient::new(ep.clone(), r, creds, policy);
             match client.resolve(r).await {
                 Ok(resolved) => return self.fetch(&client, r, resolved).await,

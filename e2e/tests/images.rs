@@ -1,0 +1,498 @@
+//! ImageService end to end: a real crustd pulling `hack/fixtures` images from a real
+//! docker-registry on 127.0.0.1 (one per test, read-only over the fixture storage).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use crust_e2e::cri::image_service_client::ImageServiceClient;
+use crust_e2e::cri::{
+    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
+    PullImageRequest, RemoveImageRequest,
+};
+use crust_e2e::{Crustd, Options, free_port, metric_value};
+use serde_json::Value;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn fixtures_dir() -> PathBuf {
+    std::env::var_os("CRUST_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache/fixtures"))
+}
+
+fn storage() -> PathBuf {
+    std::env::var_os("CRUST_FIXTURES_STORAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| fixtures_dir().join("storage"))
+}
+
+fn fixtures() -> Value {
+    let p = fixtures_dir().join("images.json");
+    let text = std::fs::read(&p)
+        .unwrap_or_else(|e| panic!("{}: {e} (run hack/fixtures first)", p.display()));
+    serde_json::from_slice(&text).expect("images.json")
+}
+
+/// A docker-registry serving the fixture storage read-only, stopped by PID on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(htpasswd: Option<(&str, &str)>) -> Result<Registry> {
+        let dir = tempfile::tempdir()?;
+        let auth = match htpasswd {
+            None => String::new(),
+            Some((user, pass)) => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, pass])
+                    .output()
+                    .context("htpasswd")?;
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, &out.stdout)?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: crust\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let config = dir.path().join("registry.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
+                     storage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: true\n\
+                     http:\n  addr: {addr}\n  secret: crust-e2e\n{auth}",
+                    storage().display()
+                ),
+            )?;
+            let log = std::fs::File::create(dir.path().join("registry.log"))?;
+            let mut child = Command::new("/usr/bin/docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("docker-registry")?;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if std::net::TcpStream::connect(&addr).is_ok() {
+                    return Ok(Registry {
+                        child,
+                        addr,
+                        _dir: dir,
+                    });
+                }
+                if child.try_wait()?.is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break; // port taken, most likely: try another
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        bail!("docker-registry did not start")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
+
+async fn pull(
+    c: &mut ImageServiceClient<Channel>,
+    image: &str,
+    auth: Option<AuthConfig>,
+) -> Result<String, tonic::Status> {
+    c.pull_image(PullImageRequest {
+        image: spec(image),
+        auth,
+        sandbox_config: None,
+    })
+    .await
+    .map(|r| r.into_inner().image_ref)
+}
+
+async fn status(
+    c: &mut ImageServiceClient<Channel>,
+    image: &str,
+    verbose: bool,
+) -> Result<crust_e2e::cri::ImageStatusResponse> {
+    Ok(c.image_status(ImageStatusRequest {
+        image: spec(image),
+        verbose,
+    })
+    .await?
+    .into_inner())
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// Lower dirs (top first) of an image, from verbose status.
+async fn lowerdirs(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<Vec<PathBuf>> {
+    let st = status(c, image, true).await?;
+    let info: Value = serde_json::from_str(st.info.get("info").context("verbose info")?)?;
+    Ok(info["lowerDirs"]
+        .as_array()
+        .context("lowerDirs")?
+        .iter()
+        .filter_map(|v| v.as_str().map(PathBuf::from))
+        .collect())
+}
+
+/// Where `path` (absolute, in the image) is visible in the layers (top first): the
+/// topmost layer that has it. For images without whiteouts; the whiteout test mounts.
+fn lookup(lowers: &[PathBuf], path: &str) -> Option<PathBuf> {
+    let rel = path.trim_start_matches('/');
+    lowers
+        .iter()
+        .map(|l| l.join(rel))
+        .find(|p| p.symlink_metadata().is_ok())
+}
+
+#[tokio::test]
+async fn pull_status_list_remove() -> Result<()> {
+    let f = fixtures();
+    let reg = Registry::start(None)?;
+    let crustd = Crustd::start().await?;
+    let mut c = crustd.images().await?;
+    let bb = &f["images"]["crust/busybox:latest"];
+    let name = format!("{}/crust/busybox", reg.addr);
+
+    let id = pull(&mut c, &format!("{name}:latest"), None).await?;
+    assert_eq!(id, bb["config_digest"].as_str().unwrap());
+
+    let st = status(&mut c, &format!("{name}:latest"), true).await?;
+    let img = st.image.context("status")?;
+    assert_eq!(img.id, id);
+    assert_eq!(img.repo_tags, vec![format!("{name}:latest")]);
+    let manifest = bb["manifest_digest"].as_str().unwrap();
+    assert_eq!(img.repo_digests, vec![format!("{name}@{manifest}")]);
+    assert!(img.size >= bb["size"].as_u64().unwrap());
+    assert_eq!(img.uid, None);
+    let info: Value = serde_json::from_str(&st.info["info"])?;
+    assert_eq!(info["imageSpec"]["config"]["Cmd"][0], "sh");
+
+    // by digest: the same image
+    let id2 = pull(&mut c, &format!("{name}@{manifest}"), None).await?;
+    assert_eq!(id2, id);
+    assert!(status(&mut c, &id, false).await?.image.is_some(), "by id");
+    assert!(
+        status(&mut c, &format!("{name}@{manifest}"), false)
+            .await?
+            .image
+            .is_some()
+    );
+    assert!(
+        status(&mut c, &format!("{name}:nope"), false)
+            .await?
+            .image
+            .is_none()
+    );
+
+    let list = c
+        .list_images(ListImagesRequest { filter: None })
+        .await?
+        .into_inner()
+        .images;
+    assert_eq!(list.len(), 1);
+    let filtered = c
+        .list_images(ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: spec(&format!("{name}:latest")),
+            }),
+        })
+        .await?
+        .into_inner()
+        .images;
+    assert_eq!(filtered.len(), 1);
+
+    let fs = c.image_fs_info(ImageFsInfoRequest {}).await?.into_inner();
+    let u = &fs.image_filesystems[0];
+    assert!(u.used_bytes.as_ref().unwrap().value > 1_000_000);
+    assert!(u.inodes_used.as_ref().unwrap().value > 100);
+    assert!(!u.fs_id.as_ref().unwrap().mountpoint.is_empty());
+
+    let metrics = crustd.metrics().await?;
+    assert!(metric_value(&metrics, "crust_image_pulls_total").unwrap_or(0.0) >= 2.0);
+
+    // Remove by tag removes the image with its digests; removing again is fine.
+    c.remove_image(RemoveImageRequest {
+        image: spec(&format!("{name}:latest")),
+    })
+    .await?;
+    assert!(status(&mut c, &id, false).await?.image.is_none());
+    assert!(
+        status(&mut c, &format!("{name}@{manifest}"), false)
+            .await?
+            .image
+            .is_none()
+    );
+    c.remove_image(RemoveImageRequest { image: spec(&id) })
+        .await?;
+    let images = crustd.root_dir.join("images");
+    assert_eq!(
+        count(&images.join("snapshots")),
+        0,
+        "gc removed the snapshot"
+    );
+    assert_eq!(
+        count(&images.join("content/blobs/sha256")),
+        0,
+        "gc removed the blobs"
+    );
+
+    let bad = pull(&mut c, "Not A Ref", None).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let missing = pull(&mut c, &format!("{}/crust/nothing:here", reg.addr), None)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn layer_formats_and_shared_layers() -> Result<()> {
+    let reg = Registry::start(None)?;
+    let crustd = Crustd::start().await?;
+    let mut c = crustd.images().await?;
+    let snaps = crustd.root_dir.join("images/snapshots");
+    for tag in ["latest", "zstd", "uncompressed", "schema2"] {
+        pull(&mut c, &format!("{}/crust/busybox:{tag}", reg.addr), None).await?;
+    }
+    // One uncompressed layer, so one snapshot, whatever the compression.
+    assert_eq!(count(&snaps), 1);
+    pull(&mut c, &format!("{}/crust/config:uid", reg.addr), None).await?;
+    assert_eq!(count(&snaps), 2, "config shares the busybox layer");
+    let st = status(&mut c, &format!("{}/crust/config:uid", reg.addr), false).await?;
+    assert_eq!(st.image.unwrap().uid.map(|u| u.value), Some(1000));
+    pull(&mut c, &format!("{}/crust/config:latest", reg.addr), None).await?;
+    let st = status(&mut c, &format!("{}/crust/config:latest", reg.addr), false).await?;
+    assert_eq!(st.image.unwrap().username, "app");
+    let lowers = lowerdirs(&mut c, &format!("{}/crust/config:latest", reg.addr)).await?;
+    assert!(lookup(&lowers, "/bin/busybox").is_some());
+    assert!(lookup(&lowers, "/work/README").is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn multiarch_index_picks_this_platform() -> Result<()> {
+    let f = fixtures();
+    let reg = Registry::start(None)?;
+    let crustd = Crustd::start().await?;
+    let mut c = crustd.images().await?;
+    for tag in ["latest", "schema2"] {
+        let fx = &f["images"][format!("crust/multiarch:{tag}")];
+        let amd64 = fx["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["architecture"] == "amd64")
+            .unwrap();
+        let r = format!("{}/crust/multiarch:{tag}", reg.addr);
+        let id = pull(&mut c, &r, None).await?;
+        assert_eq!(id, amd64["config_digest"].as_str().unwrap());
+        let img = status(&mut c, &r, false).await?.image.unwrap();
+        let index = fx["manifest_digest"].as_str().unwrap();
+        // The repo digest is the index's (both tags share the amd64 config, so the
+        // second pull adds its index digest to the same image).
+        let rd = format!("{}/crust/multiarch@{index}", reg.addr);
+        assert!(img.repo_digests.contains(&rd), "{:?}", img.repo_digests);
+        let lowers = lowerdirs(&mut c, &r).await?;
+        let arch = lookup(&lowers, "/arch").context("/arch")?;
+        assert_eq!(std::fs::read_to_string(arch)?.trim(), "amd64");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn whiteouts_and_opaque_dirs() -> Result<()> {
+    let f = fixtures();
+    let fx = &f["images"]["crust/whiteout:latest"];
+    let reg = Registry::start(None)?;
+    let crustd = Crustd::start().await?;
+    let mut c = crustd.images().await?;
+    let r = format!("{}/crust/whiteout:latest", reg.addr);
+    pull(&mut c, &r, None).await?;
+    let lowers = lowerdirs(&mut c, &r).await?;
+    assert_eq!(lowers.len(), 4);
+    // Mount the layers as a container would see them.
+    let target = crustd.dir().join("whiteout-rootfs");
+    std::fs::create_dir_all(&target)?;
+    let opts = format!(
+        "lowerdir={}",
+        lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    let ok = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&target)
+        .status()?;
+    assert!(ok.success(), "mount overlay");
+    let check = || -> Result<()> {
+        for p in fx["paths_present"].as_array().context("paths_present")? {
+            let p = p.as_str().unwrap().trim_start_matches('/');
+            assert!(
+                target.join(p).symlink_metadata().is_ok(),
+                "{p} should exist"
+            );
+        }
+        for p in fx["paths_absent"].as_array().context("paths_absent")? {
+            let p = p.as_str().unwrap().trim_start_matches('/');
+            assert!(
+                target.join(p).symlink_metadata().is_err(),
+                "{p} should be gone"
+            );
+        }
+        Ok(())
+    };
+    let r = check();
+    let _ = Command::new("umount").arg(&target).status();
+    r
+}
+
+#[tokio::test]
+async fn hostile_layers_are_refused_and_leave_nothing() -> Result<()> {
+    let reg = Registry::start(None)?;
+    let crustd = Crustd::start().await?;
+    let mut c = crustd.images().await?;
+    let images = crustd.root_dir.join("images");
+    for kind in [
+        "dotdot",
+        "absolute",
+        "symlink",
+        "symlink-relative",
+        "hardlink",
+    ] {
+        let r = format!("{}/crust/hostile:{kind}", reg.addr);
+        let err = pull(&mut c, &r, None).await.unwrap_err();
+        assert_eq!(err.code(), Code::DataLoss, "{kind}: {err:?}");
+        assert!(
+            err.message().contains("refusing layer"),
+            "{kind}: {}",
+            err.message()
+        );
+        assert!(status(&mut c, &r, false).await?.image.is_none());
+        assert_eq!(
+            count(&images.join("snapshots")),
+            0,
+            "{kind}: snapshots left"
+        );
+        assert_eq!(
+            count(&images.join("content/ingest")),
+            0,
+            "{kind}: ingest left"
+        );
+        assert_eq!(
+            count(&images.join("content/blobs/sha256")),
+            0,
+            "{kind}: blobs left"
+        );
+    }
+    for leak in [
+        "/tmp/crust-hostile-dotdot",
+        "/tmp/crust-hostile-absolute",
+        "/tmp/crust-hostile-symlink",
+        "/tmp/crust-hostile-symlink-relative",
+    ] {
+        assert!(!Path::new(leak).exists(), "{leak} was written");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn mirror_and_basic_auth() -> Result<()> {
+    let open = Registry::start(None)?;
+    let private = Registry::start(Some(("crust", "s3cret")))?;
+    let crustd = Crustd::start_with(Options {
+        images_config: format!(
+            "registries = {{ \"registry.k8s.io\" = {{ mirrors = [\"http://{}\"] }} }}",
+            open.addr
+        ),
+        ..Default::default()
+    })
+    .await?;
+    let mut c = crustd.images().await?;
+
+    // Through the mirror, keeping the upstream name.
+    let id = pull(&mut c, "registry.k8s.io/crust/pause:3.9", None).await?;
+    let img = status(&mut c, "registry.k8s.io/crust/pause:3.9", false)
+        .await?
+        .image
+        .context("mirrored image")?;
+    assert_eq!(img.id, id);
+    assert_eq!(
+        img.repo_tags,
+        vec!["registry.k8s.io/crust/pause:3.9".to_string()]
+    );
+    assert_eq!(img.uid.map(|u| u.value), Some(65535));
+
+    // htpasswd: none, wrong, right.
+    let r = format!("{}/crust/busybox:latest", private.addr);
+    let err = pull(&mut c, &r, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let wrong = AuthConfig {
+        username: "crust".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let err = pull(&mut c, &r, Some(wrong)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let right = AuthConfig {
+        auth: "Y3J1c3Q6czNjcmV0".into(), // base64("crust:s3cret")
+        ..Default::default()
+    };
+    pull(&mut c, &r, Some(right)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn images_survive_restart_and_interrupted_pulls_are_collected() -> Result<()> {
+    let reg = Registry::start(None)?;
+    let mut crustd = Crustd::start().await?;
+    let mut c = crustd.images().await?;
+    let r = format!("{}/crust/busybox:latest", reg.addr);
+    let id = pull(&mut c, &r, None).await?;
+    // Leftovers of a pull killed half-way: an ingest file and an unrecorded snapshot.
+    let images = crustd.root_dir.join("images");
+    std::fs::write(images.join("content/ingest/999-0-deadbeef"), b"partial")?;
+    std::fs::create_dir_all(images.join("snapshots/9999/fs/half"))?;
+    crustd.crash().await?;
+    crustd.restart().await?;
+    let mut c = crustd.images().await?;
+    let img = status(&mut c, &r, false).await?.image.context("kept")?;
+    assert_eq!(img.id, id);
+    assert_eq!(count(&images.join("content/ingest")), 0);
+    assert!(!images.join("snapshots/9999").exists());
+    assert_eq!(count(&images.join("snapshots")), 1);
+    Ok(())
+}
