@@ -690,3 +690,77 @@ async fn restart_keeps_pods_and_ips() {
     assert_gone(&crustd, &net, &a);
     assert_gone(&crustd, &net, &b);
 }
+
+#[tokio::test]
+async fn pod_pid_namespace_cgroup_limits_and_shm() {
+    let crustd = Crustd::start().await.expect("crustd starts");
+    let net = TestNet::new(&crustd, 18);
+    let mut rt = crustd.runtime().await.expect("client");
+    let mut config = pod_config("limits", &net);
+    let linux = config.linux.as_mut().unwrap();
+    linux
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .pid = cri::NamespaceMode::Pod as i32;
+    linux.resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_shares: 512,
+        ..Default::default()
+    });
+    linux.overhead = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 16 << 20,
+        ..Default::default()
+    });
+    let id = run(&mut rt, config).await.expect("RunPodSandbox");
+    let s = status(&mut rt, &id).await;
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).expect("info JSON");
+    let infra = info["namespaces"]["infra_pid"].as_i64().expect("infra pid") as i32;
+
+    // The infra process is PID 1 of the pod's PID namespace, inside the pod's cgroup.
+    let proc_status = std::fs::read_to_string(format!("/proc/{infra}/status")).unwrap();
+    let nspid = proc_status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .unwrap();
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
+    let cgroup = std::fs::read_to_string(format!("/proc/{infra}/cgroup")).unwrap();
+    assert!(cgroup.contains(&format!("crust-{id}")), "{cgroup}");
+    assert!(pod_dir(&crustd, &id).join("ns/pid").exists());
+
+    // Pod limits: resources plus overhead (cgroup v1 memory controller on this node).
+    let mem = Path::new("/sys/fs/cgroup/memory")
+        .join(net.cgroup_parent.trim_start_matches('/'))
+        .join(format!("crust-{id}"));
+    if mem.exists() {
+        let limit: u64 = std::fs::read_to_string(mem.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(limit, 80 << 20);
+    }
+
+    // /dev/shm is a 64 MiB tmpfs of the pod's own.
+    let shm = pod_dir(&crustd, &id).join("shm");
+    let line = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&*shm.to_string_lossy()))
+        .map(str::to_string)
+        .expect("shm mounted");
+    assert!(
+        line.contains("tmpfs") && line.contains("size=65536k"),
+        "{line}"
+    );
+
+    remove(&mut rt, &id).await;
+    assert_gone(&crustd, &net, &id);
+    assert!(
+        !Path::new(&format!("/proc/{infra}")).exists(),
+        "infra process left"
+    );
+}
