@@ -349,9 +349,10 @@ pub fn markdown(results: &[RunResult], a: &str, b: &str) -> String {
         let vb = metric_value(rb, g.metric);
         let unit = match g.metric {
             Metric::Median(_) => "ms".to_string(),
-            Metric::Figure(f) => ra
-                .or(rb)
-                .and_then(|r| r.figure(f))
+            Metric::Figure(f) => [ra, rb]
+                .into_iter()
+                .flatten()
+                .find_map(|r| r.figure(f))
                 .map(|f| f.unit.clone())
                 .unwrap_or_default(),
         };
@@ -402,8 +403,15 @@ pub fn markdown(results: &[RunResult], a: &str, b: &str) -> String {
             "| operation | {a} median | {a} p90 | {b} median | {b} p90 | ratio (median) |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
+        // Rows come from the runs that completed: an unsupported run's
+        // partial samples (the calls before the unsupported one) are noise.
+        let ok: Vec<&RunResult> = [ra, rb]
+            .into_iter()
+            .flatten()
+            .filter(|r| r.status == Status::Ok)
+            .collect();
         let mut names: Vec<&str> = Vec::new();
-        for r in [ra, rb].into_iter().flatten() {
+        for r in &ok {
             for o in &r.operations {
                 if !names.contains(&o.name.as_str()) {
                     names.push(&o.name);
@@ -442,7 +450,7 @@ pub fn markdown(results: &[RunResult], a: &str, b: &str) -> String {
             );
         }
         let mut fnames: Vec<(&str, &str)> = Vec::new();
-        for r in [ra, rb].into_iter().flatten() {
+        for r in &ok {
             for f in &r.figures {
                 if !fnames.iter().any(|(n, _)| *n == f.name) {
                     fnames.push((&f.name, &f.unit));
@@ -639,6 +647,32 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| large image pull (median) | ≤ 1/2 | not run | not run | — | — |"));
+        // Rows of a table come only from completed runs.
+        assert!(!md.contains("| RunPodSandbox (ms) | unsupported"), "{md}");
+    }
+
+    #[test]
+    fn figure_goals_carry_the_unit_of_whichever_side_has_it() {
+        let mut b = run("density", "containerd", Status::Ok, &[]);
+        b.figures.push(Figure {
+            name: "daemon_rss".to_string(),
+            unit: "MiB".to_string(),
+            value: 50.0,
+        });
+        let mut a = run(
+            "density",
+            "crust",
+            Status::Unsupported,
+            &[("RunPodSandbox", 1.0)],
+        );
+        a.figures.clear();
+        let md = markdown(&[a, b], "crust", "containerd");
+        assert!(
+            md.contains(
+                "| daemon RSS with the density pods | ≤ 1/3 | unsupported | 50.0 MiB | — | — |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
