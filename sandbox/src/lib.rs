@@ -8,6 +8,7 @@ mod error;
 pub mod metrics;
 pub mod namespaces;
 pub mod pod;
+pub mod shim;
 pub mod sysctl;
 
 pub use cgroup::CgroupDriver;

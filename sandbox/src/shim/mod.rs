@@ -225,7 +225,9 @@ fn to_time(
 ) -> Option<SystemTime> {
     t.as_ref()
         .filter(|t| t.seconds > 0 || t.nanos > 0)
-        .map(|t| SystemTime::from(t.clone()))
+        .map(|t| {
+            std::time::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+        })
 }
 
 /// A connection to one pod's shim.
@@ -524,8 +526,7 @@ impl ShimClient {
         let req = UpdateTaskRequest {
             id: id.to_string(),
             resources: Some(Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
-                    .into(),
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
                 value,
                 ..Default::default()
             })

@@ -1,0 +1,237 @@
+//! Reading a container's cgroup v1 statistics (and OOM kills) straight from cgroupfs.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use containerd_shim_protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat, Throttle,
+};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The cgroup directories of one process, by v1 controller name.
+#[derive(Debug, Clone, Default)]
+pub struct Cgroups {
+    dirs: HashMap<String, PathBuf>,
+}
+
+impl Cgroups {
+    /// Reads `/proc/<pid>/cgroup`.
+    pub fn of_pid(pid: u32) -> std::io::Result<Self> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        Ok(Self::parse(&text, Path::new(ROOT)))
+    }
+
+    fn parse(text: &str, root: &Path) -> Self {
+        let mut dirs = HashMap::new();
+        for line in text.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let rel = path.trim_start_matches('/');
+            for c in ctrls
+                .split(',')
+                .filter(|c| !c.is_empty() && !c.contains('='))
+            {
+                dirs.insert(c.to_string(), root.join(c).join(rel));
+            }
+        }
+        Cgroups { dirs }
+    }
+
+    fn file(&self, ctrl: &str, name: &str) -> Option<String> {
+        fs::read_to_string(self.dirs.get(ctrl)?.join(name)).ok()
+    }
+
+    fn num(&self, ctrl: &str, name: &str) -> u64 {
+        self.file(ctrl, name)
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn kv(&self, ctrl: &str, name: &str) -> HashMap<String, u64> {
+        self.file(ctrl, name)
+            .map(|s| parse_kv(&s))
+            .unwrap_or_default()
+    }
+
+    /// The `oom_kill` counter of the memory cgroup (kernel ≥ 4.13), if readable.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let text = self.file("memory", "memory.oom_control")?;
+        parse_kv(&text).get("oom_kill").copied()
+    }
+
+    /// containerd's cgroup v1 `Metrics` for this process's cgroups.
+    pub fn metrics(&self) -> Metrics {
+        let mut m = Metrics::new();
+
+        let st = self.kv("memory", "memory.stat");
+        let g = |k: &str| st.get(k).copied().unwrap_or(0);
+        let entry = |prefix: &str| MemoryEntry {
+            usage: self.num("memory", &format!("{prefix}usage_in_bytes")),
+            limit: self.num("memory", &format!("{prefix}limit_in_bytes")),
+            max: self.num("memory", &format!("{prefix}max_usage_in_bytes")),
+            failcnt: self.num("memory", &format!("{prefix}failcnt")),
+            ..Default::default()
+        };
+        m.memory = Some(MemoryStat {
+            cache: g("cache"),
+            rss: g("rss"),
+            rss_huge: g("rss_huge"),
+            mapped_file: g("mapped_file"),
+            dirty: g("dirty"),
+            writeback: g("writeback"),
+            pg_pg_in: g("pgpgin"),
+            pg_pg_out: g("pgpgout"),
+            pg_fault: g("pgfault"),
+            pg_maj_fault: g("pgmajfault"),
+            inactive_anon: g("inactive_anon"),
+            active_anon: g("active_anon"),
+            inactive_file: g("inactive_file"),
+            active_file: g("active_file"),
+            unevictable: g("unevictable"),
+            hierarchical_memory_limit: g("hierarchical_memory_limit"),
+            hierarchical_swap_limit: g("hierarchical_memsw_limit"),
+            total_cache: g("total_cache"),
+            total_rss: g("total_rss"),
+            total_rss_huge: g("total_rss_huge"),
+            total_mapped_file: g("total_mapped_file"),
+            total_dirty: g("total_dirty"),
+            total_writeback: g("total_writeback"),
+            total_pg_pg_in: g("total_pgpgin"),
+            total_pg_pg_out: g("total_pgpgout"),
+            total_pg_fault: g("total_pgfault"),
+            total_pg_maj_fault: g("total_pgmajfault"),
+            total_inactive_anon: g("total_inactive_anon"),
+            total_active_anon: g("total_active_anon"),
+            total_inactive_file: g("total_inactive_file"),
+            total_active_file: g("total_active_file"),
+            total_unevictable: g("total_unevictable"),
+            usage: Some(entry("memory.")).into(),
+            swap: Some(entry("memory.memsw.")).into(),
+            kernel: Some(entry("memory.kmem.")).into(),
+            kernel_tcp: Some(entry("memory.kmem.tcp.")).into(),
+            ..Default::default()
+        })
+        .into();
+
+        if let Some(text) = self.file("memory", "memory.oom_control") {
+            let kv = parse_kv(&text);
+            let g = |k: &str| kv.get(k).copied().unwrap_or(0);
+            m.memory_oom_control = Some(MemoryOomControl {
+                oom_kill_disable: g("oom_kill_disable"),
+                under_oom: g("under_oom"),
+                oom_kill: g("oom_kill"),
+                ..Default::default()
+            })
+            .into();
+        }
+
+        // cpuacct.stat counts USER_HZ ticks.
+        let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+            n if n > 0 => n as u64,
+            _ => 100,
+        };
+        let acct = self.kv("cpuacct", "cpuacct.stat");
+        let per_cpu = self
+            .file("cpuacct", "cpuacct.usage_percpu")
+            .map(|s| {
+                s.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let thr = self.kv("cpu", "cpu.stat");
+        m.cpu = Some(CPUStat {
+            usage: Some(CPUUsage {
+                total: self.num("cpuacct", "cpuacct.usage"),
+                user: acct.get("user").copied().unwrap_or(0) * 1_000_000_000 / hz,
+                kernel: acct.get("system").copied().unwrap_or(0) * 1_000_000_000 / hz,
+                per_cpu,
+                ..Default::default()
+            })
+            .into(),
+            throttling: Some(Throttle {
+                periods: thr.get("nr_periods").copied().unwrap_or(0),
+                throttled_periods: thr.get("nr_throttled").copied().unwrap_or(0),
+                throttled_time: thr.get("throttled_time").copied().unwrap_or(0),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .into();
+
+        if self.dirs.contains_key("pids") {
+            m.pids = Some(PidsStat {
+                current: self.num("pids", "pids.current"),
+                limit: self.num("pids", "pids.max"), // "max" reads as 0 = unlimited
+                ..Default::default()
+            })
+            .into();
+        }
+        m
+    }
+}
+
+fn parse_kv(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v1_proc_cgroup() {
+        let text = "12:pids:/crust/pod1/c1\n\
+                    4:cpu,cpuacct:/crust/pod1/c1\n\
+                    3:memory:/crust/pod1/c1\n\
+                    1:name=systemd:/x\n\
+                    0::/\n";
+        let cg = Cgroups::parse(text, Path::new("/r"));
+        assert_eq!(cg.dirs["memory"], Path::new("/r/memory/crust/pod1/c1"));
+        assert_eq!(cg.dirs["cpuacct"], Path::new("/r/cpuacct/crust/pod1/c1"));
+        assert_eq!(cg.dirs["cpu"], Path::new("/r/cpu/crust/pod1/c1"));
+        assert!(!cg.dirs.contains_key("name=systemd"));
+    }
+
+    #[test]
+    fn reads_stats_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = dir.path().join("memory/c");
+        let cpu = dir.path().join("cpuacct/c");
+        fs::create_dir_all(&mem).unwrap();
+        fs::create_dir_all(&cpu).unwrap();
+        fs::write(mem.join("memory.usage_in_bytes"), "4096\n").unwrap();
+        fs::write(mem.join("memory.limit_in_bytes"), "8192\n").unwrap();
+        fs::write(mem.join("memory.stat"), "rss 10\ntotal_inactive_file 7\n").unwrap();
+        fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        fs::write(cpu.join("cpuacct.usage"), "123456\n").unwrap();
+        fs::write(cpu.join("cpuacct.usage_percpu"), "100 200 \n").unwrap();
+        let cg = Cgroups::parse("3:memory:/c\n4:cpuacct:/c\n", dir.path());
+        assert_eq!(cg.oom_kills(), Some(2));
+        let m = cg.metrics();
+        assert_eq!(m.memory.usage.usage, 4096);
+        assert_eq!(m.memory.usage.limit, 8192);
+        assert_eq!(m.memory.rss, 10);
+        assert_eq!(m.memory.total_inactive_file, 7);
+        assert_eq!(m.cpu.usage.total, 123456);
+        assert_eq!(m.cpu.usage.per_cpu, vec![100, 200]);
+        assert_eq!(m.memory_oom_control.oom_kill, 2);
+    }
+}

@@ -1,0 +1,404 @@
+//! End to end: crust-shim driving real runc, through crust-sandbox's shim client.
+//! Needs root, runc and /bin/busybox (Debian busybox-static); skipped otherwise.
+
+use std::{
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crust_sandbox::shim::{
+    CreateTask, EventsServer, Output, RuntimeOptions, ShimClient, ShimEvent, SpawnConfig,
+    TaskEvent, TaskIo, TaskStatus,
+};
+use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// The shim under test; `CRUST_SHIM_BIN` may point at another build (e.g. the `shim` profile).
+fn shim_binary() -> PathBuf {
+    std::env::var_os("CRUST_SHIM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_crust-shim")))
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn usable() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let runc = std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    root && runc && Path::new("/bin/busybox").exists()
+}
+
+/// Everything the test started, torn down on drop (also when an assertion failed).
+struct Guard {
+    dir: tempfile::TempDir,
+    cgroup_prefix: String,
+    pids: Vec<u32>,
+    containers: Vec<String>,
+}
+
+impl Guard {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn runc_root(&self) -> PathBuf {
+        self.path().join("runc")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for id in &self.containers {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(self.runc_root())
+                .args(["delete", "--force", id])
+                .output();
+        }
+        for &pid in &self.pids {
+            if alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        for m in mounts_under(self.path()) {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for d in cgroups_named(&self.cgroup_prefix) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is not alive for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&d))
+        .map(str::to_string)
+        .collect()
+}
+
+fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
+        for c in ctrls.flatten() {
+            if let Ok(entries) = std::fs::read_dir(c.path()) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(prefix) {
+                        out.push(e.path());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn bundle(g: &Guard, id: &str, args: &[&str]) -> PathBuf {
+    let b = g.path().join(id);
+    let bin = b.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for l in ["sh", "echo", "sleep", "cat"] {
+        symlink("busybox", bin.join(l)).unwrap();
+    }
+    for d in ["proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(b.join("rootfs").join(d)).unwrap();
+    }
+    let mut spec = Spec::default();
+    let process = ProcessBuilder::default()
+        .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .no_new_privileges(true)
+        .build()
+        .unwrap();
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(true)
+            .build()
+            .unwrap(),
+    ));
+    spec.set_hostname(Some(id.to_string()));
+    let linux = LinuxBuilder::default()
+        .cgroups_path(PathBuf::from(format!("/{}{id}", g.cgroup_prefix)))
+        .namespaces(oci_spec::runtime::get_default_namespaces())
+        .masked_paths(vec![])
+        .readonly_paths(vec![])
+        .build()
+        .unwrap();
+    spec.set_linux(Some(linux));
+    spec.save(b.join("config.json")).unwrap();
+    b
+}
+
+async fn next_exit(rx: &mut UnboundedReceiver<ShimEvent>, want_id: &str) -> (u32, u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, rx.recv())
+            .await
+            .expect("timed out waiting for exit event")
+            .expect("events channel closed");
+        if let TaskEvent::Exit {
+            id,
+            pid,
+            exit_status,
+            ..
+        } = ev.event
+            && id == want_id
+        {
+            return (pid, exit_status);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_shim_runs_containers_with_runc() {
+    if !usable() {
+        eprintln!("skipped: needs root, runc and /bin/busybox");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("crust-shim-it")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut g = Guard {
+        dir,
+        cgroup_prefix: format!("crust-shim-it-{}-", std::process::id()),
+        pids: Vec::new(),
+        containers: Vec::new(),
+    };
+    let pod_dir = g.path().join("pod");
+    std::fs::create_dir_all(&pod_dir).unwrap();
+
+    let (events, mut rx) = EventsServer::start(&g.path().join("events.sock"))
+        .await
+        .unwrap();
+    let cfg = SpawnConfig {
+        binary: shim_binary(),
+        socket_dir: g.path().join("s"),
+        ..Default::default()
+    };
+    let shim = ShimClient::spawn(&cfg, "pod1", &pod_dir, events.address())
+        .await
+        .unwrap();
+    let shim_pid = shim.shim_pid().await.unwrap();
+    g.pids.push(shim_pid);
+    assert_eq!(
+        std::fs::read_to_string(pod_dir.join("shim.pid")).unwrap(),
+        shim_pid.to_string()
+    );
+    // The shim runs in its own session.
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(shim_pid as i32)))
+            .unwrap()
+            .as_raw(),
+        shim_pid as i32
+    );
+    let runtime = RuntimeOptions {
+        root: Some(g.runc_root()),
+        ..Default::default()
+    };
+
+    // 1. A container that writes to stdout and stderr and exits 3.
+    let log = g.path().join("logs/c1.log");
+    let b1 = bundle(
+        &g,
+        "c1",
+        &["sh", "-c", "echo out; echo err >&2; echo -n tail; exit 3"],
+    );
+    g.containers.push("c1".into());
+    let pid1 = shim
+        .create(&CreateTask {
+            id: "c1".into(),
+            bundle: b1,
+            io: TaskIo {
+                output: Output::CriLog(log.clone()),
+                ..Default::default()
+            },
+            runtime: runtime.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    g.pids.push(pid1);
+    assert_eq!(
+        shim.state("c1", "").await.unwrap().status,
+        TaskStatus::Created
+    );
+    assert_eq!(shim.start("c1", "").await.unwrap(), pid1);
+    let (epid, status) = next_exit(&mut rx, "c1").await;
+    assert_eq!((epid, status), (pid1, 3));
+    assert_eq!(shim.wait("c1", "").await.unwrap().exit_status, 3);
+    let st = shim.state("c1", "").await.unwrap();
+    assert_eq!((st.status, st.exit_status), (TaskStatus::Stopped, 3));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for l in &lines {
+        let ts = l.split(' ').next().unwrap();
+        assert!(ts.ends_with('Z') && ts.len() == 30, "timestamp {ts}");
+    }
+    assert!(lines.iter().any(|l| l.ends_with(" stdout F out")), "{text}");
+    assert!(lines.iter().any(|l| l.ends_with(" stderr F err")), "{text}");
+    assert!(
+        lines.iter().any(|l| l.ends_with(" stdout F tail")),
+        "{text}"
+    );
+    let del = shim.delete("c1", "").await.unwrap();
+    assert_eq!(del.exit_status, 3);
+    assert!(matches!(
+        shim.state("c1", "").await,
+        Err(crust_sandbox::shim::ShimError::NotFound(_))
+    ));
+
+    // 2. A long-running container: exec into it, stats, reopen its log, kill it.
+    let log2 = g.path().join("logs/c2.log");
+    let b2 = bundle(&g, "c2", &["sleep", "1000"]);
+    g.containers.push("c2".into());
+    let pid2 = shim
+        .create(&CreateTask {
+            id: "c2".into(),
+            bundle: b2,
+            io: TaskIo {
+                output: Output::CriLog(log2.clone()),
+                ..Default::default()
+            },
+            runtime: runtime.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    g.pids.push(pid2);
+    shim.start("c2", "").await.unwrap();
+    assert_eq!(
+        shim.state("c2", "").await.unwrap().status,
+        TaskStatus::Running
+    );
+
+    let out = g.path().join("exec.out");
+    let process = ProcessBuilder::default()
+        .args(vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "echo hi from $(cat /proc/1/comm); exit 7".to_string(),
+        ])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    shim.exec(
+        "c2",
+        "e1",
+        &process,
+        &TaskIo {
+            output: Output::Paths {
+                stdout: Some(out.clone()),
+                stderr: None,
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let epid = shim.start("c2", "e1").await.unwrap();
+    g.pids.push(epid);
+    let (_, st) = next_exit(&mut rx, "e1").await;
+    assert_eq!(st, 7);
+    assert_eq!(shim.wait("c2", "e1").await.unwrap().exit_status, 7);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hi from sleep\n");
+    assert_eq!(shim.delete("c2", "e1").await.unwrap().exit_status, 7);
+
+    eprintln!(
+        "shim VmRSS with one running container after an exec: {} KiB",
+        vm_rss_kib(shim_pid)
+    );
+    if let Some(secs) = std::env::var_os("CRUST_SHIM_HOLD") {
+        // Debugging aid: keep the shim up to inspect it.
+        let secs = secs.to_string_lossy().parse().unwrap_or(30);
+        eprintln!("holding shim pid {shim_pid} for {secs}s");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+    let pids = shim.pids("c2").await.unwrap();
+    assert_eq!(pids, vec![pid2]);
+    let m = shim.stats("c2").await.unwrap();
+    assert!(m.memory.usage.usage > 0, "memory usage {:?}", m.memory);
+    shim.reopen_log("c2").await.unwrap();
+    assert!(log2.exists());
+
+    // Still running: delete refuses, shutdown (not now) keeps the shim.
+    assert!(shim.delete("c2", "").await.is_err());
+    shim.shutdown(false).await.unwrap();
+    assert!(alive(shim_pid));
+
+    shim.kill("c2", "", 9, false).await.unwrap();
+    let (_, st) = next_exit(&mut rx, "c2").await;
+    assert_eq!(st, 128 + 9);
+    assert!(matches!(
+        shim.reopen_log("c2").await,
+        Err(crust_sandbox::shim::ShimError::FailedPrecondition(_))
+    ));
+    shim.delete("c2", "").await.unwrap();
+
+    // A restarted crustd finds the shim again from the saved address.
+    let again = ShimClient::reconnect(&pod_dir).await.unwrap();
+    assert_eq!(again.shim_pid().await.unwrap(), shim_pid);
+
+    again.shutdown(false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(shim_pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(shim_pid), "shim still running");
+    events.shutdown().await;
+
+    for pid in [pid1, pid2, epid] {
+        assert!(!alive(pid), "process {pid} left");
+    }
+    assert!(mounts_under(g.path()).is_empty(), "mounts left");
+    assert!(
+        cgroups_named(&g.cgroup_prefix).is_empty(),
+        "cgroups left: {:?}",
+        cgroups_named(&g.cgroup_prefix)
+    );
+    eprintln!(
+        "shim log:\n{}",
+        std::fs::read_to_string(pod_dir.join("shim.log")).unwrap_or_default()
+    );
+    let sock = std::fs::read_to_string(pod_dir.join("address")).unwrap();
+    assert!(
+        !Path::new(sock.trim().trim_start_matches("unix://")).exists(),
+        "socket left"
+    );
+}
