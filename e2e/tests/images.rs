@@ -496,3 +496,74 @@ async fn images_survive_restart_and_interrupted_pulls_are_collected() -> Result<
     assert_eq!(count(&images.join("snapshots")), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn special_files_keep_owners_modes_links_xattrs() -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let f = fixtures();
+    let fx = &f["images"]["crust/special:latest"];
+    let reg = Registry::start(None)?;
+    let crustd = Crustd::start().await?;
+    let mut c = crustd.images().await?;
+    let r = format!("{}/crust/special:latest", reg.addr);
+    pull(&mut c, &r, None).await?;
+    let lowers = lowerdirs(&mut c, &r).await?;
+    let top = &lowers[0];
+    for e in fx["entries"].as_array().context("entries")? {
+        let path = e["path"].as_str().unwrap();
+        let p = top.join(path.trim_start_matches('/'));
+        let m = p
+            .symlink_metadata()
+            .with_context(|| format!("{path} missing"))?;
+        let kind = e["type"].as_str().unwrap();
+        let ft = m.file_type();
+        let ok = match kind {
+            "file" | "hardlink" => ft.is_file(),
+            "dir" => ft.is_dir(),
+            "symlink" => ft.is_symlink(),
+            "fifo" => ft.is_fifo(),
+            _ => false,
+        };
+        assert!(ok, "{path}: expected {kind}, got {ft:?}");
+        assert_eq!(m.uid() as u64, e["uid"].as_u64().unwrap(), "{path} uid");
+        assert_eq!(m.gid() as u64, e["gid"].as_u64().unwrap(), "{path} gid");
+        if kind != "symlink" {
+            let mode = u32::from_str_radix(e["mode"].as_str().unwrap(), 8)?;
+            assert_eq!(m.mode() & 0o7777, mode, "{path} mode");
+        }
+        if let Some(size) = e["size"].as_u64() {
+            assert_eq!(m.len(), size, "{path} size");
+        }
+        if let Some(mtime) = e["mtime"].as_i64() {
+            assert_eq!(m.mtime(), mtime, "{path} mtime");
+        }
+        match kind {
+            "symlink" => {
+                let t = std::fs::read_link(&p)?;
+                assert_eq!(t.to_str(), e["target"].as_str(), "{path} target");
+            }
+            "hardlink" => {
+                let t = top.join(e["target"].as_str().unwrap().trim_start_matches('/'));
+                assert_eq!(
+                    t.symlink_metadata()?.ino(),
+                    m.ino(),
+                    "{path} shares the inode"
+                );
+            }
+            _ => {}
+        }
+        if let Some(x) = e["xattrs"].as_object() {
+            for (name, value) in x {
+                let mut buf = vec![0u8; 256];
+                let n = rustix::fs::lgetxattr(&p, name.as_str(), &mut buf)
+                    .with_context(|| format!("{path} xattr {name}"))?;
+                assert_eq!(
+                    &buf[..n],
+                    value.as_str().unwrap().as_bytes(),
+                    "{path} {name}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -375,8 +375,15 @@ impl Unpacker<'_> {
                     tar::EntryType::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let major = header.device_major().map_err(bad_tar)?.unwrap_or(0);
-                let minor = header.device_minor().map_err(bad_tar)?.unwrap_or(0);
+                // A fifo has no device numbers; writers often leave the fields blank.
+                let (major, minor) = if kind == tar::EntryType::Fifo {
+                    (0, 0)
+                } else {
+                    (
+                        header.device_major().map_err(bad_tar)?.unwrap_or(0),
+                        header.device_minor().map_err(bad_tar)?.unwrap_or(0),
+                    )
+                };
                 self.clear(&dir, name, false, &path)?;
                 rustix::fs::mknodat(
                     &dir,
