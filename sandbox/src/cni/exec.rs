@@ -330,9 +330,14 @@ fn plugin_conf(
         .and_then(|c| c.get("portMappings"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    if wants_ports && !rt.port_mappings.is_empty() {
-        let ports: Vec<Value> = rt
-            .port_mappings
+    // kubelet lists every container port; only those with a host port are mappings.
+    let mapped: Vec<_> = rt
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .collect();
+    if wants_ports && !mapped.is_empty() {
+        let ports: Vec<Value> = mapped
             .iter()
             .map(|p| {
                 let mut m = json!({
@@ -554,9 +559,10 @@ mod tests {
             let (name, _, conf) = &calls[1];
             assert_eq!(name, "portmap");
             assert_eq!(conf["prevResult"]["ips"][0]["address"], "10.88.0.9/16");
+            // The container port without a host port is not a mapping.
             assert_eq!(
-                conf["runtimeConfig"]["portMappings"][0],
-                json!({"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"})
+                conf["runtimeConfig"]["portMappings"],
+                json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}])
             );
         }
         assert!(cni.cached("abc").unwrap().result.is_some());

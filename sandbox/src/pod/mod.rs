@@ -103,11 +103,21 @@ impl PodSandboxes {
     ) -> Result<Self> {
         metrics::init();
         let store = PodStore::new(db);
-        let pods = store
+        let mut pods: HashMap<String, PodRecord> = store
             .load_all()?
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+        // After a reboot the state dir (tmpfs) is empty: such pods have no namespaces any
+        // more. They stay listed, NOTREADY, so kubelet stops (CNI DEL from the persistent
+        // cache releases their leases) and removes them.
+        for rec in pods.values_mut() {
+            if rec.state == PodState::Ready && !rec.dir.exists() {
+                tracing::warn!(pod = %rec.id, "pod directory is gone (reboot?): NOTREADY");
+                rec.state = PodState::NotReady;
+                store.put(rec)?;
+            }
+        }
         let cni = Cni::new(
             config.cni_bin_dirs.clone(),
             paths.root_dir.join("cni"),

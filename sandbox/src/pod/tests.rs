@@ -278,3 +278,23 @@ async fn invalid_requests_touch_nothing() {
     pods.stop("feedbeef").await.unwrap();
     pods.remove("feedbeef").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_whose_directory_vanished_come_back_not_ready() {
+    let Some(env) = Env::new() else { return };
+    let cni = FakeCni::default();
+    let id = env.pods(&cni).run(spec("reboot")).await.unwrap();
+    // What a reboot does to the state dir (tmpfs): pins and pod dir gone.
+    let dir = env.dir.path().join("state/pods").join(&id);
+    for p in ["ns/net", "ns/ipc", "ns/uts", "shm"] {
+        crate::namespaces::unmount(&dir.join(p)).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let pods = env.pods(&cni);
+    assert_eq!(pods.status(&id).unwrap().state, PodState::NotReady);
+    // Stop still releases the lease through the cache; remove cleans the rest.
+    pods.stop(&id).await.unwrap();
+    assert_eq!(cni.leases.load(Ordering::SeqCst), 0);
+    pods.remove(&id).await.unwrap();
+    assert!(pods.list(&PodFilter::default()).is_empty());
+}
