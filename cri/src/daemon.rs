@@ -13,8 +13,13 @@ use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crust_images::ImageStore;
+use crust_sandbox::container::{Containers, ContainersConfig};
+use crust_sandbox::{Paths, PodSandboxes};
+
+use crate::config::{CgroupDriver, Config};
 use crate::instrument::InstrumentLayer;
+use crate::rootfs::ImageRootfs;
 use crate::server::CriServer;
 use crate::store::{Store, StoreError};
 use crate::{Cri, metrics};
@@ -40,10 +45,10 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("pods: {0}")]
-    Pods(#[from] crust_sandbox::Error),
-    #[error("images: {0}")]
+    #[error("opening the image store: {0}")]
     Images(#[from] crust_images::Error),
+    #[error("opening pods and containers: {0}")]
+    Sandbox(#[from] crust_sandbox::Error),
     #[error("serving CRI: {0}")]
     Serve(String),
     #[error("installing signal handlers: {0}")]
@@ -78,31 +83,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
     let socket_path = config.socket.clone();
-    let pods = crust_sandbox::PodSandboxes::open(
-        config.sandbox.clone(),
-        store.database(),
-        crust_sandbox::Paths {
-            root_dir: config.root_dir.clone(),
-            state_dir: config.state_dir.clone(),
-        },
-        match config.cgroup_driver {
-            crate::config::CgroupDriver::Cgroupfs => crust_sandbox::CgroupDriver::Cgroupfs,
-            crate::config::CgroupDriver::Systemd => crust_sandbox::CgroupDriver::Systemd,
-        },
-    )?;
     // Opening the image store also collects what interrupted pulls left behind.
-    let images = crust_images::ImageStore::open(
-        config.root_dir.join("images"),
-        config.images.clone(),
-        store.database(),
-    )
-    .await?;
-    let cri = Arc::new(Cri {
-        config,
-        store,
-        pods,
-        images,
-    });
+    let cri = Arc::new(open_services(config, store).await?);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let metrics_task = metrics_listener.map(|l| {
@@ -190,6 +172,47 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("crustd stopped");
     result
+}
+
+/// Opens the images, pods and containers of this node from the state store.
+async fn open_services(config: Config, store: Store) -> Result<Cri, DaemonError> {
+    let db = store.database();
+    let images = ImageStore::open(
+        config.root_dir.join("images"),
+        config.images.clone(),
+        db.clone(),
+    )
+    .await?;
+    let driver = match config.cgroup_driver {
+        CgroupDriver::Cgroupfs => crust_sandbox::CgroupDriver::Cgroupfs,
+        CgroupDriver::Systemd => crust_sandbox::CgroupDriver::Systemd,
+    };
+    let pods = PodSandboxes::open(
+        config.sandbox.clone(),
+        db.clone(),
+        Paths {
+            root_dir: config.root_dir.clone(),
+            state_dir: config.state_dir.clone(),
+        },
+        driver,
+    )?;
+    let containers = Containers::open(
+        ContainersConfig {
+            state_dir: config.state_dir.clone(),
+            systemd_cgroup: config.cgroup_driver == CgroupDriver::Systemd,
+        },
+        db,
+        pods.clone(),
+        Arc::new(ImageRootfs(images.clone())),
+    )
+    .await?;
+    Ok(Cri {
+        config,
+        store,
+        images,
+        pods,
+        containers,
+    })
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

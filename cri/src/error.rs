@@ -11,6 +11,8 @@ pub enum CriError {
     Unimplemented(&'static str),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -27,6 +29,7 @@ impl From<CriError> for Status {
         let code = match &e {
             CriError::Unimplemented(_) => Code::Unimplemented,
             CriError::InvalidArgument(_) => Code::InvalidArgument,
+            CriError::NotFound(_) => Code::NotFound,
             CriError::Store(_) => Code::Internal,
             CriError::Sandbox(e) => sandbox_code(e),
             CriError::Images(e) => images_code(e),
@@ -59,6 +62,7 @@ fn sandbox_code(e: &crust_sandbox::Error) -> Code {
         E::InvalidArgument(_) => Code::InvalidArgument,
         E::FailedPrecondition(_) => Code::FailedPrecondition,
         E::Cni(CniError::NoNetworkConfig { .. }) => Code::FailedPrecondition,
+        E::DeadlineExceeded(_) => Code::DeadlineExceeded,
         E::Cni(_) | E::Store(_) | E::Io(_) | E::Internal(_) => Code::Internal,
     }
 }

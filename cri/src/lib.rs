@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod error;
 pub mod instrument;
 pub mod metrics;
+pub mod rootfs;
 pub mod rpc;
 pub mod server;
 pub mod store;
@@ -31,4 +32,5 @@ pub struct Cri {
     pub store: store::Store,
     pub pods: crust_sandbox::PodSandboxes,
     pub images: crust_images::ImageStore,
+    pub containers: crust_sandbox::container::Containers,
 }

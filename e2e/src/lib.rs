@@ -7,6 +7,9 @@
 //! The binary is taken from `$CRUSTD_BIN`, else next to the test executable's
 //! target dir (`target/<profile>/crustd`): `hack/test` builds it first.
 
+pub mod net;
+pub mod registry;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// An operation that ran out of its time (ExecSync's timeout).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error(transparent)]
     Cni(#[from] CniError),
     #[error("state store: {0}")]

@@ -1,5 +1,10 @@
-//! Container RPCs.
+//! Container RPCs: CRI messages to and from `crust_sandbox::container::Containers`.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crust_sandbox::container::{ContainerFilter, ContainerRecord, ContainerState, ImageInfo};
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::{
     CheckpointContainerRequest, CheckpointContainerResponse, ContainerStatusRequest,
     ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse, ExecSyncRequest,
@@ -14,73 +19,267 @@ use crate::Cri;
 use crate::EventStream;
 use crate::error::{CriError, CriResult};
 
-/// CreateContainer: not built yet.
+fn require_id<'a>(id: &'a str, rpc: &str) -> CriResult<&'a str> {
+    if id.is_empty() {
+        return Err(CriError::InvalidArgument(format!(
+            "{rpc} needs a container id"
+        )));
+    }
+    Ok(id)
+}
+
+fn to_cri_state(s: ContainerState) -> cri::ContainerState {
+    match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+        ContainerState::Unknown => cri::ContainerState::ContainerUnknown,
+    }
+}
+
+fn from_cri_state(s: i32) -> Option<ContainerState> {
+    match cri::ContainerState::try_from(s).ok()? {
+        cri::ContainerState::ContainerCreated => Some(ContainerState::Created),
+        cri::ContainerState::ContainerRunning => Some(ContainerState::Running),
+        cri::ContainerState::ContainerExited => Some(ContainerState::Exited),
+        cri::ContainerState::ContainerUnknown => Some(ContainerState::Unknown),
+    }
+}
+
+fn image_spec(r: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: r.image.clone(),
+        annotations: r
+            .config
+            .image
+            .as_ref()
+            .map(|i| i.annotations.clone())
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// CreateContainer: the image must already be pulled (kubelet pulls first).
 pub async fn create_container(
-    _cri: &Cri,
-    _req: CreateContainerRequest,
+    cri: &Cri,
+    req: CreateContainerRequest,
 ) -> CriResult<CreateContainerResponse> {
-    Err(CriError::Unimplemented("CreateContainer"))
+    if req.pod_sandbox_id.is_empty() {
+        return Err(CriError::InvalidArgument(
+            "CreateContainer needs a pod sandbox id".into(),
+        ));
+    }
+    let config = req
+        .config
+        .ok_or_else(|| CriError::InvalidArgument("CreateContainer needs a config".into()))?;
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| CriError::InvalidArgument("container config names no image".into()))?;
+    let image = cri.images.status(&image_name)?.ok_or_else(|| {
+        CriError::NotFound(format!("image {image_name:?} not found: pull it first"))
+    })?;
+    let image_config = cri
+        .images
+        .config_json(&image.id)
+        .ok()
+        .and_then(|bytes| {
+            serde_json::from_slice::<oci_spec::image::ImageConfiguration>(&bytes).ok()
+        })
+        .and_then(|c| c.config().clone());
+    let id = cri
+        .containers
+        .create(
+            &req.pod_sandbox_id,
+            config,
+            ImageInfo {
+                name: image_name,
+                id: image.id,
+                config: image_config,
+            },
+        )
+        .await?;
+    Ok(CreateContainerResponse { container_id: id })
 }
 
-/// StartContainer: not built yet.
 pub async fn start_container(
-    _cri: &Cri,
-    _req: StartContainerRequest,
+    cri: &Cri,
+    req: StartContainerRequest,
 ) -> CriResult<StartContainerResponse> {
-    Err(CriError::Unimplemented("StartContainer"))
+    cri.containers
+        .start(require_id(&req.container_id, "StartContainer")?)
+        .await?;
+    Ok(StartContainerResponse {})
 }
 
-/// StopContainer: not built yet.
+/// StopContainer: stop signal, `timeout` seconds, SIGKILL. Idempotent.
 pub async fn stop_container(
-    _cri: &Cri,
-    _req: StopContainerRequest,
+    cri: &Cri,
+    req: StopContainerRequest,
 ) -> CriResult<StopContainerResponse> {
-    Err(CriError::Unimplemented("StopContainer"))
+    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    cri.containers
+        .stop(require_id(&req.container_id, "StopContainer")?, timeout)
+        .await?;
+    Ok(StopContainerResponse {})
 }
 
-/// RemoveContainer: not built yet.
+/// RemoveContainer: any state; idempotent.
 pub async fn remove_container(
-    _cri: &Cri,
-    _req: RemoveContainerRequest,
+    cri: &Cri,
+    req: RemoveContainerRequest,
 ) -> CriResult<RemoveContainerResponse> {
-    Err(CriError::Unimplemented("RemoveContainer"))
+    cri.containers
+        .remove(require_id(&req.container_id, "RemoveContainer")?)
+        .await?;
+    Ok(RemoveContainerResponse {})
 }
 
-/// ListContainers: not built yet.
 pub async fn list_containers(
-    _cri: &Cri,
-    _req: ListContainersRequest,
+    cri: &Cri,
+    req: ListContainersRequest,
 ) -> CriResult<ListContainersResponse> {
-    Err(CriError::Unimplemented("ListContainers"))
+    let f = req.filter.unwrap_or_default();
+    let filter = ContainerFilter {
+        id: f.id,
+        pod_id: f.pod_sandbox_id,
+        state: match f.state {
+            Some(s) => match from_cri_state(s.state) {
+                Some(s) => Some(s),
+                None => return Ok(ListContainersResponse::default()),
+            },
+            None => None,
+        },
+        labels: f.label_selector,
+    };
+    let containers = cri
+        .containers
+        .list(&filter)?
+        .into_iter()
+        .map(|r| cri::Container {
+            id: r.id.clone(),
+            pod_sandbox_id: r.pod_id.clone(),
+            metadata: r.config.metadata.clone(),
+            image: Some(image_spec(&r)),
+            image_ref: r.image_ref.clone(),
+            image_id: r.image_ref.clone(),
+            state: to_cri_state(r.state) as i32,
+            created_at: r.created_at_ns,
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+        })
+        .collect();
+    Ok(ListContainersResponse { containers })
 }
 
-/// ContainerStatus: not built yet.
 pub async fn container_status(
-    _cri: &Cri,
-    _req: ContainerStatusRequest,
+    cri: &Cri,
+    req: ContainerStatusRequest,
 ) -> CriResult<ContainerStatusResponse> {
-    Err(CriError::Unimplemented("ContainerStatus"))
+    let r = cri
+        .containers
+        .get(require_id(&req.container_id, "ContainerStatus")?)?;
+    let spec = cri.containers.oci_spec(&r.id).ok();
+    let user = spec.as_ref().map(|s| {
+        let u = &s["process"]["user"];
+        cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: u["uid"].as_i64().unwrap_or(0),
+                gid: u["gid"].as_i64().unwrap_or(0),
+                supplemental_groups: u["additionalGids"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
+                    .unwrap_or_default(),
+            }),
+        }
+    });
+    let mut info = HashMap::new();
+    if req.verbose {
+        let details = serde_json::json!({
+            "pid": r.pid,
+            "sandboxID": r.pod_id,
+            "bundle": r.bundle,
+            "runtimeBinary": r.runtime_binary,
+            "cgroupsPath": r.cgroups_path,
+            "stopSignal": r.stop_signal,
+            "runtimeSpec": spec,
+            "config": r.config,
+        });
+        info.insert("info".to_string(), details.to_string());
+    }
+    let status = cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: r.config.metadata.clone(),
+        state: to_cri_state(r.state) as i32,
+        created_at: r.created_at_ns,
+        started_at: r.started_at_ns,
+        finished_at: r.finished_at_ns,
+        exit_code: r.exit_code,
+        image: Some(image_spec(&r)),
+        image_ref: r.image_ref.clone(),
+        image_id: r.image_ref.clone(),
+        reason: r.reason.clone(),
+        message: r.message.clone(),
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+        mounts: r.config.mounts.clone(),
+        log_path: r
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        resources: r
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|linux| cri::ContainerResources {
+                linux: Some(linux),
+                windows: None,
+            }),
+        user,
+    };
+    Ok(ContainerStatusResponse {
+        status: Some(status),
+        info,
+    })
 }
 
-/// UpdateContainerResources: not built yet.
 pub async fn update_container_resources(
-    _cri: &Cri,
-    _req: UpdateContainerResourcesRequest,
+    cri: &Cri,
+    req: UpdateContainerResourcesRequest,
 ) -> CriResult<UpdateContainerResourcesResponse> {
-    Err(CriError::Unimplemented("UpdateContainerResources"))
+    let id = require_id(&req.container_id, "UpdateContainerResources")?;
+    let linux = req.linux.ok_or_else(|| {
+        CriError::InvalidArgument("UpdateContainerResources needs linux resources".into())
+    })?;
+    cri.containers.update_resources(id, &linux).await?;
+    Ok(UpdateContainerResourcesResponse {})
 }
 
-/// ReopenContainerLog: not built yet.
 pub async fn reopen_container_log(
-    _cri: &Cri,
-    _req: ReopenContainerLogRequest,
+    cri: &Cri,
+    req: ReopenContainerLogRequest,
 ) -> CriResult<ReopenContainerLogResponse> {
-    Err(CriError::Unimplemented("ReopenContainerLog"))
+    cri.containers
+        .reopen_log(require_id(&req.container_id, "ReopenContainerLog")?)
+        .await?;
+    Ok(ReopenContainerLogResponse {})
 }
 
-/// ExecSync: not built yet.
-pub async fn exec_sync(_cri: &Cri, _req: ExecSyncRequest) -> CriResult<ExecSyncResponse> {
-    Err(CriError::Unimplemented("ExecSync"))
+/// ExecSync: output capped at 16 MiB per stream; a timeout kills the command
+/// and answers DeadlineExceeded.
+pub async fn exec_sync(cri: &Cri, req: ExecSyncRequest) -> CriResult<ExecSyncResponse> {
+    let id = require_id(&req.container_id, "ExecSync")?;
+    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    let out = cri.containers.exec_sync(id, req.cmd, timeout).await?;
+    Ok(ExecSyncResponse {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        exit_code: out.exit_code,
+    })
 }
 
 /// CheckpointContainer: not built yet.

@@ -33,6 +33,13 @@ pub async fn stop_pod_sandbox(
     cri: &Cri,
     req: StopPodSandboxRequest,
 ) -> CriResult<StopPodSandboxResponse> {
+    // Every container of the pod is killed first (kubelet has already stopped
+    // them gracefully when it could).
+    if let Ok(pod) = cri.pods.get(&req.pod_sandbox_id) {
+        for id in cri.containers.of_pod(&pod.id) {
+            cri.containers.stop(&id, std::time::Duration::ZERO).await?;
+        }
+    }
     cri.pods.stop(&req.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})
 }
@@ -41,6 +48,11 @@ pub async fn remove_pod_sandbox(
     cri: &Cri,
     req: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
+    if let Ok(pod) = cri.pods.get(&req.pod_sandbox_id) {
+        for id in cri.containers.of_pod(&pod.id) {
+            cri.containers.remove(&id).await?;
+        }
+    }
     cri.pods.remove(&req.pod_sandbox_id).await?;
     Ok(RemovePodSandboxResponse {})
 }

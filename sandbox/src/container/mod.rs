@@ -1,8 +1,15 @@
 //! Containers: the OCI runtime spec built from CRI and image configs, the user
 //! they run as, and their seccomp profile.
 
+pub mod metrics;
+pub mod record;
 pub mod seccomp;
+pub mod service;
 pub mod spec;
 pub mod user;
 
+pub use record::{ContainerRecord, ContainerState};
+pub use service::{
+    ContainerFilter, Containers, ContainersConfig, EXEC_OUTPUT_CAP, ExecOutput, ImageInfo, Rootfs,
+};
 pub use spec::{BuiltSpec, NodeContext, PidNamespace, PodContext, SpecError, build};

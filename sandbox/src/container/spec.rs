@@ -682,6 +682,17 @@ fn resources(
     Ok(b.build()?)
 }
 
+/// The resources of an UpdateContainerResources as an OCI `LinuxResources`
+/// object: cpu, memory, hugepages and unified keys, no device rules.
+pub fn resources_json(
+    linux: &k8s_cri::v1::LinuxContainerConfig,
+) -> Result<serde_json::Value, SpecError> {
+    let mut r = resources(linux, false)?;
+    r.set_devices(None);
+    serde_json::to_value(&r)
+        .map_err(|e| SpecError::Oci(oci_spec::OciSpecError::Other(e.to_string())))
+}
+
 /// Every device node of the host, for privileged containers.
 fn host_devices() -> Vec<oci_spec::runtime::LinuxDevice> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};

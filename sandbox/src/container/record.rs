@@ -1,0 +1,202 @@
+//! What crust keeps of a container, persisted in the state store.
+//!
+//! ```text
+//!   CreateContainer ──▶ CREATED ──StartContainer──▶ RUNNING ──process exits──▶ EXITED
+//!                          │            │ start fails (reason StartError) ────▶ EXITED
+//!                          │            └── shim lost ──▶ UNKNOWN
+//!                          └────────── RemoveContainer (any state; RUNNING is killed first) ──▶ gone
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use k8s_cri::v1::ContainerConfig;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub version: u32,
+    pub id: String,
+    pub pod_id: String,
+    /// The CRI config as given (metadata, labels, annotations, mounts, ...).
+    pub config: ContainerConfig,
+    /// The image as the request named it.
+    pub image: String,
+    /// The image id: its config digest (`sha256:...`).
+    pub image_ref: String,
+    pub state: ContainerState,
+    pub created_at_ns: i64,
+    pub started_at_ns: i64,
+    pub finished_at_ns: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub pid: u32,
+    /// The OCI bundle (config.json, rootfs).
+    pub bundle: PathBuf,
+    /// The CRI log file, when kubelet gave a log directory and path.
+    pub log_path: Option<PathBuf>,
+    /// The image's StopSignal, if any (SIGTERM otherwise).
+    pub stop_signal: Option<String>,
+    /// The cgroup runc puts the container in, relative to each hierarchy.
+    pub cgroups_path: String,
+    /// The OCI runtime binary the shim drives.
+    pub runtime_binary: String,
+}
+
+impl ContainerRecord {
+    pub fn name(&self) -> &str {
+        self.config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or("")
+    }
+
+    pub fn attempt(&self) -> u32 {
+        self.config
+            .metadata
+            .as_ref()
+            .map(|m| m.attempt)
+            .unwrap_or(0)
+    }
+
+    /// The key two containers of a pod may not share.
+    pub fn name_key(&self) -> String {
+        name_key(&self.pod_id, self.name(), self.attempt())
+    }
+}
+
+pub fn name_key(pod_id: &str, name: &str, attempt: u32) -> String {
+    format!("{pod_id}/{name}/{attempt}")
+}
+
+/// The containers table.
+#[derive(Clone)]
+pub struct ContainerStore {
+    db: Arc<Database>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+impl ContainerStore {
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    pub fn load_all(&self) -> Result<Vec<ContainerRecord>> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let table = match tx.open_table(CONTAINERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(store_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(store_err)? {
+            let (k, v) = entry.map_err(store_err)?;
+            match serde_json::from_slice::<ContainerRecord>(v.value()) {
+                Ok(r) if r.version <= RECORD_VERSION => out.push(r),
+                Ok(r) => {
+                    return Err(Error::Store(format!(
+                        "container {} has record version {}, newer than {RECORD_VERSION}",
+                        r.id, r.version
+                    )));
+                }
+                Err(e) => {
+                    // One unreadable record must not hide every other container.
+                    tracing::error!(container = k.value(), error = %e, "unreadable container record skipped");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put(&self, r: &ContainerRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(r).map_err(store_err)?;
+        let tx = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = tx.open_table(CONTAINERS).map_err(store_err)?;
+            t.insert(r.id.as_str(), bytes.as_slice())
+                .map_err(store_err)?;
+        }
+        tx.commit().map_err(store_err)
+    }
+
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = tx.open_table(CONTAINERS).map_err(store_err)?;
+            t.remove(id).map_err(store_err)?;
+        }
+        tx.commit().map_err(store_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> ContainerRecord {
+        ContainerRecord {
+            version: RECORD_VERSION,
+            id: id.into(),
+            pod_id: "p".into(),
+            config: ContainerConfig {
+                metadata: Some(k8s_cri::v1::ContainerMetadata {
+                    name: "web".into(),
+                    attempt: 2,
+                }),
+                labels: [("a".to_string(), "b".to_string())].into(),
+                ..Default::default()
+            },
+            image: "busybox".into(),
+            image_ref: "sha256:00".into(),
+            state: ContainerState::Created,
+            created_at_ns: 1,
+            started_at_ns: 0,
+            finished_at_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            bundle: "/b".into(),
+            log_path: None,
+            stop_signal: None,
+            cgroups_path: "/crust/x".into(),
+            runtime_binary: "runc".into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Database::create(dir.path().join("s.redb")).expect("db"));
+        let store = ContainerStore::new(db);
+        assert!(store.load_all().expect("empty").is_empty());
+        store.put(&record("a")).expect("put");
+        store.put(&record("b")).expect("put");
+        store.delete("a").expect("delete");
+        let all = store.load_all().expect("load");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, "b");
+        assert_eq!(all[0].name_key(), "p/web/2");
+        assert_eq!(all[0].config.labels.get("a").map(String::as_str), Some("b"));
+    }
+}

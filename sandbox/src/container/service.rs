@@ -1,0 +1,996 @@
+//! The containers of this node: create, start, stop, remove, status, list,
+//! exec, under their pod's shim. The state machine is drawn in `record.rs`.
+//!
+//! The rootfs is mounted by crustd itself (so the image's /etc/passwd can be
+//! read while the spec is built) at `<bundle>/rootfs`, and the shim is handed a
+//! ready bundle. Exits are learnt from a `Wait` on the shim per running
+//! container; after a crustd restart those waits are issued again, and a shim
+//! that is gone turns its running containers into UNKNOWN... or EXITED when
+//! the shim can still tell.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1::ContainerConfig;
+use tokio::sync::watch;
+
+use super::record::{ContainerRecord, ContainerState, ContainerStore, RECORD_VERSION, name_key};
+use super::spec::{self, NodeContext, PidNamespace, PodContext, SpecError};
+use crate::error::{Error, Result};
+use crate::pod::{NamespaceMode, PodRecord, PodSandboxes, PodState};
+use crate::shim::{CreateTask, Output, RuntimeOptions, ShimClient, ShimError, TaskIo};
+
+/// What crust needs from the image store: a writable snapshot of an image,
+/// mounted at a path, and its removal. Implemented by crustd over `crust-images`.
+/// Unmounting is done here, before `remove` is called.
+pub trait Rootfs: Send + Sync {
+    /// Prepares a writable snapshot `key` on top of `image_id` and mounts it at `target`.
+    fn mount(&self, key: &str, image_id: &str, target: &Path) -> std::result::Result<(), String>;
+    /// Removes snapshot `key` (already unmounted); absent is fine.
+    fn remove(&self, key: &str) -> std::result::Result<(), String>;
+}
+
+/// Unmounts a container's rootfs and removes its snapshot; idempotent.
+fn release_rootfs(rootfs: &dyn Rootfs, key: &str, target: &Path) -> Result<()> {
+    crate::namespaces::unmount(target)?;
+    rootfs.remove(key).map_err(Error::Internal)
+}
+
+/// The image a container is created from, resolved by crustd.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    /// As the request named it.
+    pub name: String,
+    /// The config digest.
+    pub id: String,
+    pub config: Option<oci_spec::image::Config>,
+}
+
+/// ListContainers filter; every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    pub id: String,
+    pub pod_id: String,
+    pub state: Option<ContainerState>,
+    pub labels: HashMap<String, String>,
+}
+
+/// ExecSync's answer.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+/// Output an ExecSync keeps per stream; the rest is read and dropped.
+pub const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ContainersConfig {
+    /// Runtime state: bundles under `<state_dir>/containers/<id>`.
+    pub state_dir: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+#[derive(Clone)]
+pub struct Containers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ContainersConfig,
+    pods: PodSandboxes,
+    rootfs: Arc<dyn Rootfs>,
+    store: ContainerStore,
+    node: NodeContext,
+    /// Every container by id. A std Mutex: never held across an await.
+    records: Mutex<HashMap<String, ContainerRecord>>,
+    /// Names being created right now.
+    creating: Mutex<HashMap<String, String>>,
+    /// One exit signal per started container: true once it exited.
+    exits: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Shim connections by pod id.
+    shims: tokio::sync::Mutex<HashMap<String, ShimClient>>,
+}
+
+impl From<SpecError> for Error {
+    fn from(e: SpecError) -> Self {
+        match e {
+            SpecError::NoCommand
+            | SpecError::User(_)
+            | SpecError::UnknownCapability(_)
+            | SpecError::SeccompProfile { .. }
+            | SpecError::SeccompType(_)
+            | SpecError::AppArmor(_)
+            | SpecError::Mount { .. } => Error::InvalidArgument(e.to_string()),
+            SpecError::Oci(_) => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ShimError> for Error {
+    fn from(e: ShimError) -> Self {
+        match e {
+            ShimError::NotFound(m) => Error::NotFound(m),
+            ShimError::AlreadyExists(m) => Error::AlreadyExists(m),
+            ShimError::InvalidArgument(m) => Error::InvalidArgument(m),
+            ShimError::FailedPrecondition(m) => Error::FailedPrecondition(m),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn to_ns(t: Option<SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_else(now_ns)
+}
+
+fn new_id() -> Result<String> {
+    let mut b = [0u8; 32];
+    let mut f = std::fs::File::open("/dev/urandom")?;
+    std::io::Read::read_exact(&mut f, &mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// This process's own oom_score_adj: containers may not go below it.
+fn own_oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl Containers {
+    /// Opens the container store and re-attaches to every container that was
+    /// running when crustd last stopped.
+    pub async fn open(
+        cfg: ContainersConfig,
+        db: Arc<redb::Database>,
+        pods: PodSandboxes,
+        rootfs: Arc<dyn Rootfs>,
+    ) -> Result<Self> {
+        let store = ContainerStore::new(db);
+        let records: HashMap<String, ContainerRecord> = store
+            .load_all()?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let c = Containers {
+            inner: Arc::new(Inner {
+                node: NodeContext {
+                    min_oom_score_adj: own_oom_score_adj(),
+                    apparmor: spec::host_has_apparmor(),
+                    seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
+                },
+                cfg,
+                pods,
+                rootfs,
+                store,
+                records: Mutex::new(records),
+                creating: Mutex::new(HashMap::new()),
+                exits: Mutex::new(HashMap::new()),
+                shims: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        };
+        let running: Vec<String> = c
+            .inner
+            .lock()
+            .values()
+            .filter(|r| r.state == ContainerState::Running)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in running {
+            c.inner.clone().watch_exit(id);
+        }
+        c.inner.update_metrics();
+        Ok(c)
+    }
+
+    /// Full id for a full id or unique prefix.
+    pub fn resolve(&self, id: &str) -> Result<Option<String>> {
+        self.inner.resolve(id)
+    }
+
+    pub fn get(&self, id: &str) -> Result<ContainerRecord> {
+        let full = self
+            .inner
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
+        self.inner
+            .lock()
+            .get(&full)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    /// CreateContainer: a bundle with the OCI spec and a mounted rootfs, not yet running.
+    pub async fn create(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+        image: ImageInfo,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("container config has no metadata".into()))?;
+        if meta.name.is_empty() {
+            return Err(Error::InvalidArgument("container name is empty".into()));
+        }
+        let pod = self.inner.pods.get(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let key = name_key(&pod.id, &meta.name, meta.attempt);
+        let id = new_id()?;
+        self.inner.reserve(&key, &id)?;
+        let inner = self.inner.clone();
+        // The create runs to its end even if the caller goes away, so that
+        // nothing is left half made; the name is released either way.
+        tokio::spawn(async move {
+            let r = inner.create(&id, &pod, config, image).await;
+            inner.release(&key);
+            r
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("create task: {e}")))?
+    }
+
+    /// StartContainer.
+    pub async fn start(&self, id: &str) -> Result<()> {
+        let rec = self.get(id)?;
+        if rec.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {:?}, not CREATED",
+                rec.id, rec.state
+            )));
+        }
+        let pod = self.inner.pods.get(&rec.pod_id)?;
+        let shim = self.inner.shim(&pod).await?;
+        let task = CreateTask {
+            id: rec.id.clone(),
+            bundle: rec.bundle.clone(),
+            rootfs: Vec::new(),
+            io: TaskIo {
+                stdin: None,
+                output: rec
+                    .log_path
+                    .clone()
+                    .map(Output::CriLog)
+                    .unwrap_or(Output::Null),
+                terminal: rec.config.tty,
+            },
+            runtime: RuntimeOptions {
+                binary: Some(rec.runtime_binary.clone()),
+                root: Some(self.inner.cfg.state_dir.join("runc")),
+                systemd_cgroup: self.inner.cfg.systemd_cgroup,
+            },
+        };
+        let started = async {
+            shim.create(&task).await?;
+            shim.start(&rec.id, "").await
+        }
+        .await;
+        match started {
+            Ok(pid) => {
+                // The exit watch is armed before the record says RUNNING, so
+                // no exit can slip between the two.
+                self.inner.update(&rec.id, |r| {
+                    r.state = ContainerState::Running;
+                    r.pid = pid;
+                    r.started_at_ns = now_ns();
+                })?;
+                self.inner.clone().watch_exit(rec.id.clone());
+                Ok(())
+            }
+            Err(e) => {
+                let _ = shim.delete(&rec.id, "").await;
+                self.inner.update(&rec.id, |r| {
+                    r.state = ContainerState::Exited;
+                    r.finished_at_ns = now_ns();
+                    r.exit_code = 128;
+                    r.reason = "StartError".into();
+                    r.message = e.to_string();
+                })?;
+                Err(Error::from(e))
+            }
+        }
+    }
+
+    /// StopContainer: the stop signal, `timeout` seconds, then SIGKILL.
+    /// Unknown containers and containers not running are success.
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
+        let Some(full) = self.inner.resolve(id)? else {
+            return Ok(());
+        };
+        let Some(rec) = self.inner.lock().get(&full).cloned() else {
+            return Ok(());
+        };
+        if rec.state != ContainerState::Running {
+            return Ok(());
+        }
+        let pod = self.inner.pods.get(&rec.pod_id)?;
+        let shim = match self.inner.shim(&pod).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.inner.mark_unknown(&rec.id, &e.to_string());
+                return Ok(());
+            }
+        };
+        let mut exited = self.inner.exit_receiver(&rec.id);
+        if !timeout.is_zero() {
+            let signal = rec
+                .stop_signal
+                .as_deref()
+                .and_then(parse_signal)
+                .unwrap_or(libc::SIGTERM);
+            match shim.kill(&rec.id, "", signal as u32, false).await {
+                Ok(()) => {}
+                Err(ShimError::NotFound(_)) => return Ok(()),
+                Err(e) => tracing::warn!(container = %rec.id, error = %e, "stop signal"),
+            }
+            if tokio::time::timeout(timeout, exited.wait_for(|e| *e))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tracing::info!(container = %rec.id, "did not stop within {timeout:?}; SIGKILL");
+        }
+        match shim.kill(&rec.id, "", libc::SIGKILL as u32, true).await {
+            Ok(()) | Err(ShimError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // SIGKILL cannot be ignored; the bound is for a wedged shim.
+        if tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e))
+            .await
+            .is_err()
+        {
+            return Err(Error::Internal(format!(
+                "container {} did not exit after SIGKILL",
+                rec.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// RemoveContainer: in any state (a running one is killed first); unknown is success.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let Some(full) = self.inner.resolve(id)? else {
+            return Ok(());
+        };
+        self.stop(&full, Duration::ZERO).await?;
+        let Some(rec) = self.inner.lock().get(&full).cloned() else {
+            return Ok(());
+        };
+        if let Ok(pod) = self.inner.pods.get(&rec.pod_id)
+            && let Ok(shim) = self.inner.shim(&pod).await
+        {
+            match shim.delete(&rec.id, "").await {
+                Ok(_) | Err(ShimError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(container = %rec.id, error = %e, "deleting task in the shim")
+                }
+            }
+        }
+        release_rootfs(
+            self.inner.rootfs.as_ref(),
+            &rec.id,
+            &rec.bundle.join("rootfs"),
+        )?;
+        match std::fs::remove_dir_all(&rec.bundle) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.inner.store.delete(&rec.id)?;
+        self.inner.lock().remove(&rec.id);
+        self.inner.exits_lock().remove(&rec.id);
+        self.inner.update_metrics();
+        Ok(())
+    }
+
+    pub fn list(&self, f: &ContainerFilter) -> Result<Vec<ContainerRecord>> {
+        let id = if f.id.is_empty() {
+            None
+        } else {
+            match self.inner.resolve(&f.id) {
+                Ok(Some(id)) => Some(id),
+                // An id that matches nothing (or too much) filters everything out.
+                _ => return Ok(Vec::new()),
+            }
+        };
+        let pod_id = if f.pod_id.is_empty() {
+            None
+        } else {
+            match self.inner.pods.get(&f.pod_id) {
+                Ok(p) => Some(p.id),
+                Err(_) => return Ok(Vec::new()),
+            }
+        };
+        let mut out: Vec<ContainerRecord> = self
+            .inner
+            .lock()
+            .values()
+            .filter(|r| id.as_ref().is_none_or(|i| &r.id == i))
+            .filter(|r| pod_id.as_ref().is_none_or(|p| &r.pod_id == p))
+            .filter(|r| f.state.is_none_or(|s| r.state == s))
+            .filter(|r| {
+                f.labels
+                    .iter()
+                    .all(|(k, v)| r.config.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| r.created_at_ns);
+        Ok(out)
+    }
+
+    /// Ids of every container of a pod (StopPodSandbox, RemovePodSandbox).
+    pub fn of_pod(&self, pod_id: &str) -> Vec<String> {
+        self.inner
+            .lock()
+            .values()
+            .filter(|r| r.pod_id == pod_id)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// The OCI spec the container was created with.
+    pub fn oci_spec(&self, id: &str) -> Result<serde_json::Value> {
+        let rec = self.get(id)?;
+        let text = std::fs::read(rec.bundle.join("config.json"))?;
+        serde_json::from_slice(&text).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// ExecSync: runs `cmd` in the container, with its user, env and working
+    /// dir; kills it after `timeout` (zero: no timeout).
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec command is empty".into()));
+        }
+        let rec = self.get(id)?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let pod = self.inner.pods.get(&rec.pod_id)?;
+        let shim = self.inner.shim(&pod).await?;
+        let mut process = self.oci_spec(&rec.id)?["process"].take();
+        process["args"] = serde_json::json!(cmd);
+        process["terminal"] = serde_json::json!(false);
+        let exec_id = new_id()?[..16].to_string();
+        let dir = rec.bundle.join("exec");
+        std::fs::create_dir_all(&dir)?;
+        let out_path = dir.join(format!("{exec_id}.out"));
+        let err_path = dir.join(format!("{exec_id}.err"));
+        for p in [&out_path, &err_path] {
+            nix::unistd::mkfifo(p.as_path(), nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| Error::Internal(format!("mkfifo {}: {e}", p.display())))?;
+        }
+        let out_reader = read_fifo(out_path.clone());
+        let err_reader = read_fifo(err_path.clone());
+        let io = TaskIo {
+            stdin: None,
+            output: Output::Paths {
+                stdout: Some(out_path.clone()),
+                stderr: Some(err_path.clone()),
+            },
+            terminal: false,
+        };
+        let run = async {
+            shim.exec(&rec.id, &exec_id, &process, &io).await?;
+            shim.start(&rec.id, &exec_id).await?;
+            let wait = shim.wait(&rec.id, &exec_id);
+            if timeout.is_zero() {
+                Ok::<_, ShimError>(Some(wait.await?))
+            } else {
+                match tokio::time::timeout(timeout, wait).await {
+                    Ok(r) => Ok(Some(r?)),
+                    Err(_) => Ok(None),
+                }
+            }
+        }
+        .await;
+        let result = match run {
+            Ok(Some(exit)) => Ok(exit.exit_status as i32),
+            Ok(None) => {
+                let _ = shim
+                    .kill(&rec.id, &exec_id, libc::SIGKILL as u32, false)
+                    .await;
+                let _ = shim.wait(&rec.id, &exec_id).await;
+                Err(Error::DeadlineExceeded(format!(
+                    "command {cmd:?} timed out after {timeout:?}"
+                )))
+            }
+            Err(e) => Err(Error::from(e)),
+        };
+        let _ = shim.delete(&rec.id, &exec_id).await;
+        // If the shim never opened the FIFOs, open them ourselves so the
+        // readers see EOF instead of waiting forever.
+        for p in [&out_path, &err_path] {
+            unblock_fifo(p);
+        }
+        let stdout = out_reader.await.unwrap_or_default();
+        let stderr = err_reader.await.unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
+        let _ = std::fs::remove_file(&err_path);
+        let exit_code = result?;
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code,
+        })
+    }
+
+    /// UpdateContainerResources on a running or created container.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: &k8s_cri::v1::LinuxContainerResources,
+    ) -> Result<()> {
+        let rec = self.get(id)?;
+        let mut config = rec.config.clone();
+        let linux = config.linux.get_or_insert_with(Default::default);
+        linux.resources = Some(resources.clone());
+        let pod = self.inner.pods.get(&rec.pod_id)?;
+        let mut oci = self.oci_spec(&rec.id)?;
+        let r = spec::resources_json(linux).map_err(Error::from)?;
+        oci["linux"]["resources"] = r.clone();
+        if rec.state == ContainerState::Running {
+            let shim = self.inner.shim(&pod).await?;
+            shim.update(&rec.id, &r).await?;
+        } else if rec.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        // Keep the bundle and the record in step with what was applied.
+        let text = serde_json::to_vec_pretty(&oci).map_err(|e| Error::Internal(e.to_string()))?;
+        std::fs::write(rec.bundle.join("config.json"), text)?;
+        self.inner.update(&rec.id, |r| r.config = config)?;
+        Ok(())
+    }
+
+    /// ReopenContainerLog: only for a running container.
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let rec = self.get(id)?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let pod = self.inner.pods.get(&rec.pod_id)?;
+        let shim = self.inner.shim(&pod).await?;
+        shim.reopen_log(&rec.id).await?;
+        Ok(())
+    }
+}
+
+/// Reads a FIFO to its end in a blocking thread, keeping the first
+/// [`EXEC_OUTPUT_CAP`] bytes.
+fn read_fifo(path: PathBuf) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            return out;
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = EXEC_OUTPUT_CAP.saturating_sub(out.len());
+                    out.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+        }
+        out
+    })
+}
+
+fn unblock_fifo(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+}
+
+/// `SIGTERM`, `TERM`, `15` → the signal number.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let sig: nix::sys::signal::Signal = format!("SIG{name}").parse().ok()?;
+    Some(sig as i32)
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ContainerRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exits_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
+        self.exits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn resolve(&self, id: &str) -> Result<Option<String>> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("container id is empty".into()));
+        }
+        let records = self.lock();
+        if records.contains_key(id) {
+            return Ok(Some(id.to_string()));
+        }
+        let mut matches = records.keys().filter(|k| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some(one), None) => Ok(Some(one.clone())),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "container id prefix {id:?} is ambiguous"
+            ))),
+        }
+    }
+
+    fn reserve(&self, key: &str, id: &str) -> Result<()> {
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(holder) = creating.get(key) {
+            return Err(Error::AlreadyExists(format!(
+                "container name {key:?} is reserved for {holder}"
+            )));
+        }
+        if let Some(holder) = self.lock().values().find(|r| r.name_key() == key) {
+            return Err(Error::AlreadyExists(format!(
+                "container name {key:?} is already used by {}",
+                holder.id
+            )));
+        }
+        creating.insert(key.to_string(), id.to_string());
+        Ok(())
+    }
+
+    fn release(&self, key: &str) {
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    async fn create(
+        &self,
+        id: &str,
+        pod: &PodRecord,
+        config: ContainerConfig,
+        image: ImageInfo,
+    ) -> Result<String> {
+        let bundle = self.cfg.state_dir.join("containers").join(id);
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs)?;
+        let made = self.create_in(id, pod, config, image, &bundle, &rootfs);
+        match made {
+            Ok(rec) => {
+                self.store.put(&rec)?;
+                self.lock().insert(rec.id.clone(), rec);
+                self.update_metrics();
+                Ok(id.to_string())
+            }
+            Err(e) => {
+                if let Err(u) = release_rootfs(self.rootfs.as_ref(), id, &rootfs) {
+                    tracing::error!(container = id, error = %u, "undoing rootfs");
+                }
+                let _ = std::fs::remove_dir_all(&bundle);
+                Err(e)
+            }
+        }
+    }
+
+    fn create_in(
+        &self,
+        id: &str,
+        pod: &PodRecord,
+        config: ContainerConfig,
+        image: ImageInfo,
+        bundle: &Path,
+        rootfs: &Path,
+    ) -> Result<ContainerRecord> {
+        self.rootfs
+            .mount(id, &image.id, rootfs)
+            .map_err(Error::Internal)?;
+        let handler = self
+            .pods
+            .config()
+            .handler(&pod.runtime_handler)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "runtime handler {:?} is not configured",
+                    pod.runtime_handler
+                ))
+            })?;
+        let runtime_binary = crate::resolve_binary(&handler.1.path)
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "runtime binary {} not found",
+                    handler.1.path.display()
+                ))
+            })?
+            .display()
+            .to_string();
+        let cgroups_path = match &pod.cgroup {
+            Some(cg) if self.cfg.systemd_cgroup => format!("{}:crust:{id}", cg.path),
+            Some(cg) => format!("{}/{id}", cg.path.trim_end_matches('/')),
+            None => format!("/crust/{id}"),
+        };
+        let pid_ns = self.pid_namespace(pod, &config)?;
+        let ctx = PodContext {
+            pod_id: pod.id.clone(),
+            hostname: pod.hostname.clone(),
+            net_ns: pod.namespaces.net.clone(),
+            ipc_ns: pod.namespaces.ipc.clone(),
+            uts_ns: pod.namespaces.uts.clone(),
+            pid_ns,
+            hosts_file: Some(pod.hosts_path.clone()).filter(|p| !p.as_os_str().is_empty()),
+            resolv_conf: Some(pod.resolv_conf_path.clone()).filter(|p| !p.as_os_str().is_empty()),
+            hostname_file: Some(pod.hostname_path.clone()).filter(|p| !p.as_os_str().is_empty()),
+            shm: pod.shm.clone(),
+            cgroups_path: cgroups_path.clone(),
+        };
+        let built = spec::build(&config, image.config.as_ref(), rootfs, &ctx, &self.node)?;
+        let text = serde_json::to_vec_pretty(&built.spec)
+            .map_err(|e| Error::Internal(format!("serializing the OCI spec: {e}")))?;
+        std::fs::write(bundle.join("config.json"), text)?;
+
+        let log_path = if pod.spec.log_directory.is_empty() || config.log_path.is_empty() {
+            None
+        } else {
+            let p = Path::new(&pod.spec.log_directory).join(&config.log_path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            Some(p)
+        };
+        Ok(ContainerRecord {
+            version: RECORD_VERSION,
+            id: id.to_string(),
+            pod_id: pod.id.clone(),
+            config,
+            image: image.name,
+            image_ref: image.id,
+            state: ContainerState::Created,
+            created_at_ns: now_ns(),
+            started_at_ns: 0,
+            finished_at_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            bundle: bundle.to_path_buf(),
+            log_path,
+            stop_signal: built.stop_signal,
+            cgroups_path,
+            runtime_binary,
+        })
+    }
+
+    /// The container's PID namespace: its own mode, else the pod's.
+    fn pid_namespace(&self, pod: &PodRecord, config: &ContainerConfig) -> Result<PidNamespace> {
+        let opts = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref());
+        let mode = match opts.map(|o| o.pid) {
+            Some(m) if m == k8s_cri::v1::NamespaceMode::Pod as i32 => NamespaceMode::Pod,
+            Some(m) if m == k8s_cri::v1::NamespaceMode::Node as i32 => NamespaceMode::Node,
+            Some(m) if m == k8s_cri::v1::NamespaceMode::Target as i32 => NamespaceMode::Target,
+            Some(_) => NamespaceMode::Container,
+            None => pod.spec.namespaces.pid,
+        };
+        Ok(match mode {
+            NamespaceMode::Node => PidNamespace::Node,
+            NamespaceMode::Pod => match &pod.namespaces.pid {
+                Some(p) => PidNamespace::Pod(p.clone()),
+                None => PidNamespace::Container,
+            },
+            NamespaceMode::Target => {
+                let target = opts.map(|o| o.target_id.clone()).unwrap_or_default();
+                let target = self
+                    .resolve(&target)?
+                    .and_then(|t| self.lock().get(&t).cloned())
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("target container {target:?} not found"))
+                    })?;
+                if target.state != ContainerState::Running || target.pid == 0 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "target container {} is not running",
+                        target.id
+                    )));
+                }
+                PidNamespace::Target(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
+            }
+            NamespaceMode::Container => PidNamespace::Container,
+        })
+    }
+
+    /// The pod's shim, connected once and kept.
+    async fn shim(&self, pod: &PodRecord) -> Result<ShimClient> {
+        let mut shims = self.shims.lock().await;
+        if let Some(s) = shims.get(&pod.id) {
+            return Ok(s.clone());
+        }
+        let s = ShimClient::reconnect(&pod.dir).await.map_err(|e| {
+            Error::FailedPrecondition(format!("shim of pod {} is not reachable: {e}", pod.id))
+        })?;
+        shims.insert(pod.id.clone(), s.clone());
+        Ok(s)
+    }
+
+    fn exit_receiver(&self, id: &str) -> watch::Receiver<bool> {
+        let mut exits = self.exits_lock();
+        exits
+            .entry(id.to_string())
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe()
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<ContainerRecord> {
+        let updated = {
+            let mut records = self.lock();
+            let rec = records
+                .get_mut(id)
+                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+            f(rec);
+            rec.clone()
+        };
+        self.store.put(&updated)?;
+        self.update_metrics();
+        Ok(updated)
+    }
+
+    fn mark_unknown(&self, id: &str, why: &str) {
+        let _ = self.update(id, |r| {
+            if r.state == ContainerState::Running {
+                r.state = ContainerState::Unknown;
+                r.message = why.to_string();
+            }
+        });
+        if let Some(tx) = self.exits_lock().get(id) {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Waits for the container's exit in the background and records it.
+    fn watch_exit(self: Arc<Self>, id: String) {
+        // Arm the channel now so a stop that starts right away sees the exit.
+        drop(self.exit_receiver(&id));
+        tokio::spawn(async move {
+            let Some(pod_id) = self.lock().get(&id).map(|r| r.pod_id.clone()) else {
+                return;
+            };
+            let pod = match self.pods.get(&pod_id) {
+                Ok(p) => p,
+                Err(e) => return self.mark_unknown(&id, &format!("pod is gone: {e}")),
+            };
+            let exit = match self.shim(&pod).await {
+                Ok(shim) => shim.wait(&id, "").await,
+                Err(e) => return self.mark_unknown(&id, &e.to_string()),
+            };
+            match exit {
+                Ok(exit) => self.record_exit(&id, exit.exit_status as i32, exit.exited_at),
+                Err(ShimError::NotFound(_)) => {
+                    // The shim does not know the container: it was restarted
+                    // or the container was deleted behind crust's back.
+                    self.record_exit(&id, 255, None);
+                    let _ = self.update(&id, |r| r.reason = "Unknown".into());
+                }
+                Err(e) => {
+                    self.shims.lock().await.remove(&pod_id);
+                    self.mark_unknown(&id, &format!("shim lost: {e}"));
+                }
+            }
+        });
+    }
+
+    fn record_exit(&self, id: &str, code: i32, at: Option<SystemTime>) {
+        let oom = self
+            .lock()
+            .get(id)
+            .is_some_and(|r| oom_killed(&r.cgroups_path));
+        let updated = self.update(id, |r| {
+            r.state = ContainerState::Exited;
+            r.exit_code = code;
+            r.finished_at_ns = to_ns(at);
+            r.pid = 0;
+            r.reason = if oom {
+                "OOMKilled".into()
+            } else if code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
+        });
+        if updated.is_ok() {
+            super::metrics::container_exited(oom);
+        }
+        if let Some(tx) = self.exits_lock().get(id) {
+            let _ = tx.send(true);
+        }
+    }
+
+    fn update_metrics(&self) {
+        let mut counts = [0i64; 4];
+        for r in self.lock().values() {
+            counts[r.state as usize] += 1;
+        }
+        super::metrics::set_containers(&[
+            ("created", counts[ContainerState::Created as usize]),
+            ("running", counts[ContainerState::Running as usize]),
+            ("exited", counts[ContainerState::Exited as usize]),
+            ("unknown", counts[ContainerState::Unknown as usize]),
+        ]);
+    }
+}
+
+/// Whether the kernel OOM-killed a process in this cgroup (v1 `memory.oom_control`
+/// or v2 `memory.events`).
+fn oom_killed(cgroups_path: &str) -> bool {
+    let rel = cgroups_path.trim_start_matches('/');
+    let count = |path: PathBuf, key: &str| {
+        std::fs::read_to_string(path).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    let v1 = count(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("memory.oom_control"),
+        "oom_kill ",
+    );
+    let v2 = count(
+        Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
+        "oom_kill ",
+    );
+    v1.or(v2).is_some_and(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("quit"), Some(libc::SIGQUIT));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+    }
+}
