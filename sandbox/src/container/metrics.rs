@@ -36,7 +36,7 @@ static EXITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// `crust_container_operation_duration_seconds{operation}`: start and stop latency.
-pub static OPERATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+static OPERATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
             HistogramOpts::new(
@@ -62,4 +62,25 @@ pub fn container_exited(oom: bool) {
     EXITS
         .with_label_values(&[if oom { "true" } else { "false" }])
         .inc();
+}
+
+pub fn observe(operation: &str, took: std::time::Duration) {
+    OPERATION
+        .with_label_values(&[operation])
+        .observe(took.as_secs_f64());
+}
+
+/// Observes the time from its creation to its drop, however the operation ends.
+pub struct OpTimer(&'static str, std::time::Instant);
+
+impl OpTimer {
+    pub fn new(operation: &'static str) -> Self {
+        OpTimer(operation, std::time::Instant::now())
+    }
+}
+
+impl Drop for OpTimer {
+    fn drop(&mut self) {
+        observe(self.0, self.1.elapsed());
+    }
 }

@@ -280,11 +280,13 @@ impl Containers {
                 systemd_cgroup: self.inner.cfg.systemd_cgroup,
             },
         };
+        let timer = super::metrics::OpTimer::new("start");
         let started = async {
             shim.create(&task).await?;
             shim.start(&rec.id, "").await
         }
         .await;
+        drop(timer);
         match started {
             Ok(pid) => {
                 // The exit watch is armed before the record says RUNNING, so
@@ -323,6 +325,7 @@ impl Containers {
         if rec.state != ContainerState::Running {
             return Ok(());
         }
+        let _timer = super::metrics::OpTimer::new("stop");
         let pod = self.inner.pods.get(&rec.pod_id)?;
         let shim = match self.inner.shim(&pod).await {
             Ok(s) => s,
@@ -377,15 +380,24 @@ impl Containers {
         let Some(rec) = self.inner.lock().get(&full).cloned() else {
             return Ok(());
         };
-        if let Ok(pod) = self.inner.pods.get(&rec.pod_id)
-            && let Ok(shim) = self.inner.shim(&pod).await
-        {
-            match shim.delete(&rec.id, "").await {
-                Ok(_) | Err(ShimError::NotFound(_)) => {}
-                Err(e) => {
-                    tracing::warn!(container = %rec.id, error = %e, "deleting task in the shim")
-                }
-            }
+        let timer = super::metrics::OpTimer::new("remove");
+        let deleted = match self.inner.pods.get(&rec.pod_id) {
+            Ok(pod) => match self.inner.shim(&pod).await {
+                Ok(shim) => match shim.delete(&rec.id, "").await {
+                    Ok(_) | Err(ShimError::NotFound(_)) => true,
+                    Err(e) => {
+                        tracing::warn!(container = %rec.id, error = %e, "deleting task in the shim");
+                        false
+                    }
+                },
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if !deleted && rec.state != ContainerState::Created {
+            // The shim is gone (killed, or its pod removed behind our back):
+            // the container may still run, orphaned. runc itself ends it.
+            self.inner.force_delete(&rec).await;
         }
         release_rootfs(
             self.inner.rootfs.as_ref(),
@@ -401,6 +413,7 @@ impl Containers {
         self.inner.lock().remove(&rec.id);
         self.inner.exits_lock().remove(&rec.id);
         self.inner.update_metrics();
+        drop(timer);
         Ok(())
     }
 
@@ -940,6 +953,28 @@ impl Inner {
         }
         if let Some(tx) = self.exits_lock().get(id) {
             let _ = tx.send(true);
+        }
+    }
+
+    /// `runc delete --force` with the container's runtime and state root: kills
+    /// whatever is left of a container whose shim is gone.
+    async fn force_delete(&self, rec: &ContainerRecord) {
+        let out = tokio::process::Command::new(&rec.runtime_binary)
+            .arg("--root")
+            .arg(self.cfg.state_dir.join("runc"))
+            .args(["delete", "--force", &rec.id])
+            .output()
+            .await;
+        match out {
+            Ok(o) if o.status.success() => {
+                tracing::info!(container = %rec.id, "deleted with runc; its shim was gone")
+            }
+            Ok(o) => tracing::debug!(
+                container = %rec.id,
+                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+                "runc delete --force"
+            ),
+            Err(e) => tracing::warn!(container = %rec.id, error = %e, "running runc delete"),
         }
     }
 
