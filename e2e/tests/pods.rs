@@ -19,6 +19,7 @@ use tonic::Code;
 /// One test's network and cgroup parent; cleans both up on drop.
 struct TestNet {
     n: u8,
+    state_dir: PathBuf,
     bridge: String,
     ipam_dir: PathBuf,
     cgroup_parent: String,
@@ -28,6 +29,7 @@ impl TestNet {
     fn new(crustd: &Crustd, n: u8) -> TestNet {
         let net = TestNet {
             n,
+            state_dir: crustd.state_dir.clone(),
             bridge: format!("crust-p{n}"),
             ipam_dir: crustd.dir().join("ipam"),
             cgroup_parent: format!("/crust-e2e-{n}"),
@@ -95,6 +97,13 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        // A failed test may leave its pods' shims: they run in the test's state dir.
+        for pid in processes_under(&self.state_dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
@@ -255,8 +264,33 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Processes whose working directory is below `dir` (a pod's shim runs in its pod dir).
+fn processes_under(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .map(|cwd| cwd.starts_with(dir))
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// What the issue asks for after Remove: no mount, netns file, cgroup, lease or process.
 fn assert_gone(crustd: &Crustd, net: &TestNet, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_under(&crustd.state_dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        processes_under(&crustd.state_dir),
+        Vec::<i32>::new(),
+        "process left (shim?)"
+    );
     assert!(!pod_dir(crustd, id).exists(), "pod dir left");
     assert_eq!(mounts_under(&crustd.state_dir), Vec::<String>::new());
     assert_eq!(net.leases(), Vec::<String>::new(), "IPAM lease left");
@@ -339,6 +373,14 @@ async fn pod_gets_ip_hostname_dns_and_is_cleaned_up() {
             .contains(&format!("{ip}\tweb-host"))
     );
     assert!(mounts_under(&dir).iter().any(|m| m.ends_with("/shm")));
+    // The pod's shim runs, detached, in the pod dir, and answers at the address it left.
+    let shim_pid: i32 = std::fs::read_to_string(dir.join("shim.pid"))
+        .expect("shim.pid")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(processes_under(&dir), vec![shim_pid]);
+    assert!(dir.join("address").exists());
     assert_eq!(net.leases(), vec![ip.clone()]);
     assert!(!net.cgroup_dirs().is_empty(), "pod cgroup made");
     for d in net.cgroup_dirs() {

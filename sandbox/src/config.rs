@@ -163,12 +163,19 @@ pub fn runtime_ready(config: &Config) -> Result<(), String> {
             config.default_runtime_handler
         )
     })?;
-    resolve_binary(&handler.path).map(|_| ()).ok_or_else(|| {
+    resolve_binary(&handler.path).ok_or_else(|| {
         format!(
             "runtime handler {name:?}: binary {} not found or not executable",
             handler.path.display()
         )
-    })
+    })?;
+    if handler.kind == RuntimeKind::Oci && config.resolve_shim_binary().is_none() {
+        return Err(format!(
+            "shim binary {} not found next to crustd or in PATH",
+            config.shim_binary.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A binary path as given when it has a `/`, else looked up in PATH.
@@ -231,9 +238,15 @@ mod tests {
         let bin = d.path().join("fake-runc");
         std::fs::write(&bin, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut c = Config::default();
+        let mut c = Config {
+            shim_binary: bin.clone(),
+            ..Config::default()
+        };
         c.runtime_handlers.get_mut("runc").unwrap().path = bin.clone();
         assert_eq!(runtime_ready(&c), Ok(()));
+        c.shim_binary = d.path().join("no-shim");
+        assert!(runtime_ready(&c).unwrap_err().contains("shim binary"));
+        c.shim_binary = bin.clone();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(
             runtime_ready(&c)

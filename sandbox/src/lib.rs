@@ -16,4 +16,4 @@ pub use config::{
     Config, RuntimeHandler, RuntimeKind, commented_default, resolve_binary, runtime_ready,
 };
 pub use error::{Error, Result};
-pub use pod::{Paths, PodRecord, PodSandboxes};
+pub use pod::{Paths, PodRecord, PodSandboxes, Seams};

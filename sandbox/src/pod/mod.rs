@@ -12,6 +12,7 @@ mod names;
 pub mod record;
 mod remove;
 mod run;
+mod shim;
 pub mod spec;
 mod stop;
 pub mod store;
@@ -43,6 +44,16 @@ pub struct Paths {
     pub state_dir: PathBuf,
 }
 
+/// Where [`PodSandboxes`] meets processes and the kernel, replaceable in tests.
+pub struct Seams {
+    /// Runs CNI plugins.
+    pub cni_runner: Box<dyn PluginRunner>,
+    /// The cgroup hierarchies to use; None: pods get no cgroup.
+    pub hierarchies: Option<Hierarchies>,
+    /// Start a shim per pod (false: pods without a shim, for tests of the rest).
+    pub spawn_shims: bool,
+}
+
 /// The pods of this node.
 #[derive(Clone)]
 pub struct PodSandboxes {
@@ -55,6 +66,8 @@ struct Inner {
     cgroup_driver: CgroupDriver,
     /// None when the node's cgroups could not be read (pods then get no cgroup of their own).
     hierarchies: Option<Hierarchies>,
+    /// False only in tests that run without a built crust-shim.
+    spawn_shims: bool,
     store: PodStore,
     cni: Cni,
     /// Every persisted pod by id. A std Mutex: never held across an await.
@@ -63,6 +76,11 @@ struct Inner {
     names: Mutex<HashMap<String, Reservation>>,
     /// Serialises Stop/Remove of one pod.
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where shims publish their events (started with the first shim).
+    events: tokio::sync::OnceCell<String>,
+    /// Keeps the events server alive (a Mutex: the server is Send but not Sync).
+    events_server: Mutex<Option<crate::shim::EventsServer>>,
+    shim_events: tokio::sync::broadcast::Sender<crate::shim::ShimEvent>,
 }
 
 impl PodSandboxes {
@@ -86,21 +104,27 @@ impl PodSandboxes {
             db,
             paths,
             cgroup_driver,
-            Box::new(ProcessRunner),
-            hierarchies,
+            Seams {
+                cni_runner: Box::new(ProcessRunner),
+                hierarchies,
+                spawn_shims: true,
+            },
         )
     }
 
-    /// As [`open`](Self::open), with the process and cgroup seams given: another CNI plugin
-    /// runner, and the cgroup hierarchies to use (None: pods get no cgroup).
+    /// As [`open`](Self::open), with the process and cgroup seams given (tests).
     pub fn open_with(
         config: Config,
         db: Arc<redb::Database>,
         paths: Paths,
         cgroup_driver: CgroupDriver,
-        runner: Box<dyn PluginRunner>,
-        hierarchies: Option<Hierarchies>,
+        seams: Seams,
     ) -> Result<Self> {
+        let Seams {
+            cni_runner: runner,
+            hierarchies,
+            spawn_shims,
+        } = seams;
         metrics::init();
         let store = PodStore::new(db);
         let mut pods: HashMap<String, PodRecord> = store
@@ -130,11 +154,15 @@ impl PodSandboxes {
                 paths,
                 cgroup_driver,
                 hierarchies,
+                spawn_shims,
                 store,
                 cni,
                 pods: Mutex::new(pods),
                 names: Mutex::new(HashMap::new()),
                 op_locks: Mutex::new(HashMap::new()),
+                events: tokio::sync::OnceCell::new(),
+                events_server: Mutex::new(None),
+                shim_events: tokio::sync::broadcast::channel(1024).0,
             }),
         };
         s.inner.update_metrics();
@@ -144,6 +172,11 @@ impl PodSandboxes {
     /// The configuration pods are made with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Events published by the pods' shims (task exits, OOMs, ...).
+    pub fn shim_events(&self) -> tokio::sync::broadcast::Receiver<crate::shim::ShimEvent> {
+        self.inner.subscribe()
     }
 
     /// A pod's record by full id or unique prefix (for the containers of the pod).

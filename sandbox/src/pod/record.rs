@@ -34,6 +34,9 @@ pub struct PodRecord {
     /// The CNI network the pod was attached to (its cache entry holds the rest).
     pub network: Option<String>,
     pub cgroup: Option<PodCgroup>,
+    /// The pod's shim process (its address is in `<dir>/address`).
+    #[serde(default)]
+    pub shim_pid: Option<u32>,
 }
 
 impl PodRecord {
@@ -65,6 +68,7 @@ impl PodRecord {
             ips: vec![],
             network: None,
             cgroup: None,
+            shim_pid: None,
         }
     }
 }

@@ -19,7 +19,8 @@ impl PodSandboxes {
             return Ok(());
         };
         let rec = stop_locked(inner, rec).await?;
-        // The pod's shim is shut down here once crust_sandbox::shim exists.
+        // Containers of the pod are gone by now (cri removes them first).
+        super::shim::stop_shim(&rec).await;
         let r = rec.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(shm) = &r.shm {

@@ -32,6 +32,7 @@ enum Undo {
     Namespaces(PodNamespaces),
     Shm(PathBuf),
     Network(String),
+    Shim(Box<PodRecord>),
 }
 
 impl PodSandboxes {
@@ -334,10 +335,8 @@ async fn create_steps(
         files::render_resolv_conf(spec.dns.as_ref(), &host_resolv),
     )?;
 
-    // 7. The pod's shim: started here once crust_sandbox::shim exists (one step, undone by
-    //    shutting it down). Until then containers of the pod have no shim to run under.
-
-    Ok(PodRecord {
+    // 7. The pod's shim, which the containers of the pod will run under.
+    let mut rec = PodRecord {
         version: super::store::RECORD_VERSION,
         id: id.to_string(),
         spec: spec.clone(),
@@ -354,7 +353,19 @@ async fn create_steps(
         ips,
         network,
         cgroup: pod_cgroup,
-    })
+        shim_pid: None,
+    };
+    if !inner.spawn_shims {
+        return Ok(rec);
+    }
+    let shim_pid = inner.start_shim(id, &rec.dir, &rec.runtime_handler).await;
+    // Registered even when the start failed half-way: a shim may be running anyway.
+    undo.push(Undo::Shim(Box::new(PodRecord {
+        shim_pid: shim_pid.as_ref().ok().copied(),
+        ..rec.clone()
+    })));
+    rec.shim_pid = Some(shim_pid?);
+    Ok(rec)
 }
 
 /// CNI's per-pod inputs, with the CNI_ARGS kubelet's networking expects.
@@ -378,6 +389,7 @@ pub(super) fn runtime_conf(id: &str, netns: &Path, spec: &PodSpec) -> RuntimeCon
 async fn rollback(inner: &Arc<Inner>, undo: Vec<Undo>) {
     for step in undo.into_iter().rev() {
         match step {
+            Undo::Shim(rec) => super::shim::stop_shim(&rec).await,
             Undo::Network(id) => {
                 if let Err(e) = inner.cni.del(&id, None, &RuntimeConf::default()).await {
                     tracing::warn!(pod = %id, error = %e, "rollback: CNI DEL");

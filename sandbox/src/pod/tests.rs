@@ -102,8 +102,11 @@ impl Env {
                 state_dir: self.dir.path().join("state"),
             },
             CgroupDriver::Cgroupfs,
-            Box::new(cni.clone()),
-            None,
+            Seams {
+                cni_runner: Box::new(cni.clone()),
+                hierarchies: None,
+                spawn_shims: false,
+            },
         )
         .unwrap()
     }

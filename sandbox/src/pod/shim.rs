@@ -1,0 +1,119 @@
+//! The pod's shim: started by RunPodSandbox, shut down by RemovePodSandbox.
+//!
+//! crust-shim (or the handler's own shim v2 binary) runs detached with the pod directory as its
+//! working directory, where it leaves `address` (and `shim.pid`); the containers of the pod
+//! reach it through [`ShimClient::reconnect`] on that directory, also after a crustd restart.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use super::Inner;
+use super::record::PodRecord;
+use crate::RuntimeKind;
+use crate::error::{Error, Result};
+use crate::namespaces::start_time;
+use crate::shim::{EventsServer, ShimClient, ShimEvent, SpawnConfig};
+
+/// The containerd namespace crust's shims run in.
+pub const SHIM_NAMESPACE: &str = "k8s.io";
+
+impl Inner {
+    /// The events endpoint shims publish to, started on first use.
+    async fn events_address(&self) -> Result<String> {
+        let address = self
+            .events
+            .get_or_try_init(|| async {
+                let path = self.paths.state_dir.join("events.sock");
+                let (server, mut rx) = EventsServer::start(&path)
+                    .await
+                    .map_err(|e| Error::Internal(format!("shim events endpoint: {e}")))?;
+                let tx = self.shim_events.clone();
+                tokio::spawn(async move {
+                    while let Some(ev) = rx.recv().await {
+                        tracing::debug!(topic = %ev.topic, event = ?ev.event, "shim event");
+                        // No subscriber is fine: containers learn exits through Wait too.
+                        let _ = tx.send(ev);
+                    }
+                });
+                let address = server.address().to_string();
+                *self.events_server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+                Ok::<_, Error>(address)
+            })
+            .await?;
+        Ok(address.clone())
+    }
+
+    /// Starts the pod's shim and returns its pid.
+    pub(super) async fn start_shim(&self, id: &str, dir: &Path, handler: &str) -> Result<u32> {
+        let (_, h) = self.config.handler(handler).ok_or_else(|| {
+            Error::InvalidArgument(format!("unknown runtime handler {handler:?}"))
+        })?;
+        let binary = match h.kind {
+            RuntimeKind::Oci => self.config.resolve_shim_binary().ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "shim binary {} not found next to crustd or in PATH",
+                    self.config.shim_binary.display()
+                ))
+            })?,
+            RuntimeKind::ShimV2 => crate::resolve_binary(&h.path).ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "shim v2 binary {} of runtime handler {handler:?} not found",
+                    h.path.display()
+                ))
+            })?,
+        };
+        let events = self.events_address().await?;
+        let cfg = SpawnConfig {
+            binary,
+            namespace: SHIM_NAMESPACE.to_string(),
+            socket_dir: self.paths.state_dir.join("s"),
+            debug: false,
+            start_timeout: Duration::from_secs(10),
+        };
+        let shim = ShimClient::spawn(&cfg, id, dir, &events)
+            .await
+            .map_err(|e| Error::Internal(format!("starting the pod's shim: {e}")))?;
+        shim.shim_pid()
+            .await
+            .map_err(|e| Error::Internal(format!("pod shim not answering: {e}")))
+    }
+
+    /// Subscribes to what the pods' shims publish.
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<ShimEvent> {
+        self.shim_events.subscribe()
+    }
+}
+
+/// Asks the pod's shim to exit now and makes sure it did (SIGKILL after a grace period, only
+/// if the pid is still the shim of this pod). No shim is fine.
+pub(super) async fn stop_shim(rec: &PodRecord) {
+    if let Ok(shim) = ShimClient::reconnect(&rec.dir).await {
+        let mut shim = shim;
+        shim.set_timeout(Duration::from_secs(5));
+        if let Err(e) = shim.shutdown(true).await {
+            tracing::warn!(pod = %rec.id, error = %e, "shim shutdown");
+        }
+    }
+    let Some(pid) = rec.shim_pid.map(|p| p as i32) else {
+        return;
+    };
+    let is_ours = |pid: i32| {
+        start_time(pid).is_some()
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|arg| arg == rec.id.as_bytes()))
+                .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while is_ours(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if is_ours(pid) {
+        tracing::warn!(pod = %rec.id, pid, "shim did not exit; killing it");
+        // SAFETY: kill on a pid checked above to be this pod's shim.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
