@@ -8,6 +8,7 @@
 mod cgroup;
 mod crilog;
 mod io;
+mod publisher;
 mod service;
 
 use std::{
@@ -128,8 +129,11 @@ impl Shim for CrustShim {
         self.exit.wait().await;
     }
 
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        service::Service::new(&self.namespace, publisher, self.exit.clone()).await
+    async fn create_task_service(&self, remote: RemotePublisher) -> Self::T {
+        // Our own publisher (ordered, no protobuf reflection) replaces the framework's.
+        let publisher = publisher::Publisher::new(&remote.address, &self.namespace);
+        drop(remote);
+        service::Service::new(publisher, self.exit.clone()).await
     }
 }
 

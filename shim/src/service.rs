@@ -11,14 +11,14 @@ use std::{
 
 use async_trait::async_trait;
 use containerd_shim::{
-    Context, Task, TtrpcContext, TtrpcResult,
+    Task, TtrpcContext, TtrpcResult,
     api::{
         CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
         DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, Options, PidsRequest,
         PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
         StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
     },
-    asynchronous::{ExitSignal, monitor::monitor_subscribe, publisher::RemotePublisher},
+    asynchronous::{ExitSignal, monitor::monitor_subscribe},
     monitor::{Subject, Topic},
     protos::{
         events::task::{
@@ -26,14 +26,13 @@ use containerd_shim::{
             TaskStart,
         },
         protobuf::{
-            Message, MessageDyn, MessageField, well_known_types::empty::Empty,
+            Message, MessageField, well_known_types::any::Any, well_known_types::empty::Empty,
             well_known_types::timestamp::Timestamp,
         },
         topics,
         ttrpc::{self, Code},
         types::task::{ProcessInfo, Status},
     },
-    util::convert_to_any,
 };
 use log::{debug, info, warn};
 use oci_spec::runtime::{LinuxResources, Process as ProcessSpec};
@@ -43,6 +42,7 @@ use tokio::sync::{oneshot, watch};
 use crate::{
     cgroup::Cgroups,
     io::{self as pio, ConsoleSocket, ShimIo, StdioSpec},
+    publisher::Publisher,
 };
 
 /// Annotation on `Update` that reopens the container's CRI log file (ReopenContainerLog).
@@ -204,8 +204,7 @@ impl Container {
 }
 
 struct Inner {
-    namespace: String,
-    publisher: RemotePublisher,
+    publisher: Publisher,
     exit: Arc<ExitSignal>,
     reaper: Arc<Reaper>,
     containers: Mutex<HashMap<String, Container>>,
@@ -215,9 +214,8 @@ struct Inner {
 pub struct Service(Arc<Inner>);
 
 impl Service {
-    pub async fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+    pub async fn new(publisher: Publisher, exit: Arc<ExitSignal>) -> Self {
         let svc = Service(Arc::new(Inner {
-            namespace: namespace.to_string(),
             publisher,
             exit,
             reaper: Arc::new(Reaper::default()),
@@ -239,15 +237,8 @@ impl Service {
         svc
     }
 
-    async fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
-        let r = self
-            .0
-            .publisher
-            .publish(Context::default(), topic, &self.0.namespace, ev)
-            .await;
-        if let Err(e) = r {
-            warn!("publish {topic}: {e}");
-        }
+    fn publish(&self, topic: &'static str, type_url: &'static str, ev: &impl Message) {
+        self.0.publisher.publish(topic, type_url, ev);
     }
 
     fn on_exit(&self, pid: i32, code: i32, at: SystemTime) {
@@ -298,8 +289,11 @@ impl Service {
                 container_id: cid.clone(),
                 ..Default::default()
             };
-            self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev))
-                .await;
+            self.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                "containerd.events.TaskOOM",
+                &ev,
+            );
         }
         let pid = {
             let mut cs = lock(&self.0.containers);
@@ -322,8 +316,11 @@ impl Service {
             exited_at: ts(Some(at)),
             ..Default::default()
         };
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
-            .await;
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            "containerd.events.TaskExit",
+            &ev,
+        );
     }
 
     /// After a pid became known: if it already exited, handle that exit now.
@@ -554,8 +551,11 @@ impl Task for Service {
             pid,
             ..Default::default()
         };
-        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev))
-            .await;
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            "containerd.events.TaskCreate",
+            &ev,
+        );
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -595,8 +595,11 @@ impl Task for Service {
                 pid,
                 ..Default::default()
             };
-            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev))
-                .await;
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                "containerd.events.TaskStart",
+                &ev,
+            );
             return Ok(StartResponse {
                 pid,
                 ..Default::default()
@@ -696,8 +699,11 @@ impl Task for Service {
             pid,
             ..Default::default()
         };
-        self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
-            .await;
+        self.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            "containerd.events.TaskExecStarted",
+            &ev,
+        );
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -780,8 +786,11 @@ impl Task for Service {
             exited_at: ts(c.init.exited_at),
             ..Default::default()
         };
-        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
-            .await;
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            "containerd.events.TaskDelete",
+            &ev,
+        );
         info!("deleted container {}", req.id);
         Ok(resp)
     }
@@ -859,8 +868,11 @@ impl Task for Service {
             exec_id: req.exec_id.clone(),
             ..Default::default()
         };
-        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
-            .await;
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            "containerd.events.TaskExecAdded",
+            &ev,
+        );
         Ok(Empty::new())
     }
 
@@ -987,8 +999,11 @@ impl Task for Service {
                 .cgroups
                 .clone()
         };
-        let m = cg.metrics();
-        let any = convert_to_any(Box::new(m)).map_err(internal)?;
+        let any = Any {
+            type_url: "io.containerd.cgroups.v1.Metrics".to_string(),
+            value: cg.metrics().write_to_bytes().map_err(internal)?,
+            ..Default::default()
+        };
         Ok(StatsResponse {
             stats: Some(any).into(),
             ..Default::default()

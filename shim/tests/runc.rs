@@ -123,6 +123,10 @@ fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
 }
 
 fn bundle(g: &Guard, id: &str, args: &[&str]) -> PathBuf {
+    bundle_with(g, id, args, false)
+}
+
+fn bundle_with(g: &Guard, id: &str, args: &[&str], terminal: bool) -> PathBuf {
     let b = g.path().join(id);
     let bin = b.join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -139,6 +143,7 @@ fn bundle(g: &Guard, id: &str, args: &[&str]) -> PathBuf {
         .env(vec!["PATH=/bin".to_string()])
         .cwd("/")
         .no_new_privileges(true)
+        .terminal(terminal)
         .build()
         .unwrap();
     spec.set_process(Some(process));
@@ -371,6 +376,78 @@ async fn pod_shim_runs_containers_with_runc() {
     ));
     shim.delete("c2", "").await.unwrap();
 
+    // 3. stdin through a FIFO (attach), closed with CloseIO.
+    let fifo = g.path().join("c3.stdin");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let log3 = g.path().join("logs/c3.log");
+    let b3 = bundle(&g, "c3", &["cat"]);
+    g.containers.push("c3".into());
+    let pid3 = shim
+        .create(&CreateTask {
+            id: "c3".into(),
+            bundle: b3,
+            io: TaskIo {
+                stdin: Some(fifo.clone()),
+                output: Output::CriLog(log3.clone()),
+                terminal: false,
+            },
+            runtime: runtime.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    g.pids.push(pid3);
+    shim.start("c3", "").await.unwrap();
+    {
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"ping\n").unwrap();
+    }
+    // cat keeps running after the writer left: the shim holds the FIFO open.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        shim.state("c3", "").await.unwrap().status,
+        TaskStatus::Running
+    );
+    shim.close_stdin("c3", "").await.unwrap();
+    let (_, st) = next_exit(&mut rx, "c3").await;
+    assert_eq!(st, 0);
+    let text = std::fs::read_to_string(&log3).unwrap();
+    assert!(text.ends_with(" stdout F ping\n"), "{text}");
+    shim.delete("c3", "").await.unwrap();
+
+    // 4. A terminal: runc hands the pty over the console socket.
+    let log4 = g.path().join("logs/c4.log");
+    let b4 = bundle_with(
+        &g,
+        "c4",
+        &["sh", "-c", "sleep 0.2; echo tty-out; exit 5"],
+        true,
+    );
+    g.containers.push("c4".into());
+    let pid4 = shim
+        .create(&CreateTask {
+            id: "c4".into(),
+            bundle: b4,
+            io: TaskIo {
+                output: Output::CriLog(log4.clone()),
+                terminal: true,
+                ..Default::default()
+            },
+            runtime: runtime.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    g.pids.push(pid4);
+    shim.start("c4", "").await.unwrap();
+    shim.resize_pty("c4", "", 100, 30).await.unwrap();
+    let (_, st) = next_exit(&mut rx, "c4").await;
+    assert_eq!(st, 5);
+    let text = std::fs::read_to_string(&log4).unwrap();
+    assert!(text.contains(" stdout F tty-out"), "{text}");
+    shim.delete("c4", "").await.unwrap();
+
     // A restarted crustd finds the shim again from the saved address.
     let again = ShimClient::reconnect(&pod_dir).await.unwrap();
     assert_eq!(again.shim_pid().await.unwrap(), shim_pid);
@@ -383,7 +460,7 @@ async fn pod_shim_runs_containers_with_runc() {
     assert!(!alive(shim_pid), "shim still running");
     events.shutdown().await;
 
-    for pid in [pid1, pid2, epid] {
+    for pid in [pid1, pid2, epid, pid3, pid4] {
         assert!(!alive(pid), "process {pid} left");
     }
     assert!(mounts_under(g.path()).is_empty(), "mounts left");

@@ -196,3 +196,68 @@ impl EventsServer {
         let _ = tokio::fs::remove_file(path).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim_protos::{
+        events::task::TaskExit,
+        protobuf::well_known_types::{any::Any, timestamp::Timestamp},
+        shim::event::Envelope,
+        shim_async::{Client, EventsClient},
+    };
+
+    use super::*;
+
+    #[tokio::test]
+    async fn forwarded_exit_arrives_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, mut rx) = EventsServer::start(&dir.path().join("ev.sock"))
+            .await
+            .unwrap();
+        let client = EventsClient::new(Client::connect(server.address()).await.unwrap());
+        let exit = TaskExit {
+            container_id: "c1".into(),
+            id: "c1".into(),
+            pid: 42,
+            exit_status: 3,
+            exited_at: Some(Timestamp {
+                seconds: 1_700_000_000,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let req = ForwardRequest {
+            envelope: Some(Envelope {
+                topic: topics::TASK_EXIT_EVENT_TOPIC.into(),
+                namespace: "k8s.io".into(),
+                event: Some(Any {
+                    type_url: "containerd.events.TaskExit".into(),
+                    value: exit.write_to_bytes().unwrap(),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        client.forward(Default::default(), &req).await.unwrap();
+        let ev = rx.recv().await.unwrap();
+        assert_eq!(ev.namespace, "k8s.io");
+        assert_eq!(
+            ev.event,
+            TaskEvent::Exit {
+                container_id: "c1".into(),
+                id: "c1".into(),
+                pid: 42,
+                exit_status: 3,
+                exited_at: Some(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+                ),
+            }
+        );
+        server.shutdown().await;
+        assert!(!dir.path().join("ev.sock").exists());
+    }
+}
