@@ -708,9 +708,22 @@ async fn restart_keeps_pods_and_ips() {
     let b = run(&mut rt, pod_config("b", &net)).await.expect("pod b");
     stop(&mut rt, &b).await;
     let ip_a = ip_of(&status(&mut rt, &a).await);
+    let shim_a = std::fs::read_to_string(pod_dir(&crustd, &a).join("shim.pid")).unwrap();
 
     crustd.crash().await.expect("crash");
+    // The shim outlives crustd.
+    assert!(
+        Path::new(&format!("/proc/{}", shim_a.trim())).exists(),
+        "shim died with crustd"
+    );
     crustd.restart().await.expect("restart");
+    // ... and finds crust's events endpoint again.
+    let events = crustd.state_dir.join("events.sock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !events.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(events.exists(), "events endpoint not back after restart");
     let mut rt = crustd.runtime().await.expect("client");
     let pods = list(&mut rt, None).await;
     assert_eq!(pods.len(), 2);

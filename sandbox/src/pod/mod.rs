@@ -166,6 +166,19 @@ impl PodSandboxes {
             }),
         };
         s.inner.update_metrics();
+        // Shims that outlived the last crustd publish to the same socket path: listen again.
+        let has_shims = s.inner.lock_pods().values().any(|p| p.shim_pid.is_some());
+        if s.inner.spawn_shims
+            && has_shims
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let inner = s.inner.clone();
+            rt.spawn(async move {
+                if let Err(e) = inner.events_address().await {
+                    tracing::warn!(error = %e, "shim events endpoint");
+                }
+            });
+        }
         Ok(s)
     }
 

@@ -21,7 +21,7 @@ pub const SHIM_NAMESPACE: &str = "k8s.io";
 
 impl Inner {
     /// The events endpoint shims publish to, started on first use.
-    async fn events_address(&self) -> Result<String> {
+    pub(super) async fn events_address(&self) -> Result<String> {
         let address = self
             .events
             .get_or_try_init(|| async {
