@@ -254,15 +254,50 @@ impl Ctx {
         if self.cri.image_status(image).await?.0.is_some() {
             self.cri.remove_image(image).await?;
         }
+        let before = self.daemon_rss_kib();
+        let mut peak: Option<u64> = None;
         for _ in 0..self.s.count {
             add(&self.tracker.images, image);
-            let (_, d) = self.cri.pull_image(image).await?;
+            let (res, p) = self.peak_daemon_rss(self.cri.pull_image(image)).await;
+            peak = peak.max(p);
+            let (_, d) = res?;
             self.rec.record("PullImage", d);
             let d = self.cri.remove_image(image).await?;
             forget(&self.tracker.images, image);
             self.rec.record("RemoveImage", d);
         }
+        // The daemon does the pulling (containerd unpacks in-process), so its
+        // peak RSS is the memory a pull costs the node.
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        if let Some(p) = peak {
+            self.rec.figure("daemon_peak_rss", "MiB", mib(p));
+            if let Some(b) = before {
+                self.rec
+                    .figure("daemon_peak_rss_growth", "MiB", mib(p.saturating_sub(b)));
+            }
+        }
         Ok(())
+    }
+
+    fn daemon_rss_kib(&self) -> Option<u64> {
+        self.s
+            .daemon_pid
+            .and_then(|pid| self.procfs.memory(pid))
+            .map(|m| m.rss_kib)
+    }
+
+    /// Runs `fut`, sampling the daemon's RSS every 20 ms; returns the highest
+    /// sample (`None` without `--daemon-pid`).
+    async fn peak_daemon_rss<T>(&self, fut: impl Future<Output = T>) -> (T, Option<u64>) {
+        let mut peak = self.daemon_rss_kib();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return (out, peak.max(self.daemon_rss_kib())),
+                _ = tick.tick() => peak = peak.max(self.daemon_rss_kib()),
+            }
+        }
     }
 
     /// Pulls the image if the runtime lacks it; a pull made here is undone at cleanup.
@@ -568,6 +603,9 @@ impl Ctx {
 
     /// ListContainerStats (and ContainerStats) with `pods` containers running.
     async fn stats(&self) -> Result<(), BenchError> {
+        // Ask once before making the pods: a runtime without stats is
+        // unsupported in a second, not after starting a hundred pods.
+        self.cri.list_container_stats().await?;
         let (pods, containers) = self.populate(self.s.pods).await?;
         self.rec.clear();
         for i in 0..self.s.count {
