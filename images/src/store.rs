@@ -615,7 +615,9 @@ impl ImageStore {
                 .map_err(|_| Error::Internal("download semaphore closed".into()))?;
             let size = u64::try_from(layer.size).ok().filter(|s| *s > 0);
             let writer = self.inner.content.writer(&layer.digest, size)?;
-            let (tx, rx) = mpsc::channel::<Result<Bytes>>(64);
+            // A few chunks of slack: enough to keep the network busy while the unpacker
+            // writes, little enough that a slow disk does not buffer a layer in memory.
+            let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
             let unpack = tokio::task::spawn_blocking(move || {
                 let mut tee = Tee {
                     rx,
