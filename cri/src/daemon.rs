@@ -24,8 +24,11 @@ use crate::server::CriServer;
 use crate::store::{Store, StoreError};
 use crate::{Cri, metrics};
 
-/// CRI messages (ListContainers of a busy node, ExecSync output) outgrow gRPC's 4 MiB default.
+/// CRI requests outgrow gRPC's 4 MiB default (kubelet allows 16 MiB).
 const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+/// Responses may be larger still: ExecSync carries up to 16 MiB of stdout and
+/// 16 MiB of stderr; what a client accepts is the client's choice.
+const MAX_RESPONSE_SIZE: usize = 40 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -99,10 +102,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let server = CriServer(cri.clone());
     let runtime = RuntimeServiceServer::new(server.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        .max_encoding_message_size(MAX_RESPONSE_SIZE);
     let images = ImageServiceServer::new(server)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        .max_encoding_message_size(MAX_RESPONSE_SIZE);
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let instrument = InstrumentLayer::default();
     let in_flight = instrument.in_flight();

@@ -281,8 +281,12 @@ impl Containers {
             },
         };
         let timer = super::metrics::OpTimer::new("start");
+        // The start time is taken before the process can run, so that a
+        // container that exits at once never finishes before it started.
+        let mut started_at = now_ns();
         let started = async {
             shim.create(&task).await?;
+            started_at = now_ns();
             shim.start(&rec.id, "").await
         }
         .await;
@@ -294,7 +298,7 @@ impl Containers {
                 self.inner.update(&rec.id, |r| {
                     r.state = ContainerState::Running;
                     r.pid = pid;
-                    r.started_at_ns = now_ns();
+                    r.started_at_ns = started_at;
                 })?;
                 self.inner.clone().watch_exit(rec.id.clone());
                 Ok(())
@@ -938,7 +942,7 @@ impl Inner {
         let updated = self.update(id, |r| {
             r.state = ContainerState::Exited;
             r.exit_code = code;
-            r.finished_at_ns = to_ns(at);
+            r.finished_at_ns = to_ns(at).max(r.started_at_ns);
             r.pid = 0;
             r.reason = if oom {
                 "OOMKilled".into()
