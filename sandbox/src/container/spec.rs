@@ -38,8 +38,11 @@ pub const DEFAULT_CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
-/// Every capability this kernel knows, for privileged containers and "ALL".
+/// Every capability crustd itself may hand out, for privileged containers and
+/// "ALL": the names in kernel order, kept where crustd's bounding set has the
+/// bit. (This host's root lacks CAP_SYS_RESOURCE; asking runc for it fails.)
 fn all_capabilities() -> HashSet<Capability> {
+    // Index = the kernel's capability number.
     const NAMES: &[&str] = &[
         "CHOWN",
         "DAC_OVERRIDE",
@@ -83,10 +86,25 @@ fn all_capabilities() -> HashSet<Capability> {
         "BPF",
         "CHECKPOINT_RESTORE",
     ];
+    let bounding = own_bounding_set();
     NAMES
         .iter()
-        .filter_map(|n| Capability::from_str(n).ok())
+        .enumerate()
+        .filter(|(i, _)| bounding & (1u64 << i) != 0)
+        .filter_map(|(_, n)| Capability::from_str(n).ok())
         .collect()
+}
+
+/// crustd's capability bounding set (`CapBnd`), all bits when unreadable.
+fn own_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
 }
 
 /// Paths masked in every unprivileged container (the runc/containerd set).
