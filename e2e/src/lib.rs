@@ -9,6 +9,7 @@
 
 pub mod net;
 pub mod registry;
+pub mod workload;
 
 use std::io::Write as _;
 use std::net::SocketAddr;

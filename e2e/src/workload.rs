@@ -1,0 +1,206 @@
+//! A workload for tests: a crustd that pulls from a fixture registry, a pod on
+//! a test network, containers of the fixture images, and the CRI calls around
+//! them, each failing the test with a clear message.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::net::TestNet;
+use crate::registry::Registry;
+use crate::{Crustd, Options, cri};
+
+pub type Rt = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// A crustd that may pull from `registry` over plain HTTP, with a pod network.
+pub async fn setup(n: u8) -> (Registry, Crustd, TestNet) {
+    let registry = Registry::start(None).expect("registry");
+    let crustd = Crustd::start_with(Options {
+        images_config: format!("insecure_registries = [\"{}\"]", registry.addr),
+        ..Default::default()
+    })
+    .await
+    .expect("crustd starts");
+    let net = TestNet::new(&crustd, n);
+    (registry, crustd, net)
+}
+
+pub async fn pull(crustd: &Crustd, image: &str) -> String {
+    crustd
+        .images()
+        .await
+        .expect("image client")
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage")
+        .into_inner()
+        .image_ref
+}
+
+pub fn pod_config(name: &str, net: &TestNet, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: net.cgroup_parent.clone(),
+            // What kubelet sends unless a pod shares its process namespace.
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub async fn run_pod(rt: &mut Rt, config: &cri::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .expect("RunPodSandbox")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("container".to_string(), name.to_string())]),
+        annotations: HashMap::from([("kept".to_string(), "as given".to_string())]),
+        ..Default::default()
+    }
+}
+
+pub async fn create(
+    rt: &mut Rt,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+pub async fn start(rt: &mut Rt, id: &str) {
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .expect("StartContainer");
+}
+
+pub async fn status(rt: &mut Rt, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("ContainerStatus")
+    .into_inner()
+    .status
+    .expect("status")
+}
+
+pub async fn wait_exited(rt: &mut Rt, id: &str, within: Duration) -> cri::ContainerStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = status(rt, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} still {:?}",
+            s.state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn exec(
+    rt: &mut Rt,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<cri::ExecSyncResponse, tonic::Status> {
+    rt.exec_sync(cri::ExecSyncRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// The lines of a CRI log file: (stream, tag, text).
+pub fn log_lines(path: &std::path::Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let time = parts.next().expect("time");
+            assert!(
+                time.len() > 20 && time.contains('T'),
+                "not an RFC 3339 time: {l:?}"
+            );
+            let stream = parts.next().expect("stream").to_string();
+            let tag = parts.next().expect("tag").to_string();
+            let text = parts.next().unwrap_or_default().to_string();
+            (stream, tag, text)
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+pub fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_string()))
+        .is_some_and(|r| !r.starts_with('Z'))
+}
+
+pub async fn pid_of(rt: &mut Rt, id: &str) -> i64 {
+    let r = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner();
+    let info: serde_json::Value =
+        serde_json::from_str(r.info.get("info").expect("verbose info")).expect("json");
+    info["pid"].as_i64().expect("pid")
+}
