@@ -1,0 +1,397 @@
+//! What a container's configuration does once it runs: image/request merge,
+//! users, read-only rootfs, capabilities, privileged, seccomp, memory limits and
+//! OOM kills, resource updates, and the namespaces a pod's containers share.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crust_e2e::cri;
+use crust_e2e::workload::*;
+use tonic::Code;
+
+fn with_security(
+    mut c: cri::ContainerConfig,
+    f: impl FnOnce(&mut cri::LinuxContainerSecurityContext),
+) -> cri::ContainerConfig {
+    let linux = c.linux.get_or_insert_with(Default::default);
+    f(linux.security_context.get_or_insert_with(Default::default));
+    c
+}
+
+fn log_texts(s: &cri::ContainerStatus) -> Vec<String> {
+    log_lines(&PathBuf::from(&s.log_path))
+        .into_iter()
+        .map(|l| l.2)
+        .collect()
+}
+
+/// The effective capability mask of the container's init, from inside.
+async fn cap_eff(rt: &mut Rt, id: &str) -> u64 {
+    let r = exec(rt, id, &["/bin/grep", "CapEff", "/proc/1/status"], 10)
+        .await
+        .expect("exec");
+    let text = String::from_utf8_lossy(&r.stdout);
+    let hex = text.split_whitespace().last().expect("CapEff value");
+    u64::from_str_radix(hex, 16).expect("hex")
+}
+
+const CAP_NET_ADMIN: u64 = 1 << 12;
+
+#[tokio::test]
+async fn image_config_and_request_merge_and_users_resolve_in_the_image() {
+    let (registry, crustd, net) = setup(211).await;
+    let image = registry.image("crust/config:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("merge", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+
+    // The image's ENTRYPOINT ["/bin/sh","-c"] and CMD ["echo hello"].
+    let plain = create(&mut rt, &pod, &pc, container_config("plain", &image, &[]))
+        .await
+        .expect("create");
+    start(&mut rt, &plain).await;
+    let s = wait_exited(&mut rt, &plain, Duration::from_secs(20)).await;
+    assert_eq!(log_texts(&s), ["hello"]);
+
+    // args replace CMD only; env adds to and overrides the image's; USER app and WORKDIR kept.
+    let mut c = container_config("merged", &image, &[]);
+    c.args = vec!["echo $(id -u):$(id -g) $(pwd) $FOO $EXTRA".into()];
+    c.envs = vec![
+        cri::KeyValue {
+            key: "FOO".into(),
+            value: "request".into(),
+        },
+        cri::KeyValue {
+            key: "EXTRA".into(),
+            value: "x".into(),
+        },
+    ];
+    let id = create(&mut rt, &pod, &pc, c).await.expect("create");
+    start(&mut rt, &id).await;
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    assert_eq!(log_texts(&s), ["1000:1000 /work request x"]);
+
+    // run_as_user and working_dir from the request win.
+    let mut c = container_config("root", &image, &[]);
+    c.args = vec!["echo $(id -u) $(pwd)".into()];
+    c.working_dir = "/tmp".into();
+    let c = with_security(c, |sc| sc.run_as_user = Some(cri::Int64Value { value: 0 }));
+    let id = create(&mut rt, &pod, &pc, c).await.expect("create");
+    start(&mut rt, &id).await;
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    assert_eq!(log_texts(&s), ["0 /tmp"]);
+
+    // A user name that the image's /etc/passwd does not have is refused.
+    let c = with_security(container_config("ghost", &image, &[]), |sc| {
+        sc.run_as_username = "ghost".into()
+    });
+    let err = create(&mut rt, &pod, &pc, c)
+        .await
+        .expect_err("no such user");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("ghost"), "{}", err.message());
+    // ... and leaves nothing behind: the name is free again.
+    let c = with_security(container_config("ghost", &image, &[]), |sc| {
+        sc.run_as_username = "app".into()
+    });
+    create(&mut rt, &pod, &pc, c)
+        .await
+        .expect("name free after a failed create");
+}
+
+#[tokio::test]
+async fn readonly_rootfs_capabilities_privileged_and_seccomp() {
+    let (registry, crustd, net) = setup(212).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("security", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let sleep = ["/bin/sleep", "1000"];
+
+    let plain = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("plain", &image, &sleep),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &plain).await;
+    assert_eq!(cap_eff(&mut rt, &plain).await & CAP_NET_ADMIN, 0);
+    let w = exec(&mut rt, &plain, &["/bin/touch", "/written"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(w.exit_code, 0, "a writable rootfs takes writes");
+    let dev = exec(&mut rt, &plain, &["/bin/ls", "/dev/kmsg"], 10)
+        .await
+        .expect("exec");
+    assert_ne!(
+        dev.exit_code, 0,
+        "an unprivileged container sees no host devices"
+    );
+
+    let c = with_security(container_config("ro", &image, &sleep), |sc| {
+        sc.readonly_rootfs = true;
+        sc.capabilities = Some(cri::Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            ..Default::default()
+        });
+        sc.seccomp = Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        });
+    });
+    let ro = create(&mut rt, &pod, &pc, c).await.expect("create");
+    start(&mut rt, &ro).await;
+    let w = exec(&mut rt, &ro, &["/bin/touch", "/written"], 10)
+        .await
+        .expect("exec");
+    assert_ne!(w.exit_code, 0, "a read-only rootfs refuses writes");
+    assert_ne!(
+        cap_eff(&mut rt, &ro).await & CAP_NET_ADMIN,
+        0,
+        "NET_ADMIN added"
+    );
+    let u = exec(&mut rt, &ro, &["/bin/busybox", "unshare", "-U", "/bin/true"], 10)
+        .await
+        .expect("exec");
+    assert_ne!(u.exit_code, 0, "RuntimeDefault refuses unshare");
+    let u = exec(&mut rt, &plain, &["/bin/busybox", "unshare", "-U", "/bin/true"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(
+        u.exit_code,
+        0,
+        "unconfined allows it: {}",
+        String::from_utf8_lossy(&u.stderr)
+    );
+
+    let c = with_security(container_config("privileged", &image, &sleep), |sc| {
+        sc.privileged = true
+    });
+    let mut pc_priv = pc.clone();
+    if let Some(l) = pc_priv.linux.as_mut() {
+        l.security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+    }
+    let p = create(&mut rt, &pod, &pc_priv, c).await.expect("create");
+    start(&mut rt, &p).await;
+    let dev = exec(&mut rt, &p, &["/bin/ls", "/dev/kmsg"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(dev.exit_code, 0, "a privileged container sees host devices");
+    assert_ne!(cap_eff(&mut rt, &p).await & (1 << 21), 0, "CAP_SYS_ADMIN");
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
+/// cgroup v1 (this machine's layout) memory limit of a container.
+fn memory_limit_file(cgroups_path: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup/memory")
+        .join(cgroups_path.trim_start_matches('/'))
+        .join("memory.limit_in_bytes")
+}
+
+async fn cgroups_path(rt: &mut Rt, id: &str) -> String {
+    let r = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner();
+    let info: serde_json::Value =
+        serde_json::from_str(r.info.get("info").expect("info")).expect("json");
+    info["cgroupsPath"]
+        .as_str()
+        .expect("cgroupsPath")
+        .to_string()
+}
+
+#[tokio::test]
+async fn memory_limits_oom_kills_and_resource_updates() {
+    let (registry, crustd, net) = setup(213).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("limits", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let limited = |name: &str, cmd: &[&str], bytes: i64| {
+        let mut c = container_config(name, &image, cmd);
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+
+    // dd's 64 MiB buffer does not fit in 16 MiB.
+    let oom = create(
+        &mut rt,
+        &pod,
+        &pc,
+        limited(
+            "oom",
+            &[
+                "/bin/dd",
+                "if=/dev/zero",
+                "of=/dev/null",
+                "bs=64M",
+                "count=4",
+            ],
+            16 << 20,
+        ),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &oom).await;
+    let s = wait_exited(&mut rt, &oom, Duration::from_secs(30)).await;
+    assert_eq!(s.reason, "OOMKilled", "exit {} {}", s.exit_code, s.message);
+    assert_eq!(s.exit_code, 137);
+
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        limited("update", &["/bin/sleep", "1000"], 32 << 20),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let file = memory_limit_file(&cgroups_path(&mut rt, &id).await);
+    let read = |f: &PathBuf| -> i64 {
+        std::fs::read_to_string(f)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+            .trim()
+            .parse()
+            .expect("number")
+    };
+    assert_eq!(read(&file), 32 << 20);
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdateContainerResources");
+    assert_eq!(read(&file), 64 << 20);
+    let s = status(&mut rt, &id).await;
+    assert_eq!(
+        s.resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes),
+        Some(64 << 20)
+    );
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
+#[tokio::test]
+async fn containers_of_a_pod_share_localhost_ipc_and_uts() {
+    let (registry, crustd, net) = setup(214).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("shared", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let server = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config(
+            "server",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "while true; do echo pong | nc -l -p 7777; done",
+            ],
+        ),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &server).await;
+    let client = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("client", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &client).await;
+
+    let mut answer = String::new();
+    for _ in 0..50 {
+        let r = exec(
+            &mut rt,
+            &client,
+            &["/bin/sh", "-c", "echo ping | nc -w 2 127.0.0.1 7777"],
+            10,
+        )
+        .await
+        .expect("exec");
+        answer = String::from_utf8_lossy(&r.stdout).trim().to_string();
+        if answer == "pong" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer, "pong", "localhost is shared");
+
+    let ns = |r: cri::ExecSyncResponse| String::from_utf8_lossy(&r.stdout).trim().to_string();
+    for kind in ["net", "ipc", "uts"] {
+        let path = format!("/proc/self/ns/{kind}");
+        let a = ns(exec(&mut rt, &server, &["/bin/readlink", &path], 10)
+            .await
+            .expect("exec"));
+        let b = ns(exec(&mut rt, &client, &["/bin/readlink", &path], 10)
+            .await
+            .expect("exec"));
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "{kind} namespace shared");
+    }
+    // PID namespaces are per container by default.
+    let a = ns(exec(
+        &mut rt,
+        &server,
+        &["/bin/readlink", "/proc/self/ns/pid"],
+        10,
+    )
+    .await
+    .expect("exec"));
+    let b = ns(exec(
+        &mut rt,
+        &client,
+        &["/bin/readlink", "/proc/self/ns/pid"],
+        10,
+    )
+    .await
+    .expect("exec"));
+    assert_ne!(a, b);
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}

@@ -1,0 +1,378 @@
+//! Containers end to end: a real crustd, real runc under the pod's crust-shim,
+//! real CNI plugins, and fixture images pulled from a real docker-registry.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crust_e2e::cri;
+use crust_e2e::net::mounts_under;
+use crust_e2e::workload::*;
+use tonic::Code;
+
+#[tokio::test]
+async fn lifecycle_logs_exit_codes_and_cleanup() {
+    let (registry, crustd, net) = setup(201).await;
+    let image = registry.image("crust/busybox:latest");
+    let image_id = pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let log_dir = crustd.dir().join("logs");
+    let pc = pod_config("lifecycle", &net, &log_dir);
+    let pod = run_pod(&mut rt, &pc).await;
+
+    let long_line = "x".repeat(40_000);
+    let script = format!("echo out; echo err >&2; echo {long_line}; exit 3");
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("exits", &image, &["/bin/sh", "-c", &script]),
+    )
+    .await
+    .expect("CreateContainer");
+    let s = status(&mut rt, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
+    assert_eq!(s.image_ref, image_id);
+    assert!(s.created_at > 0 && s.started_at == 0);
+    assert_eq!(s.labels.get("container").map(String::as_str), Some("exits"));
+    assert_eq!(
+        s.annotations.get("kept").map(String::as_str),
+        Some("as given")
+    );
+
+    // A second container with the same name in the pod is refused, naming the holder.
+    let dup = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("exits", &image, &["/bin/true"]),
+    )
+    .await
+    .expect_err("duplicate name");
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    assert!(dup.message().contains(&id), "{}", dup.message());
+
+    start(&mut rt, &id).await;
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    assert_eq!(s.exit_code, 3);
+    assert_eq!(s.reason, "Error");
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    let log_path = PathBuf::from(&s.log_path);
+    assert_eq!(log_path, log_dir.join("exits/0.log"));
+    let lines = log_lines(&log_path);
+    assert!(
+        lines.contains(&("stdout".into(), "F".into(), "out".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "F".into(), "err".into())),
+        "{lines:?}"
+    );
+    // The long line comes in 16 KiB partial pieces ending with a full one.
+    let long: Vec<_> = lines.iter().filter(|l| l.2.starts_with('x')).collect();
+    assert!(long.len() >= 3, "{} pieces", long.len());
+    assert!(long[..long.len() - 1].iter().all(|l| l.1 == "P"));
+    assert_eq!(long.last().map(|l| l.1.as_str()), Some("F"));
+    assert_eq!(
+        long.iter().map(|l| l.2.len()).sum::<usize>(),
+        long_line.len()
+    );
+
+    // A clean exit says Completed.
+    let ok = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("ok", &image, &["/bin/true"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &ok).await;
+    let s = wait_exited(&mut rt, &ok, Duration::from_secs(20)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+
+    // List filters are ANDed.
+    let listed = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod[..12].to_string(),
+                label_selector: HashMap::from([("container".to_string(), "ok".to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    assert_eq!(
+        listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [ok.as_str()]
+    );
+
+    // Remove by prefix, twice: the second is a no-op.
+    for _ in 0..2 {
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: id[..16].to_string(),
+        })
+        .await
+        .expect("RemoveContainer");
+    }
+    let err = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("removed");
+    assert_eq!(err.code(), Code::NotFound);
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert!(
+        rt.list_containers(cri::ListContainersRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .containers
+            .is_empty(),
+        "the pod's containers went with it"
+    );
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert!(!crustd.state_dir.join("containers").join(&ok).exists());
+}
+
+#[tokio::test]
+async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
+    let (registry, crustd, net) = setup(202).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("exec", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    // PID 1 without a SIGTERM handler ignores SIGTERM: stop must fall back to SIGKILL.
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    assert_eq!(
+        status(&mut rt, &id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+
+    let r = exec(
+        &mut rt,
+        &id,
+        &["/bin/sh", "-c", "echo hi; echo oops >&2; exit 7"],
+        10,
+    )
+    .await
+    .expect("ExecSync");
+    assert_eq!(r.stdout, b"hi\n");
+    assert_eq!(r.stderr, b"oops\n");
+    assert_eq!(r.exit_code, 7);
+
+    let r = exec(&mut rt, &id, &["/bin/hostname"], 10)
+        .await
+        .expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "exec");
+
+    let started = Instant::now();
+    let err = exec(&mut rt, &id, &["/bin/sleep", "30"], 1)
+        .await
+        .expect_err("times out");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // Output over the cap is cut at 16 MiB, not kept whole.
+    let r = exec(
+        &mut rt,
+        &id,
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero bs=1048576 count=20 2>/dev/null",
+        ],
+        30,
+    )
+    .await
+    .expect("ExecSync");
+    assert_eq!(r.stdout.len(), 16 * 1024 * 1024);
+
+    let started = Instant::now();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("StopContainer");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "stopped after {waited:?}");
+    let s = status(&mut rt, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137);
+    // Stop again is a no-op; exec in a stopped container is refused.
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("StopContainer again");
+    let err = exec(&mut rt, &id, &["/bin/true"], 5)
+        .await
+        .expect_err("not running");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_down() {
+    let (registry, mut crustd, net) = setup(203).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("restart", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let sleeper = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &sleeper).await;
+    let short = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config(
+            "short",
+            &image,
+            &["/bin/sh", "-c", "echo before; sleep 2; echo after; exit 5"],
+        ),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &short).await;
+    let sleeper_pid = pid_of(&mut rt, &sleeper).await;
+
+    crustd.crash().await.expect("SIGKILL crustd");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    crustd.restart().await.expect("restart");
+    let mut rt = crustd.runtime().await.expect("client");
+
+    let s = status(&mut rt, &sleeper).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    assert!(alive(sleeper_pid));
+    let r = exec(&mut rt, &sleeper, &["/bin/echo", "still here"], 10)
+        .await
+        .expect("exec after restart");
+    assert_eq!(r.stdout, b"still here\n");
+
+    let s = wait_exited(&mut rt, &short, Duration::from_secs(10)).await;
+    assert_eq!(s.exit_code, 5);
+    let texts: Vec<String> = log_lines(&PathBuf::from(&s.log_path))
+        .into_iter()
+        .map(|l| l.2)
+        .collect();
+    assert_eq!(
+        texts,
+        ["before", "after"],
+        "the log kept flowing while crustd was down"
+    );
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert!(!alive(sleeper_pid), "container process left running");
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
+    let (registry, crustd, net) = setup(204).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("shimkill", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let pid = pid_of(&mut rt, &id).await;
+
+    let shim_pid: i32 =
+        std::fs::read_to_string(crustd.state_dir.join("pods").join(&pod).join("shim.pid"))
+            .expect("shim.pid")
+            .trim()
+            .parse()
+            .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill shim");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&mut rt, &id).await;
+        if s.state == cri::ContainerState::ContainerUnknown as i32
+            || s.state == cri::ContainerState::ContainerExited as i32
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {:?} after the shim died",
+            s.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "container process {pid} survived its removal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+}
