@@ -448,9 +448,48 @@ async fn pod_shim_runs_containers_with_runc() {
     assert!(text.contains(" stdout F tty-out"), "{text}");
     shim.delete("c4", "").await.unwrap();
 
-    // A restarted crustd finds the shim again from the saved address.
+    // 5. crustd goes away: the container keeps running and its log keeps flowing; the exit
+    // is recorded, and published once an events endpoint is back at the same address.
+    let events_path = g.path().join("events.sock");
+    events.shutdown().await;
+    drop(rx);
+    drop(shim);
+    let log5 = g.path().join("logs/c5.log");
+    let b5 = bundle(
+        &g,
+        "c5",
+        &["sh", "-c", "sleep 0.3; echo while-away; exit 4"],
+    );
+    g.containers.push("c5".into());
     let again = ShimClient::reconnect(&pod_dir).await.unwrap();
     assert_eq!(again.shim_pid().await.unwrap(), shim_pid);
+    let pid5 = again
+        .create(&CreateTask {
+            id: "c5".into(),
+            bundle: b5,
+            io: TaskIo {
+                output: Output::CriLog(log5.clone()),
+                ..Default::default()
+            },
+            runtime: runtime.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    g.pids.push(pid5);
+    again.start("c5", "").await.unwrap();
+    assert_eq!(again.wait("c5", "").await.unwrap().exit_status, 4);
+    let st = again.state("c5", "").await.unwrap();
+    assert_eq!((st.status, st.exit_status), (TaskStatus::Stopped, 4));
+    assert!(
+        std::fs::read_to_string(&log5)
+            .unwrap()
+            .ends_with(" stdout F while-away\n")
+    );
+    let (events, mut rx) = EventsServer::start(&events_path).await.unwrap();
+    let (_, st) = next_exit(&mut rx, "c5").await;
+    assert_eq!(st, 4);
+    again.delete("c5", "").await.unwrap();
 
     again.shutdown(false).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -460,7 +499,7 @@ async fn pod_shim_runs_containers_with_runc() {
     assert!(!alive(shim_pid), "shim still running");
     events.shutdown().await;
 
-    for pid in [pid1, pid2, epid, pid3, pid4] {
+    for pid in [pid1, pid2, epid, pid3, pid4, pid5] {
         assert!(!alive(pid), "process {pid} left");
     }
     assert!(mounts_under(g.path()).is_empty(), "mounts left");
