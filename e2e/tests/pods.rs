@@ -819,3 +819,28 @@ async fn pod_pid_namespace_cgroup_limits_and_shm() {
         "infra process left"
     );
 }
+
+#[tokio::test]
+async fn a_shim_that_fails_to_start_rolls_back_the_network_too() {
+    let crustd = Crustd::start_with(crust_e2e::Options {
+        sandbox_config: "shim_binary = \"/bin/false\"".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("crustd starts");
+    let net = TestNet::new(&crustd, 19);
+    let mut rt = crustd.runtime().await.expect("client");
+    let err = run(&mut rt, pod_config("noshim", &net)).await.unwrap_err();
+    assert!(err.message().contains("shim"), "{err:?}");
+    assert!(list(&mut rt, None).await.is_empty());
+    assert_eq!(net.leases(), Vec::<String>::new(), "lease left");
+    assert_eq!(
+        std::fs::read_dir(crustd.state_dir.join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "pod dir left"
+    );
+    assert_eq!(mounts_under(&crustd.state_dir), Vec::<String>::new());
+    assert!(net.cgroup_dirs().is_empty(), "cgroup left");
+}

@@ -18,9 +18,11 @@ impl PodSandboxes {
         let Some(rec) = inner.lock_pods().get(&id).cloned() else {
             return Ok(());
         };
+        let started = std::time::Instant::now();
         let rec = stop_locked(inner, rec).await?;
         // Containers of the pod are gone by now (cri removes them first).
-        super::shim::stop_shim(&rec).await;
+        super::shim::stop_shim(&rec.id, &rec.dir, rec.shim_pid).await;
+        tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "shim gone");
         let r = rec.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(shm) = &r.shm {
@@ -38,6 +40,7 @@ impl PodSandboxes {
         })
         .await
         .map_err(|e| crate::Error::Internal(format!("remove task: {e}")))??;
+        tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "namespaces, files and cgroup gone");
         inner.store.delete(&id)?;
         inner.lock_pods().remove(&id);
         inner

@@ -32,7 +32,11 @@ enum Undo {
     Namespaces(PodNamespaces),
     Shm(PathBuf),
     Network(String),
-    Shim(Box<PodRecord>),
+    Shim {
+        id: String,
+        dir: PathBuf,
+        pid: Option<u32>,
+    },
 }
 
 impl PodSandboxes {
@@ -244,6 +248,7 @@ async fn create_steps(
         .handler(&spec.runtime_handler)
         .ok_or_else(|| Error::InvalidArgument("unknown runtime handler".into()))?;
     let handler = handler.to_string();
+    let started = std::time::Instant::now();
     let host_network = spec.namespaces.network == NamespaceMode::Node;
     let host_ipc = spec.namespaces.ipc == NamespaceMode::Node;
 
@@ -292,6 +297,7 @@ async fn create_steps(
         .await
         .map_err(|e| Error::Internal(format!("namespace task: {e}")))??;
     undo.push(Undo::Namespaces(ns.clone()));
+    tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "namespaces pinned");
     if let (Some(h), Some(cg), Some(pid)) = (&inner.hierarchies, &pod_cgroup, ns.infra_pid) {
         cgroup::add_process(h, &cg.path, pid)?;
     }
@@ -306,17 +312,42 @@ async fn create_steps(
         Some(shm)
     };
 
-    // 5. Network.
-    let mut ips = Vec::new();
-    let mut network = None;
-    if let Some(netns) = &ns.net {
+    // 5. Network and the pod's shim, concurrently: neither needs the other.
+    let network_step = async {
+        let Some(netns) = &ns.net else {
+            return Ok((None, Vec::new()));
+        };
         let conf = cni::find_network_config(&inner.config.cni_conf_dir)?;
         let rt = runtime_conf(id, netns, spec);
-        undo.push(Undo::Network(id.to_string()));
         let result = inner.cni.add(&conf, &rt).await?;
-        ips = result_ips(&result);
-        network = Some(conf.name.clone());
+        Ok::<_, Error>((Some(conf.name.clone()), result_ips(&result)))
+    };
+    let shim_step = async {
+        if inner.spawn_shims {
+            Some(inner.start_shim(id, &dir, &handler).await)
+        } else {
+            None
+        }
+    };
+    let (network_result, shim_result) = tokio::join!(network_step, shim_step);
+    if ns.net.is_some() {
+        // ADD undoes itself when it fails; this covers a later step failing.
+        undo.push(Undo::Network(id.to_string()));
     }
+    let shim_pid = match shim_result {
+        None => None,
+        Some(r) => {
+            // Registered even when the start failed half-way: a shim may be running anyway.
+            undo.push(Undo::Shim {
+                id: id.to_string(),
+                dir: dir.clone(),
+                pid: r.as_ref().ok().copied(),
+            });
+            Some(r?)
+        }
+    };
+    let (network, ips) = network_result?;
+    tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "network and shim ready");
 
     // 6. Files for the containers.
     let hostname_path = dir.join("hostname");
@@ -335,8 +366,7 @@ async fn create_steps(
         files::render_resolv_conf(spec.dns.as_ref(), &host_resolv),
     )?;
 
-    // 7. The pod's shim, which the containers of the pod will run under.
-    let mut rec = PodRecord {
+    Ok(PodRecord {
         version: super::store::RECORD_VERSION,
         id: id.to_string(),
         spec: spec.clone(),
@@ -353,19 +383,8 @@ async fn create_steps(
         ips,
         network,
         cgroup: pod_cgroup,
-        shim_pid: None,
-    };
-    if !inner.spawn_shims {
-        return Ok(rec);
-    }
-    let shim_pid = inner.start_shim(id, &rec.dir, &rec.runtime_handler).await;
-    // Registered even when the start failed half-way: a shim may be running anyway.
-    undo.push(Undo::Shim(Box::new(PodRecord {
-        shim_pid: shim_pid.as_ref().ok().copied(),
-        ..rec.clone()
-    })));
-    rec.shim_pid = Some(shim_pid?);
-    Ok(rec)
+        shim_pid,
+    })
 }
 
 /// CNI's per-pod inputs, with the CNI_ARGS kubelet's networking expects.
@@ -389,7 +408,7 @@ pub(super) fn runtime_conf(id: &str, netns: &Path, spec: &PodSpec) -> RuntimeCon
 async fn rollback(inner: &Arc<Inner>, undo: Vec<Undo>) {
     for step in undo.into_iter().rev() {
         match step {
-            Undo::Shim(rec) => super::shim::stop_shim(&rec).await,
+            Undo::Shim { id, dir, pid } => super::shim::stop_shim(&id, &dir, pid).await,
             Undo::Network(id) => {
                 if let Err(e) = inner.cni.del(&id, None, &RuntimeConf::default()).await {
                     tracing::warn!(pod = %id, error = %e, "rollback: CNI DEL");

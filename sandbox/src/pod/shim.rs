@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::Inner;
-use super::record::PodRecord;
 use crate::RuntimeKind;
 use crate::error::{Error, Result};
 use crate::namespaces::start_time;
@@ -75,6 +74,13 @@ impl Inner {
         let shim = ShimClient::spawn(&cfg, id, dir, &events)
             .await
             .map_err(|e| Error::Internal(format!("starting the pod's shim: {e}")))?;
+        // crust-shim leaves its pid beside its address; other shims are asked.
+        if let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            return Ok(pid);
+        }
         shim.shim_pid()
             .await
             .map_err(|e| Error::Internal(format!("pod shim not answering: {e}")))
@@ -88,29 +94,29 @@ impl Inner {
 
 /// Asks the pod's shim to exit now and makes sure it did (SIGKILL after a grace period, only
 /// if the pid is still the shim of this pod). No shim is fine.
-pub(super) async fn stop_shim(rec: &PodRecord) {
-    if let Ok(shim) = ShimClient::reconnect(&rec.dir).await {
+pub(super) async fn stop_shim(id: &str, dir: &Path, pid: Option<u32>) {
+    if let Ok(shim) = ShimClient::reconnect(dir).await {
         let mut shim = shim;
         shim.set_timeout(Duration::from_secs(5));
         if let Err(e) = shim.shutdown(true).await {
-            tracing::warn!(pod = %rec.id, error = %e, "shim shutdown");
+            tracing::warn!(pod = %id, error = %e, "shim shutdown");
         }
     }
-    let Some(pid) = rec.shim_pid.map(|p| p as i32) else {
+    let Some(pid) = pid.map(|p| p as i32) else {
         return;
     };
     let is_ours = |pid: i32| {
         start_time(pid).is_some()
             && std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).any(|arg| arg == rec.id.as_bytes()))
+                .map(|c| c.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
                 .unwrap_or(false)
     };
     let deadline = Instant::now() + Duration::from_secs(2);
     while is_ours(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if is_ours(pid) {
-        tracing::warn!(pod = %rec.id, pid, "shim did not exit; killing it");
+        tracing::warn!(pod = %id, pid, "shim did not exit; killing it");
         // SAFETY: kill on a pid checked above to be this pod's shim.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
