@@ -105,6 +105,7 @@ impl From<SpecError> for Error {
             | SpecError::SeccompProfile { .. }
             | SpecError::SeccompType(_)
             | SpecError::AppArmor(_)
+            | SpecError::Device { .. }
             | SpecError::Mount { .. } => Error::InvalidArgument(e.to_string()),
             SpecError::Oci(_) => Error::Internal(e.to_string()),
         }

@@ -190,6 +190,8 @@ pub enum SpecError {
     SeccompType(String),
     #[error("apparmor profile {0:?} requested but AppArmor is not enabled on this host")]
     AppArmor(String),
+    #[error("device {host_path:?}: {message}")]
+    Device { host_path: String, message: String },
     #[error("mount {container_path:?}: {message}")]
     Mount {
         container_path: String,
@@ -371,11 +373,20 @@ pub fn build(
         .cgroups_path(PathBuf::from(&pod.cgroups_path))
         .resources(resources(&linux_cfg, privileged)?)
         .build()?;
+    let (mut devices, rules) = cri_devices(config)?;
     if privileged {
-        linux.set_devices(Some(host_devices()));
+        devices.extend(host_devices());
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));
-    } else {
+    } else if let Some(r) = linux.resources_mut() {
+        let mut all = r.devices().clone().unwrap_or_default();
+        all.extend(rules);
+        r.set_devices(Some(all));
+    }
+    if !devices.is_empty() {
+        linux.set_devices(Some(devices));
+    }
+    if !privileged {
         linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|s| s.to_string()).collect()));
         linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|s| s.to_string()).collect()));
         #[allow(deprecated)]
@@ -713,7 +724,6 @@ pub fn resources_json(
 
 /// Every device node of the host, for privileged containers.
 fn host_devices() -> Vec<oci_spec::runtime::LinuxDevice> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::from("/dev")];
     while let Some(dir) = stack.pop() {
@@ -729,37 +739,96 @@ fn host_devices() -> Vec<oci_spec::runtime::LinuxDevice> {
             {
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            let ft = meta.file_type();
-            if ft.is_dir() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(path);
-                continue;
-            }
-            let typ = if ft.is_char_device() {
-                LinuxDeviceType::C
-            } else if ft.is_block_device() {
-                LinuxDeviceType::B
-            } else {
-                continue;
-            };
-            let rdev = meta.rdev();
-            if let Ok(d) = LinuxDeviceBuilder::default()
-                .path(path)
-                .typ(typ)
-                .major(libc::major(rdev) as i64)
-                .minor(libc::minor(rdev) as i64)
-                .file_mode(meta.mode() & 0o777)
-                .uid(meta.uid())
-                .gid(meta.gid())
-                .build()
-            {
+            } else if let Some(d) = device_node(&path, &path, false) {
                 out.push(d);
             }
         }
     }
     out
+}
+
+/// The device node at `host` (following links when asked), to appear at `inside`;
+/// None when it is not a character or block device.
+fn device_node(host: &Path, inside: &Path, follow: bool) -> Option<oci_spec::runtime::LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = if follow {
+        std::fs::metadata(host)
+    } else {
+        std::fs::symlink_metadata(host)
+    }
+    .ok()?;
+    let ft = meta.file_type();
+    let typ = if ft.is_char_device() {
+        LinuxDeviceType::C
+    } else if ft.is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return None;
+    };
+    let rdev = meta.rdev();
+    LinuxDeviceBuilder::default()
+        .path(inside)
+        .typ(typ)
+        .major(libc::major(rdev) as i64)
+        .minor(libc::minor(rdev) as i64)
+        .file_mode(meta.mode() & 0o777)
+        .uid(meta.uid())
+        .gid(meta.gid())
+        .build()
+        .ok()
+}
+
+/// The devices the CRI config asks for, with their cgroup rules.
+fn cri_devices(
+    config: &ContainerConfig,
+) -> Result<
+    (
+        Vec<oci_spec::runtime::LinuxDevice>,
+        Vec<oci_spec::runtime::LinuxDeviceCgroup>,
+    ),
+    SpecError,
+> {
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    for d in &config.devices {
+        let err = |message: String| SpecError::Device {
+            host_path: d.host_path.clone(),
+            message,
+        };
+        let perms = if d.permissions.is_empty() {
+            "rwm"
+        } else {
+            d.permissions.as_str()
+        };
+        if !perms.chars().all(|c| "rwm".contains(c)) {
+            return Err(err(format!(
+                "permissions {perms:?} are not a subset of \"rwm\""
+            )));
+        }
+        let inside = if d.container_path.is_empty() {
+            &d.host_path
+        } else {
+            &d.container_path
+        };
+        if !inside.starts_with('/') {
+            return Err(err(format!("container path {inside:?} is not absolute")));
+        }
+        let node = device_node(Path::new(&d.host_path), Path::new(inside), true)
+            .ok_or_else(|| err("not a character or block device on this host".into()))?;
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(node.typ())
+                .major(node.major())
+                .minor(node.minor())
+                .access(perms)
+                .build()?,
+        );
+        nodes.push(node);
+    }
+    Ok((nodes, rules))
 }
 
 fn seccomp_profile(
@@ -1232,6 +1301,46 @@ mod tests {
         assert!(matches!(
             build(&c, None, f.rootfs.path(), &f.pod, &f.node),
             Err(SpecError::Mount { .. })
+        ));
+    }
+
+    #[test]
+    fn devices_get_a_node_and_a_cgroup_rule_and_non_devices_are_refused() {
+        let f = fixture();
+        let mut c = container(&["/bin/true"], &[]);
+        c.devices = vec![k8s_cri::v1::Device {
+            container_path: "/dev/mynull".into(),
+            host_path: "/dev/null".into(),
+            permissions: "rw".into(),
+        }];
+        let b = built(&c, None, &f);
+        let linux = b.spec.linux().as_ref().expect("linux");
+        let node = linux
+            .devices()
+            .as_ref()
+            .and_then(|d| d.iter().find(|d| d.path() == Path::new("/dev/mynull")))
+            .expect("device node");
+        assert_eq!((node.major(), node.minor()), (1, 3));
+        let rules = linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().clone())
+            .expect("rules");
+        assert!(rules.iter().any(|r| r.allow()
+            && r.major() == Some(1)
+            && r.minor() == Some(3)
+            && r.access().as_deref() == Some("rw")));
+
+        c.devices[0].host_path = "/etc/hostname".into();
+        assert!(matches!(
+            build(&c, None, f.rootfs.path(), &f.pod, &f.node),
+            Err(SpecError::Device { .. })
+        ));
+        c.devices[0].host_path = "/dev/null".into();
+        c.devices[0].permissions = "rwx".into();
+        assert!(matches!(
+            build(&c, None, f.rootfs.path(), &f.pod, &f.node),
+            Err(SpecError::Device { .. })
         ));
     }
 }
