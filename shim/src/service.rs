@@ -811,7 +811,7 @@ impl Task for Service {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        let (runc, bundle, pid, st) = {
+        let (runc, bundle, pid, st, exiting) = {
             let cs = lock(&self.0.containers);
             let c = cs
                 .get(&req.id)
@@ -819,9 +819,10 @@ impl Task for Service {
             let p = c
                 .proc(&req.exec_id)
                 .ok_or_else(|| not_found("exec", &req.exec_id))?;
-            (c.runc.clone(), c.bundle.clone(), p.pid, p.status)
+            (c.runc.clone(), c.bundle.clone(), p.pid, p.status, p.exiting)
         };
-        if st == Status::STOPPED && !req.all {
+        // Reaped but not yet reported counts as finished: its pid may already be reused.
+        if (st == Status::STOPPED || exiting) && !req.all {
             return Err(status(Code::NOT_FOUND, "process already finished"));
         }
         if req.exec_id.is_empty() {
