@@ -103,7 +103,8 @@ struct ReportArgs {
     /// Rewrite the results section of this markdown file instead of printing.
     #[arg(long)]
     docs: Option<PathBuf>,
-    /// Result files (JSON, one result each, as `--json` prints).
+    /// Result files (JSON, one result each, as `--json` prints). Several runs
+    /// of one scenario against one target are merged (samples pooled).
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }
@@ -132,6 +133,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
             serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
         results.push(r);
     }
+    let results = report::merge(results);
     let md = report::markdown(&results, &args.a, &args.b);
     match args.docs {
         None => print!("{md}"),

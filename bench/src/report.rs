@@ -26,6 +26,10 @@ pub struct Operation {
     pub name: String,
     #[serde(flatten)]
     pub summary: Summary,
+    /// Every sample, in ms, in the order taken: lets runs of the same
+    /// scenario be merged (hack/bench runs the cheap ones A-B-B-A).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples_ms: Vec<f64>,
 }
 
 /// A single measured value (wall time, memory).
@@ -129,6 +133,61 @@ impl RunResult {
         );
         s
     }
+}
+
+fn severity(s: Status) -> u8 {
+    match s {
+        Status::Ok => 0,
+        Status::Unsupported => 1,
+        Status::Error => 2,
+    }
+}
+
+/// Joins runs of the same scenario against the same target (same label and
+/// target) into one, keeping the order of first appearance: samples are
+/// pooled and summarised again, figures averaged, counts added; a part that
+/// was unsupported or failed makes the whole so, with its message.
+pub fn merge(results: Vec<RunResult>) -> Vec<RunResult> {
+    let mut out: Vec<RunResult> = Vec::new();
+    let mut parts: Vec<usize> = Vec::new();
+    for r in results {
+        let Some(i) = out
+            .iter()
+            .position(|o| o.label == r.label && o.target == r.target)
+        else {
+            out.push(r);
+            parts.push(1);
+            continue;
+        };
+        let m = &mut out[i];
+        let n = parts[i] as f64;
+        parts[i] += 1;
+        m.count += r.count;
+        if severity(r.status) > severity(m.status) {
+            m.status = r.status;
+            m.message = r.message.clone();
+        }
+        for o in r.operations {
+            match m.operations.iter_mut().find(|x| x.name == o.name) {
+                Some(x) if !x.samples_ms.is_empty() && !o.samples_ms.is_empty() => {
+                    x.samples_ms.extend(&o.samples_ms);
+                    if let Some(sum) = Summary::of_ms(&x.samples_ms) {
+                        x.summary = sum;
+                    }
+                }
+                Some(_) => {}
+                None => m.operations.push(o),
+            }
+        }
+        for f in r.figures {
+            match m.figures.iter_mut().find(|x| x.name == f.name) {
+                // Running mean over the parts seen so far.
+                Some(x) => x.value = (x.value * n + f.value) / (n + 1.0),
+                None => m.figures.push(f),
+            }
+        }
+    }
+    out
 }
 
 /// A goal of issue 6: crust's figure at most `max_ratio` times containerd's.
@@ -588,6 +647,7 @@ mod tests {
                 .map(|(n, v)| Operation {
                     name: n.to_string(),
                     summary: Summary::of_ms(&[*v, *v * 2.0, *v * 3.0]).expect("summary"),
+                    samples_ms: vec![*v, *v * 2.0, *v * 3.0],
                 })
                 .collect(),
             figures: vec![],
@@ -680,6 +740,33 @@ mod tests {
             ),
             "{md}"
         );
+    }
+
+    #[test]
+    fn merging_pools_samples_and_averages_figures() {
+        let mut a1 = run("pod", "crust", Status::Ok, &[("RunPodSandbox", 10.0)]);
+        a1.figures.push(Figure {
+            name: "run_wall".to_string(),
+            unit: "s".to_string(),
+            value: 1.0,
+        });
+        let mut a2 = run("pod", "crust", Status::Ok, &[("RunPodSandbox", 100.0)]);
+        a2.figures = a1.figures.clone();
+        a2.figures[0].value = 3.0;
+        let b = run("pod", "containerd", Status::Ok, &[("RunPodSandbox", 50.0)]);
+        let u = run("pod", "containerd", Status::Unsupported, &[]);
+        let merged = merge(vec![a1, b, a2, u]);
+        assert_eq!(merged.len(), 2);
+        let a = &merged[0];
+        assert_eq!(a.target, "crust");
+        assert_eq!(a.count, 6);
+        let op = a.operation("RunPodSandbox").expect("op");
+        // 10, 20, 30, 100, 200, 300 → median 65, max 300.
+        assert_eq!(op.samples, 6);
+        assert_eq!(op.median_ms, 65.0);
+        assert_eq!(op.max_ms, 300.0);
+        assert_eq!(a.figure("run_wall").expect("fig").value, 2.0);
+        assert_eq!(merged[1].status, Status::Unsupported);
     }
 
     #[test]

@@ -104,6 +104,7 @@ impl Recorder {
                 Some(Operation {
                     name: name.clone(),
                     summary: Summary::of(v)?,
+                    samples_ms: v.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
                 })
             })
             .collect()
