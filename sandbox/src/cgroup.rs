@@ -389,6 +389,27 @@ pub fn add_process(h: &Hierarchies, path: &str, pid: i32) -> std::io::Result<()>
     Ok(())
 }
 
+/// SIGKILLs every process directly in the pod cgroup (crust's own infra process; containers
+/// live in cgroups of their own).
+pub fn kill_all(h: &Hierarchies, path: &str) {
+    for (mount, _) in &h.mounts {
+        let procs = mount
+            .join(path.trim_start_matches('/'))
+            .join("cgroup.procs");
+        for pid in std::fs::read_to_string(procs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter(|p| *p > 1)
+        {
+            // SAFETY: kill has no memory preconditions; the pid is in a cgroup crust made.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Removes the directories crust created, deepest first. Missing ones are fine. The pod's own
 /// cgroup is retried briefly while its last processes leave (EBUSY); a shared parent crust made
 /// (`/crust`) that still holds other pods is left in place.
@@ -568,6 +589,34 @@ mod tests {
                 .iter()
                 .all(|p| p.starts_with(d.path().join("cpuset")))
         );
+    }
+
+    #[test]
+    fn v2_limits_use_the_unified_files() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Hierarchies {
+            unified: true,
+            mounts: vec![(d.path().to_path_buf(), vec!["cpu".into(), "memory".into()])],
+        };
+        let pod = d.path().join("crust").join(ID);
+        std::fs::create_dir_all(&pod).unwrap();
+        for f in ["cpu.weight", "cpu.max", "memory.max"] {
+            std::fs::write(pod.join(f), "").unwrap();
+        }
+        let r = PodResources {
+            cpu_shares: 1024,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 1 << 30,
+            ..Default::default()
+        };
+        create(&h, &format!("/crust/{ID}"), Some(&r)).unwrap();
+        let read = |f: &str| std::fs::read_to_string(pod.join(f)).unwrap();
+        assert_eq!(read("cpu.weight"), "39");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("memory.max"), (1u64 << 30).to_string());
+        // Files the kernel does not offer (no cpuset controller) are not made up.
+        assert!(!pod.join("cpuset.cpus").exists());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Stop and Remove are idempotent; an unknown id is success for both.
 
 pub mod files;
+mod gc;
 mod list;
 mod names;
 pub mod record;
@@ -142,6 +143,7 @@ impl PodSandboxes {
                 store.put(rec)?;
             }
         }
+        let orphans = gc::find(&paths.state_dir, &paths.root_dir.join("cni"), &pods);
         let cni = Cni::new(
             config.cni_bin_dirs.clone(),
             paths.root_dir.join("cni"),
@@ -166,6 +168,14 @@ impl PodSandboxes {
             }),
         };
         s.inner.update_metrics();
+        if !orphans.is_empty() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(gc::release(s.inner.clone(), orphans));
+                }
+                Err(_) => tracing::warn!(?orphans, "no runtime to release leftovers with"),
+            }
+        }
         // Shims that outlived the last crustd publish to the same socket path: listen again.
         let has_shims = s.inner.lock_pods().values().any(|p| p.shim_pid.is_some());
         if s.inner.spawn_shims

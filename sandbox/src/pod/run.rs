@@ -266,6 +266,11 @@ async fn create_steps(
         let limits = cgroup::pod_limits(spec.overhead.as_ref(), spec.resources.as_ref());
         let cg = cgroup::create(h, &path, limits.as_ref())?;
         undo.push(Undo::Cgroup(cg.clone()));
+        // Should crustd die before the record is written, start-up finds the cgroup here.
+        std::fs::write(
+            dir.join(super::gc::CGROUP_FILE),
+            serde_json::to_vec(&cg).unwrap_or_default(),
+        )?;
         pod_cgroup = Some(cg);
     }
 

@@ -301,3 +301,31 @@ async fn pods_whose_directory_vanished_come_back_not_ready() {
     pods.remove(&id).await.unwrap();
     assert!(pods.list(&PodFilter::default()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_crash_mid_create_left_is_released_at_start() {
+    let Some(env) = Env::new() else { return };
+    let cni = FakeCni::default();
+    let id = env.pods(&cni).run(spec("crashed")).await.unwrap();
+    // As if crustd died after every step but writing the record.
+    store::PodStore::new(env.db.clone()).delete(&id).unwrap();
+    let dir = env.dir.path().join("state/pods").join(&id);
+    assert!(dir.exists());
+    assert_eq!(cni.leases.load(Ordering::SeqCst), 1);
+
+    let pods = env.pods(&cni);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (dir.exists() || cni.leases.load(Ordering::SeqCst) > 0)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!dir.exists(), "pod dir left");
+    assert_eq!(cni.leases.load(Ordering::SeqCst), 0, "lease left");
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mi.contains(&*dir.to_string_lossy()), "mount left");
+    assert!(pods.list(&PodFilter::default()).is_empty());
+    // The name is free.
+    let again = pods.run(spec("crashed")).await.unwrap();
+    pods.remove(&again).await.unwrap();
+}

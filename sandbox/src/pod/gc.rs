@@ -1,0 +1,117 @@
+//! Leftovers of creates a crashed crustd never finished: a pod directory (pins, shm, shim,
+//! cgroup) or a CNI cache entry (an IPAM lease) that no record owns. They are listed once at
+//! start, before any RPC can begin a new create, and released in the background.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::Inner;
+use super::record::PodRecord;
+use crate::cgroup::{self, PodCgroup};
+use crate::cni::RuntimeConf;
+use crate::namespaces;
+
+/// Where a create in progress records its cgroup, so a crash does not lose it.
+pub(super) const CGROUP_FILE: &str = "cgroup.json";
+
+#[derive(Debug, Default)]
+pub(super) struct Orphans {
+    pub dirs: Vec<PathBuf>,
+    pub cni: Vec<String>,
+}
+
+impl Orphans {
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty() && self.cni.is_empty()
+    }
+}
+
+pub(super) fn find(
+    state_dir: &Path,
+    cni_cache: &Path,
+    pods: &HashMap<String, PodRecord>,
+) -> Orphans {
+    let names = |dir: &Path| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Orphans {
+        dirs: names(&state_dir.join("pods"))
+            .into_iter()
+            .filter(|(id, _)| !pods.contains_key(id))
+            .map(|(_, p)| p)
+            .collect(),
+        cni: names(cni_cache)
+            .into_iter()
+            .filter_map(|(name, _)| name.strip_suffix(".json").map(str::to_string))
+            .filter(|id| !pods.contains_key(id))
+            .collect(),
+    }
+}
+
+pub(super) async fn release(inner: Arc<Inner>, orphans: Orphans) {
+    for dir in orphans.dirs {
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::warn!(pod = %id, "releasing what an unfinished create left");
+        let shim_pid = std::fs::read_to_string(dir.join("shim.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        super::shim::stop_shim(&id, &dir, shim_pid).await;
+        let hierarchies = inner.hierarchies.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if let Some(cg) = std::fs::read(dir.join(CGROUP_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<PodCgroup>(&b).ok())
+            {
+                if let Some(h) = &hierarchies {
+                    // The infra process is the only thing a pod cgroup holds before READY.
+                    cgroup::kill_all(h, &cg.path);
+                }
+                if let Err(e) = cgroup::remove(&cg) {
+                    tracing::warn!(error = %e, "orphan pod cgroup");
+                }
+            }
+            unmount_below(&dir);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "orphan pod dir");
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "orphan cleanup task");
+        }
+    }
+    for id in orphans.cni {
+        if let Err(e) = inner.cni.del(&id, None, &RuntimeConf::default()).await {
+            tracing::warn!(pod = %id, error = %e, "CNI DEL of an unfinished create");
+        }
+    }
+}
+
+/// Unmounts every mount point at or below `dir`, deepest first.
+fn unmount_below(dir: &Path) {
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mi
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(e) = namespaces::unmount(&p) {
+            tracing::warn!(error = %e, "orphan mount");
+        }
+    }
+}
