@@ -431,27 +431,49 @@ pub struct RegistryClient {
     policy: Policy,
 }
 
+/// An oci-client `Client` for `endpoint`. Building one costs milliseconds (TLS setup),
+/// so callers keep them: see [`client_key`].
+pub fn oci_client(endpoint: &Endpoint, connect_timeout: Duration) -> oci_client::Client {
+    oci_client::Client::new(ClientConfig {
+        protocol: if endpoint.http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        accept_invalid_certificates: endpoint.skip_verify,
+        platform_resolver: None,
+        connect_timeout: Some(connect_timeout),
+        ..Default::default()
+    })
+}
+
+/// What makes two oci-client `Client`s interchangeable: the endpoint and the credentials
+/// (a client keeps the first credentials it sees per registry, and their tokens).
+/// Secrets enter the key only as a digest.
+pub fn client_key(endpoint: &Endpoint, auth: &RegistryAuth) -> String {
+    let who = match auth {
+        RegistryAuth::Anonymous => "anonymous".to_string(),
+        RegistryAuth::Basic(u, p) => crate::digest::sha256(format!("basic\0{u}\0{p}").as_bytes()),
+        RegistryAuth::Bearer(t) => crate::digest::sha256(format!("bearer\0{t}").as_bytes()),
+    };
+    format!(
+        "{}|{}|{}|{who}",
+        endpoint.host, endpoint.http, endpoint.skip_verify
+    )
+}
+
 impl RegistryClient {
-    /// A client for `reference`'s repository at `endpoint`.
+    /// A client for `reference`'s repository at `endpoint`, over `client` (made by
+    /// [`oci_client`] for the same endpoint).
     pub fn new(
+        client: oci_client::Client,
         endpoint: Endpoint,
         reference: &Reference,
         auth: RegistryAuth,
         policy: Policy,
     ) -> Self {
-        let config = ClientConfig {
-            protocol: if endpoint.http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: endpoint.skip_verify,
-            platform_resolver: None,
-            connect_timeout: Some(policy.no_progress),
-            ..Default::default()
-        };
         RegistryClient {
-            client: oci_client::Client::new(config),
+            client,
             registry: endpoint.host.clone(),
             repository: reference.path().to_string(),
             endpoint,

@@ -126,6 +126,10 @@ struct Inner {
     downloads: Arc<Semaphore>,
     locks: KeyedLocks,
     gc_lock: RwLock<()>,
+    /// Registry clients by [`registry::client_key`], reused across pulls.
+    clients: Mutex<HashMap<String, oci_client::Client>>,
+    /// Insecure hosts that answered over plain HTTP: their HTTPS probe is skipped.
+    http_hosts: Mutex<HashSet<String>>,
 }
 
 /// The images of this node. Cheap to clone.
@@ -162,6 +166,8 @@ impl ImageStore {
                 snapshots,
                 locks: KeyedLocks::default(),
                 gc_lock: RwLock::new(()),
+                clients: Mutex::new(HashMap::new()),
+                http_hosts: Mutex::new(HashSet::new()),
             }),
         };
         let report = store.gc().await?;
@@ -399,7 +405,29 @@ impl ImageStore {
             no_progress: Duration::from_secs(cfg.no_progress_timeout_secs.max(1)),
         };
         let mut last: Option<Error> = None;
-        let endpoints = registry::endpoints(cfg, r.domain());
+        let mut endpoints = registry::endpoints(cfg, r.domain());
+        {
+            // An insecure host known to speak plain HTTP: skip its HTTPS probe.
+            let http_hosts = self
+                .inner
+                .http_hosts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let probe_known_useless = |i: usize, ep: &registry::Endpoint| {
+                !ep.http
+                    && http_hosts.contains(&ep.host)
+                    && endpoints
+                        .get(i + 1)
+                        .is_some_and(|n| n.host == ep.host && n.http)
+            };
+            let keep: Vec<bool> = endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, ep)| !probe_known_useless(i, ep))
+                .collect();
+            let mut k = keep.into_iter();
+            endpoints.retain(|_| k.next().unwrap_or(true));
+        }
         for (i, ep) in endpoints.iter().enumerate() {
             let creds = registry::credentials(cfg, &ep.host, !ep.mirror, auth)?;
             // HTTPS to an insecure host that may only speak HTTP: one try, then HTTP.
@@ -414,9 +442,29 @@ impl ImageStore {
             } else {
                 policy
             };
-            let client = RegistryClient::new(ep.clone(), r, creds, policy);
+            let oci = {
+                let mut clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+                // Credentials rotate (kubelet passes them per pull): keep the cache small.
+                if clients.len() >= 64 {
+                    clients.clear();
+                }
+                clients
+                    .entry(registry::client_key(ep, &creds))
+                    .or_insert_with(|| registry::oci_client(ep, policy.no_progress))
+                    .clone()
+            };
+            let client = RegistryClient::new(oci, ep.clone(), r, creds, policy);
             match client.resolve(r).await {
-                Ok(resolved) => return self.fetch(&client, r, resolved).await,
+                Ok(resolved) => {
+                    if ep.http && i > 0 && endpoints[i - 1].host == ep.host && !ep.mirror {
+                        self.inner
+                            .http_hosts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(ep.host.clone());
+                    }
+                    return self.fetch(&client, r, resolved).await;
+                }
                 Err(e) => {
                     tracing::debug!(endpoint = ?ep, "resolving {r}: {e}");
                     // Keep the most telling error: the image's own registry over a mirror,
