@@ -340,6 +340,10 @@ async fn pod_gets_ip_hostname_dns_and_is_cleaned_up() {
     let ip = ip_of(&s);
     assert!(ip.starts_with("10.88.11."), "pod IP {ip:?}");
     assert!(s.info.contains_key("info"));
+    assert_eq!(
+        s.info["networkCheck"], "ok",
+        "CNI CHECK of bridge + portmap"
+    );
 
     let dir = pod_dir(&crustd, &id);
     let ns = |kind: &str| format!("--{kind}={}", dir.join("ns").join(kind).display());

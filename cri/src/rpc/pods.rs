@@ -68,6 +68,13 @@ pub async fn pod_sandbox_status(
             "info".to_string(),
             serde_json::to_string(&rec).unwrap_or_default(),
         );
+        // CNI CHECK, asked for by a verbose status (crictl inspectp): "ok", "skipped" or why not.
+        let check = match cri.pods.check_network(&rec.id).await {
+            Ok(true) => "ok".to_string(),
+            Ok(false) => "skipped".to_string(),
+            Err(e) => e.to_string(),
+        };
+        info.insert("networkCheck".to_string(), check);
     }
     Ok(PodSandboxStatusResponse {
         status: Some(pod_status(&rec)),

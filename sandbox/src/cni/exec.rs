@@ -204,6 +204,26 @@ impl Cni {
         })
     }
 
+    /// CHECK for a container, from its cached attachment: every plugin in order with the ADD
+    /// result as prevResult. Ok(false) when there is nothing to check (no cache entry, a CNI
+    /// version before 0.4.0, or `disableCheck` in the config).
+    pub async fn check(&self, container_id: &str) -> Result<bool, CniError> {
+        let Some(c) = self.cached(container_id) else {
+            return Ok(false);
+        };
+        let Some(result) = c.result.as_ref() else {
+            return Ok(false);
+        };
+        if c.network.disable_check || !version_at_least(&c.network.cni_version, (0, 4, 0)) {
+            return Ok(false);
+        }
+        for plugin in &c.network.plugins {
+            let conf = plugin_conf(plugin, &c.network, Some(result), &c.runtime);
+            self.exec(plugin, "CHECK", &conf, &c.runtime).await?;
+        }
+        Ok(true)
+    }
+
     /// DEL for a container, using the cached config and result when there is one (falling back
     /// to `network`), then forgets the cache entry. No cache and no network: nothing to do.
     pub async fn del(
@@ -585,6 +605,26 @@ mod tests {
         runner.calls.lock().unwrap().clear();
         cni.del("abc", None, &RuntimeConf::default()).await.unwrap();
         assert!(runner.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn check_runs_every_plugin_in_order_with_the_add_result() {
+        let runner = FakeRunner::default();
+        let (_d, cni, net, rt) = setup(runner.clone());
+        assert!(!cni.check("abc").await.unwrap(), "nothing attached yet");
+        cni.add(&net, &rt).await.unwrap();
+        runner.calls.lock().unwrap().clear();
+        assert!(cni.check("abc").await.unwrap());
+        let calls = runner.calls.lock().unwrap();
+        let order: Vec<String> = calls
+            .iter()
+            .map(|c| format!("{} {}", c.0, env(&c.1, "CNI_COMMAND")))
+            .collect();
+        assert_eq!(order, vec!["bridge CHECK", "portmap CHECK"]);
+        assert_eq!(
+            calls[0].2["prevResult"]["ips"][0]["address"],
+            "10.88.0.9/16"
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,16 @@ impl PodSandboxes {
         self.inner.get(id)
     }
 
+    /// CNI CHECK of a pod's network (from the attachment cached at ADD). Ok(false) when there
+    /// is nothing to check (host network, stopped, or the network opted out of CHECK).
+    pub async fn check_network(&self, id: &str) -> Result<bool> {
+        let rec = self.inner.get(id)?;
+        if rec.network.is_none() {
+            return Ok(false);
+        }
+        Ok(self.inner.cni.check(&rec.id).await?)
+    }
+
     /// The pods that match every field the filter sets, oldest first.
     pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
         let mut out: Vec<PodRecord> = self
