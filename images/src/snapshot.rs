@@ -216,9 +216,6 @@ impl Snapshotter {
     /// Creates a writable snapshot `key` over the committed chain `parent` (or empty) and
     /// returns its mounts. The chain stays referenced (safe from gc) until `remove(key)`.
     pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
-        if let Some(p) = parent {
-            self.lowers(p)?;
-        }
         let full = format!("{ACTIVE_PREFIX}{key}");
         let id = self.alloc_id()?;
         let tx = self.db.begin_write()?;
@@ -226,6 +223,19 @@ impl Snapshotter {
             let mut t = tx.open_table(SNAPSHOTS)?;
             if t.get(full.as_str())?.is_some() {
                 return Err(Error::AlreadyExists(format!("snapshot {key}")));
+            }
+            // The parent is checked in the same write transaction that records the
+            // child, and gc decides and deletes in one write transaction too, so gc can
+            // never take a parent that a container has just started to use.
+            if let Some(p) = parent {
+                let committed = match t.get(p)? {
+                    Some(v) => serde_json::from_slice::<Record>(v.value())
+                        .is_ok_and(|r| r.kind == Kind::Committed),
+                    None => false,
+                };
+                if !committed {
+                    return Err(Error::NotFound(format!("snapshot {p}")));
+                }
             }
             let r = Record {
                 version: RECORD_VERSION,
@@ -320,7 +330,17 @@ impl Snapshotter {
                 Some((id, e.path()))
             })
             .collect();
-        let records = self.records()?;
+        let tx = self.db.begin_write()?;
+        let mut records: HashMap<String, Record> = HashMap::new();
+        {
+            let t = tx.open_table(SNAPSHOTS)?;
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let r: Record = serde_json::from_slice(v.value())
+                    .map_err(|e| Error::Internal(format!("snapshot record {}: {e}", k.value())))?;
+                records.insert(k.value().to_string(), r);
+            }
+        }
         let mut live: HashSet<String> = HashSet::new();
         let mut stack: Vec<String> = keep.iter().cloned().collect();
         for (k, r) in &records {
@@ -337,16 +357,13 @@ impl Snapshotter {
             }
         }
         let dead: Vec<&String> = records.keys().filter(|k| !live.contains(*k)).collect();
-        if !dead.is_empty() {
-            let tx = self.db.begin_write()?;
-            {
-                let mut t = tx.open_table(SNAPSHOTS)?;
-                for k in &dead {
-                    t.remove(k.as_str())?;
-                }
+        {
+            let mut t = tx.open_table(SNAPSHOTS)?;
+            for k in &dead {
+                t.remove(k.as_str())?;
             }
-            tx.commit()?;
         }
+        tx.commit()?;
         let live_ids: HashSet<u64> = records
             .iter()
             .filter(|(k, _)| live.contains(*k))
