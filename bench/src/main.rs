@@ -100,6 +100,9 @@ struct ReportArgs {
     /// The runtime compared against (denominator).
     #[arg(long, default_value = "containerd")]
     b: String,
+    /// A line printed under the report's header (e.g. which build was measured).
+    #[arg(long)]
+    note: Vec<String>,
     /// Rewrite the results section of this markdown file instead of printing.
     #[arg(long)]
     docs: Option<PathBuf>,
@@ -134,7 +137,12 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         results.push(r);
     }
     let results = report::merge(results);
-    let md = report::markdown(&results, &args.a, &args.b);
+    let mut md = String::new();
+    for n in &args.note {
+        md.push_str(n);
+        md.push_str("\n\n");
+    }
+    md.push_str(&report::markdown(&results, &args.a, &args.b));
     match args.docs {
         None => print!("{md}"),
         Some(path) => {
