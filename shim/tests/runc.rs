@@ -131,7 +131,7 @@ fn bundle_with(g: &Guard, id: &str, args: &[&str], terminal: bool) -> PathBuf {
     let bin = b.join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for l in ["sh", "echo", "sleep", "cat"] {
+    for l in ["sh", "echo", "sleep", "cat", "printf"] {
         symlink("busybox", bin.join(l)).unwrap();
     }
     for d in ["proc", "dev", "sys", "tmp"] {
@@ -241,7 +241,11 @@ async fn pod_shim_runs_containers_with_runc() {
     let b1 = bundle(
         &g,
         "c1",
-        &["sh", "-c", "echo out; echo err >&2; echo -n tail; exit 3"],
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; printf '%020000d\\n' 7; echo -n tail; exit 3",
+        ],
     );
     g.containers.push("c1".into());
     let pid1 = shim
@@ -270,7 +274,15 @@ async fn pod_shim_runs_containers_with_runc() {
     assert_eq!((st.status, st.exit_status), (TaskStatus::Stopped, 3));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
+    // The 20000-byte line: one 16 KiB partial entry, then the rest as the full entry.
+    let long: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains(" stdout P ") || l.ends_with("07"))
+        .collect();
+    assert_eq!(long.len(), 2, "{text}");
+    assert!(long[0].ends_with(&format!(" stdout P {}", "0".repeat(16 * 1024))));
+    assert!(long[1].ends_with(&format!(" stdout F {}7", "0".repeat(20000 - 16 * 1024 - 1))));
     for l in &lines {
         let ts = l.split(' ').next().unwrap();
         assert!(ts.ends_with('Z') && ts.len() == 30, "timestamp {ts}");
