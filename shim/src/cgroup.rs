@@ -66,6 +66,34 @@ impl Cgroups {
         parse_kv(&text).get("oom_kill").copied()
     }
 
+    /// Whether the memory cgroup directory still exists.
+    pub fn memory_exists(&self) -> bool {
+        self.dirs.get("memory").is_some_and(|d| d.exists())
+    }
+
+    /// An eventfd the kernel signals on every OOM in the memory cgroup (v1
+    /// `cgroup.event_control`), and when the cgroup goes away.
+    pub fn oom_eventfd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let dir = self
+            .dirs
+            .get("memory")
+            .ok_or_else(|| std::io::Error::other("no memory cgroup"))?;
+        // SAFETY: plain syscall; the result is checked before it is owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ctl = fs::File::open(dir.join("memory.oom_control"))?;
+        fs::write(
+            dir.join("cgroup.event_control"),
+            format!("{} {}", efd.as_raw_fd(), ctl.as_raw_fd()),
+        )?;
+        Ok(efd)
+    }
+
     /// containerd's cgroup v1 `Metrics` for this process's cgroups.
     pub fn metrics(&self) -> Metrics {
         let mut m = Metrics::new();

@@ -184,6 +184,17 @@ struct Container {
     /// Root filesystem the shim mounted from the create request.
     mounted_rootfs: Option<PathBuf>,
     cgroups: Cgroups,
+    /// The memory cgroup's `oom_kill` count already reported with `/tasks/oom`.
+    ooms_reported: u64,
+    oom_watch: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(h) = self.oom_watch.take() {
+            h.abort();
+        }
+    }
 }
 
 impl Container {
@@ -284,16 +295,8 @@ impl Service {
             ..Default::default()
         };
         io.drain(DRAIN_LIMIT).await;
-        if eid.is_empty() && cgroups.oom_kills().unwrap_or(0) > 0 {
-            let ev = TaskOOM {
-                container_id: cid.clone(),
-                ..Default::default()
-            };
-            self.publish(
-                topics::TASK_OOM_EVENT_TOPIC,
-                "containerd.events.TaskOOM",
-                &ev,
-            );
+        if eid.is_empty() {
+            self.report_oom(&cid, &cgroups, false);
         }
         let pid = {
             let mut cs = lock(&self.0.containers);
@@ -321,6 +324,68 @@ impl Service {
             "containerd.events.TaskExit",
             &ev,
         );
+    }
+
+    /// Publishes `/tasks/oom` when the memory cgroup counted OOM kills not reported yet
+    /// (`notified`: the kernel signalled an OOM, report it even without a counter).
+    fn report_oom(&self, cid: &str, cgroups: &Cgroups, notified: bool) {
+        let kills = cgroups.oom_kills();
+        let new = {
+            let mut cs = lock(&self.0.containers);
+            let Some(c) = cs.get_mut(cid) else { return };
+            match kills {
+                Some(n) if n > c.ooms_reported => {
+                    c.ooms_reported = n;
+                    true
+                }
+                Some(_) => false,
+                None => notified && cgroups.memory_exists(),
+            }
+        };
+        if new {
+            info!("container {cid}: OOM");
+            let ev = TaskOOM {
+                container_id: cid.to_string(),
+                ..Default::default()
+            };
+            self.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                "containerd.events.TaskOOM",
+                &ev,
+            );
+        }
+    }
+
+    /// Follows the container's OOM eventfd until its memory cgroup is gone.
+    async fn watch_oom(self, cid: String, efd: std::os::fd::OwnedFd) {
+        use std::os::fd::AsRawFd;
+        let cgroups = {
+            let cs = lock(&self.0.containers);
+            match cs.get(&cid) {
+                Some(c) => c.cgroups.clone(),
+                None => return,
+            }
+        };
+        // SAFETY: the AsyncFd owns the descriptor for as long as it is registered.
+        let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(efd) }) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                return;
+            };
+            let mut buf = [0u8; 8];
+            // SAFETY: reads 8 bytes into a local buffer from our eventfd.
+            let n = unsafe { libc::read(afd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+            if n < 0 {
+                guard.clear_ready();
+                continue;
+            }
+            if !cgroups.memory_exists() {
+                return;
+            }
+            self.report_oom(&cid, &cgroups, true);
+        }
     }
 
     /// After a pid became known: if it already exited, handle that exit now.
@@ -531,8 +596,20 @@ impl Task for Service {
             execs: HashMap::new(),
             mounted_rootfs: mounted,
             cgroups: Cgroups::of_pid(pid).unwrap_or_default(),
+            ooms_reported: 0,
+            oom_watch: None,
         };
+        let oom_fd = container.cgroups.oom_eventfd();
         lock(&self.0.containers).insert(id.clone(), container);
+        match oom_fd {
+            Ok(fd) => {
+                let h = tokio::spawn(self.clone().watch_oom(id.clone(), fd));
+                if let Some(c) = lock(&self.0.containers).get_mut(&id) {
+                    c.oom_watch = Some(h);
+                }
+            }
+            Err(e) => debug!("no OOM notifications for {id}: {e}"),
+        }
         self.claim_early_exit(pid, since);
         info!("created container {id} pid {pid}");
 

@@ -131,7 +131,7 @@ fn bundle_with(g: &Guard, id: &str, args: &[&str], terminal: bool) -> PathBuf {
     let bin = b.join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for l in ["sh", "echo", "sleep", "cat", "printf"] {
+    for l in ["sh", "echo", "sleep", "cat", "printf", "head", "sort"] {
         symlink("busybox", bin.join(l)).unwrap();
     }
     for d in ["proc", "dev", "sys", "tmp"] {
@@ -460,6 +460,49 @@ async fn pod_shim_runs_containers_with_runc() {
     assert!(text.contains(" stdout F tty-out"), "{text}");
     shim.delete("c4", "").await.unwrap();
 
+    // 6. A memory limit the process exceeds: /tasks/oom, then the exit by SIGKILL.
+    let b6 = bundle(
+        &g,
+        "c6",
+        &["sh", "-c", "head -c 200000000 /dev/zero | sort"],
+    );
+    let cfg_path = b6.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["linux"]["resources"] = serde_json::json!({"memory": {"limit": 16 * 1024 * 1024}});
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    g.containers.push("c6".into());
+    let pid6 = shim
+        .create(&CreateTask {
+            id: "c6".into(),
+            bundle: b6,
+            runtime: runtime.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    g.pids.push(pid6);
+    shim.start("c6", "").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut oom = false;
+    let status = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, rx.recv())
+            .await
+            .expect("no exit of c6")
+            .unwrap();
+        match ev.event {
+            TaskEvent::Oom { container_id } if container_id == "c6" => oom = true,
+            TaskEvent::Exit {
+                id, exit_status, ..
+            } if id == "c6" => break exit_status,
+            _ => {}
+        }
+    };
+    assert!(oom, "no /tasks/oom before the exit");
+    assert_eq!(status, 128 + 9);
+    shim.delete("c6", "").await.unwrap();
+
     // 5. crustd goes away: the container keeps running and its log keeps flowing; the exit
     // is recorded, and published once an events endpoint is back at the same address.
     let events_path = g.path().join("events.sock");
@@ -511,7 +554,7 @@ async fn pod_shim_runs_containers_with_runc() {
     assert!(!alive(shim_pid), "shim still running");
     events.shutdown().await;
 
-    for pid in [pid1, pid2, epid, pid3, pid4, pid5] {
+    for pid in [pid1, pid2, epid, pid3, pid4, pid5, pid6] {
         assert!(!alive(pid), "process {pid} left");
     }
     assert!(mounts_under(g.path()).is_empty(), "mounts left");
