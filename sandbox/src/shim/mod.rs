@@ -102,7 +102,8 @@ pub struct SpawnConfig {
     pub binary: PathBuf,
     /// containerd-style namespace passed to the shim (`k8s.io`).
     pub namespace: String,
-    /// Directory for the shims' ttrpc sockets (under crust's state dir; keep it short).
+    /// Directory for the shims' ttrpc sockets (under crust's state dir; at most 42 bytes:
+    /// sockets are `<dir>/<sha256 hex>` and a unix socket path holds 107).
     pub socket_dir: PathBuf,
     pub debug: bool,
     /// How long `start` may take.
@@ -274,6 +275,14 @@ impl ShimClient {
         pod_dir: &Path,
         events_address: &str,
     ) -> Result<ShimClient> {
+        // The shim names its socket <socket_dir>/<64 hex digits>; sun_path holds 107 bytes.
+        let len = cfg.socket_dir.as_os_str().len() + 65;
+        if len > 107 {
+            return Err(ShimError::InvalidArgument(format!(
+                "shim socket directory {} is too long for a unix socket path ({len} > 107 bytes)",
+                cfg.socket_dir.display()
+            )));
+        }
         tokio::fs::create_dir_all(&cfg.socket_dir).await?;
         let params = BootstrapParams {
             instance_id: pod_id.to_string(),
