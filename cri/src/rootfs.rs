@@ -30,4 +30,41 @@ impl Rootfs for ImageRootfs {
     fn remove(&self, key: &str) -> Result<(), String> {
         self.0.snapshotter().remove(key).map_err(|e| e.to_string())
     }
+
+    fn usage(&self, key: &str) -> Option<(u64, u64)> {
+        let mounts = self.0.snapshotter().mounts(key).ok()?;
+        let upper = mounts
+            .iter()
+            .flat_map(|m| m.options.iter())
+            .find_map(|o| o.strip_prefix("upperdir="))?;
+        Some(disk_usage(Path::new(upper)))
+    }
+}
+
+/// Bytes (allocated blocks) and inodes below `dir`, not following links or
+/// crossing into other mounts.
+fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let (mut bytes, mut inodes) = (top.blocks() * 512, 1);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != top.dev() {
+                continue;
+            }
+            bytes += m.blocks() * 512;
+            inodes += 1;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
 }

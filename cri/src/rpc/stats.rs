@@ -1,5 +1,10 @@
-//! Stats and metrics RPCs.
+//! Stats RPCs: container and pod usage read from their cgroups and writable layers.
 
+use crust_sandbox::PodRecord;
+use crust_sandbox::container::stats::CgroupUsage;
+use crust_sandbox::container::{ContainerFilter, ContainerUsage};
+use crust_sandbox::pod::PodFilter;
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::{
     ContainerStatsRequest, ContainerStatsResponse, ListContainerStatsRequest,
     ListContainerStatsResponse, ListMetricDescriptorsRequest, ListMetricDescriptorsResponse,
@@ -10,36 +15,169 @@ use k8s_cri::v1::{
 use crate::Cri;
 use crate::error::{CriError, CriResult};
 
-/// ContainerStats: not built yet.
+fn value(v: Option<u64>) -> Option<cri::UInt64Value> {
+    v.map(|value| cri::UInt64Value { value })
+}
+
+fn cpu(u: &CgroupUsage) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp: u.timestamp_ns,
+        usage_core_nano_seconds: value(u.cpu_usage_ns),
+        usage_nano_cores: value(u.cpu_nano_cores),
+    }
+}
+
+fn memory(u: &CgroupUsage) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp: u.timestamp_ns,
+        working_set_bytes: value(u.memory_working_set_bytes),
+        available_bytes: value(u.memory_available_bytes),
+        usage_bytes: value(u.memory_usage_bytes),
+        rss_bytes: value(u.memory_rss_bytes),
+        page_faults: value(u.page_faults),
+        major_page_faults: value(u.major_page_faults),
+    }
+}
+
+fn container_stats_of(cri: &Cri, u: ContainerUsage) -> cri::ContainerStats {
+    let r = u.record;
+    let now = u
+        .cgroup
+        .as_ref()
+        .map(|c| c.timestamp_ns)
+        .unwrap_or_default();
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: r.id.clone(),
+            metadata: r.config.metadata.clone(),
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+        }),
+        cpu: u.cgroup.as_ref().map(cpu),
+        memory: u.cgroup.as_ref().map(memory),
+        writable_layer: u.writable.map(|(bytes, inodes)| cri::FilesystemUsage {
+            timestamp: now,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: cri.images.snapshotter().root().display().to_string(),
+            }),
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        }),
+        swap: None,
+    }
+}
+
 pub async fn container_stats(
-    _cri: &Cri,
-    _req: ContainerStatsRequest,
+    cri: &Cri,
+    req: ContainerStatsRequest,
 ) -> CriResult<ContainerStatsResponse> {
-    Err(CriError::Unimplemented("ContainerStats"))
+    if req.container_id.is_empty() {
+        return Err(CriError::InvalidArgument(
+            "ContainerStats needs a container id".into(),
+        ));
+    }
+    // An unknown id is NotFound here, not an empty answer.
+    let id = cri.containers.get(&req.container_id)?.id;
+    let usage = cri
+        .containers
+        .stats(&ContainerFilter {
+            id,
+            ..Default::default()
+        })?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CriError::NotFound(format!("container {:?} not found", req.container_id)))?;
+    Ok(ContainerStatsResponse {
+        stats: Some(container_stats_of(cri, usage)),
+    })
 }
 
-/// ListContainerStats: not built yet.
 pub async fn list_container_stats(
-    _cri: &Cri,
-    _req: ListContainerStatsRequest,
+    cri: &Cri,
+    req: ListContainerStatsRequest,
 ) -> CriResult<ListContainerStatsResponse> {
-    Err(CriError::Unimplemented("ListContainerStats"))
+    let f = req.filter.unwrap_or_default();
+    let stats = cri
+        .containers
+        .stats(&ContainerFilter {
+            id: f.id,
+            pod_id: f.pod_sandbox_id,
+            state: None,
+            labels: f.label_selector,
+        })?
+        .into_iter()
+        .map(|u| container_stats_of(cri, u))
+        .collect();
+    Ok(ListContainerStatsResponse { stats })
 }
 
-/// PodSandboxStats: not built yet.
+fn pod_stats_of(cri: &Cri, pod: &PodRecord) -> CriResult<cri::PodSandboxStats> {
+    let usage = cri.containers.pod_usage(pod);
+    let containers = cri
+        .containers
+        .stats(&ContainerFilter {
+            pod_id: pod.id.clone(),
+            ..Default::default()
+        })?
+        .into_iter()
+        .map(|u| container_stats_of(cri, u))
+        .collect();
+    Ok(cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: pod.id.clone(),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: pod.spec.metadata.name.clone(),
+                uid: pod.spec.metadata.uid.clone(),
+                namespace: pod.spec.metadata.namespace.clone(),
+                attempt: pod.spec.metadata.attempt,
+            }),
+            labels: pod.spec.labels.clone().into_iter().collect(),
+            annotations: pod.spec.annotations.clone().into_iter().collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: usage.as_ref().map(cpu),
+            memory: usage.as_ref().map(memory),
+            network: None,
+            process: usage.as_ref().map(|u| cri::ProcessUsage {
+                timestamp: u.timestamp_ns,
+                process_count: value(u.processes),
+            }),
+            containers,
+        }),
+        windows: None,
+    })
+}
+
 pub async fn pod_sandbox_stats(
-    _cri: &Cri,
-    _req: PodSandboxStatsRequest,
+    cri: &Cri,
+    req: PodSandboxStatsRequest,
 ) -> CriResult<PodSandboxStatsResponse> {
-    Err(CriError::Unimplemented("PodSandboxStats"))
+    if req.pod_sandbox_id.is_empty() {
+        return Err(CriError::InvalidArgument(
+            "PodSandboxStats needs a pod sandbox id".into(),
+        ));
+    }
+    let pod = cri.pods.get(&req.pod_sandbox_id)?;
+    Ok(PodSandboxStatsResponse {
+        stats: Some(pod_stats_of(cri, &pod)?),
+    })
 }
 
-/// ListPodSandboxStats: not built yet.
 pub async fn list_pod_sandbox_stats(
-    _cri: &Cri,
-    _req: ListPodSandboxStatsRequest,
+    cri: &Cri,
+    req: ListPodSandboxStatsRequest,
 ) -> CriResult<ListPodSandboxStatsResponse> {
-    Err(CriError::Unimplemented("ListPodSandboxStats"))
+    let f = req.filter.unwrap_or_default();
+    let pods = cri.pods.list(&PodFilter {
+        id: f.id,
+        state: None,
+        label_selector: f.label_selector.into_iter().collect(),
+    });
+    let stats = pods
+        .iter()
+        .map(|p| pod_stats_of(cri, p))
+        .collect::<CriResult<Vec<_>>>()?;
+    Ok(ListPodSandboxStatsResponse { stats })
 }
 
 /// ListMetricDescriptors: not built yet.

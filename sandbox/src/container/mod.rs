@@ -6,10 +6,12 @@ pub mod record;
 pub mod seccomp;
 pub mod service;
 pub mod spec;
+pub mod stats;
 pub mod user;
 
 pub use record::{ContainerRecord, ContainerState};
 pub use service::{
-    ContainerFilter, Containers, ContainersConfig, EXEC_OUTPUT_CAP, ExecOutput, ImageInfo, Rootfs,
+    ContainerFilter, ContainerUsage, Containers, ContainersConfig, EXEC_OUTPUT_CAP, ExecOutput,
+    ImageInfo, Rootfs,
 };
 pub use spec::{BuiltSpec, NodeContext, PidNamespace, PodContext, SpecError, build};

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::record::{ContainerRecord, ContainerState, ContainerStore, RECORD_VERSION, name_key};
 use super::spec::{self, NodeContext, PidNamespace, PodContext, SpecError};
+use super::stats::{CgroupUsage, nano_cores, read_cgroup};
 use crate::error::{Error, Result};
 use crate::pod::{NamespaceMode, PodRecord, PodSandboxes, PodState};
 use crate::shim::{CreateTask, Output, RuntimeOptions, ShimClient, ShimError, TaskIo};
@@ -30,7 +31,22 @@ pub trait Rootfs: Send + Sync {
     fn mount(&self, key: &str, image_id: &str, target: &Path) -> std::result::Result<(), String>;
     /// Removes snapshot `key` (already unmounted); absent is fine.
     fn remove(&self, key: &str) -> std::result::Result<(), String>;
+    /// Bytes and inodes the container has written (its snapshot's upper layer).
+    fn usage(&self, key: &str) -> Option<(u64, u64)>;
 }
+
+/// A container's resource usage, for the stats RPCs.
+#[derive(Debug, Clone)]
+pub struct ContainerUsage {
+    pub record: ContainerRecord,
+    /// None unless the container is running.
+    pub cgroup: Option<CgroupUsage>,
+    /// (bytes, inodes) of its writable layer.
+    pub writable: Option<(u64, u64)>,
+}
+
+/// Where cgroup hierarchies are mounted on a real node.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Unmounts a container's rootfs and removes its snapshot; idempotent.
 fn release_rootfs(rootfs: &dyn Rootfs, key: &str, target: &Path) -> Result<()> {
@@ -94,6 +110,8 @@ struct Inner {
     exits: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Shim connections by pod id.
     shims: tokio::sync::Mutex<HashMap<String, ShimClient>>,
+    /// The previous CPU sample of each cgroup (time, usage), for nano cores.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 impl From<SpecError> for Error {
@@ -182,6 +200,7 @@ impl Containers {
                 creating: Mutex::new(HashMap::new()),
                 exits: Mutex::new(HashMap::new()),
                 shims: tokio::sync::Mutex::new(HashMap::new()),
+                cpu_samples: Mutex::new(HashMap::new()),
             }),
         };
         let running: Vec<String> = c
@@ -416,6 +435,11 @@ impl Containers {
         }
         self.inner.store.delete(&rec.id)?;
         self.inner.lock().remove(&rec.id);
+        self.inner
+            .cpu_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id);
         self.inner.exits_lock().remove(&rec.id);
         self.inner.update_metrics();
         drop(timer);
@@ -456,6 +480,32 @@ impl Containers {
             .collect();
         out.sort_by_key(|r| r.created_at_ns);
         Ok(out)
+    }
+
+    /// Usage of the containers the filter selects (ContainerStats, ListContainerStats).
+    pub fn stats(&self, f: &ContainerFilter) -> Result<Vec<ContainerUsage>> {
+        let now = now_ns();
+        Ok(self
+            .list(f)?
+            .into_iter()
+            .map(|record| ContainerUsage {
+                cgroup: (record.state == ContainerState::Running)
+                    .then(|| {
+                        self.inner
+                            .cgroup_usage(&record.id, &record.cgroups_path, now)
+                    })
+                    .flatten(),
+                writable: self.inner.rootfs.usage(&record.id),
+                record,
+            })
+            .collect())
+    }
+
+    /// Usage of a pod's own cgroup (PodSandboxStats), when it has one.
+    pub fn pod_usage(&self, pod: &PodRecord) -> Option<CgroupUsage> {
+        let cg = pod.cgroup.as_ref()?;
+        self.inner
+            .cgroup_usage(&format!("pod:{}", pod.id), &cg.path, now_ns())
     }
 
     /// Ids of every container of a pod (StopPodSandbox, RemovePodSandbox).
@@ -867,6 +917,22 @@ impl Inner {
         })?;
         shims.insert(pod.id.clone(), s.clone());
         Ok(s)
+    }
+
+    /// Reads a cgroup and works out its CPU rate from the previous sample.
+    /// systemd-style paths (`slice:prefix:name`) are not files and give None.
+    fn cgroup_usage(&self, key: &str, cgroups_path: &str, now: i64) -> Option<CgroupUsage> {
+        if cgroups_path.contains(':') {
+            return None;
+        }
+        let mut u = read_cgroup(Path::new(CGROUP_ROOT), cgroups_path, now);
+        if let Some(cpu) = u.cpu_usage_ns {
+            let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(prev) = samples.insert(key.to_string(), (now, cpu)) {
+                u.cpu_nano_cores = nano_cores(prev, (now, cpu));
+            }
+        }
+        Some(u)
     }
 
     fn exit_receiver(&self, id: &str) -> watch::Receiver<bool> {
