@@ -573,3 +573,101 @@ async fn pod_shim_runs_containers_with_runc() {
         "socket left"
     );
 }
+
+fn status_kib(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Memory of ten pod shims with one `sleep` container each (run by hand:
+/// `CRUST_SHIM_BIN=$(hack/build-shim) cargo test -p crust-shim --test runc -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn memory_of_ten_pod_shims() {
+    if !usable() {
+        eprintln!("skipped: needs root, runc and /bin/busybox");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("crust-shim-mem")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut g = Guard {
+        dir,
+        cgroup_prefix: format!("crust-shim-mem-{}-", std::process::id()),
+        pids: Vec::new(),
+        containers: Vec::new(),
+    };
+    let (events, _rx) = EventsServer::start(&g.path().join("events.sock"))
+        .await
+        .unwrap();
+    let cfg = SpawnConfig {
+        binary: shim_binary(),
+        socket_dir: g.path().join("s"),
+        ..Default::default()
+    };
+    let runtime = RuntimeOptions {
+        root: Some(g.runc_root()),
+        ..Default::default()
+    };
+    let mut shims = Vec::new();
+    for i in 0..10 {
+        let pod_dir = g.path().join(format!("pod{i}"));
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let shim = ShimClient::spawn(&cfg, &format!("pod{i}"), &pod_dir, events.address())
+            .await
+            .unwrap();
+        let pid = shim.shim_pid().await.unwrap();
+        g.pids.push(pid);
+        let id = format!("m{i}");
+        let b = bundle(&g, &id, &["sleep", "1000"]);
+        g.containers.push(id.clone());
+        let cpid = shim
+            .create(&CreateTask {
+                id: id.clone(),
+                bundle: b,
+                io: TaskIo {
+                    output: Output::CriLog(g.path().join(format!("logs/{id}.log"))),
+                    ..Default::default()
+                },
+                runtime: runtime.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        g.pids.push(cpid);
+        shim.start(&id, "").await.unwrap();
+        shims.push((shim, pid, id));
+    }
+    // Let short-lived blocking threads retire.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut rss, mut pss, mut anon) = (0, 0, 0);
+    for (_, pid, _) in &shims {
+        rss += status_kib(*pid, "status", "VmRSS:");
+        anon += status_kib(*pid, "status", "RssAnon:");
+        pss += status_kib(*pid, "smaps_rollup", "Pss:");
+    }
+    eprintln!(
+        "10 pod shims, one running container each: per shim VmRSS {} KiB, RssAnon {} KiB, Pss {} KiB",
+        rss / 10,
+        anon / 10,
+        pss / 10
+    );
+    for (shim, pid, id) in shims {
+        shim.kill(&id, "", 9, false).await.unwrap();
+        shim.wait(&id, "").await.unwrap();
+        shim.delete(&id, "").await.unwrap();
+        shim.shutdown(false).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(pid));
+    }
+    events.shutdown().await;
+    assert!(cgroups_named(&g.cgroup_prefix).is_empty());
+}
