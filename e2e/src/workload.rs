@@ -191,7 +191,8 @@ pub fn alive(pid: i64) -> bool {
         .is_some_and(|r| !r.starts_with('Z'))
 }
 
-pub async fn pid_of(rt: &mut Rt, id: &str) -> i64 {
+/// The JSON of ContainerStatus's verbose `info`.
+pub async fn verbose_info(rt: &mut Rt, id: &str) -> serde_json::Value {
     let r = rt
         .container_status(cri::ContainerStatusRequest {
             container_id: id.into(),
@@ -200,7 +201,9 @@ pub async fn pid_of(rt: &mut Rt, id: &str) -> i64 {
         .await
         .expect("ContainerStatus")
         .into_inner();
-    let info: serde_json::Value =
-        serde_json::from_str(r.info.get("info").expect("verbose info")).expect("json");
-    info["pid"].as_i64().expect("pid")
+    serde_json::from_str(r.info.get("info").expect("verbose info")).expect("json")
+}
+
+pub async fn pid_of(rt: &mut Rt, id: &str) -> i64 {
+    verbose_info(rt, id).await["pid"].as_i64().expect("pid")
 }

@@ -154,13 +154,23 @@ async fn readonly_rootfs_capabilities_privileged_and_seccomp() {
         0,
         "NET_ADMIN added"
     );
-    let u = exec(&mut rt, &ro, &["/bin/busybox", "unshare", "-U", "/bin/true"], 10)
-        .await
-        .expect("exec");
+    let u = exec(
+        &mut rt,
+        &ro,
+        &["/bin/busybox", "unshare", "-U", "/bin/true"],
+        10,
+    )
+    .await
+    .expect("exec");
     assert_ne!(u.exit_code, 0, "RuntimeDefault refuses unshare");
-    let u = exec(&mut rt, &plain, &["/bin/busybox", "unshare", "-U", "/bin/true"], 10)
-        .await
-        .expect("exec");
+    let u = exec(
+        &mut rt,
+        &plain,
+        &["/bin/busybox", "unshare", "-U", "/bin/true"],
+        10,
+    )
+    .await
+    .expect("exec");
     assert_eq!(
         u.exit_code,
         0,
@@ -200,17 +210,7 @@ fn memory_limit_file(cgroups_path: &str) -> PathBuf {
 }
 
 async fn cgroups_path(rt: &mut Rt, id: &str) -> String {
-    let r = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner();
-    let info: serde_json::Value =
-        serde_json::from_str(r.info.get("info").expect("info")).expect("json");
-    info["cgroupsPath"]
+    verbose_info(rt, id).await["cgroupsPath"]
         .as_str()
         .expect("cgroupsPath")
         .to_string()

@@ -536,15 +536,7 @@ impl Containers {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument("exec command is empty".into()));
         }
-        let rec = self.get(id)?;
-        if rec.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        let pod = self.inner.pods.get(&rec.pod_id)?;
-        let shim = self.inner.shim(&pod).await?;
+        let (rec, shim) = self.running(id).await?;
         let mut process = self.oci_spec(&rec.id)?["process"].take();
         process["args"] = serde_json::json!(cmd);
         process["terminal"] = serde_json::json!(false);
@@ -644,6 +636,13 @@ impl Containers {
 
     /// ReopenContainerLog: only for a running container.
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let (rec, shim) = self.running(id).await?;
+        shim.reopen_log(&rec.id).await?;
+        Ok(())
+    }
+
+    /// A running container and its pod's shim; FailedPrecondition when not running.
+    async fn running(&self, id: &str) -> Result<(ContainerRecord, ShimClient)> {
         let rec = self.get(id)?;
         if rec.state != ContainerState::Running {
             return Err(Error::FailedPrecondition(format!(
@@ -653,8 +652,7 @@ impl Containers {
         }
         let pod = self.inner.pods.get(&rec.pod_id)?;
         let shim = self.inner.shim(&pod).await?;
-        shim.reopen_log(&rec.id).await?;
-        Ok(())
+        Ok((rec, shim))
     }
 }
 
