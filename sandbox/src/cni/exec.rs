@@ -52,16 +52,32 @@ impl PluginRunner for ProcessRunner {
     ) -> RunFuture<'a> {
         Box::pin(async move {
             use tokio::io::AsyncWriteExt;
-            let mut child = tokio::process::Command::new(binary)
-                .envs(env)
+            let mut cmd = tokio::process::Command::new(binary);
+            cmd.envs(env)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(RunFailure::Io)?;
+                .kill_on_drop(true);
+            // ETXTBSY: a plugin just installed can still be open for writing in a child some
+            // other thread forked; it goes away within moments.
+            let mut tries = 0;
+            let mut child = loop {
+                match cmd.spawn() {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => break other.map_err(RunFailure::Io)?,
+                }
+            };
             if let Some(mut s) = child.stdin.take() {
-                s.write_all(&stdin).await.map_err(RunFailure::Io)?;
+                // A plugin that exits without reading its config still has something to say.
+                match s.write_all(&stdin).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        return Err(RunFailure::Io(e));
+                    }
+                    _ => {}
+                }
             }
             let out = tokio::time::timeout(timeout, child.wait_with_output())
                 .await
@@ -684,6 +700,116 @@ mod tests {
         assert_eq!(result_ips(&r), vec!["10.1.0.2"]);
         assert!(version_at_least("1.0.0", (0, 4, 0)));
         assert!(!version_at_least("0.3.1", (0, 4, 0)));
+    }
+
+    /// A plugin as a real script: records its environment and stdin, answers per CNI_COMMAND.
+    fn script_plugin(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn process_runner_runs_a_script_plugin_with_env_and_stdin() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        script_plugin(
+            d.path(),
+            "scriptnet",
+            &format!(
+                "cat > {log}.stdin\n\
+                 env | grep ^CNI_ | sort > {log}.env\n\
+                 case \"$CNI_COMMAND\" in\n\
+                 ADD) echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"10.77.0.3/24\"}}]}}' ;;\n\
+                 esac",
+                log = log.display()
+            ),
+        );
+        let cni = Cni::new(
+            vec![d.path().to_path_buf()],
+            d.path().join("cache"),
+            Duration::from_secs(10),
+            Box::new(ProcessRunner),
+        );
+        let net = NetworkConfigList::from_conf(
+            br#"{"cniVersion":"1.0.0","name":"scripted","type":"scriptnet","mtu":1400}"#,
+            Path::new("/x.conf"),
+        )
+        .unwrap();
+        let rt = RuntimeConf {
+            container_id: "c1".into(),
+            netns: "/run/netns/x".into(),
+            ifname: "eth0".into(),
+            args: vec![("K8S_POD_NAME".into(), "p".into())],
+            port_mappings: vec![],
+        };
+        let res = cni.add(&net, &rt).await.unwrap();
+        assert_eq!(result_ips(&res), vec!["10.77.0.3"]);
+        let env = std::fs::read_to_string(format!("{}.env", log.display())).unwrap();
+        assert!(env.contains("CNI_COMMAND=ADD\n"), "{env}");
+        assert!(env.contains("CNI_CONTAINERID=c1\n"), "{env}");
+        assert!(env.contains("CNI_NETNS=/run/netns/x\n"), "{env}");
+        assert!(env.contains("CNI_ARGS=K8S_POD_NAME=p\n"), "{env}");
+        assert!(
+            env.contains(&format!("CNI_PATH={}\n", d.path().display())),
+            "{env}"
+        );
+        let stdin: Value =
+            serde_json::from_slice(&std::fs::read(format!("{}.stdin", log.display())).unwrap())
+                .unwrap();
+        assert_eq!(stdin["name"], "scripted");
+        assert_eq!(stdin["mtu"], 1400);
+        cni.del("c1", None, &RuntimeConf::default()).await.unwrap();
+        let env = std::fs::read_to_string(format!("{}.env", log.display())).unwrap();
+        assert!(env.contains("CNI_COMMAND=DEL\n"), "{env}");
+        let stdin: Value =
+            serde_json::from_slice(&std::fs::read(format!("{}.stdin", log.display())).unwrap())
+                .unwrap();
+        assert_eq!(stdin["prevResult"]["ips"][0]["address"], "10.77.0.3/24");
+    }
+
+    #[tokio::test]
+    async fn process_runner_reports_plugin_errors_and_timeouts() {
+        let d = tempfile::tempdir().unwrap();
+        script_plugin(
+            d.path(),
+            "failnet",
+            r#"echo '{"cniVersion":"1.0.0","code":11,"msg":"address pool exhausted","details":"10.77.0.0/30"}'; exit 1"#,
+        );
+        script_plugin(d.path(), "slownet", "cat >/dev/null; exec sleep 30");
+        let cni = Cni::new(
+            vec![d.path().to_path_buf()],
+            d.path().join("cache"),
+            Duration::from_millis(300),
+            Box::new(ProcessRunner),
+        );
+        let rt = RuntimeConf {
+            container_id: "c2".into(),
+            ifname: "eth0".into(),
+            ..Default::default()
+        };
+        let fail = NetworkConfigList::from_conf(
+            br#"{"cniVersion":"1.0.0","name":"f","type":"failnet"}"#,
+            Path::new("/f.conf"),
+        )
+        .unwrap();
+        let err = cni.add(&fail, &rt).await.unwrap_err().to_string();
+        assert!(
+            err.contains("failnet ADD failed: address pool exhausted: 10.77.0.0/30 (code 11)"),
+            "{err}"
+        );
+        let slow = NetworkConfigList::from_conf(
+            br#"{"cniVersion":"1.0.0","name":"s","type":"slownet"}"#,
+            Path::new("/s.conf"),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = cni.add(&slow, &rt).await.unwrap_err().to_string();
+        assert!(err.contains("timed out"), "{err}");
+        // ADD and the DEL after it each get the timeout; nothing waits for the 30 s sleep.
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
