@@ -503,6 +503,36 @@ async fn host_network_pod_skips_cni_and_uses_host_namespaces() {
     stop(&mut rt, &id).await;
     remove(&mut rt, &id).await;
     assert_gone(&crustd, &net, &id);
+
+    // hostIPC: the host's IPC namespace and /dev/shm, and no IPC sysctls.
+    let mut config = pod_config("hostipc", &net);
+    let opts = config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
+    opts.ipc = cri::NamespaceMode::Node as i32;
+    let mut bad = config.clone();
+    bad.metadata.as_mut().unwrap().name = "hostipc-sysctl".into();
+    bad.linux.as_mut().unwrap().sysctls =
+        HashMap::from([("kernel.shm_rmid_forced".into(), "1".into())]);
+    let err = run(&mut rt, bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let id = run(&mut rt, config).await.expect("hostIPC pod");
+    let dir = pod_dir(&crustd, &id);
+    assert!(!dir.join("ns/ipc").exists());
+    assert!(dir.join("ns/net").exists());
+    assert!(
+        !mounts_under(&dir).iter().any(|m| m.ends_with("/shm")),
+        "no shm of its own"
+    );
+    remove(&mut rt, &id).await;
+    assert_gone(&crustd, &net, &id);
 }
 
 /// A listener in the pod's netns: `busybox nc -l` answering one connection.
