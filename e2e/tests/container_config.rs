@@ -395,3 +395,67 @@ async fn containers_of_a_pod_share_localhost_ipc_and_uts() {
     .await
     .expect("RemovePodSandbox");
 }
+
+#[tokio::test]
+async fn host_path_mounts_are_bound_readonly_or_writable() {
+    let (registry, crustd, net) = setup(215).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("mounts", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let host = crustd.dir().join("host-data");
+    std::fs::create_dir_all(&host).expect("mkdir");
+    std::fs::write(host.join("hello"), "from the host\n").expect("write");
+    let mut c = container_config("mounter", &image, &["/bin/sleep", "1000"]);
+    c.mounts = vec![
+        cri::Mount {
+            container_path: "/ro".into(),
+            host_path: host.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/rw".into(),
+            host_path: host.display().to_string(),
+            readonly: false,
+            propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+            ..Default::default()
+        },
+    ];
+    let id = create(&mut rt, &pod, &pc, c).await.expect("create");
+    start(&mut rt, &id).await;
+    let r = exec(&mut rt, &id, &["/bin/cat", "/ro/hello"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(r.stdout, b"from the host\n");
+    let r = exec(&mut rt, &id, &["/bin/touch", "/ro/new"], 10)
+        .await
+        .expect("exec");
+    assert_ne!(r.exit_code, 0, "a readonly mount refuses writes");
+    let r = exec(&mut rt, &id, &["/bin/touch", "/rw/new"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(r.exit_code, 0);
+    assert!(host.join("new").exists(), "the write reached the host");
+    let s = status(&mut rt, &id).await;
+    assert_eq!(s.mounts.len(), 2, "mounts are reported as given");
+
+    // A host path that does not exist is refused at create.
+    let mut c = container_config("missing", &image, &["/bin/true"]);
+    c.mounts = vec![cri::Mount {
+        container_path: "/x".into(),
+        host_path: "/nonexistent/crust/path".into(),
+        ..Default::default()
+    }];
+    let err = create(&mut rt, &pod, &pc, c)
+        .await
+        .expect_err("missing host path");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}

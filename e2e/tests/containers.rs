@@ -376,3 +376,88 @@ async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
     .expect("RemovePodSandbox");
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn reopen_container_log_follows_kubelet_rotation() {
+    let (registry, crustd, net) = setup(205).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("rotate", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config(
+            "ticker",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+            ],
+        ),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let log = PathBuf::from(status(&mut rt, &id).await.log_path);
+    let wait_for_lines = |path: PathBuf| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() >= 2) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no lines in {}", path.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for_lines(log.clone()).await;
+
+    // kubelet rotates: rename, then ask for a reopen.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).expect("rename");
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog");
+    wait_for_lines(log.clone()).await;
+    let before = std::fs::read_to_string(&rotated).expect("rotated");
+    let after = std::fs::read_to_string(&log).expect("new log");
+    let last = |t: &str| -> u32 {
+        t.lines()
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .next_back()
+            .expect("a tick")
+    };
+    let first_new: u32 = after
+        .lines()
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("a tick");
+    assert!(
+        first_new > last(&before),
+        "the new file continues where the old stopped"
+    );
+
+    // Not running: refused.
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .expect("stop");
+    let err = rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("not running");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
