@@ -348,6 +348,23 @@ impl Cri {
             .1)
     }
 
+    /// The streaming URL for forwarding `port` of a pod.
+    pub async fn port_forward(
+        &self,
+        pod_id: &str,
+        port: u16,
+    ) -> Result<(String, Duration), BenchError> {
+        let mut c = self.rt.clone();
+        let req = cri::PortForwardRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            port: vec![i32::from(port)],
+        };
+        let (r, d) = self
+            .timed("PortForward", self.timeout, c.port_forward(req))
+            .await?;
+        Ok((r.url, d))
+    }
+
     pub async fn exec_sync(
         &self,
         id: &str,
@@ -408,13 +425,32 @@ pub fn pod_config(run_id: &str, index: usize, log_root: &Path) -> cri::PodSandbo
 pub const SLEEP_COMMAND: [&str; 3] = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
 
 pub fn sleep_container(run_id: &str, name: &str, image: &str) -> cri::ContainerConfig {
+    container(run_id, name, image, &SLEEP_COMMAND)
+}
+
+/// The port the echo container listens on.
+pub const ECHO_PORT: u16 = 8080;
+
+/// A container echoing back whatever a TCP client on ECHO_PORT sends
+/// (busybox `nc -ll`: a new `cat` per connection, for ever).
+pub fn echo_container(run_id: &str, image: &str) -> cri::ContainerConfig {
+    let port = ECHO_PORT.to_string();
+    container(
+        run_id,
+        "echo",
+        image,
+        &["/usr/bin/nc", "-ll", "-p", &port, "-e", "/bin/cat"],
+    )
+}
+
+fn container(run_id: &str, name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.to_string(),
             attempt: 0,
         }),
         image: Some(image_spec(image)),
-        command: SLEEP_COMMAND.iter().map(|s| s.to_string()).collect(),
+        command: command.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}.log"),
         labels: HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())]),
         linux: Some(cri::LinuxContainerConfig::default()),

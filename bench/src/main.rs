@@ -6,6 +6,7 @@
 mod cri;
 mod floor;
 mod machine;
+mod portforward;
 mod procs;
 mod report;
 mod scenario;
@@ -48,7 +49,8 @@ struct RunArgs {
     #[arg(long)]
     endpoint: Option<String>,
     /// version, status, pull-small, pull-large, pod, container, pod-container,
-    /// density, list, stats, exec, cleanup (removes EVERY pod of the endpoint),
+    /// density, list, stats, exec, port-forward, cleanup (removes EVERY pod of
+    /// the endpoint),
     /// floor-unshare, floor-runc.
     #[arg(long)]
     scenario: Option<String>,
@@ -84,6 +86,9 @@ struct RunArgs {
     /// Where pod log directories go (default: a new dir under $TMPDIR).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// MiB echoed through each port-forward (port-forward).
+    #[arg(long, default_value_t = 8)]
+    mib: usize,
     /// OCI bundle for floor-runc.
     #[arg(long)]
     bundle: Option<PathBuf>,
@@ -302,6 +307,7 @@ async fn execute(
             shim_match: args.shim_match.clone(),
             work_dir: work_dir.to_path_buf(),
             run_id: run_id.to_string(),
+            bytes: args.mib.max(1) * 1024 * 1024,
         },
     );
     let res = ctx.run().await;

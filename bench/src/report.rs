@@ -303,6 +303,9 @@ pub fn describe(scenario: &str) -> &'static str {
         "list" => "ListPodSandbox, ListContainers and the status calls with the pods present",
         "stats" => "ListContainerStats and ContainerStats with the containers running",
         "exec" => "ExecSync of `true` in a running container",
+        "port-forward" => {
+            "PortForward, then an echo of N MiB through the streaming server (WebSocket) to a pod"
+        }
         "floor-unshare" => "unshare --net --ipc --uts --pid --fork --mount true: namespaces alone",
         "floor-runc" => "runc run of a minimal busybox bundle running `true`",
         _ => "",

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_cri::v1 as cri;
 
-use crate::cri::{BenchError, Cri, RUN_LABEL, pod_config, sleep_container};
+use crate::cri::{
+    BenchError, Cri, ECHO_PORT, RUN_LABEL, echo_container, pod_config, sleep_container,
+};
 use crate::procs::{ProcFs, ShimQuery, with_descendants};
 use crate::report::{Figure, Operation};
 use crate::stats::Summary;
@@ -34,6 +36,7 @@ pub const CRI_SCENARIOS: &[&str] = &[
     "list",
     "stats",
     "exec",
+    "port-forward",
     "cleanup",
 ];
 
@@ -55,6 +58,8 @@ pub struct Settings {
     /// Pod log directories live here (removed at the end).
     pub work_dir: PathBuf,
     pub run_id: String,
+    /// Bytes echoed through each port-forward.
+    pub bytes: usize,
 }
 
 /// Samples and figures gathered while a scenario runs.
@@ -241,6 +246,7 @@ impl Ctx {
             "list" => self.list().await,
             "stats" => self.stats().await,
             "exec" => self.exec().await,
+            "port-forward" => self.port_forward().await,
             "cleanup" => self.remove_everything().await,
             other => Err(BenchError::Invalid(format!("unknown scenario {other:?}"))),
         }
@@ -655,6 +661,55 @@ impl Ctx {
         }
         self.teardown_all(&pod).await?;
         self.keep_only(&["ExecSync"]);
+        Ok(())
+    }
+
+    /// PortForward to an echo server in a pod, then `bytes` echoed through
+    /// the streaming server, `count` times (one connection each).
+    async fn port_forward(&self) -> Result<(), BenchError> {
+        // A runtime without PortForward is unsupported before any pod starts.
+        if let Err(e @ BenchError::Unsupported { .. }) =
+            self.cri.port_forward("crust-bench-probe", ECHO_PORT).await
+        {
+            return Err(e);
+        }
+        self.ensure_image().await?;
+        let pod = self.start_pod(0).await?;
+        let config = echo_container(&self.s.run_id, self.image()?);
+        let (cid, _) = self
+            .cri
+            .create_container(&pod.id, &config, &pod.config)
+            .await?;
+        add(&self.tracker.containers, &cid);
+        self.cri.start_container(&cid).await?;
+        // The listener comes up a moment after the start: retry a tiny echo.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (url, _) = self.cri.port_forward(&pod.id, ECHO_PORT).await?;
+            match crate::portforward::echo(&url, ECHO_PORT, 16).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        self.rec.clear();
+        for _ in 0..self.s.count {
+            let (url, d) = self.cri.port_forward(&pod.id, ECHO_PORT).await?;
+            self.rec.record("PortForward", d);
+            let took = crate::portforward::echo(&url, ECHO_PORT, self.s.bytes).await?;
+            self.rec.record("echo", took);
+        }
+        if let Some(echo) = self.rec.operations().into_iter().find(|o| o.name == "echo") {
+            let mib = self.s.bytes as f64 / (1024.0 * 1024.0);
+            self.rec.figure("echoed", "MiB", mib);
+            self.rec.figure(
+                "throughput",
+                "MiB/s",
+                mib / (echo.summary.median_ms / 1e3).max(1e-9),
+            );
+        }
+        self.teardown_all(std::slice::from_ref(&pod.id)).await?;
+        self.keep_only(&["PortForward", "echo"]);
         Ok(())
     }
 
