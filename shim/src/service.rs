@@ -1116,3 +1116,42 @@ impl Task for Service {
         Ok(Empty::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_exits_are_kept_for_the_pid_that_claims_them() {
+        let r = Reaper::default();
+        let before = Instant::now();
+        let at = SystemTime::now();
+        r.stash(100, 3, at);
+        // An exit reaped before the operation began is not this process's.
+        assert_eq!(r.take_unclaimed(100, Instant::now()), None);
+        assert_eq!(r.take_unclaimed(100, before), Some((3, at)));
+        assert_eq!(r.take_unclaimed(100, before), None, "claimed once");
+    }
+
+    #[test]
+    fn unclaimed_exits_are_bounded() {
+        let r = Reaper::default();
+        let since = Instant::now();
+        for pid in 0..(UNCLAIMED_MAX as i32 + 10) {
+            r.stash(pid, 0, SystemTime::now());
+        }
+        assert_eq!(lock(&r.unclaimed).len(), UNCLAIMED_MAX);
+        assert_eq!(r.take_unclaimed(0, since), None, "oldest dropped");
+        assert!(r.take_unclaimed(UNCLAIMED_MAX as i32 + 9, since).is_some());
+    }
+
+    #[test]
+    fn waiters_get_the_exit_code() {
+        let r = Reaper::default();
+        let (tx, mut rx) = oneshot::channel();
+        lock(&r.waiters).insert(7, tx);
+        assert!(r.claim_waiter(7, 2));
+        assert_eq!(rx.try_recv(), Ok(2));
+        assert!(!r.claim_waiter(7, 2));
+    }
+}
