@@ -73,10 +73,17 @@ impl Shim for CrustShim {
         let _ = std::fs::remove_file(&sock_path);
 
         let exe = env::current_exe().map_err(ioe)?;
+        // The server's stderr (and, once it listens, its stdout) is shim.log: a failure
+        // before its logger is up still leaves a trace there.
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("shim.log")
+            .map_err(ioe)?;
         let mut cmd = Command::new(exe);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .args(["-namespace", &opts.namespace, "-id", &opts.id])
             .args(["-address", &opts.address, "-socket", &address]);
         if !opts.ttrpc_address.is_empty() {

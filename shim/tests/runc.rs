@@ -671,3 +671,31 @@ async fn memory_of_ten_pod_shims() {
     events.shutdown().await;
     assert!(cgroups_named(&g.cgroup_prefix).is_empty());
 }
+
+/// A shim that cannot reach its events endpoint fails `start` with an error, leaves its
+/// reason in shim.log and no process behind.
+#[tokio::test]
+async fn start_without_events_endpoint_fails_cleanly() {
+    let dir = tempfile::Builder::new()
+        .prefix("crust-shim-nostart")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let pod_dir = dir.path().join("pod");
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let cfg = SpawnConfig {
+        binary: shim_binary(),
+        socket_dir: dir.path().join("s"),
+        ..Default::default()
+    };
+    let missing = format!("unix://{}", dir.path().join("nothing.sock").display());
+    let err = ShimClient::spawn(&cfg, "podx", &pod_dir, &missing)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, crust_sandbox::shim::ShimError::Start(_)),
+        "{err}"
+    );
+    let log = std::fs::read_to_string(pod_dir.join("shim.log")).unwrap_or_default();
+    assert!(!log.is_empty(), "shim.log empty");
+    assert!(!pod_dir.join("shim.pid").exists());
+}
