@@ -454,7 +454,10 @@ impl ImageStore {
                     .clone()
             };
             let client = RegistryClient::new(oci, ep.clone(), r, creds, policy);
-            match client.resolve(r).await {
+            let t = Instant::now();
+            let resolved = client.resolve(r).await;
+            tracing::debug!(endpoint = %ep.host, http = ep.http, ms = t.elapsed().as_millis() as u64, ok = resolved.is_ok(), "resolve");
+            match resolved {
                 Ok(resolved) => {
                     if ep.http && i > 0 && endpoints[i - 1].host == ep.host && !ep.mirror {
                         self.inner
@@ -490,6 +493,7 @@ impl ImageStore {
         r: &Reference,
         resolved: registry::Resolved,
     ) -> Result<String> {
+        let t0 = Instant::now();
         let content = &self.inner.content;
         let manifest = &resolved.manifest;
         let config_desc = manifest
@@ -541,7 +545,9 @@ impl ImageStore {
             let parent = i.checked_sub(1).map(|p| chains[p].as_str());
             self.ensure_layer(client, layer, &diff_ids[i], &chains[i], parent)
         });
+        let t_config = t0.elapsed();
         futures::future::try_join_all(layers).await?;
+        let t_layers = t0.elapsed();
         // Manifests and config go in last: a failed pull leaves no blob behind that
         // only the image record would have referenced.
         for (d, bytes) in &resolved.blobs {
@@ -571,6 +577,14 @@ impl ImageStore {
             user: image_config.config.and_then(|c| c.user).unwrap_or_default(),
         };
         self.save(record)?;
+        tracing::debug!(
+            reference = %r,
+            endpoint = %client.endpoint().host,
+            config_ms = t_config.as_millis() as u64,
+            layers_ms = t_layers.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "image stored"
+        );
         Ok(id)
     }
 
@@ -692,11 +706,20 @@ impl ImageStore {
                 }
             });
             let bytes = &METRICS.bytes_pulled;
+            let t = Instant::now();
             let downloaded = client.stream_blob(layer, &tx, |n| bytes.inc_by(n)).await;
+            let t_download = t.elapsed();
             drop(tx);
             let unpacked = unpack
                 .await
                 .map_err(|e| Error::Internal(format!("unpack task: {e}")))?;
+            tracing::debug!(
+                digest = %layer.digest,
+                size = layer.size,
+                download_ms = t_download.as_millis() as u64,
+                unpacked_ms = t.elapsed().as_millis() as u64,
+                "layer fetched"
+            );
             match (downloaded, unpacked) {
                 (Err(Some(e)), _) => return Err(e),
                 (_, r) => r?,
