@@ -699,3 +699,81 @@ async fn start_without_events_endpoint_fails_cleanly() {
     assert!(!log.is_empty(), "shim.log empty");
     assert!(!pod_dir.join("shim.pid").exists());
 }
+
+/// Memory of a shim across 200 exec round trips (run by hand, like the one above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn shim_memory_is_flat_across_execs() {
+    if !usable() {
+        eprintln!("skipped: needs root, runc and /bin/busybox");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("crust-shim-churn")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut g = Guard {
+        dir,
+        cgroup_prefix: format!("crust-shim-churn-{}-", std::process::id()),
+        pids: Vec::new(),
+        containers: Vec::new(),
+    };
+    let (events, _rx) = EventsServer::start(&g.path().join("events.sock"))
+        .await
+        .unwrap();
+    let cfg = SpawnConfig {
+        binary: shim_binary(),
+        socket_dir: g.path().join("s"),
+        ..Default::default()
+    };
+    let pod_dir = g.path().join("pod");
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let shim = ShimClient::spawn(&cfg, "pod", &pod_dir, events.address())
+        .await
+        .unwrap();
+    let pid = shim.shim_pid().await.unwrap();
+    g.pids.push(pid);
+    let b = bundle(&g, "k", &["sleep", "1000"]);
+    g.containers.push("k".into());
+    let runtime = RuntimeOptions {
+        root: Some(g.runc_root()),
+        ..Default::default()
+    };
+    g.pids.push(
+        shim.create(&CreateTask {
+            id: "k".into(),
+            bundle: b,
+            runtime,
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    );
+    shim.start("k", "").await.unwrap();
+    let process = ProcessBuilder::default()
+        .args(vec!["echo".to_string(), "x".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    let mut samples = Vec::new();
+    for i in 0..200 {
+        let id = format!("e{i}");
+        shim.exec("k", &id, &process, &TaskIo::default())
+            .await
+            .unwrap();
+        shim.start("k", &id).await.unwrap();
+        assert_eq!(shim.wait("k", &id).await.unwrap().exit_status, 0);
+        shim.delete("k", &id).await.unwrap();
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            samples.push(status_kib(pid, "status", "RssAnon:"));
+        }
+    }
+    eprintln!("shim RssAnon after every 50 execs (KiB): {samples:?}");
+    shim.kill("k", "", 9, false).await.unwrap();
+    shim.wait("k", "").await.unwrap();
+    shim.delete("k", "").await.unwrap();
+    shim.shutdown(false).await.unwrap();
+    events.shutdown().await;
+}
