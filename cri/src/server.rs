@@ -215,7 +215,7 @@ impl RuntimeService for CriServer {
         req: Request<GetEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         Ok(Response::new(
-            rpc::containers::get_container_events(&self.0, req.into_inner()).await?,
+            rpc::containers::get_container_events(self.0.clone(), req.into_inner()).await?,
         ))
     }
 

@@ -461,3 +461,74 @@ async fn reopen_container_log_follows_kubelet_rotation() {
     .await
     .expect("RemovePodSandbox");
 }
+
+#[tokio::test]
+async fn container_events_stream_with_pod_and_container_statuses() {
+    let (registry, crustd, net) = setup(206).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let mut events = rt
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let pc = pod_config("events", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("brief", &image, &["/bin/true"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("remove");
+
+    use cri::ContainerEventType as T;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream")
+            .expect("open stream");
+        assert_eq!(e.container_id, id);
+        assert!(e.created_at > 0);
+        let pod_status = e.pod_sandbox_status.as_ref().expect("pod status");
+        assert_eq!(pod_status.id, pod);
+        let kind = T::try_from(e.container_event_type).expect("event type");
+        if kind == T::ContainerStoppedEvent {
+            let s = e
+                .containers_statuses
+                .iter()
+                .find(|s| s.id == id)
+                .expect("the container's status");
+            assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+        }
+        if kind == T::ContainerDeletedEvent {
+            assert!(e.containers_statuses.iter().all(|s| s.id != id));
+        }
+        seen.push(kind);
+    }
+    assert_eq!(
+        seen,
+        [
+            T::ContainerCreatedEvent,
+            T::ContainerStartedEvent,
+            T::ContainerStoppedEvent,
+            T::ContainerDeletedEvent
+        ]
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}

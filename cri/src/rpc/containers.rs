@@ -1,9 +1,12 @@
 //! Container RPCs: CRI messages to and from `crust_sandbox::container::Containers`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crust_sandbox::container::{ContainerFilter, ContainerRecord, ContainerState, ImageInfo};
+use crust_sandbox::container::{
+    ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo,
+};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::{
     CheckpointContainerRequest, CheckpointContainerResponse, ContainerStatusRequest,
@@ -14,6 +17,9 @@ use k8s_cri::v1::{
     StopContainerRequest, StopContainerResponse, UpdateContainerResourcesRequest,
     UpdateContainerResourcesResponse,
 };
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::Cri;
 use crate::EventStream;
@@ -182,19 +188,6 @@ pub async fn container_status(
         .containers
         .get(require_id(&req.container_id, "ContainerStatus")?)?;
     let spec = cri.containers.oci_spec(&r.id).ok();
-    let user = spec.as_ref().map(|s| {
-        let u = &s["process"]["user"];
-        cri::ContainerUser {
-            linux: Some(cri::LinuxContainerUser {
-                uid: u["uid"].as_i64().unwrap_or(0),
-                gid: u["gid"].as_i64().unwrap_or(0),
-                supplemental_groups: u["additionalGids"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
-                    .unwrap_or_default(),
-            }),
-        }
-    });
     let mut info = HashMap::new();
     if req.verbose {
         let details = serde_json::json!({
@@ -209,7 +202,31 @@ pub async fn container_status(
         });
         info.insert("info".to_string(), details.to_string());
     }
-    let status = cri::ContainerStatus {
+    Ok(ContainerStatusResponse {
+        status: Some(status_of(&r, spec.as_ref())),
+        info,
+    })
+}
+
+/// The CRI status of a container; `spec` (its config.json) gives the user it runs as.
+pub(crate) fn status_of(
+    r: &ContainerRecord,
+    spec: Option<&serde_json::Value>,
+) -> cri::ContainerStatus {
+    let user = spec.map(|s| {
+        let u = &s["process"]["user"];
+        cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: u["uid"].as_i64().unwrap_or(0),
+                gid: u["gid"].as_i64().unwrap_or(0),
+                supplemental_groups: u["additionalGids"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
+                    .unwrap_or_default(),
+            }),
+        }
+    });
+    cri::ContainerStatus {
         id: r.id.clone(),
         metadata: r.config.metadata.clone(),
         state: to_cri_state(r.state) as i32,
@@ -217,7 +234,7 @@ pub async fn container_status(
         started_at: r.started_at_ns,
         finished_at: r.finished_at_ns,
         exit_code: r.exit_code,
-        image: Some(image_spec(&r)),
+        image: Some(image_spec(r)),
         image_ref: r.image_ref.clone(),
         image_id: r.image_ref.clone(),
         reason: r.reason.clone(),
@@ -240,11 +257,7 @@ pub async fn container_status(
                 windows: None,
             }),
         user,
-    };
-    Ok(ContainerStatusResponse {
-        status: Some(status),
-        info,
-    })
+    }
 }
 
 pub async fn update_container_resources(
@@ -290,7 +303,48 @@ pub async fn checkpoint_container(
     Err(CriError::Unimplemented("CheckpointContainer"))
 }
 
-/// GetContainerEvents: not built yet.
-pub async fn get_container_events(_cri: &Cri, _req: GetEventsRequest) -> CriResult<EventStream> {
-    Err(CriError::Unimplemented("GetContainerEvents"))
+/// GetContainerEvents: every container event from now on, each with the
+/// container's pod status and the statuses of the pod's containers, as
+/// kubelet's evented PLEG reads them. A subscriber that falls more than the
+/// backlog behind misses events (and kubelet relists).
+pub async fn get_container_events(cri: Arc<Cri>, _req: GetEventsRequest) -> CriResult<EventStream> {
+    let events = BroadcastStream::new(cri.containers.subscribe());
+    let stream = events.filter_map(move |e| {
+        let e = match e {
+            Ok(e) => e,
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "GetContainerEvents subscriber fell behind");
+                return None;
+            }
+        };
+        let kind = match e.kind {
+            ContainerEventKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
+            ContainerEventKind::Started => cri::ContainerEventType::ContainerStartedEvent,
+            ContainerEventKind::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+            ContainerEventKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+        };
+        let pod_sandbox_status = cri
+            .pods
+            .get(&e.pod_id)
+            .ok()
+            .map(|p| super::pods::pod_status(&p));
+        let containers_statuses = cri
+            .containers
+            .list(&ContainerFilter {
+                pod_id: e.pod_id.clone(),
+                ..Default::default()
+            })
+            .unwrap_or_default()
+            .iter()
+            .map(|r| status_of(r, cri.containers.oci_spec(&r.id).ok().as_ref()))
+            .collect();
+        Some(Ok(cri::ContainerEventResponse {
+            container_id: e.id,
+            container_event_type: kind as i32,
+            created_at: e.at_ns,
+            pod_sandbox_status,
+            containers_statuses,
+        }))
+    });
+    Ok(Box::pin(stream))
 }

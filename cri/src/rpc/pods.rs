@@ -181,7 +181,7 @@ fn resources(r: cri::LinuxContainerResources) -> PodResources {
     }
 }
 
-fn pod_status(r: &PodRecord) -> cri::PodSandboxStatus {
+pub(crate) fn pod_status(r: &PodRecord) -> cri::PodSandboxStatus {
     let ns = &r.spec.namespaces;
     cri::PodSandboxStatus {
         id: r.id.clone(),

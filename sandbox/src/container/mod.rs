@@ -11,7 +11,7 @@ pub mod user;
 
 pub use record::{ContainerRecord, ContainerState};
 pub use service::{
-    ContainerFilter, ContainerUsage, Containers, ContainersConfig, EXEC_OUTPUT_CAP, ExecOutput,
-    ImageInfo, Rootfs,
+    ContainerEvent, ContainerEventKind, ContainerFilter, ContainerUsage, Containers,
+    ContainersConfig, EXEC_OUTPUT_CAP, ExecOutput, ImageInfo, Rootfs,
 };
 pub use spec::{BuiltSpec, NodeContext, PidNamespace, PodContext, SpecError, build};

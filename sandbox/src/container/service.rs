@@ -45,6 +45,26 @@ pub struct ContainerUsage {
     pub writable: Option<(u64, u64)>,
 }
 
+/// What happened to a container, for GetContainerEvents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerEventKind {
+    Created,
+    Started,
+    Stopped,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: String,
+    pub pod_id: String,
+    pub kind: ContainerEventKind,
+    pub at_ns: i64,
+}
+
+/// Events a slow subscriber may fall behind by before it misses some.
+const EVENT_BACKLOG: usize = 1024;
+
 /// Where cgroup hierarchies are mounted on a real node.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -112,6 +132,7 @@ struct Inner {
     shims: tokio::sync::Mutex<HashMap<String, ShimClient>>,
     /// The previous CPU sample of each cgroup (time, usage), for nano cores.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    events: tokio::sync::broadcast::Sender<ContainerEvent>,
 }
 
 impl From<SpecError> for Error {
@@ -201,6 +222,7 @@ impl Containers {
                 exits: Mutex::new(HashMap::new()),
                 shims: tokio::sync::Mutex::new(HashMap::new()),
                 cpu_samples: Mutex::new(HashMap::new()),
+                events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             }),
         };
         let running: Vec<String> = c
@@ -315,23 +337,25 @@ impl Containers {
             Ok(pid) => {
                 // The exit watch is armed before the record says RUNNING, so
                 // no exit can slip between the two.
-                self.inner.update(&rec.id, |r| {
+                let rec = self.inner.update(&rec.id, |r| {
                     r.state = ContainerState::Running;
                     r.pid = pid;
                     r.started_at_ns = started_at;
                 })?;
+                self.inner.emit(&rec, ContainerEventKind::Started);
                 self.inner.clone().watch_exit(rec.id.clone());
                 Ok(())
             }
             Err(e) => {
                 let _ = shim.delete(&rec.id, "").await;
-                self.inner.update(&rec.id, |r| {
+                let rec = self.inner.update(&rec.id, |r| {
                     r.state = ContainerState::Exited;
                     r.finished_at_ns = now_ns();
                     r.exit_code = 128;
                     r.reason = "StartError".into();
                     r.message = e.to_string();
                 })?;
+                self.inner.emit(&rec, ContainerEventKind::Stopped);
                 Err(Error::from(e))
             }
         }
@@ -435,6 +459,7 @@ impl Containers {
         }
         self.inner.store.delete(&rec.id)?;
         self.inner.lock().remove(&rec.id);
+        self.inner.emit(&rec, ContainerEventKind::Deleted);
         self.inner
             .cpu_samples
             .lock()
@@ -480,6 +505,11 @@ impl Containers {
             .collect();
         out.sort_by_key(|r| r.created_at_ns);
         Ok(out)
+    }
+
+    /// Every container event from now on (GetContainerEvents).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ContainerEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Usage of the containers the filter selects (ContainerStats, ListContainerStats).
@@ -763,6 +793,7 @@ impl Inner {
         match made {
             Ok(rec) => {
                 self.store.put(&rec)?;
+                self.emit(&rec, ContainerEventKind::Created);
                 self.lock().insert(rec.id.clone(), rec);
                 self.update_metrics();
                 Ok(id.to_string())
@@ -917,6 +948,16 @@ impl Inner {
         Ok(s)
     }
 
+    fn emit(&self, rec: &ContainerRecord, kind: ContainerEventKind) {
+        // No subscriber is not an error.
+        let _ = self.events.send(ContainerEvent {
+            id: rec.id.clone(),
+            pod_id: rec.pod_id.clone(),
+            kind,
+            at_ns: now_ns(),
+        });
+    }
+
     /// Reads a cgroup and works out its CPU rate from the previous sample.
     /// systemd-style paths (`slice:prefix:name`) are not files and give None.
     fn cgroup_usage(&self, key: &str, cgroups_path: &str, now: i64) -> Option<CgroupUsage> {
@@ -1017,8 +1058,9 @@ impl Inner {
                 "Error".into()
             };
         });
-        if updated.is_ok() {
+        if let Ok(rec) = &updated {
             super::metrics::container_exited(oom);
+            self.emit(rec, ContainerEventKind::Stopped);
         }
         if let Some(tx) = self.exits_lock().get(id) {
             let _ = tx.send(true);
