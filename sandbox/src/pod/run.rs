@@ -56,13 +56,24 @@ impl PodSandboxes {
                         .map(|o| o.clone())
                         .ok()
                         .flatten();
-                    if let Some(Ok(id)) = outcome {
-                        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
-                        if matches!(names.get(&key), Some(Reservation::Unclaimed { id: i, .. }) if *i == id)
-                        {
-                            names.remove(&key);
+                    match outcome {
+                        Some(Ok(id)) => {
+                            let mut names =
+                                self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
+                            if matches!(names.get(&key), Some(Reservation::Unclaimed { id: i, .. }) if *i == id)
+                            {
+                                names.remove(&key);
+                            }
+                            return Ok(id);
                         }
-                        return Ok(id);
+                        // The first create failed and freed the name: try again.
+                        Some(Err(_)) => {}
+                        None => {
+                            return Err(Error::Internal(
+                                "the pod creation this request waited for ended without a result"
+                                    .into(),
+                            ));
+                        }
                     }
                 }
             }
@@ -123,7 +134,14 @@ impl PodSandboxes {
         let (tx, rx) = oneshot::channel();
         // The create runs to its end even if the RPC that asked for it is cancelled.
         tokio::spawn(async move {
+            // Frees the name should the create panic (the waiters then see the channel close).
+            let mut release = ReleaseName {
+                inner: inner.clone(),
+                key: key.clone(),
+                armed: true,
+            };
             let result = create(&inner, &id, &spec).await;
+            release.armed = false;
             {
                 let mut names = inner.names.lock().unwrap_or_else(|p| p.into_inner());
                 match &result {
@@ -152,6 +170,26 @@ impl PodSandboxes {
         });
         rx.await
             .map_err(|_| Error::Internal("pod creation task ended without a result".into()))?
+    }
+}
+
+/// Drops a name reservation when dropped (only reached by a panicking create).
+struct ReleaseName {
+    inner: Arc<Inner>,
+    key: String,
+    armed: bool,
+}
+
+impl Drop for ReleaseName {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.inner
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 

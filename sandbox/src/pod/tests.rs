@@ -329,3 +329,30 @@ async fn what_a_crash_mid_create_left_is_released_at_start() {
     let again = pods.run(spec("crashed")).await.unwrap();
     pods.remove(&again).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_create_that_fails_tries_again_itself() {
+    let Some(env) = Env::new() else { return };
+    let cni = FakeCni {
+        delay: Duration::from_millis(200),
+        fail_add: true,
+        ..Default::default()
+    };
+    let pods = env.pods(&cni);
+    let (a, b) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(pods.run(spec("flaky")), pods.run(spec("flaky")))
+    })
+    .await
+    .expect("no retry loop");
+    assert!(a.is_err() && b.is_err());
+    // Each made its own attempt: two ADDs, each undone.
+    let adds = cni
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.ends_with("ADD"))
+        .count();
+    assert_eq!(adds, 2);
+    assert_eq!(env.pod_dirs(), 0);
+}
