@@ -639,11 +639,8 @@ impl Ctx {
 
     /// ExecSync of `true` in one running container.
     async fn exec(&self) -> Result<(), BenchError> {
-        let (pod, container) = {
-            let (p, c) = self.populate(1).await?;
-            (p, c)
-        };
-        let cid = container
+        let (pods, containers) = self.populate(1).await?;
+        let cid = containers
             .first()
             .ok_or_else(|| BenchError::Invalid("no container".to_string()))?;
         for i in 0..=self.s.count {
@@ -659,7 +656,7 @@ impl Ctx {
                 self.rec.record("ExecSync", d);
             }
         }
-        self.teardown_all(&pod).await?;
+        self.teardown_all(&pods).await?;
         self.keep_only(&["ExecSync"]);
         Ok(())
     }
@@ -719,20 +716,32 @@ impl Ctx {
 
     /// Removes every pod and container of the endpoint (for a runtime that
     /// `hack/bench` started and owns, before stopping it).
+    /// Keeps going past a failure (one stuck pod must not keep the others
+    /// alive) and returns the first error at the end.
     async fn remove_everything(&self) -> Result<(), BenchError> {
+        let mut first = None;
         let (pods, _) = self.cri.list_pods(None).await?;
         for id in &pods {
-            self.teardown_pod(id).await?;
+            // RemovePodSandbox stops a pod that is still running, so a
+            // failed stop is no reason not to try the remove.
+            if let Err(e) = self.cri.stop_pod(id).await {
+                first.get_or_insert(e);
+            }
+            if let Err(e) = self.cri.remove_pod(id).await {
+                first.get_or_insert(e);
+            }
         }
         let (containers, _) = self.cri.list_containers(None).await?;
         for id in &containers {
             let _ = self.cri.stop_container(id, 0).await;
-            self.cri.remove_container(id).await?;
+            if let Err(e) = self.cri.remove_container(id).await {
+                first.get_or_insert(e);
+            }
         }
         self.rec.figure("pods_removed", "pods", pods.len() as f64);
         self.rec
             .figure("containers_removed", "containers", containers.len() as f64);
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Removes what the scenario left: tracked containers, pods (and any pod
