@@ -113,7 +113,7 @@ impl Snapshotter {
     }
 
     fn alloc_id(&self) -> Result<u64> {
-        let tx = self.db.begin_write()?;
+        let tx = lazy_write(&self.db)?;
         let id = {
             let mut t = tx.open_table(META)?;
             let id = t.get(NEXT_ID)?.map_or(1, |v| v.value());
@@ -176,7 +176,7 @@ impl Snapshotter {
     /// Publishes an unpacked layer as the committed snapshot `chain_id`. If another pull
     /// committed the same chain meanwhile, this one is discarded.
     pub fn commit(&self, mut staging: Staging, chain_id: &str, parent: Option<&str>) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        let tx = lazy_write(&self.db)?;
         let inserted = {
             let mut t = tx.open_table(SNAPSHOTS)?;
             if t.get(chain_id)?.is_some() {
@@ -378,6 +378,17 @@ impl Snapshotter {
         }
         Ok(removed)
     }
+}
+
+/// A write transaction that is not flushed to disk by itself, only by the next durable
+/// commit (the image record, at the end of a pull). Used for ids and committed layers:
+/// losing them in a crash only leaves a directory without a record, which gc removes at
+/// the next start.
+fn lazy_write(db: &Database) -> Result<redb::WriteTransaction> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(redb::Durability::None)
+        .map_err(|e| Error::Internal(format!("state store: {e}")))?;
+    Ok(tx)
 }
 
 fn lowerdir_option(lowers: &[PathBuf]) -> String {
