@@ -96,24 +96,7 @@ impl Cri {
         timeout: Duration,
         fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<(T, Duration), BenchError> {
-        let start = Instant::now();
-        let res = tokio::time::timeout(timeout, fut).await;
-        let took = start.elapsed();
-        match res {
-            Err(_) => Err(BenchError::Timeout {
-                rpc,
-                secs: timeout.as_secs(),
-            }),
-            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                Err(BenchError::Unsupported { rpc })
-            }
-            Ok(Err(s)) => Err(BenchError::Rpc {
-                rpc,
-                code: s.code(),
-                message: s.message().to_string(),
-            }),
-            Ok(Ok(r)) => Ok((r.into_inner(), took)),
-        }
+        timed(rpc, timeout, fut).await
     }
 
     pub async fn version(&self) -> Result<(cri::VersionResponse, Duration), BenchError> {
@@ -380,6 +363,33 @@ impl Cri {
     }
 }
 
+/// Runs one RPC under `timeout` and measures its round trip; Unimplemented
+/// becomes [`BenchError::Unsupported`].
+async fn timed<T>(
+    rpc: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<(T, Duration), BenchError> {
+    let start = Instant::now();
+    let res = tokio::time::timeout(timeout, fut).await;
+    let took = start.elapsed();
+    match res {
+        Err(_) => Err(BenchError::Timeout {
+            rpc,
+            secs: timeout.as_secs(),
+        }),
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+            Err(BenchError::Unsupported { rpc })
+        }
+        Ok(Err(s)) => Err(BenchError::Rpc {
+            rpc,
+            code: s.code(),
+            message: s.message().to_string(),
+        }),
+        Ok(Ok(r)) => Ok((r.into_inner(), took)),
+    }
+}
+
 pub fn image_spec(image: &str) -> cri::ImageSpec {
     cri::ImageSpec {
         image: image.to_string(),
@@ -486,6 +496,43 @@ mod tests {
         let c = sleep_container("r1", "sleep", "img");
         assert_eq!(c.labels.get(RUN_LABEL).map(String::as_str), Some("r1"));
         assert_eq!(c.command[0], "/bin/sh");
+    }
+
+    #[tokio::test]
+    async fn answers_map_to_outcomes() {
+        let t = Duration::from_secs(5);
+        let ok = timed("Version", t, async { Ok(tonic::Response::new(7)) }).await;
+        assert_eq!(ok.expect("ok").0, 7);
+        let unimpl = timed::<()>("RunPodSandbox", t, async {
+            Err(tonic::Status::unimplemented("not yet"))
+        })
+        .await;
+        assert!(matches!(
+            unimpl,
+            Err(BenchError::Unsupported {
+                rpc: "RunPodSandbox"
+            })
+        ));
+        let failed = timed::<()>("PullImage", t, async {
+            Err(tonic::Status::not_found("no such image"))
+        })
+        .await;
+        match failed {
+            Err(BenchError::Rpc { rpc, code, message }) => {
+                assert_eq!((rpc, code), ("PullImage", tonic::Code::NotFound));
+                assert_eq!(message, "no such image");
+            }
+            other => panic!("{other:?}"),
+        }
+        let slow = timed::<()>("Status", Duration::from_millis(20), async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(tonic::Response::new(()))
+        })
+        .await;
+        assert!(matches!(
+            slow,
+            Err(BenchError::Timeout { rpc: "Status", .. })
+        ));
     }
 
     #[tokio::test]
