@@ -447,6 +447,29 @@ pub fn markdown(results: &[RunResult], a: &str, b: &str) -> String {
         );
     }
 
+    // The physical floor beside the goals: what no runtime can beat.
+    let floor = |label: &str, op: &str| {
+        t.get(label, "floor")
+            .filter(|r| r.status == Status::Ok)
+            .and_then(|r| r.operation(op))
+            .map(|o| o.median_ms)
+    };
+    let u = floor("floor-unshare", "unshare");
+    let r = floor("floor-runc", "runc run");
+    if u.is_some() || r.is_some() {
+        let show = |v: Option<f64>| {
+            v.map(|v| format!("{} ms", fmt_num(v)))
+                .unwrap_or_else(|| "—".to_string())
+        };
+        let _ = writeln!(
+            s,
+            "\nPhysical floor (medians): the namespaces of a pod and its container alone \
+             (`unshare`) {}; one container by runc alone (`runc run` of `true`) {}.",
+            show(u),
+            show(r)
+        );
+    }
+
     for label in &t.order {
         let ra = t.get(label, a);
         let rb = t.get(label, b);
