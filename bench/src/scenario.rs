@@ -554,6 +554,9 @@ impl Ctx {
             self.rec.figure("shim_rss_total", "MiB", mib(rss));
             self.rec.figure("shim_rss_per_pod", "MiB", mib(rss) / n);
             self.rec.figure("shim_pss_per_pod", "MiB", mib(pss) / n);
+            if let Some(max) = mems.iter().map(|m| m.rss_kib).max() {
+                self.rec.figure("shim_rss_max", "MiB", mib(max));
+            }
             // Everything the runtime costs with the pods up: the daemon, the
             // shims and what runs under them (containers, pause processes),
             // in PSS so libraries shared between them count once.
