@@ -447,8 +447,24 @@ fn version_at_least(v: &str, min: (u32, u32, u32)) -> bool {
 /// The IP addresses (without prefix length) a CNI result gives, IPv4 first.
 pub fn result_ips(result: &Value) -> Vec<String> {
     let mut ips: Vec<String> = Vec::new();
+    let interfaces = result.get("interfaces").and_then(Value::as_array);
+    // An address of a host-side interface (no `sandbox`) is not the pod's.
+    let on_host = |ip: &Value| {
+        let idx = ip.get("interface").and_then(Value::as_u64)?;
+        let iface = interfaces?.get(idx as usize)?;
+        Some(
+            iface
+                .get("sandbox")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .is_empty(),
+        )
+    };
     if let Some(list) = result.get("ips").and_then(Value::as_array) {
         for ip in list {
+            if on_host(ip) == Some(true) {
+                continue;
+            }
             if let Some(a) = ip.get("address").and_then(Value::as_str) {
                 ips.push(a.split('/').next().unwrap_or(a).to_string());
             }
@@ -696,6 +712,19 @@ mod tests {
     fn result_ips_v4_first_and_old_format() {
         let r = json!({"ips": [{"address": "fd00::5/64"}, {"address": "10.88.0.5/16"}]});
         assert_eq!(result_ips(&r), vec!["10.88.0.5", "fd00::5"]);
+        // What the bridge plugin answers: the gateway lives on the host's bridge.
+        let r = json!({
+            "interfaces": [
+                {"name": "crust0", "mac": "aa"},
+                {"name": "veth1", "mac": "bb"},
+                {"name": "eth0", "mac": "cc", "sandbox": "/run/crust/pods/x/ns/net"}
+            ],
+            "ips": [
+                {"address": "10.88.0.1/16", "interface": 0},
+                {"address": "10.88.0.7/16", "interface": 2, "gateway": "10.88.0.1"}
+            ]
+        });
+        assert_eq!(result_ips(&r), vec!["10.88.0.7"]);
         let r = json!({"ip4": {"ip": "10.1.0.2/24"}});
         assert_eq!(result_ips(&r), vec!["10.1.0.2"]);
         assert!(version_at_least("1.0.0", (0, 4, 0)));
