@@ -365,7 +365,16 @@ impl ImageStore {
         let r = Reference::parse(reference)?;
         let m = &*METRICS;
         m.pulls.inc();
+        // A guard, not a dec() after the await: a pull whose client went away is dropped
+        // mid-way (its staging directory and ingest file clean themselves up on drop).
+        struct InProgress;
+        impl Drop for InProgress {
+            fn drop(&mut self) {
+                METRICS.pulls_in_progress.dec();
+            }
+        }
         m.pulls_in_progress.inc();
+        let in_progress = InProgress;
         let start = Instant::now();
         let result = async {
             let _gc = self.inner.gc_lock.read().await;
@@ -373,7 +382,7 @@ impl ImageStore {
             self.pull_locked(&r, auth).await
         }
         .await;
-        m.pulls_in_progress.dec();
+        drop(in_progress);
         m.pull_duration.observe(start.elapsed().as_secs_f64());
         match &result {
             Ok(id) => {

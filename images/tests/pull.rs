@@ -599,3 +599,23 @@ async fn missing_image_is_not_found() {
         .unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_pull_cleans_up_after_itself() {
+    let reg = Registry::default();
+    let l = layer(&[("f", &[7u8; 100_000][..])], false);
+    let img = add_image(&reg, "v1", &[(l, Blob::Stalled)], "");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(Config::default()).await;
+    // The client goes away while the layer is half-way: the pull future is dropped.
+    let r = format!("{host}/crust/gone:v1");
+    let pulled = tokio::time::timeout(Duration::from_millis(500), store.pull(&r, None)).await;
+    assert!(pulled.is_err(), "the pull should still be running");
+    // The unpacker thread sees the channel close and drops its ingest file.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&e.root().join("content/ingest")) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_nothing_left(&e, &store, &img.layer_digests[0]);
+}
