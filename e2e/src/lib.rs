@@ -277,7 +277,14 @@ impl Crustd {
 
 impl Drop for Crustd {
     fn drop(&mut self) {
+        // A test that failed half-way leaves pods behind: remove them through
+        // CRI while crustd still runs, so their shims, containers, mounts,
+        // cgroups and IPs go the way a kubelet would make them go.
+        if self.child.is_some() {
+            remove_all_pods(&self.socket);
+        }
         self.stop();
+        kill_shims_of(self.dir.path());
         if std::thread::panicking() {
             eprintln!(
                 "---- crustd log ({}) ----\n{}",
@@ -286,6 +293,63 @@ impl Drop for Crustd {
             );
         }
         unmount_below(self.dir.path());
+    }
+}
+
+/// Removes every pod of the crustd on `socket`, bounded in time. Runs on a
+/// thread of its own: Drop may be called inside a test's async runtime.
+fn remove_all_pods(socket: &Path) {
+    let socket = socket.to_path_buf();
+    let worker = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let work = async {
+                let mut c = RuntimeServiceClient::new(channel(&socket).await.ok()?);
+                let pods = c
+                    .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .items;
+                for p in pods {
+                    let _ = c
+                        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                            pod_sandbox_id: p.id,
+                        })
+                        .await;
+                }
+                Some(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(60), work).await;
+        });
+    });
+    let _ = worker.join();
+}
+
+/// SIGKILLs any process whose command line names a path under `dir`: the
+/// shims (and whatever else) this test's crustd started and left behind.
+fn kill_shims_of(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
     }
 }
 

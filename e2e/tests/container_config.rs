@@ -98,6 +98,11 @@ async fn image_config_and_request_merge_and_users_resolve_in_the_image() {
     create(&mut rt, &pod, &pc, c)
         .await
         .expect("name free after a failed create");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
 }
 
 #[tokio::test]
