@@ -25,7 +25,8 @@ pub enum CgroupDriver {
 /// cgroupfs: `cgroup_parent` is a path (`/kubepods/besteffort/pod<uid>`), the pod gets
 /// `<parent>/crust-<id>`; no parent means `/crust/<id>`.
 /// systemd: `cgroup_parent` is a slice name (`kubepods-besteffort-pod<uid>.slice`) that expands
-/// to `/kubepods.slice/kubepods-besteffort.slice/...`; the pod gets `crust-<id>.slice` inside it.
+/// to `/kubepods.slice/kubepods-besteffort.slice/...`; the pod gets the slice
+/// `kubepods-besteffort-pod<uid>-crust<id>.slice` inside it (see [`PodCgroup::slice`]).
 pub fn pod_cgroup_path(
     driver: CgroupDriver,
     cgroup_parent: &str,
@@ -51,15 +52,16 @@ pub fn pod_cgroup_path(
             Ok(format!("{parent}/crust-{pod_id}"))
         }
         CgroupDriver::Systemd => {
-            let parent = if cgroup_parent.is_empty() {
-                "crust.slice"
-            } else {
-                cgroup_parent
+            if cgroup_parent.is_empty() {
+                return expand_slice(&format!("crust-{pod_id}.slice"));
+            }
+            // A slice's place is in its name: the child of `a-b.slice` is `a-b-<x>.slice`.
+            expand_slice(cgroup_parent)?;
+            let leaf = match cgroup_parent.strip_suffix(".slice") {
+                Some("-") | None => format!("crust{pod_id}.slice"),
+                Some(stem) => format!("{stem}-crust{pod_id}.slice"),
             };
-            Ok(format!(
-                "{}/crust-{pod_id}.slice",
-                expand_slice(parent)?.trim_end_matches('/')
-            ))
+            expand_slice(&leaf)
         }
     }
 }
@@ -191,6 +193,18 @@ pub struct PodCgroup {
     pub path: String,
     /// Every directory crust created, parents first; removal goes in reverse.
     pub created: Vec<PathBuf>,
+}
+
+impl PodCgroup {
+    /// The systemd slice name of a pod cgroup made with the systemd driver (the last path
+    /// component, e.g. `kubepods-pod1-crust<id>.slice`): what runc's `slice:prefix:name`
+    /// cgroupsPath wants. None with cgroupfs.
+    pub fn slice(&self) -> Option<&str> {
+        self.path
+            .rsplit('/')
+            .next()
+            .filter(|leaf| leaf.ends_with(".slice"))
+    }
 }
 
 /// Creates the pod cgroup in every hierarchy, applying `resources` (pod overhead + limits).
@@ -443,7 +457,34 @@ pub fn remove(cg: &PodCgroup) -> std::io::Result<()> {
             }
         }
     }
+    // runc also makes the container cgroups under the pod's path in the named
+    // v1 hierarchies (name=systemd) and removes only the containers' own; the
+    // pod's directory there is crust's to remove.
+    for mount in named_hierarchies() {
+        let dir = mount.join(leaf);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing pod cgroup"),
+        }
+    }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Mount points of the named v1 hierarchies (`name=systemd`), which carry no controller.
+fn named_hierarchies() -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let super_opts = r.nth(1).unwrap_or_default();
+            (fstype == "cgroup" && super_opts.split(',').any(|o| o.starts_with("name=")))
+                .then(|| PathBuf::from(left.split(' ').nth(4).unwrap_or_default()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -476,14 +517,33 @@ mod tests {
         assert_eq!(expand_slice("-.slice").unwrap(), "/");
         assert!(expand_slice("/kubepods").is_err());
         assert!(expand_slice("a--b.slice").is_err());
+        let path = pod_cgroup_path(CgroupDriver::Systemd, "kubepods-pod1.slice", ID).unwrap();
         assert_eq!(
-            pod_cgroup_path(CgroupDriver::Systemd, "kubepods-pod1.slice", ID).unwrap(),
-            format!("/kubepods.slice/kubepods-pod1.slice/crust-{ID}.slice")
+            path,
+            format!("/kubepods.slice/kubepods-pod1.slice/kubepods-pod1-crust{ID}.slice")
+        );
+        let cg = PodCgroup {
+            path,
+            created: vec![],
+        };
+        assert_eq!(
+            cg.slice(),
+            Some(format!("kubepods-pod1-crust{ID}.slice").as_str())
         );
         assert_eq!(
             pod_cgroup_path(CgroupDriver::Systemd, "", ID).unwrap(),
             format!("/crust.slice/crust-{ID}.slice")
         );
+        assert_eq!(
+            pod_cgroup_path(CgroupDriver::Systemd, "-.slice", ID).unwrap(),
+            format!("/crust{ID}.slice")
+        );
+        assert!(pod_cgroup_path(CgroupDriver::Systemd, "/kubepods", ID).is_err());
+        let cg = PodCgroup {
+            path: format!("/kubepods/crust-{ID}"),
+            created: vec![],
+        };
+        assert_eq!(cg.slice(), None);
     }
 
     #[test]
