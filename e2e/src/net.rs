@@ -100,15 +100,15 @@ impl Drop for TestNet {
     }
 }
 
-/// The cgroup v1 controller mounts (or the v2 mount) of this node.
+/// Every cgroup hierarchy of this node: the v1 controllers, the named v1
+/// hierarchies (runc makes cgroups in name=systemd too) and the v2 mount.
 pub fn cgroup_mounts() -> Vec<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     mi.lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             let fstype = right.split(' ').next()?;
-            let opts = right.split(' ').nth(2).unwrap_or_default();
-            let ok = (fstype == "cgroup" && !opts.contains("name=")) || fstype == "cgroup2";
+            let ok = fstype == "cgroup" || fstype == "cgroup2";
             ok.then(|| PathBuf::from(left.split(' ').nth(4).unwrap_or_default()))
         })
         .collect()
