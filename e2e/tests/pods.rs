@@ -846,6 +846,26 @@ async fn pod_pid_namespace_cgroup_limits_and_shm() {
         "{line}"
     );
 
+    // Without its PID 1 the pod cannot take new containers: it turns NOTREADY, as a containerd
+    // pod whose pause container died.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(infra),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = status(&mut rt, &id).await.status.unwrap().state;
+        if st == cri::PodSandboxState::SandboxNotready as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod still READY without its infra"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     remove(&mut rt, &id).await;
     assert_gone(&crustd, &net, &id);
     assert!(

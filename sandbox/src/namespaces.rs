@@ -229,6 +229,21 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether the process with this pid is the one that started at `start` and has not exited
+/// (a zombie counts as gone).
+pub fn running(pid: i32, start: Option<u64>) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or("X");
+    let started = fields.nth(18).and_then(|t| t.parse::<u64>().ok());
+    !matches!(state, "Z" | "X" | "x") && start.is_some() && started == start
+}
+
 /// Kills the infra process if it is still the one crust started, and reaps it when it is our
 /// child.
 pub fn kill_infra(ns: &PodNamespaces) {
@@ -321,8 +336,26 @@ mod tests {
 
     #[test]
     fn start_time_of_self() {
-        assert!(start_time(std::process::id() as i32).is_some());
+        let me = std::process::id() as i32;
+        assert!(start_time(me).is_some());
         assert!(start_time(i32::MAX).is_none());
+        assert!(running(me, start_time(me)));
+        assert!(!running(me, start_time(me).map(|t| t + 1)));
+        assert!(!running(i32::MAX, Some(1)));
+    }
+
+    #[test]
+    fn a_zombie_is_not_running() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = start_time(pid);
+        // Not reaped yet: a zombie once it exits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running(pid, start) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!running(pid, start));
+        child.wait().unwrap();
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! PodSandboxStatus and ListPodSandbox.
 
-use super::PodSandboxes;
 use super::record::PodRecord;
-use super::spec::PodFilter;
+use super::spec::{PodFilter, PodState};
+use super::{Inner, PodSandboxes};
 use crate::error::Result;
+use crate::namespaces;
 
 impl PodSandboxes {
     /// One pod by full id or unique prefix.
     pub fn status(&self, id: &str) -> Result<PodRecord> {
+        self.inner.refresh_liveness();
         self.inner.get(id)
     }
 
@@ -23,6 +25,7 @@ impl PodSandboxes {
 
     /// The pods that match every field the filter sets, oldest first.
     pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
+        self.inner.refresh_liveness();
         let mut out: Vec<PodRecord> = self
             .inner
             .lock_pods()
@@ -32,6 +35,37 @@ impl PodSandboxes {
             .collect();
         out.sort_by(|a, b| a.created_at_ns.cmp(&b.created_at_ns).then(a.id.cmp(&b.id)));
         out
+    }
+}
+
+impl Inner {
+    /// A READY pod whose infra process (POD pid namespace) or shim died is NOTREADY, as a
+    /// containerd pod is when its pause container exits: kubelet then recreates it.
+    fn refresh_liveness(&self) {
+        let mut changed = false;
+        {
+            let mut pods = self.lock_pods();
+            for rec in pods.values_mut().filter(|r| r.state == PodState::Ready) {
+                let infra_dead = rec
+                    .namespaces
+                    .infra_pid
+                    .is_some_and(|pid| !namespaces::running(pid, rec.namespaces.infra_start_time));
+                let shim_dead = rec
+                    .shim_pid
+                    .is_some_and(|pid| !super::shim::shim_alive(&rec.id, pid as i32));
+                if infra_dead || shim_dead {
+                    tracing::warn!(pod = %rec.id, infra_dead, shim_dead, "pod lost its infra process or shim: NOTREADY");
+                    rec.state = PodState::NotReady;
+                    if let Err(e) = self.store.put(rec) {
+                        tracing::warn!(pod = %rec.id, error = %e, "saving NOTREADY");
+                    }
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.update_metrics();
+        }
     }
 }
 

@@ -41,8 +41,12 @@ impl PodSandboxes {
         .await
         .map_err(|e| crate::Error::Internal(format!("remove task: {e}")))??;
         tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "namespaces, files and cgroup gone");
-        inner.store.delete(&id)?;
-        inner.lock_pods().remove(&id);
+        {
+            // Under the pods lock, so a concurrent liveness refresh cannot write it back.
+            let mut pods = inner.lock_pods();
+            inner.store.delete(&id)?;
+            pods.remove(&id);
+        }
         inner
             .names
             .lock()

@@ -92,6 +92,14 @@ impl Inner {
     }
 }
 
+/// Whether `pid` is a live (not zombie) shim of pod `id`: its command line names the pod.
+pub(super) fn shim_alive(id: &str, pid: i32) -> bool {
+    start_time(pid).is_some()
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
+            .unwrap_or(false)
+}
+
 /// Asks the pod's shim to exit now and makes sure it did (SIGKILL after a grace period, only
 /// if the pid is still the shim of this pod). No shim is fine.
 pub(super) async fn stop_shim(id: &str, dir: &Path, pid: Option<u32>) {
@@ -105,12 +113,7 @@ pub(super) async fn stop_shim(id: &str, dir: &Path, pid: Option<u32>) {
     let Some(pid) = pid.map(|p| p as i32) else {
         return;
     };
-    let is_ours = |pid: i32| {
-        start_time(pid).is_some()
-            && std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
-                .unwrap_or(false)
-    };
+    let is_ours = |pid: i32| shim_alive(id, pid);
     let deadline = Instant::now() + Duration::from_secs(2);
     while is_ours(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
