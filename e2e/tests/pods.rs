@@ -689,6 +689,12 @@ async fn broken_cni_config_rolls_back_fully() {
         .map(|d| d.filter_map(Result::ok).collect())
         .unwrap_or_default();
     assert!(cache.is_empty(), "CNI cache left");
+    let m = crustd.metrics().await.expect("metrics");
+    assert!(
+        metric_value(&m, "crust_cni_operation_errors_total{operation=\"add\"}").unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
 
     // No config at all: a clear error, nothing left.
     std::fs::remove_file(crustd.cni_conf_dir.join("10-test.conflist")).unwrap();
