@@ -904,3 +904,71 @@ async fn a_shim_that_fails_to_start_rolls_back_the_network_too() {
     assert_eq!(mounts_under(&crustd.state_dir), Vec::<String>::new());
     assert!(net.cgroup_dirs().is_empty(), "cgroup left");
 }
+
+#[tokio::test]
+async fn a_kubelet_retry_after_a_timed_out_run_gets_the_pod_the_first_call_made() {
+    // A pass-through plugin that takes its time, chained after the real bridge.
+    let plugins = tempfile::tempdir().unwrap();
+    let slow = plugins.path().join("slowpass");
+    std::fs::write(
+        &slow,
+        "#!/bin/sh\n\
+         conf=$(cat)\n\
+         [ \"$CNI_COMMAND\" = ADD ] || exit 0\n\
+         sleep 1\n\
+         printf '%s' \"$conf\" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)[\"prevResult\"]))'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let crustd = Crustd::start_with(crust_e2e::Options {
+        sandbox_config: format!(
+            "cni_bin_dirs = [{:?}, \"/usr/lib/cni\"]",
+            plugins.path().display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await
+    .expect("crustd starts");
+    let net = TestNet::new(&crustd, 20);
+    crustd
+        .write_cni_config(
+            "10-test.conflist",
+            &format!(
+                r#"{{"cniVersion":"1.0.0","name":"{name}","plugins":[
+                  {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
+                    "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.20.0/24"}}]],"dataDir":"{dir}"}}}},
+                  {{"type":"slowpass"}}]}}"#,
+                name = net.network_name(),
+                bridge = net.bridge,
+                dir = net.ipam_dir.display()
+            ),
+        )
+        .unwrap();
+    let mut rt = crustd.runtime().await.expect("client");
+
+    // kubelet's call gives up before the pod is ready.
+    let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+        config: Some(pod_config("slow", &net)),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let err = rt.run_pod_sandbox(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // Its retry (same request) is handed the pod the first call went on to make, whether that
+    // is still being made or already done.
+    let id = run(&mut rt, pod_config("slow", &net))
+        .await
+        .expect("retry succeeds");
+    let pods = list(&mut rt, None).await;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].id, id);
+    assert!(ip_of(&status(&mut rt, &id).await).starts_with("10.88.20."));
+    // A second retry now finds the name taken, as any duplicate does.
+    let err = run(&mut rt, pod_config("slow", &net)).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    remove(&mut rt, &id).await;
+    assert_gone(&crustd, &net, &id);
+}
