@@ -39,6 +39,9 @@ struct State {
     blob_gets: HashMap<String, usize>,
     ranges: Vec<String>,
     basic_auth: Option<String>,
+    /// Bearer-token auth: (base64 user:password the token service wants, the token).
+    bearer: Option<(String, String)>,
+    addr: String,
 }
 
 #[derive(Clone, Default)]
@@ -59,6 +62,7 @@ impl Registry {
     async fn serve(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        self.0.lock().unwrap().addr = addr.to_string();
         let me = self.clone();
         tokio::spawn(async move {
             loop {
@@ -99,6 +103,38 @@ impl Registry {
             }
         }
         let path = req.uri().path().to_string();
+        let auth_header = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if let Some((basic, token)) = st.bearer.clone() {
+            if path == "/token" {
+                if auth_header != format!("Basic {basic}") {
+                    return full(StatusCode::UNAUTHORIZED, "bad credentials");
+                }
+                let query = req.uri().query().unwrap_or("");
+                if !query.contains("scope=repository") {
+                    return full(StatusCode::BAD_REQUEST, "no scope");
+                }
+                return full(
+                    StatusCode::OK,
+                    format!(r#"{{"token":"{token}","expires_in":300}}"#),
+                );
+            }
+            if auth_header != format!("Bearer {token}") {
+                let mut r = full(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"errors":[{"code":"UNAUTHORIZED","message":"token"}]}"#,
+                );
+                let challenge =
+                    format!("Bearer realm=\"http://{}/token\",service=\"test\"", st.addr);
+                r.headers_mut()
+                    .insert("www-authenticate", challenge.parse().unwrap());
+                return r;
+            }
+        }
         if path == "/v2/" {
             return full(StatusCode::OK, "{}");
         }
@@ -618,4 +654,39 @@ async fn abandoned_pull_cleans_up_after_itself() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_nothing_left(&e, &store, &img.layer_digests[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_challenge() {
+    use base64::Engine as _;
+    let reg = Registry::default();
+    let l = layer(&[("f", b"x")], false);
+    add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    reg.0.lock().unwrap().bearer = Some((
+        base64::engine::general_purpose::STANDARD.encode("robot:hunter2"),
+        "tok-123".to_string(),
+    ));
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/tokened:v1");
+    let wrong = Auth {
+        username: "robot".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = store.pull(&r, Some(&wrong)).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+    let right = Auth {
+        auth: base64::engine::general_purpose::STANDARD.encode("robot:hunter2"),
+        ..Default::default()
+    };
+    store.pull(&r, Some(&right)).await.unwrap();
+    // A registry token from the request is sent as is.
+    store.remove(&r).await.unwrap();
+    let token = Auth {
+        registry_token: "tok-123".into(),
+        ..Default::default()
+    };
+    store.pull(&r, Some(&token)).await.unwrap();
 }
