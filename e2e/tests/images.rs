@@ -435,7 +435,8 @@ async fn mirror_and_basic_auth() -> Result<()> {
     let private = Registry::start(Some(("crust", "s3cret")))?;
     let crustd = Crustd::start_with(Options {
         images_config: format!(
-            "registries = {{ \"registry.k8s.io\" = {{ mirrors = [\"http://{}\"] }} }}",
+            "registries = {{ \"registry.k8s.io\" = {{ mirrors = [\"http://{}\"] }} }}\n\
+             pinned_images = [\"registry.k8s.io/crust/pause:3.9\"]",
             open.addr
         ),
         ..Default::default()
@@ -455,6 +456,7 @@ async fn mirror_and_basic_auth() -> Result<()> {
         vec!["registry.k8s.io/crust/pause:3.9".to_string()]
     );
     assert_eq!(img.uid.map(|u| u.value), Some(65535));
+    assert!(img.pinned, "in pinned_images");
 
     // htpasswd: none, wrong, right.
     let r = format!("{}/crust/busybox:latest", private.addr);
@@ -565,5 +567,34 @@ async fn special_files_keep_owners_modes_links_xattrs() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_pulls_share_the_work() -> Result<()> {
+    let reg = Registry::start(None)?;
+    let crustd = Crustd::start().await?;
+    let mut a = crustd.images().await?;
+    let mut b = crustd.images().await?;
+    let mut c = crustd.images().await?;
+    let busybox = format!("{}/crust/busybox:latest", reg.addr);
+    let config = format!("{}/crust/config:latest", reg.addr);
+    // Same image twice, and a second image on the same base layer, all at once.
+    let (x, y, z) = tokio::join!(
+        pull(&mut a, &busybox, None),
+        pull(&mut b, &busybox, None),
+        pull(&mut c, &config, None)
+    );
+    assert_eq!(x?, y?);
+    z?;
+    let images = crustd.root_dir.join("images");
+    assert_eq!(
+        count(&images.join("snapshots")),
+        2,
+        "base layer unpacked once"
+    );
+    assert_eq!(count(&images.join("content/ingest")), 0);
+    // busybox layer + config's layer, 2 configs, 2 manifests
+    assert_eq!(count(&images.join("content/blobs/sha256")), 6);
     Ok(())
 }
