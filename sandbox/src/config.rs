@@ -81,6 +81,36 @@ impl Config {
             .map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Checks what serde cannot: the default handler exists, sizes are not zero.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self
+            .runtime_handlers
+            .contains_key(&self.default_runtime_handler)
+        {
+            return Err(format!(
+                "default_runtime_handler {:?} is not one of runtime_handlers ({})",
+                self.default_runtime_handler,
+                self.runtime_handlers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(name) = self.runtime_handlers.keys().find(|k| k.is_empty()) {
+            return Err(format!("runtime handler name {name:?} is empty"));
+        }
+        if self.pod_shm_size_bytes == 0 {
+            return Err(
+                "pod_shm_size_bytes must be more than 0 (tmpfs reads 0 as no limit)".into(),
+            );
+        }
+        if self.cni_timeout_seconds == 0 {
+            return Err("cni_timeout_seconds must be more than 0".into());
+        }
+        Ok(())
+    }
+
     /// The shim binary resolved: as given when it has a `/`, else next to the running
     /// executable, else in PATH.
     pub fn resolve_shim_binary(&self) -> Option<PathBuf> {
@@ -255,6 +285,21 @@ mod tests {
         );
         c.default_runtime_handler = "kata".into();
         assert!(runtime_ready(&c).unwrap_err().contains("not configured"));
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let c = Config {
+            default_runtime_handler: "kata".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("kata"));
+        let c = Config {
+            pod_shm_size_bytes: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("pod_shm_size_bytes"));
     }
 
     #[test]

@@ -126,6 +126,7 @@ impl PodSandboxes {
             hierarchies,
             spawn_shims,
         } = seams;
+        config.validate().map_err(Error::InvalidArgument)?;
         metrics::init();
         let store = PodStore::new(db);
         let mut pods: HashMap<String, PodRecord> = store
