@@ -76,6 +76,8 @@ pub fn validate(
         Some(SysctlNamespace::Uts) => {
             Err(format!("sysctl {name:?}: set the pod's hostname instead"))
         }
+        // With '/' as the separator a '.' is part of a name (net/ipv4/conf/eth0.100/...).
+        Some(_) if name.contains('/') => Ok(format!("/proc/sys/{name}")),
         Some(_) => Ok(format!("/proc/sys/{}", name.replace('.', "/"))),
     }
 }
@@ -93,6 +95,10 @@ mod tests {
         assert_eq!(
             validate("net/ipv4/ping_group_range", "0 1", false, false),
             Ok("/proc/sys/net/ipv4/ping_group_range".into())
+        );
+        assert_eq!(
+            validate("net/ipv4/conf/eth0.100/forwarding", "1", false, false),
+            Ok("/proc/sys/net/ipv4/conf/eth0.100/forwarding".into())
         );
         assert!(validate("kernel.shm_rmid_forced", "1", false, false).is_ok());
         assert!(validate("fs.mqueue.msg_max", "20", false, false).is_ok());
