@@ -68,6 +68,10 @@ struct Record {
 #[derive(Debug, Clone)]
 pub struct Snapshotter {
     root: PathBuf,
+    /// `<root>/../trash`: removed snapshot directories are renamed here (instant) and
+    /// deleted by a background thread, so RemoveImage does not wait for unlinking an
+    /// image's worth of files. Whatever a crash leaves here goes at the next open.
+    trash: PathBuf,
     db: Arc<Database>,
 }
 
@@ -104,7 +108,14 @@ impl Snapshotter {
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(META)?;
         tx.commit()?;
-        Ok(Snapshotter { root, db })
+        let trash = root
+            .parent()
+            .map_or_else(|| root.join(".trash"), |p| p.join("trash"));
+        fs::create_dir_all(&trash)
+            .map_err(|e| Error::io(format!("create {}", trash.display()), e))?;
+        let s = Snapshotter { root, trash, db };
+        s.empty_trash();
+        Ok(s)
     }
 
     /// The directory holding every snapshot.
@@ -305,7 +316,9 @@ impl Snapshotter {
         let tx = self.db.begin_write()?;
         tx.open_table(SNAPSHOTS)?.remove(full.as_str())?;
         tx.commit()?;
-        remove_tree(&self.dir(r.id))
+        self.discard(&self.dir(r.id))?;
+        self.empty_trash();
+        Ok(())
     }
 
     /// Keys of the active snapshots (for the containers side to reconcile).
@@ -372,11 +385,50 @@ impl Snapshotter {
         let mut removed = 0;
         for (id, path) in dirs {
             if !live_ids.contains(&id) {
-                remove_tree(&path)?;
+                self.discard(&path)?;
                 removed += 1;
             }
         }
+        if removed > 0 {
+            self.empty_trash();
+        }
         Ok(removed)
+    }
+
+    /// Moves a snapshot directory out of the store at once; it is deleted later.
+    fn discard(&self, path: &Path) -> Result<()> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        match fs::rename(path, self.trash.join(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            // Another filesystem, or anything odd: delete in place.
+            Err(_) => remove_tree(path),
+        }
+    }
+
+    /// Deletes the trash in a background thread.
+    fn empty_trash(&self) {
+        let trash = self.trash.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-trash".into())
+            .spawn(move || {
+                let Ok(rd) = fs::read_dir(&trash) else {
+                    return;
+                };
+                for e in rd.flatten() {
+                    if let Err(err) = remove_tree(&e.path()) {
+                        tracing::warn!("emptying snapshot trash: {err}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the snapshot trash thread: {e}");
+        }
     }
 }
 
@@ -551,6 +603,12 @@ mod tests {
         s.gc(&HashSet::new()).unwrap();
         assert!(!s.exists("c1").unwrap());
         assert_eq!(fs::read_dir(s.root()).unwrap().count(), 0);
+        // Removed directories went to the trash, which empties in the background.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_dir(&s.trash).unwrap().count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "trash not emptied");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]
