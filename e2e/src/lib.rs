@@ -132,8 +132,23 @@ impl Crustd {
             log_path,
             metrics_addr,
         };
-        crustd.spawn().await?;
-        Ok(crustd)
+        // free_port() only finds a port that was free a moment ago: when
+        // another process took it meanwhile, try again with another.
+        let mut tries = 0;
+        loop {
+            match crustd.spawn().await {
+                Ok(()) => return Ok(crustd),
+                Err(e) if tries < 5 && e.to_string().contains("Address already in use") => {
+                    tries += 1;
+                    let new_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    let text = std::fs::read_to_string(&crustd.config_path)?
+                        .replace(&crustd.metrics_addr.to_string(), &new_addr.to_string());
+                    std::fs::write(&crustd.config_path, text)?;
+                    crustd.metrics_addr = new_addr;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The temporary directory everything of this crustd lives under.

@@ -840,7 +840,10 @@ impl Inner {
             .display()
             .to_string();
         let cgroups_path = match &pod.cgroup {
-            Some(cg) if self.cfg.systemd_cgroup => format!("{}:crust:{id}", cg.path),
+            // runc's systemd form: the pod's slice, a prefix, the container's name.
+            Some(cg) if self.cfg.systemd_cgroup => {
+                format!("{}:crust:{id}", cg.slice().unwrap_or("system.slice"))
+            }
             Some(cg) => format!("{}/{id}", cg.path.trim_end_matches('/')),
             None => format!("/crust/{id}"),
         };
