@@ -207,3 +207,20 @@ pub async fn verbose_info(rt: &mut Rt, id: &str) -> serde_json::Value {
 pub async fn pid_of(rt: &mut Rt, id: &str) -> i64 {
     verbose_info(rt, id).await["pid"].as_i64().expect("pid")
 }
+
+/// No cgroup of the test's pods or their containers is left in any hierarchy
+/// (the controllers, name=systemd, the hybrid v2 mount).
+pub fn assert_no_cgroups_left(net: &TestNet) {
+    let left: Vec<std::path::PathBuf> = net
+        .cgroup_dirs()
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left behind"
+    );
+}

@@ -147,6 +147,7 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
     );
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
     assert!(!crustd.state_dir.join("containers").join(&ok).exists());
+    assert_no_cgroups_left(&net);
 }
 
 #[tokio::test]
@@ -307,6 +308,7 @@ async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_d
     .expect("RemovePodSandbox");
     assert!(!alive(sleeper_pid), "container process left running");
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert_no_cgroups_left(&net);
 }
 
 #[tokio::test]
@@ -375,6 +377,7 @@ async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
     .await
     .expect("RemovePodSandbox");
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert_no_cgroups_left(&net);
 }
 
 #[tokio::test]
@@ -531,4 +534,46 @@ async fn container_events_stream_with_pod_and_container_statuses() {
     })
     .await
     .expect("RemovePodSandbox");
+}
+
+#[tokio::test]
+async fn containers_of_a_pod_without_cgroup_parent_leave_no_cgroups() {
+    let (registry, crustd, net) = setup(207).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let mut pc = pod_config("noparent", &net, &crustd.dir().join("logs"));
+    if let Some(l) = pc.linux.as_mut() {
+        l.cgroup_parent = String::new();
+    }
+    let pod = run_pod(&mut rt, &pc).await;
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    // Stop the pod with its container running, then remove it, as the bench does.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    let left: Vec<PathBuf> = crust_e2e::net::cgroup_mounts()
+        .into_iter()
+        .flat_map(|m| {
+            let crust = m.join("crust");
+            [crust.join(&id), crust.join(format!("crust-{pod}"))]
+        })
+        .filter(|d| d.exists())
+        .collect();
+    assert_eq!(left, Vec::<PathBuf>::new(), "cgroups left behind");
 }

@@ -460,31 +460,43 @@ pub fn remove(cg: &PodCgroup) -> std::io::Result<()> {
     // runc also makes the container cgroups under the pod's path in the named
     // v1 hierarchies (name=systemd) and removes only the containers' own; the
     // pod's directory there is crust's to remove.
-    for mount in named_hierarchies() {
-        let dir = mount.join(leaf);
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing pod cgroup"),
-        }
-    }
+    remove_everywhere(leaf);
     first_err.map_or(Ok(()), Err)
 }
 
-/// Mount points of the named v1 hierarchies (`name=systemd`), which carry no controller.
-fn named_hierarchies() -> Vec<PathBuf> {
+/// Removes the (empty) cgroup `rel` in every mounted hierarchy: the v1
+/// controllers, the named ones (name=systemd) and a v2 mount, where runc may
+/// have made it. Absent or busy directories are left as they are.
+pub fn remove_everywhere(rel: &str) {
+    let rel = rel.trim_matches('/');
+    if rel.is_empty() {
+        return;
+    }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            let super_opts = r.nth(1).unwrap_or_default();
-            (fstype == "cgroup" && super_opts.split(',').any(|o| o.starts_with("name=")))
-                .then(|| PathBuf::from(left.split(' ').nth(4).unwrap_or_default()))
-        })
-        .collect()
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fstype = right.split(' ').next().unwrap_or_default();
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        let dir = Path::new(left.split(' ').nth(4).unwrap_or_default()).join(rel);
+        // A cgroup stays busy for a moment after its last process died.
+        for tries in 0.. {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "removing cgroup");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

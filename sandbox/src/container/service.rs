@@ -447,6 +447,15 @@ impl Containers {
             // the container may still run, orphaned. runc itself ends it.
             self.inner.force_delete(&rec).await;
         }
+        // runc removes the container's cgroups only when it deletes the
+        // container itself; after a lost shim, or in hierarchies it does not
+        // manage (name=systemd, a hybrid v2 mount), they are crust's to remove.
+        if !rec.cgroups_path.contains(':') {
+            // It may wait a little for a busy cgroup: off the async workers.
+            let path = rec.cgroups_path.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || crate::cgroup::remove_everywhere(&path)).await;
+        }
         release_rootfs(
             self.inner.rootfs.as_ref(),
             &rec.id,
