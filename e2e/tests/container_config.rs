@@ -464,3 +464,42 @@ async fn host_path_mounts_are_bound_readonly_or_writable() {
     .await
     .expect("RemovePodSandbox");
 }
+
+#[tokio::test]
+async fn containers_of_a_host_network_pod_run_with_the_host_network_and_name() {
+    let (registry, crustd, net) = setup(216).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let mut pc = pod_config("hostnet", &net, &crustd.dir().join("logs"));
+    if let Some(l) = pc.linux.as_mut() {
+        let sc = l.security_context.get_or_insert_with(Default::default);
+        sc.namespace_options
+            .get_or_insert_with(Default::default)
+            .network = cri::NamespaceMode::Node as i32;
+    }
+    let pod = run_pod(&mut rt, &pc).await;
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("who", &image, &["/bin/hostname"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (0, "Completed"),
+        "{}",
+        s.message
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(log_texts(&s), [host.trim()]);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}

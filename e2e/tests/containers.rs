@@ -40,6 +40,16 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
         Some("as given")
     );
 
+    // A log path that would leave the pod's log directory is refused.
+    for bad in ["../escape.log", "/etc/evil.log"] {
+        let mut c = container_config("badlog", &image, &["/bin/true"]);
+        c.log_path = bad.into();
+        let err = create(&mut rt, &pod, &pc, c)
+            .await
+            .expect_err("bad log path");
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+    }
+
     // A second container with the same name in the pod is refused, naming the holder.
     let dup = create(
         &mut rt,

@@ -415,7 +415,7 @@ pub fn build(
         annotations.insert("io.kubernetes.cri.container-name".into(), m.name.clone());
     }
 
-    let spec = SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.2")
         .root(
             RootBuilder::default()
@@ -423,12 +423,15 @@ pub fn build(
                 .readonly(sc.readonly_rootfs)
                 .build()?,
         )
-        .hostname(pod.hostname.clone())
         .process(process)
         .mounts(mounts)
         .linux(linux)
         .annotations(annotations)
         .build()?;
+    // The pod's UTS namespace already carries its hostname; runc refuses a
+    // hostname without a UTS namespace of the container's own or its pod's
+    // (hostNetwork pods use the host's).
+    spec.set_hostname(pod.uts_ns.as_ref().map(|_| pod.hostname.clone()));
     Ok(BuiltSpec {
         spec,
         user: resolved,
@@ -1222,8 +1225,10 @@ mod tests {
             path_of(&ns, LinuxNamespaceType::Pid),
             Some(Some(PathBuf::from("/run/crust/pods/p/ns/pid")))
         );
+        assert_eq!(b.spec.hostname().as_deref(), Some("web-0"));
         f.pod.pid_ns = PidNamespace::Node;
         f.pod.net_ns = None;
+        f.pod.uts_ns = None;
         let b = built(&container(&["/bin/true"], &[]), None, &f);
         let ns = b
             .spec
@@ -1233,6 +1238,11 @@ mod tests {
             .expect("ns");
         assert_eq!(path_of(&ns, LinuxNamespaceType::Pid), None);
         assert_eq!(path_of(&ns, LinuxNamespaceType::Network), None);
+        assert_eq!(
+            b.spec.hostname(),
+            &None,
+            "no hostname without a UTS namespace"
+        );
     }
 
     #[test]
