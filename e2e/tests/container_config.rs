@@ -302,6 +302,30 @@ async fn memory_limits_oom_kills_and_resource_updates() {
             .map(|l| l.memory_limit_in_bytes),
         Some(64 << 20)
     );
+    // A sparse update (kubelet's CPU manager sends only what changes) keeps the rest,
+    // and the device rules of the spec stay.
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            cpu_shares: 256,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdateContainerResources");
+    assert_eq!(read(&file), 64 << 20);
+    let s = status(&mut rt, &id).await;
+    let linux = s.resources.and_then(|r| r.linux).expect("resources");
+    assert_eq!(
+        (linux.memory_limit_in_bytes, linux.cpu_shares),
+        (64 << 20, 256)
+    );
+    let info = verbose_info(&mut rt, &id).await;
+    let devices = info["runtimeSpec"]["linux"]["resources"]["devices"]
+        .as_array()
+        .expect("device rules kept");
+    assert!(devices.iter().any(|d| d["allow"] == false), "{devices:?}");
 
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod,

@@ -662,23 +662,36 @@ impl Containers {
         resources: &k8s_cri::v1::LinuxContainerResources,
     ) -> Result<()> {
         let rec = self.get(id)?;
-        let mut config = rec.config.clone();
-        let linux = config.linux.get_or_insert_with(Default::default);
-        linux.resources = Some(resources.clone());
-        let pod = self.inner.pods.get(&rec.pod_id)?;
-        let mut oci = self.oci_spec(&rec.id)?;
-        let r = spec::resources_json(linux).map_err(Error::from)?;
-        oci["linux"]["resources"] = r.clone();
-        if rec.state == ContainerState::Running {
-            let shim = self.inner.shim(&pod).await?;
-            shim.update(&rec.id, &r).await?;
-        } else if rec.state != ContainerState::Created {
+        if !matches!(rec.state, ContainerState::Running | ContainerState::Created) {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running",
                 rec.id
             )));
         }
-        // Keep the bundle and the record in step with what was applied.
+        let mut config = rec.config.clone();
+        let linux = config.linux.get_or_insert_with(Default::default);
+        // kubelet may send only what changes (the CPU manager sends a cpuset
+        // alone): what it leaves unset keeps its value.
+        let merged = merge_resources(linux.resources.take().unwrap_or_default(), resources);
+        linux.resources = Some(merged);
+        let r = spec::resources_json(linux).map_err(Error::from)?;
+        if rec.state == ContainerState::Running {
+            let pod = self.inner.pods.get(&rec.pod_id)?;
+            let shim = self.inner.shim(&pod).await?;
+            shim.update(&rec.id, &r).await?;
+        }
+        // Keep the bundle and the record in step with what was applied; the
+        // device rules in config.json stay as they are.
+        let mut oci = self.oci_spec(&rec.id)?;
+        if let (Some(target), Some(new)) =
+            (oci["linux"]["resources"].as_object_mut(), r.as_object())
+        {
+            for (k, v) in new {
+                if k != "devices" {
+                    target.insert(k.clone(), v.clone());
+                }
+            }
+        }
         let text = serde_json::to_vec_pretty(&oci).map_err(|e| Error::Internal(e.to_string()))?;
         std::fs::write(rec.bundle.join("config.json"), text)?;
         self.inner.update(&rec.id, |r| r.config = config)?;
@@ -705,6 +718,44 @@ impl Containers {
         let shim = self.inner.shim(&pod).await?;
         Ok((rec, shim))
     }
+}
+
+/// `new` over `old`: every field `new` sets (non-zero, non-empty) replaces
+/// the old value, the rest is kept.
+fn merge_resources(
+    mut old: k8s_cri::v1::LinuxContainerResources,
+    new: &k8s_cri::v1::LinuxContainerResources,
+) -> k8s_cri::v1::LinuxContainerResources {
+    if new.cpu_period != 0 {
+        old.cpu_period = new.cpu_period;
+    }
+    if new.cpu_quota != 0 {
+        old.cpu_quota = new.cpu_quota;
+    }
+    if new.cpu_shares != 0 {
+        old.cpu_shares = new.cpu_shares;
+    }
+    if new.memory_limit_in_bytes != 0 {
+        old.memory_limit_in_bytes = new.memory_limit_in_bytes;
+    }
+    if new.memory_swap_limit_in_bytes != 0 {
+        old.memory_swap_limit_in_bytes = new.memory_swap_limit_in_bytes;
+    }
+    if new.oom_score_adj != 0 {
+        old.oom_score_adj = new.oom_score_adj;
+    }
+    if !new.cpuset_cpus.is_empty() {
+        old.cpuset_cpus = new.cpuset_cpus.clone();
+    }
+    if !new.cpuset_mems.is_empty() {
+        old.cpuset_mems = new.cpuset_mems.clone();
+    }
+    if !new.hugepage_limits.is_empty() {
+        old.hugepage_limits = new.hugepage_limits.clone();
+    }
+    old.unified
+        .extend(new.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+    old
 }
 
 /// Reads a FIFO to its end in a blocking thread, keeping the first
@@ -1154,6 +1205,24 @@ fn oom_killed(cgroups_path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_updates_keep_what_they_do_not_set() {
+        let old = k8s_cri::v1::LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        let new = k8s_cri::v1::LinuxContainerResources {
+            cpuset_cpus: "1".into(),
+            ..Default::default()
+        };
+        let m = merge_resources(old, &new);
+        assert_eq!(m.cpu_shares, 512);
+        assert_eq!(m.memory_limit_in_bytes, 64 << 20);
+        assert_eq!(m.cpuset_cpus, "1");
+    }
 
     #[test]
     fn signals_parse_by_name_and_number() {
