@@ -207,6 +207,23 @@ async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
 
+    // A child left behind holding stdout does not hold the answer back.
+    let started = Instant::now();
+    let r = exec(
+        &mut rt,
+        &id,
+        &["/bin/sh", "-c", "sleep 30 & echo started"],
+        20,
+    )
+    .await
+    .expect("ExecSync");
+    assert_eq!(r.stdout, b"started\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
     // Output over the cap is cut at 16 MiB, not kept whole.
     let r = exec(
         &mut rt,

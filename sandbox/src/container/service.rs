@@ -588,6 +588,21 @@ impl Containers {
             return Err(Error::InvalidArgument("exec command is empty".into()));
         }
         let (rec, shim) = self.running(id).await?;
+        let this = self.clone();
+        // The exec runs to its end in a task of its own: a caller that goes
+        // away must not leave the process, its task in the shim or its FIFOs.
+        tokio::spawn(async move { this.exec_in(rec, shim, cmd, timeout).await })
+            .await
+            .map_err(|e| Error::Internal(format!("exec task: {e}")))?
+    }
+
+    async fn exec_in(
+        &self,
+        rec: ContainerRecord,
+        shim: ShimClient,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
         let mut process = self.oci_spec(&rec.id)?["process"].take();
         process["args"] = serde_json::json!(cmd);
         process["terminal"] = serde_json::json!(false);
@@ -596,12 +611,18 @@ impl Containers {
         std::fs::create_dir_all(&dir)?;
         let out_path = dir.join(format!("{exec_id}.out"));
         let err_path = dir.join(format!("{exec_id}.err"));
+        let (done_tx, done_rx) = watch::channel(false);
+        let mut readers = Vec::new();
         for p in [&out_path, &err_path] {
             nix::unistd::mkfifo(p.as_path(), nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .map_err(|e| Error::Internal(format!("mkfifo {}: {e}", p.display())))?;
+            // Opened read-write, so the open never waits for a writer and the
+            // reader never sees an end of file: it stops when told the process exited.
+            let rx = tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_receiver(p)?;
+            readers.push(tokio::spawn(collect_output(rx, done_rx.clone())));
         }
-        let out_reader = read_fifo(out_path.clone());
-        let err_reader = read_fifo(err_path.clone());
         let io = TaskIo {
             stdin: None,
             output: Output::Paths {
@@ -638,16 +659,16 @@ impl Containers {
             Err(e) => Err(Error::from(e)),
         };
         let _ = shim.delete(&rec.id, &exec_id).await;
-        // If the shim never opened the FIFOs, open them ourselves so the
-        // readers see EOF instead of waiting forever.
-        for p in [&out_path, &err_path] {
-            unblock_fifo(p);
+        let _ = done_tx.send(true);
+        let mut outputs = Vec::new();
+        for r in readers {
+            outputs.push(r.await.unwrap_or_default());
         }
-        let stdout = out_reader.await.unwrap_or_default();
-        let stderr = err_reader.await.unwrap_or_default();
         let _ = std::fs::remove_file(&out_path);
         let _ = std::fs::remove_file(&err_path);
         let exit_code = result?;
+        let stderr = outputs.pop().unwrap_or_default();
+        let stdout = outputs.pop().unwrap_or_default();
         Ok(ExecOutput {
             stdout,
             stderr,
@@ -758,35 +779,47 @@ fn merge_resources(
     old
 }
 
-/// Reads a FIFO to its end in a blocking thread, keeping the first
-/// [`EXEC_OUTPUT_CAP`] bytes.
-fn read_fifo(path: PathBuf) -> tokio::task::JoinHandle<Vec<u8>> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut out = Vec::new();
-        let Ok(mut f) = std::fs::File::open(&path) else {
-            return out;
-        };
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let room = EXEC_OUTPUT_CAP.saturating_sub(out.len());
-                    out.extend_from_slice(&buf[..n.min(room)]);
+/// Reads an exec's output FIFO, keeping the first [`EXEC_OUTPUT_CAP`] bytes
+/// and reading (and dropping) the rest so the process never blocks on a full
+/// pipe. Once `done` says the process exited, what is left in the pipe is
+/// taken and the reader stops, even if a child the command left behind still
+/// holds the pipe open.
+async fn collect_output(
+    rx: tokio::net::unix::pipe::Receiver,
+    mut done: watch::Receiver<bool>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let keep = |out: &mut Vec<u8>, bytes: &[u8]| {
+        let room = EXEC_OUTPUT_CAP.saturating_sub(out.len());
+        out.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    };
+    loop {
+        tokio::select! {
+            biased;
+            ready = rx.readable() => {
+                if ready.is_err() {
+                    break;
+                }
+                match rx.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => keep(&mut out, &buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
+            _ = done.wait_for(|d| *d) => {
+                while let Ok(n) = rx.try_read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    keep(&mut out, &buf[..n]);
+                }
+                break;
+            }
         }
-        out
-    })
-}
-
-fn unblock_fifo(path: &Path) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path);
+    }
+    out
 }
 
 /// `SIGTERM`, `TERM`, `15` → the signal number.
