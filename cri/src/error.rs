@@ -13,6 +13,8 @@ pub enum CriError {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -30,6 +32,7 @@ impl From<CriError> for Status {
             CriError::Unimplemented(_) => Code::Unimplemented,
             CriError::InvalidArgument(_) => Code::InvalidArgument,
             CriError::NotFound(_) => Code::NotFound,
+            CriError::Internal(_) => Code::Internal,
             CriError::Store(_) => Code::Internal,
             CriError::Sandbox(e) => sandbox_code(e),
             CriError::Images(e) => images_code(e),

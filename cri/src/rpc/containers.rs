@@ -87,14 +87,15 @@ pub async fn create_container(
     let image = cri.images.status(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!("image {image_name:?} not found: pull it first"))
     })?;
-    let image_config = cri
-        .images
-        .config_json(&image.id)
-        .ok()
-        .and_then(|bytes| {
-            serde_json::from_slice::<oci_spec::image::ImageConfiguration>(&bytes).ok()
-        })
-        .and_then(|c| c.config().clone());
+    // The image's USER, ENV, WORKDIR and StopSignal matter: an unreadable
+    // config is an error, never a container silently run as root.
+    let config_bytes = cri.images.config_json(&image.id)?;
+    let image_config = serde_json::from_slice::<oci_spec::image::ImageConfiguration>(&config_bytes)
+        .map_err(|e| {
+            CriError::Internal(format!("image {} has an unreadable config: {e}", image.id))
+        })?
+        .config()
+        .clone();
     let id = cri
         .containers
         .create(

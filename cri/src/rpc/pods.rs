@@ -48,12 +48,16 @@ pub async fn remove_pod_sandbox(
     cri: &Cri,
     req: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
-    if let Ok(pod) = cri.pods.get(&req.pod_sandbox_id) {
+    let pod = cri.pods.get(&req.pod_sandbox_id).ok();
+    if let Some(pod) = &pod {
         for id in cri.containers.of_pod(&pod.id) {
             cri.containers.remove(&id).await?;
         }
     }
     cri.pods.remove(&req.pod_sandbox_id).await?;
+    if let Some(pod) = &pod {
+        cri.containers.forget_pod(&pod.id).await;
+    }
     Ok(RemovePodSandboxResponse {})
 }
 

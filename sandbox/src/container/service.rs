@@ -559,6 +559,11 @@ impl Containers {
             .cgroup_usage(&format!("pod:{}", pod.id), &cg.path, now_ns())
     }
 
+    /// Drops the cached connection to a removed pod's shim.
+    pub async fn forget_pod(&self, pod_id: &str) {
+        self.inner.shims.lock().await.remove(pod_id);
+    }
+
     /// Ids of every container of a pod (StopPodSandbox, RemovePodSandbox).
     pub fn of_pod(&self, pod_id: &str) -> Vec<String> {
         self.inner
@@ -898,8 +903,8 @@ impl Inner {
         match made {
             Ok(rec) => {
                 self.store.put(&rec)?;
+                self.lock().insert(rec.id.clone(), rec.clone());
                 self.emit(&rec, ContainerEventKind::Created);
-                self.lock().insert(rec.id.clone(), rec);
                 self.update_metrics();
                 Ok(id.to_string())
             }
@@ -1031,6 +1036,12 @@ impl Inner {
                     .ok_or_else(|| {
                         Error::NotFound(format!("target container {target:?} not found"))
                     })?;
+                if target.pod_id != pod.id {
+                    return Err(Error::InvalidArgument(format!(
+                        "target container {} is not in pod {}",
+                        target.id, pod.id
+                    )));
+                }
                 if target.state != ContainerState::Running || target.pid == 0 {
                     return Err(Error::FailedPrecondition(format!(
                         "target container {} is not running",
