@@ -604,3 +604,63 @@ async fn containers_of_a_pod_without_cgroup_parent_leave_no_cgroups() {
         .collect();
     assert_eq!(left, Vec::<PathBuf>::new(), "cgroups left behind");
 }
+
+#[tokio::test]
+async fn a_kubelet_retry_of_a_create_gets_the_container_not_a_name_conflict() {
+    let (registry, crustd, net) = setup(208).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("retry", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let config = container_config("slow", &image, &["/bin/sleep", "1000"]);
+
+    // kubelet gives up on the first call (here: at once) and sends it again.
+    let first = {
+        let mut rt = rt.clone();
+        let (pod, pc, config) = (pod.clone(), pc.clone(), config.clone());
+        tokio::time::timeout(Duration::from_millis(1), async move {
+            create(&mut rt, &pod, &pc, config).await
+        })
+        .await
+    };
+    let retried = create(&mut rt, &pod, &pc, config.clone())
+        .await
+        .expect("the retry succeeds");
+    if let Ok(Ok(id)) = first {
+        assert_eq!(id, retried, "both calls name the same container");
+    }
+    // The same request again gets the same, still untouched, container.
+    let again = create(&mut rt, &pod, &pc, config.clone())
+        .await
+        .expect("an identical retry");
+    assert_eq!(again, retried);
+    let named: Vec<_> = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers
+        .into_iter()
+        .filter(|c| c.metadata.as_ref().is_some_and(|m| m.name == "slow"))
+        .collect();
+    assert_eq!(named.len(), 1, "one container for the name");
+    let mut other = config.clone();
+    other.command = vec!["/bin/true".into()];
+    let err = create(&mut rt, &pod, &pc, other)
+        .await
+        .expect_err("a different request for the same name");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains(&retried), "{}", err.message());
+    // Once started, the container is no longer a create to hand back.
+    start(&mut rt, &retried).await;
+    let err = create(&mut rt, &pod, &pc, config)
+        .await
+        .expect_err("the name is used by a running container");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}

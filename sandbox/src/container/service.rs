@@ -65,6 +65,37 @@ pub struct ContainerEvent {
 /// Events a slow subscriber may fall behind by before it misses some.
 const EVENT_BACKLOG: usize = 1024;
 
+/// Container names in flight. A std Mutex: never held across an await.
+#[derive(Default)]
+struct Names {
+    /// Creates running now, by name key.
+    creating: HashMap<String, Creating>,
+}
+
+/// What makes a kubelet retry "the same request": the config and the image.
+fn request_key_of(config: &ContainerConfig, image: &str) -> String {
+    serde_json::to_string(&(config, image)).unwrap_or_default()
+}
+
+fn request_key(rec: &ContainerRecord) -> String {
+    request_key_of(&rec.config, &rec.image)
+}
+
+struct Creating {
+    id: String,
+    /// The request, serialized: a retry must be identical to wait for it.
+    request: String,
+    /// The outcome: Some(Some(id)) made, Some(None) failed.
+    done: watch::Receiver<Option<Option<String>>>,
+}
+
+enum Reserved {
+    Fresh(String, watch::Sender<Option<Option<String>>>),
+    Wait(watch::Receiver<Option<Option<String>>>),
+    /// A container this same request already made, still untouched.
+    Made(String),
+}
+
 /// Where cgroup hierarchies are mounted on a real node.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -124,8 +155,8 @@ struct Inner {
     node: NodeContext,
     /// Every container by id. A std Mutex: never held across an await.
     records: Mutex<HashMap<String, ContainerRecord>>,
-    /// Names being created right now.
-    creating: Mutex<HashMap<String, String>>,
+    /// Names being created, and creates whose caller went away.
+    names: Mutex<Names>,
     /// One exit signal per started container: true once it exited.
     exits: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Shim connections by pod id.
@@ -218,7 +249,7 @@ impl Containers {
                 rootfs,
                 store,
                 records: Mutex::new(records),
-                creating: Mutex::new(HashMap::new()),
+                names: Mutex::new(Names::default()),
                 exits: Mutex::new(HashMap::new()),
                 shims: tokio::sync::Mutex::new(HashMap::new()),
                 cpu_samples: Mutex::new(HashMap::new()),
@@ -290,18 +321,49 @@ impl Containers {
             )));
         }
         let key = name_key(&pod.id, &meta.name, meta.attempt);
-        let id = new_id()?;
-        self.inner.reserve(&key, &id)?;
+        let request = request_key_of(&config, &image.name);
+        loop {
+            let mut done = match self.inner.reserve(&key, &request)? {
+                Reserved::Made(id) => return Ok(id),
+                Reserved::Wait(done) => done,
+                Reserved::Fresh(id, done) => {
+                    return self.start_create(id, key, pod, config, image, done).await;
+                }
+            };
+            // A retry of a create still running: its outcome is ours. If it
+            // failed, this request tries again.
+            let outcome = done
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|o| o.clone());
+            if let Some(Some(id)) = outcome {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Runs a create to its end even if the caller goes away, so that nothing
+    /// is left half made; the caller's retry then finds it (see `reserve`).
+    async fn start_create(
+        &self,
+        id: String,
+        key: String,
+        pod: PodRecord,
+        config: ContainerConfig,
+        image: ImageInfo,
+        done: watch::Sender<Option<Option<String>>>,
+    ) -> Result<String> {
         let inner = self.inner.clone();
-        // The create runs to its end even if the caller goes away, so that
-        // nothing is left half made; the name is released either way.
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let r = inner.create(&id, &pod, config, image).await;
-            inner.release(&key);
-            r
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("create task: {e}")))?
+            inner.names().creating.remove(&key);
+            let _ = done.send(Some(r.as_ref().ok().cloned()));
+            let _ = tx.send(r);
+        });
+        rx.await
+            .map_err(|_| Error::Internal("create task ended without an answer".into()))?
     }
 
     /// StartContainer.
@@ -865,28 +927,45 @@ impl Inner {
         }
     }
 
-    fn reserve(&self, key: &str, id: &str) -> Result<()> {
-        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(holder) = creating.get(key) {
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a container name for a new create, or finds the create (running,
+    /// or finished for a caller that left) that this identical request retries.
+    fn reserve(&self, key: &str, request: &str) -> Result<Reserved> {
+        let mut names = self.names();
+        if let Some(c) = names.creating.get(key) {
+            if c.request == request {
+                return Ok(Reserved::Wait(c.done.clone()));
+            }
             return Err(Error::AlreadyExists(format!(
-                "container name {key:?} is reserved for {holder}"
+                "container name {key:?} is reserved for {}",
+                c.id
             )));
         }
         if let Some(holder) = self.lock().values().find(|r| r.name_key() == key) {
+            // kubelet retries a create it gave up on with the same request:
+            // while the container it made is untouched, that retry gets it.
+            if holder.state == ContainerState::Created && request_key(holder) == request {
+                return Ok(Reserved::Made(holder.id.clone()));
+            }
             return Err(Error::AlreadyExists(format!(
                 "container name {key:?} is already used by {}",
                 holder.id
             )));
         }
-        creating.insert(key.to_string(), id.to_string());
-        Ok(())
-    }
-
-    fn release(&self, key: &str) {
-        self.creating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        let id = new_id()?;
+        let (tx, rx) = watch::channel(None);
+        names.creating.insert(
+            key.to_string(),
+            Creating {
+                id: id.clone(),
+                request: request.to_string(),
+                done: rx,
+            },
+        );
+        Ok(Reserved::Fresh(id, tx))
     }
 
     async fn create(
