@@ -8,6 +8,7 @@
 //! ```
 //! [`ImageStore`] is the API cri calls; [`Snapshotter`] is what containers use.
 
+pub mod auth;
 pub mod config;
 pub mod content;
 pub mod digest;

@@ -1,7 +1,8 @@
 //! Talking to registries: endpoints (mirrors first, then the host), credentials,
 //! manifests and blobs over the distribution v2 API through `oci-client`.
 //!
-//! oci-client does the protocol and auth (anonymous, basic, bearer-token challenge).
+//! oci-client does the protocol and auth (anonymous, basic, bearer-token challenge);
+//! identity tokens are first exchanged for an access token by [`crate::auth`].
 //! Blob bodies are streamed here chunk by chunk to the caller, with resume by Range
 //! request, bounded retries with backoff, and a no-progress timeout.
 
@@ -17,6 +18,7 @@ use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::auth::Creds;
 use crate::config::{Config, RegistryConfig};
 use crate::error::{Error, Result};
 use crate::reference::{DOCKER_DOMAIN, Reference};
@@ -67,26 +69,34 @@ impl Auth {
         }
     }
 
-    /// Turns CRI credentials into what oci-client speaks. An identity token is offered
-    /// to the token service as the basic-auth password (with the user name or
-    /// `<token>`), the way registries that issue such tokens accept them.
-    fn to_registry_auth(&self) -> Result<RegistryAuth> {
+    /// Turns CRI credentials into what oci-client speaks, plus the identity token for
+    /// the OAuth2 refresh-token grant ([`crate::auth`]). A registry token is the bearer
+    /// token itself. With an identity token, the basic credentials (for a `Basic`
+    /// challenge, or the GET token request of a token service without OAuth2) are the
+    /// user name and password if a password is given, else the user name (or `<token>`)
+    /// and the identity token, as Docker and containerd send them.
+    fn to_creds(&self) -> Result<Creds> {
         if !self.registry_token.is_empty() {
-            return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
+            return Ok(RegistryAuth::Bearer(self.registry_token.clone()).into());
         }
         if !self.identity_token.is_empty() {
-            let user = if self.username.is_empty() {
-                "<token>".to_string()
+            let basic = if !self.password.is_empty() {
+                RegistryAuth::Basic(self.username.clone(), self.password.clone())
             } else {
-                self.username.clone()
+                let user = if self.username.is_empty() {
+                    "<token>".to_string()
+                } else {
+                    self.username.clone()
+                };
+                RegistryAuth::Basic(user, self.identity_token.clone())
             };
-            return Ok(RegistryAuth::Basic(user, self.identity_token.clone()));
+            return Ok(Creds {
+                auth: basic,
+                identity_token: Some(self.identity_token.clone()),
+            });
         }
         if !self.username.is_empty() || !self.password.is_empty() {
-            return Ok(RegistryAuth::Basic(
-                self.username.clone(),
-                self.password.clone(),
-            ));
+            return Ok(RegistryAuth::Basic(self.username.clone(), self.password.clone()).into());
         }
         if !self.auth.is_empty() {
             let raw = base64::engine::general_purpose::STANDARD
@@ -97,9 +107,9 @@ impl Auth {
             let (u, p) = text
                 .split_once(':')
                 .ok_or_else(|| Error::InvalidArgument("auth is not user:password".into()))?;
-            return Ok(RegistryAuth::Basic(u.to_string(), p.to_string()));
+            return Ok(RegistryAuth::Basic(u.to_string(), p.to_string()).into());
         }
-        Ok(RegistryAuth::Anonymous)
+        Ok(RegistryAuth::Anonymous.into())
     }
 }
 
@@ -207,24 +217,24 @@ pub fn credentials(
     host: &str,
     own_registry: bool,
     request: Option<&Auth>,
-) -> Result<RegistryAuth> {
+) -> Result<Creds> {
     if own_registry
         && let Some(a) = request
         && !a.is_empty()
     {
-        return a.to_registry_auth();
+        return a.to_creds();
     }
     if let Some(rc) = config.registries.get(host) {
         let a = Auth::from_registry_config(rc);
         if !a.is_empty() {
-            return a.to_registry_auth();
+            return a.to_creds();
         }
     }
     if !config.credentials_file.is_empty() {
         let text = match std::fs::read(&config.credentials_file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(RegistryAuth::Anonymous);
+                return Ok(RegistryAuth::Anonymous.into());
             }
             Err(e) => return Err(Error::io(format!("read {}", config.credentials_file), e)),
         };
@@ -240,11 +250,11 @@ pub fn credentials(
                     identity_token: e.identity_token,
                     registry_token: e.registry_token,
                 }
-                .to_registry_auth();
+                .to_creds();
             }
         }
     }
-    Ok(RegistryAuth::Anonymous)
+    Ok(RegistryAuth::Anonymous.into())
 }
 
 /// Maps an oci-client error to ours. `what` names the object for the message.
@@ -744,11 +754,11 @@ mod tests {
         };
         let c = Config::default();
         assert_eq!(
-            credentials(&c, "h", true, Some(&a)).unwrap(),
+            credentials(&c, "h", true, Some(&a)).unwrap().auth,
             RegistryAuth::Basic("u".into(), "p".into())
         );
         assert_eq!(
-            credentials(&c, "h", false, Some(&a)).unwrap(),
+            credentials(&c, "h", false, Some(&a)).unwrap().auth,
             RegistryAuth::Anonymous,
             "request credentials never go to a mirror"
         );
@@ -765,9 +775,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            credentials(&c, "h", true, Some(&tok)).unwrap(),
+            credentials(&c, "h", true, Some(&tok)).unwrap().auth,
             RegistryAuth::Bearer("t".into())
         );
+        let id = Auth {
+            identity_token: "refresh".into(),
+            ..Default::default()
+        };
+        let c1 = credentials(&c, "h", true, Some(&id)).unwrap();
+        assert_eq!(c1.identity_token.as_deref(), Some("refresh"));
+        assert_eq!(
+            c1.auth,
+            RegistryAuth::Basic("<token>".into(), "refresh".into())
+        );
+        let id = Auth {
+            username: "u".into(),
+            password: "p".into(),
+            identity_token: "refresh".into(),
+            ..Default::default()
+        };
+        let c2 = credentials(&c, "h", true, Some(&id)).unwrap();
+        assert_eq!(c2.auth, RegistryAuth::Basic("u".into(), "p".into()));
 
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("config.json");
@@ -781,15 +809,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            credentials(&c, "docker.io", true, None).unwrap(),
+            credentials(&c, "docker.io", true, None).unwrap().auth,
             RegistryAuth::Basic("u".into(), "p".into())
         );
         assert_eq!(
-            credentials(&c, "r.io", true, None).unwrap(),
+            credentials(&c, "r.io", true, None).unwrap().auth,
             RegistryAuth::Basic("a".into(), "b".into())
         );
         assert_eq!(
-            credentials(&c, "x.io", true, None).unwrap(),
+            credentials(&c, "x.io", true, None).unwrap().auth,
             RegistryAuth::Anonymous
         );
     }

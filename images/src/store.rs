@@ -18,6 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedMutexGuard, RwLock, Semaphore, mpsc};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::content::{BlobWriter, ContentStore};
 use crate::digest::{chain_ids, hex_of};
@@ -130,6 +131,8 @@ struct Inner {
     clients: Mutex<HashMap<String, oci_client::Client>>,
     /// Insecure hosts that answered over plain HTTP: their HTTPS probe is skipped.
     http_hosts: Mutex<HashSet<String>>,
+    /// Identity-token logins and the access tokens they got.
+    auth: Authenticator,
 }
 
 /// The images of this node. Cheap to clone.
@@ -155,6 +158,7 @@ impl ImageStore {
             let r = Reference::parse(p)?;
             pinned.insert(r.to_string());
         }
+        let auth = Authenticator::new(Duration::from_secs(config.no_progress_timeout_secs.max(1)))?;
         let store = ImageStore {
             inner: Arc::new(Inner {
                 downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads.max(1))),
@@ -168,6 +172,7 @@ impl ImageStore {
                 gc_lock: RwLock::new(()),
                 clients: Mutex::new(HashMap::new()),
                 http_hosts: Mutex::new(HashSet::new()),
+                auth,
             }),
         };
         let report = store.gc().await?;
@@ -438,7 +443,6 @@ impl ImageStore {
             endpoints.retain(|_| k.next().unwrap_or(true));
         }
         for (i, ep) in endpoints.iter().enumerate() {
-            let creds = registry::credentials(cfg, &ep.host, !ep.mirror, auth)?;
             // HTTPS to an insecure host that may only speak HTTP: one try, then HTTP.
             let has_http_fallback = endpoints
                 .get(i + 1)
@@ -451,18 +455,18 @@ impl ImageStore {
             } else {
                 policy
             };
-            let oci = {
-                let mut clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
-                // Credentials rotate (kubelet passes them per pull): keep the cache small.
-                if clients.len() >= 64 {
-                    clients.clear();
+            let client = match self.client_for(r, ep, auth, policy).await {
+                Ok(c) => c,
+                // The token service is down or refused us: the next endpoint may do.
+                Err(e @ (Error::Unavailable(_) | Error::Unauthenticated(_))) => {
+                    tracing::debug!(endpoint = ?ep, "logging in for {r}: {e}");
+                    if keep_error(&last, &e, ep) {
+                        last = Some(e);
+                    }
+                    continue;
                 }
-                clients
-                    .entry(registry::client_key(ep, &creds))
-                    .or_insert_with(|| registry::oci_client(ep, policy.no_progress))
-                    .clone()
+                Err(e) => return Err(e),
             };
-            let client = RegistryClient::new(oci, ep.clone(), r, creds, policy);
             let t = Instant::now();
             let resolved = client.resolve(r).await;
             tracing::debug!(endpoint = %ep.host, http = ep.http, ms = t.elapsed().as_millis() as u64, ok = resolved.is_ok(), "resolve");
@@ -479,21 +483,42 @@ impl ImageStore {
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = ?ep, "resolving {r}: {e}");
-                    // Keep the most telling error: the image's own registry over a mirror,
-                    // an answer (not found, unauthenticated) over an unreachable host.
-                    let keep = match (&last, &e) {
-                        (None, _) => true,
-                        (Some(Error::Unavailable(_)), _) => true,
-                        (Some(_), Error::Unavailable(_)) => false,
-                        _ => !ep.mirror,
-                    };
-                    if keep {
+                    if keep_error(&last, &e, ep) {
                         last = Some(e);
                     }
                 }
             }
         }
         Err(last.unwrap_or_else(|| Error::NotFound(format!("{r}: no endpoint"))))
+    }
+
+    /// A client for `r`'s repository at `ep`, with the credentials for that endpoint
+    /// (logged in at the token service first when they carry an identity token).
+    async fn client_for(
+        &self,
+        r: &Reference,
+        ep: &registry::Endpoint,
+        auth: Option<&Auth>,
+        policy: Policy,
+    ) -> Result<RegistryClient> {
+        let creds = registry::credentials(&self.inner.config, &ep.host, !ep.mirror, auth)?;
+        let creds = self
+            .inner
+            .auth
+            .login(ep, r.path(), &creds, policy.no_progress)
+            .await?;
+        let oci = {
+            let mut clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+            // Credentials rotate (kubelet passes them per pull): keep the cache small.
+            if clients.len() >= 64 {
+                clients.clear();
+            }
+            clients
+                .entry(registry::client_key(ep, &creds))
+                .or_insert_with(|| registry::oci_client(ep, policy.no_progress))
+                .clone()
+        };
+        Ok(RegistryClient::new(oci, ep.clone(), r, creds, policy))
     }
 
     async fn fetch(
@@ -741,6 +766,17 @@ impl ImageStore {
             )));
         }
         snaps.commit(staging, chain_id, parent)
+    }
+}
+
+/// Whether `e`, from `ep`, tells more than the error kept so far: the image's own
+/// registry over a mirror, an answer (not found, unauthenticated) over an unreachable host.
+fn keep_error(last: &Option<Error>, e: &Error, ep: &registry::Endpoint) -> bool {
+    match (last, e) {
+        (None, _) => true,
+        (Some(Error::Unavailable(_)), _) => true,
+        (Some(_), Error::Unavailable(_)) => false,
+        _ => !ep.mirror,
     }
 }
 

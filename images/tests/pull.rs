@@ -41,7 +41,51 @@ struct State {
     basic_auth: Option<String>,
     /// Bearer-token auth: (base64 user:password the token service wants, the token).
     bearer: Option<(String, String)>,
+    /// With `bearer`: the token service also takes the OAuth2 refresh-token grant (POST).
+    oauth: Option<OAuth>,
+    /// Forms POSTed to the token service.
+    token_posts: Vec<HashMap<String, String>>,
+    /// GET token requests.
+    token_gets: usize,
     addr: String,
+}
+
+struct OAuth {
+    /// The refresh (identity) token it accepts.
+    refresh_token: String,
+    /// What it answers a POST with instead, e.g. 404 or 405: no OAuth2 here.
+    post_status: Option<StatusCode>,
+}
+
+/// Decodes `application/x-www-form-urlencoded`.
+fn parse_form(body: &[u8]) -> HashMap<String, String> {
+    let dec = |s: &str| {
+        let s = s.replace('+', " ");
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                if let Ok(v) = u8::from_str_radix(hex, 16) {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (dec(k), dec(v))
+        })
+        .collect()
 }
 
 #[derive(Clone, Default)]
@@ -71,10 +115,19 @@ impl Registry {
                 };
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let me = me.clone();
-                        async move { Ok::<_, Infallible>(me.handle(req)) }
-                    });
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let me = me.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                Ok::<_, Infallible>(me.handle(Request::from_parts(parts, body)))
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
                         .await;
@@ -84,7 +137,7 @@ impl Registry {
         addr.to_string()
     }
 
-    fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    fn handle(&self, req: Request<Bytes>) -> Response<Body> {
         let mut st = self.0.lock().unwrap();
         if let Some(expected) = &st.basic_auth {
             let got = req
@@ -110,7 +163,46 @@ impl Registry {
             .unwrap_or("")
             .to_string();
         if let Some((basic, token)) = st.bearer.clone() {
+            if path == "/token" && req.method() == hyper::Method::POST {
+                let Some(oauth) = &st.oauth else {
+                    return full(StatusCode::METHOD_NOT_ALLOWED, "");
+                };
+                if let Some(status) = oauth.post_status {
+                    return full(status, "");
+                }
+                let ct = req
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if ct != "application/x-www-form-urlencoded" {
+                    return full(StatusCode::BAD_REQUEST, "not a form");
+                }
+                let f = parse_form(req.body());
+                let want = oauth.refresh_token.clone();
+                st.token_posts.push(f.clone());
+                let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+                if field("grant_type") != "refresh_token"
+                    || field("service") != "test"
+                    || !field("scope").starts_with("repository:crust/")
+                    || !field("scope").ends_with(":pull")
+                    || field("client_id").is_empty()
+                {
+                    return full(StatusCode::BAD_REQUEST, r#"{"error":"invalid_request"}"#);
+                }
+                if field("refresh_token") != want {
+                    return full(StatusCode::UNAUTHORIZED, r#"{"error":"invalid_grant"}"#);
+                }
+                return full(
+                    StatusCode::OK,
+                    format!(
+                        r#"{{"access_token":"{token}","refresh_token":"rotated","expires_in":300,"scope":"{}"}}"#,
+                        field("scope")
+                    ),
+                );
+            }
             if path == "/token" {
+                st.token_gets += 1;
                 if auth_header != format!("Basic {basic}") {
                     return full(StatusCode::UNAUTHORIZED, "bad credentials");
                 }
@@ -689,4 +781,98 @@ async fn bearer_token_challenge() {
         ..Default::default()
     };
     store.pull(&r, Some(&token)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_token_refresh_grant() {
+    use base64::Engine as _;
+    let reg = Registry::default();
+    let l = layer(&[("f", b"x")], false);
+    add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    {
+        let mut st = reg.0.lock().unwrap();
+        st.bearer = Some((
+            base64::engine::general_purpose::STANDARD.encode("robot:hunter2"),
+            "tok-123".to_string(),
+        ));
+        st.oauth = Some(OAuth {
+            refresh_token: "refresh-abc".into(),
+            post_status: None,
+        });
+    }
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/oauth:v1");
+
+    // A wrong identity token: refused by the token service, said so.
+    let wrong = Auth {
+        identity_token: "stale".into(),
+        ..Default::default()
+    };
+    let err = store.pull(&r, Some(&wrong)).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("identity token refused"), "{msg}");
+    assert!(msg.contains("invalid_grant"), "{msg}");
+    assert!(store.list(None).unwrap().is_empty());
+
+    // The right one: a form POST with the refresh-token grant, no GET token request.
+    let right = Auth {
+        identity_token: "refresh-abc".into(),
+        ..Default::default()
+    };
+    store.pull(&r, Some(&right)).await.unwrap();
+    {
+        let st = reg.0.lock().unwrap();
+        assert_eq!(st.token_gets, 0, "no GET token request");
+        let f = st.token_posts.last().expect("a POST");
+        assert_eq!(f["grant_type"], "refresh_token");
+        assert_eq!(f["refresh_token"], "refresh-abc");
+        assert_eq!(f["service"], "test");
+        assert_eq!(f["scope"], "repository:crust/oauth:pull");
+        assert_eq!(f["client_id"], "crust");
+    }
+    // The access token is kept: pulling again logs in no more.
+    let posts = reg.0.lock().unwrap().token_posts.len();
+    store.remove(&r).await.unwrap();
+    store.pull(&r, Some(&right)).await.unwrap();
+    assert_eq!(reg.0.lock().unwrap().token_posts.len(), posts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_token_falls_back_to_get_without_oauth() {
+    use base64::Engine as _;
+    for status in [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED] {
+        let reg = Registry::default();
+        let l = layer(&[("f", b"x")], false);
+        add_image(&reg, "v1", &[(l, Blob::Good)], "");
+        {
+            let mut st = reg.0.lock().unwrap();
+            st.bearer = Some((
+                base64::engine::general_purpose::STANDARD.encode("robot:hunter2"),
+                "tok-123".to_string(),
+            ));
+            st.oauth = Some(OAuth {
+                refresh_token: "refresh-abc".into(),
+                post_status: Some(status),
+            });
+        }
+        let host = reg.serve().await;
+        let e = env();
+        let store = e.store(quick()).await;
+        let r = format!("{host}/crust/nooauth:v1");
+        let auth = Auth {
+            username: "robot".into(),
+            password: "hunter2".into(),
+            identity_token: "refresh-abc".into(),
+            ..Default::default()
+        };
+        store.pull(&r, Some(&auth)).await.unwrap();
+        let st = reg.0.lock().unwrap();
+        assert!(
+            st.token_gets > 0,
+            "{status}: GET token request with basic auth"
+        );
+    }
 }
