@@ -432,6 +432,7 @@ pub struct Resolved {
 }
 
 /// A client bound to one endpoint and one repository.
+#[derive(Clone)]
 pub struct RegistryClient {
     client: oci_client::Client,
     endpoint: Endpoint,

@@ -442,19 +442,25 @@ impl ImageStore {
             let mut k = keep.into_iter();
             endpoints.retain(|_| k.next().unwrap_or(true));
         }
-        for (i, ep) in endpoints.iter().enumerate() {
-            // HTTPS to an insecure host that may only speak HTTP: one try, then HTTP.
-            let has_http_fallback = endpoints
-                .get(i + 1)
-                .is_some_and(|n| n.host == ep.host && n.http && !ep.http);
-            let policy = if has_http_fallback {
-                Policy {
-                    retries: 0,
-                    ..policy
+        // HTTPS to an insecure host that may only speak HTTP: one try, then HTTP.
+        let policies: Vec<Policy> = (0..endpoints.len())
+            .map(|i| {
+                let ep = &endpoints[i];
+                let has_http_fallback = endpoints
+                    .get(i + 1)
+                    .is_some_and(|n| n.host == ep.host && n.http && !ep.http);
+                if has_http_fallback {
+                    Policy {
+                        retries: 0,
+                        ..policy
+                    }
+                } else {
+                    policy
                 }
-            } else {
-                policy
-            };
+            })
+            .collect();
+        for (i, ep) in endpoints.iter().enumerate() {
+            let policy = policies[i];
             let client = match self.client_for(r, ep, auth, policy).await {
                 Ok(c) => c,
                 // The token service is down or refused us: the next endpoint may do.
@@ -479,7 +485,17 @@ impl ImageStore {
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(ep.host.clone());
                     }
-                    return self.fetch(&client, r, resolved).await;
+                    let sources = Sources {
+                        first: client,
+                        rest: endpoints[i + 1..]
+                            .iter()
+                            .cloned()
+                            .zip(policies[i + 1..].iter().copied())
+                            .collect(),
+                        r,
+                        auth,
+                    };
+                    return self.fetch(&sources, r, resolved).await;
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = ?ep, "resolving {r}: {e}");
@@ -521,9 +537,21 @@ impl ImageStore {
         Ok(RegistryClient::new(oci, ep.clone(), r, creds, policy))
     }
 
+    /// The `k`th source of blobs: the endpoint that resolved the reference, then the
+    /// endpoints after it (further mirrors, then the registry itself).
+    async fn source(&self, sources: &Sources<'_>, k: usize) -> Result<RegistryClient> {
+        match k.checked_sub(1) {
+            None => Ok(sources.first.clone()),
+            Some(j) => {
+                let (ep, policy) = &sources.rest[j];
+                self.client_for(sources.r, ep, sources.auth, *policy).await
+            }
+        }
+    }
+
     async fn fetch(
         &self,
-        client: &RegistryClient,
+        sources: &Sources<'_>,
         r: &Reference,
         resolved: registry::Resolved,
     ) -> Result<String> {
@@ -537,7 +565,21 @@ impl ImageStore {
         let config_bytes = if content.contains(&config_desc.digest) {
             content.read(&config_desc.digest)?
         } else {
-            client.blob_bytes(config_desc).await?
+            let mut k = 0;
+            loop {
+                let got = match self.source(sources, k).await {
+                    Ok(client) => client.blob_bytes(config_desc).await,
+                    Err(e) => Err(e),
+                };
+                match got {
+                    Ok(b) => break b,
+                    Err(e) if falls_back(&e) && k < sources.rest.len() => {
+                        tracing::warn!(config = %config_desc.digest, "config from the next endpoint after: {e}");
+                        k += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
         #[derive(Deserialize, Default)]
         struct RootFs {
@@ -577,7 +619,7 @@ impl ImageStore {
         let chains = chain_ids(diff_ids);
         let layers = manifest.layers.iter().enumerate().map(|(i, layer)| {
             let parent = i.checked_sub(1).map(|p| chains[p].as_str());
-            self.ensure_layer(client, layer, &diff_ids[i], &chains[i], parent)
+            self.ensure_layer(sources, layer, &diff_ids[i], &chains[i], parent)
         });
         let t_config = t0.elapsed();
         futures::future::try_join_all(layers).await?;
@@ -613,7 +655,7 @@ impl ImageStore {
         self.save(record)?;
         tracing::debug!(
             reference = %r,
-            endpoint = %client.endpoint().host,
+            endpoint = %sources.first.endpoint().host,
             config_ms = t_config.as_millis() as u64,
             layers_ms = t_layers.as_millis() as u64,
             total_ms = t0.elapsed().as_millis() as u64,
@@ -670,10 +712,13 @@ impl ImageStore {
     }
 
     /// Makes sure the committed snapshot `chain_id` exists: downloads the layer (unless
-    /// its blob is here already), unpacking while it streams in.
+    /// its blob is here already), unpacking while it streams in. A download that fails
+    /// for want of the endpoint (unreachable, dropped for good, not there, refused) is
+    /// thrown away whole, staging directory and ingest file, and starts again from the
+    /// next endpoint; bytes from two endpoints are never mixed.
     async fn ensure_layer(
         &self,
-        client: &RegistryClient,
+        sources: &Sources<'_>,
         layer: &Descriptor,
         diff_id: &str,
         chain_id: &str,
@@ -690,73 +735,39 @@ impl ImageStore {
         if snaps.exists(chain_id)? {
             return Ok(());
         }
-        let staging = snaps.begin()?;
-        let dest = staging.fs();
-        let unpacked = if self.inner.content.contains(&layer.digest) {
+        let (staging, unpacked) = if self.inner.content.contains(&layer.digest) {
+            let staging = snaps.begin()?;
+            let dest = staging.fs();
             let path = self.inner.content.blob_path(&layer.digest)?;
-            tokio::task::spawn_blocking(move || {
+            let unpacked = tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(&path)
                     .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
                 unpack_layer(f, &dest)
             })
             .await
-            .map_err(|e| Error::Internal(format!("unpack task: {e}")))??
+            .map_err(|e| Error::Internal(format!("unpack task: {e}")))??;
+            (staging, unpacked)
         } else {
-            let _permit = self
-                .inner
-                .downloads
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Internal("download semaphore closed".into()))?;
-            let size = u64::try_from(layer.size).ok().filter(|s| *s > 0);
-            let writer = self.inner.content.writer(&layer.digest, size)?;
-            // A few chunks of slack: enough to keep the network busy while the unpacker
-            // writes, little enough that a slow disk does not buffer a layer in memory.
-            let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
-            let unpack = tokio::task::spawn_blocking(move || {
-                let mut tee = Tee {
-                    rx,
-                    cur: Bytes::new(),
-                    blob: Some(writer),
+            let mut k = 0;
+            loop {
+                let staging = snaps.begin()?;
+                let got = match self.source(sources, k).await {
+                    Ok(client) => self.download_unpack(&client, layer, staging.fs()).await,
+                    Err(e) => Err(e),
                 };
-                let unpacked = unpack_layer(&mut tee, &dest);
-                // Bytes after the tar's end (padding) still belong to the blob.
-                let drained = std::io::copy(&mut tee, &mut std::io::sink());
-                let blob = tee
-                    .blob
-                    .take()
-                    .ok_or_else(|| Error::Internal("blob writer gone".into()))?;
-                match (unpacked, drained) {
-                    (Ok(u), Ok(_)) => blob.commit().map(|()| u),
-                    (Ok(_), Err(e)) => Err(crate::unpack::io_to_error(e)),
-                    // A corrupt stream is best explained by its digest, if the whole
-                    // blob arrived; the blob itself is never kept.
-                    (Err(e), Ok(_)) if !blob.digest_matches() => Err(Error::BadContent(format!(
-                        "blob digest mismatch for {} ({e})",
-                        blob.digest()
-                    ))),
-                    (Err(e), _) => Err(e),
+                match got {
+                    Ok(u) => break (staging, u),
+                    Err(e) if falls_back(&e) && k < sources.rest.len() => {
+                        drop(staging);
+                        tracing::warn!(
+                            digest = %layer.digest,
+                            next = %sources.rest[k].0.host,
+                            "layer download failed, starting over from the next endpoint: {e}"
+                        );
+                        k += 1;
+                    }
+                    Err(e) => return Err(e),
                 }
-            });
-            let bytes = &METRICS.bytes_pulled;
-            let t = Instant::now();
-            let downloaded = client.stream_blob(layer, &tx, |n| bytes.inc_by(n)).await;
-            let t_download = t.elapsed();
-            drop(tx);
-            let unpacked = unpack
-                .await
-                .map_err(|e| Error::Internal(format!("unpack task: {e}")))?;
-            tracing::debug!(
-                digest = %layer.digest,
-                size = layer.size,
-                download_ms = t_download.as_millis() as u64,
-                unpacked_ms = t.elapsed().as_millis() as u64,
-                "layer fetched"
-            );
-            match (downloaded, unpacked) {
-                (Err(Some(e)), _) => return Err(e),
-                (_, r) => r?,
             }
         };
         if unpacked.diff_id != diff_id {
@@ -767,6 +778,92 @@ impl ImageStore {
         }
         snaps.commit(staging, chain_id, parent)
     }
+
+    /// Downloads layer `layer` from `client` into the content store while unpacking it
+    /// into `dest`. On error the ingest file is gone; `dest` is the caller's to drop.
+    async fn download_unpack(
+        &self,
+        client: &RegistryClient,
+        layer: &Descriptor,
+        dest: PathBuf,
+    ) -> Result<crate::unpack::Unpacked> {
+        let _permit = self
+            .inner
+            .downloads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal("download semaphore closed".into()))?;
+        let size = u64::try_from(layer.size).ok().filter(|s| *s > 0);
+        let writer = self.inner.content.writer(&layer.digest, size)?;
+        // A few chunks of slack: enough to keep the network busy while the unpacker
+        // writes, little enough that a slow disk does not buffer a layer in memory.
+        let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
+        let unpack = tokio::task::spawn_blocking(move || {
+            let mut tee = Tee {
+                rx,
+                cur: Bytes::new(),
+                blob: Some(writer),
+            };
+            let unpacked = unpack_layer(&mut tee, &dest);
+            // Bytes after the tar's end (padding) still belong to the blob.
+            let drained = std::io::copy(&mut tee, &mut std::io::sink());
+            let blob = tee
+                .blob
+                .take()
+                .ok_or_else(|| Error::Internal("blob writer gone".into()))?;
+            match (unpacked, drained) {
+                (Ok(u), Ok(_)) => blob.commit().map(|()| u),
+                (Ok(_), Err(e)) => Err(crate::unpack::io_to_error(e)),
+                // A corrupt stream is best explained by its digest, if the whole
+                // blob arrived; the blob itself is never kept.
+                (Err(e), Ok(_)) if !blob.digest_matches() => Err(Error::BadContent(format!(
+                    "blob digest mismatch for {} ({e})",
+                    blob.digest()
+                ))),
+                (Err(e), _) => Err(e),
+            }
+        });
+        let bytes = &METRICS.bytes_pulled;
+        let t = Instant::now();
+        let downloaded = client.stream_blob(layer, &tx, |n| bytes.inc_by(n)).await;
+        let t_download = t.elapsed();
+        drop(tx);
+        let unpacked = unpack
+            .await
+            .map_err(|e| Error::Internal(format!("unpack task: {e}")))?;
+        tracing::debug!(
+            digest = %layer.digest,
+            size = layer.size,
+            download_ms = t_download.as_millis() as u64,
+            unpacked_ms = t.elapsed().as_millis() as u64,
+            "layer fetched"
+        );
+        match (downloaded, unpacked) {
+            (Err(Some(e)), _) => Err(e),
+            (_, r) => r,
+        }
+    }
+}
+
+/// Whether a blob that failed from one endpoint should be fetched from the next: the
+/// endpoint failed us (unreachable, gave up mid-blob, does not have it, refused us), as
+/// opposed to content that is wrong wherever it comes from.
+fn falls_back(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unavailable(_) | Error::NotFound(_) | Error::Unauthenticated(_)
+    )
+}
+
+/// The endpoints a pull may fetch blobs from, in order.
+struct Sources<'a> {
+    /// The client of the endpoint that resolved the reference.
+    first: RegistryClient,
+    /// The endpoints after it, with their retry policies.
+    rest: Vec<(registry::Endpoint, Policy)>,
+    r: &'a Reference,
+    auth: Option<&'a Auth>,
 }
 
 /// Whether `e`, from `ep`, tells more than the error kept so far: the image's own

@@ -30,6 +30,8 @@ enum Blob {
     Stalled,
     /// Drops the connection half-way the first time only; honours Range afterwards.
     Flaky,
+    /// Answers 500, every time.
+    ServerError,
 }
 
 #[derive(Default)]
@@ -298,6 +300,7 @@ impl Registry {
                 .expect("response")
         };
         match kind {
+            Blob::ServerError => full(StatusCode::INTERNAL_SERVER_ERROR, "down"),
             Blob::Good => with_len(stream_of(vec![data], Then::End), len, StatusCode::OK),
             Blob::WrongDigest => {
                 let mut bad = data.to_vec();
@@ -875,4 +878,108 @@ async fn identity_token_falls_back_to_get_without_oauth() {
             "{status}: GET token request with basic auth"
         );
     }
+}
+
+/// Bytes gzip cannot shrink much, so half a blob is half the layer.
+fn noise(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_failing_mid_layer_falls_back_to_upstream() {
+    let upstream = Registry::default();
+    let mirror = Registry::default();
+    let a_data = noise(400_000, 1);
+    let b_data = noise(200_000, 2);
+    let a = layer(&[("a", &a_data)], false);
+    let b = layer(&[("b", &b_data)], true);
+    let up = add_image(
+        &upstream,
+        "v1",
+        &[(a.clone(), Blob::Good), (b.clone(), Blob::Good)],
+        "",
+    );
+    // The mirror has the same image, but cuts layer a half-way every time and answers
+    // 500 for layer b.
+    let mi = add_image(
+        &mirror,
+        "v1",
+        &[(a, Blob::Truncated), (b, Blob::ServerError)],
+        "",
+    );
+    assert_eq!(up.manifest_digest, mi.manifest_digest);
+    let up_host = upstream.serve().await;
+    let mi_host = mirror.serve().await;
+    let e = env();
+    let mut c = quick();
+    c.registries.insert(
+        up_host.clone(),
+        RegistryConfig {
+            mirrors: vec![format!("http://{mi_host}")],
+            ..Default::default()
+        },
+    );
+    let store = e.store(c).await;
+    let r = format!("{up_host}/crust/app:v1");
+    let id = store.pull(&r, None).await.unwrap();
+    assert_eq!(id, up.config_digest);
+
+    let im = store.status(&r).unwrap().expect("pulled");
+    assert_eq!(im.repo_tags, vec![r.clone()], "the upstream name");
+    assert_eq!(
+        im.repo_digests,
+        vec![format!("{up_host}/crust/app@{}", up.manifest_digest)]
+    );
+    {
+        let m = mirror.0.lock().unwrap();
+        assert_eq!(
+            m.blob_gets[&mi.layer_digests[0]], 2,
+            "mirror: try + 1 retry"
+        );
+        assert_eq!(
+            m.blob_gets[&mi.layer_digests[1]], 2,
+            "mirror: try + 1 retry"
+        );
+        let u = upstream.0.lock().unwrap();
+        assert!(
+            !u.manifests.is_empty() && !u.blob_gets.contains_key(&up.config_digest),
+            "manifest and config came from the mirror"
+        );
+        assert_eq!(
+            u.blob_gets[&up.layer_digests[0]], 1,
+            "layer a from upstream"
+        );
+        assert_eq!(
+            u.blob_gets[&up.layer_digests[1]], 1,
+            "layer b from upstream"
+        );
+        assert!(
+            u.ranges.iter().all(|r| r == "bytes=0-"),
+            "upstream downloads start from byte 0: {:?}",
+            u.ranges
+        );
+    }
+    // Whole layers from upstream, nothing half-written left of the mirror's attempts.
+    assert_eq!(count(&e.root().join("content/ingest")), 0, "ingest left");
+    assert_eq!(count(&e.root().join("snapshots")), 2, "one dir per layer");
+    for d in &up.layer_digests {
+        assert!(store.content().contains(d));
+        let on_disk = std::fs::read(store.content().blob_path(d).unwrap()).unwrap();
+        assert_eq!(sha256(&on_disk), *d);
+    }
+    let lowers = store
+        .snapshotter()
+        .lowers(im.chain_id.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(std::fs::read(lowers[0].join("b")).unwrap(), b_data);
+    assert_eq!(std::fs::read(lowers[1].join("a")).unwrap(), a_data);
+    assert_eq!(store.gc().await.unwrap(), Default::default(), "no garbage");
 }
