@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use crust_e2e::cri::image_service_client::ImageServiceClient;
@@ -496,5 +499,192 @@ async fn concurrent_pulls_share_the_work() -> Result<()> {
     assert_eq!(count(&images.join("content/ingest")), 0);
     // busybox layer + config's layer, 2 configs, 2 manifests
     assert_eq!(count(&images.join("content/blobs/sha256")), 6);
+    Ok(())
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` that passes the registry's answers at
+/// most `rate` bytes per second per connection (0: as fast as they come), so that a pull
+/// of the large image takes long enough to be killed half-way through a layer. Its tasks
+/// end with the test's runtime.
+async fn throttling_proxy(upstream: String, rate: Arc<AtomicU64>) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let rate = rate.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                };
+                let down = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        let r = rate.load(Ordering::Relaxed);
+                        if r > 0 {
+                            tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64)).await;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Size of the largest file in `dir` (0 if none).
+fn largest_file(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    })
+}
+
+/// Mount points at or below `dir`, from this process's mountinfo.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crustd_killed_mid_pull_leaves_nothing_and_the_pull_works_after() -> Result<()> {
+    let f = fixtures();
+    // crust/large (hack/fixtures --large: ~200 MB in 6 layers) at about 3 MB/s per
+    // connection: each big layer takes seconds, so the kill lands in the middle of one.
+    // Without it (hack/test builds no large image) crust/busybox, its one 1 MB layer
+    // at 128 KB/s.
+    let (name, rate, threshold) = if f["images"]["crust/large:latest"].is_object() {
+        ("crust/large:latest", 3 * 1024 * 1024, 2 * 1024 * 1024)
+    } else {
+        eprintln!(
+            "crust/large is not among the fixtures (hack/fixtures --large): using crust/busybox"
+        );
+        ("crust/busybox:latest", 128 * 1024, 256 * 1024)
+    };
+    let fixture = &f["images"][name];
+    let reg = Registry::start(None)?;
+    let rate = Arc::new(AtomicU64::new(rate));
+    let proxy = throttling_proxy(reg.addr.clone(), rate.clone()).await?;
+    let mut crustd = Crustd::start().await?;
+    let images = crustd.root_dir.join("images");
+    let r = format!("{proxy}/{name}");
+    let mut c = crustd.images().await?;
+    let pulling = {
+        let r = r.clone();
+        tokio::spawn(async move { pull(&mut c, &r, None).await })
+    };
+
+    // Wait until a layer is partly in: an ingest file past the threshold (for
+    // crust/large, more than its 1 MB base layer) and a snapshot directory being unpacked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if largest_file(&images.join("content/ingest")) >= threshold
+            && count(&images.join("snapshots")) > 0
+        {
+            break;
+        }
+        assert!(!pulling.is_finished(), "the pull ended before the kill");
+        assert!(
+            Instant::now() < deadline,
+            "no layer bytes arrived:\n{}",
+            crustd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = crustd.metrics().await?;
+    assert_eq!(metric_value(&m, "crust_image_pulls_in_progress"), Some(1.0));
+    assert!(metric_value(&m, "crust_image_pull_bytes_total").unwrap_or(0.0) >= threshold as f64);
+    let pid = crustd.pid().context("crustd pid")?;
+    crustd.crash().await?;
+    // The client sees the connection go (Unavailable or Unknown, as the transport has it).
+    let err = pulling.await?.expect_err("the pull died with crustd");
+    assert_ne!(err.code(), Code::Ok, "{err}");
+
+    // What the dead pull left: at least its ingest file and staging directory.
+    assert!(count(&images.join("content/ingest")) > 0);
+    assert!(count(&images.join("snapshots")) > 0);
+
+    crustd.restart().await?;
+    assert_ne!(crustd.pid(), Some(pid));
+    let mut c = crustd.images().await?;
+    assert_eq!(
+        count(&images.join("content/ingest")),
+        0,
+        "ingest files left"
+    );
+    assert_eq!(
+        count(&images.join("snapshots")),
+        0,
+        "snapshot directories left (half-unpacked or unreferenced)"
+    );
+    assert_eq!(
+        count(&images.join("content/blobs/sha256")),
+        0,
+        "blobs no image references"
+    );
+    assert!(
+        status(&mut c, &r, false).await?.image.is_none(),
+        "no record"
+    );
+    let list = c
+        .list_images(ListImagesRequest { filter: None })
+        .await?
+        .into_inner();
+    assert!(list.images.is_empty(), "{:?}", list.images);
+    assert!(
+        mounts_below(&crustd.root_dir).is_empty(),
+        "{:?}",
+        mounts_below(&crustd.root_dir)
+    );
+    // Removed snapshots go through trash/, emptied in the background.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&images.join("trash")) > 0 {
+        assert!(Instant::now() < deadline, "trash not emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The same pull, at full speed, works and the image is whole.
+    rate.store(0, Ordering::Relaxed);
+    let id = pull(&mut c, &r, None).await?;
+    assert_eq!(id, fixture["config_digest"].as_str().unwrap());
+    let img = status(&mut c, &r, false).await?.image.context("status")?;
+    assert_eq!(img.repo_tags, vec![r.clone()]);
+    assert_eq!(
+        img.repo_digests,
+        vec![format!(
+            "{proxy}/{}@{}",
+            name.split(':').next().unwrap_or(name),
+            fixture["manifest_digest"].as_str().unwrap()
+        )]
+    );
+    let layers = fixture["layers"].as_array().context("layers")?;
+    let lowers = lowerdirs(&mut c, &r).await?;
+    assert_eq!(lowers.len(), layers.len());
+    assert!(lookup(&lowers, "/bin/busybox").is_some());
+    assert_eq!(count(&images.join("content/ingest")), 0);
+    assert_eq!(count(&images.join("snapshots")), layers.len());
     Ok(())
 }
