@@ -31,6 +31,13 @@ impl Rootfs for ImageRootfs {
         self.0.snapshotter().remove(key).map_err(|e| e.to_string())
     }
 
+    fn keys(&self) -> Result<Vec<String>, String> {
+        self.0
+            .snapshotter()
+            .active_keys()
+            .map_err(|e| e.to_string())
+    }
+
     fn usage(&self, key: &str) -> Option<(u64, u64)> {
         let mounts = self.0.snapshotter().mounts(key).ok()?;
         let upper = mounts

@@ -664,3 +664,138 @@ async fn a_kubelet_retry_of_a_create_gets_the_container_not_a_name_conflict() {
     .await
     .expect("RemovePodSandbox");
 }
+
+#[tokio::test]
+async fn crustd_killed_amid_creates_leaves_no_orphan_bundle_or_mount() {
+    let (registry, mut crustd, net) = setup(209).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("crashcreate", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let bundles = crustd.dir().join("state/containers");
+
+    // A burst of creates, and crustd killed while they run: some are
+    // recorded, some are cut short somewhere between mount and record.
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let (mut rt, pod, pc) = (rt.clone(), pod.clone(), pc.clone());
+        let config = container_config(&format!("c{i}"), &image, &["/bin/sleep", "1000"]);
+        calls.push(tokio::spawn(async move {
+            create(&mut rt, &pod, &pc, config).await
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&bundles).map_or(0, |d| d.count()) < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    crustd.crash().await.expect("SIGKILL crustd");
+    for c in calls {
+        let _ = c.await;
+    }
+    crustd.restart().await.expect("restart");
+
+    // Every bundle and every rootfs mount left is a container crustd lists.
+    let mut rt = crustd.runtime().await.expect("client");
+    let listed: Vec<String> = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut dirs: Vec<String> = std::fs::read_dir(&bundles)
+        .expect("bundles dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let mut expected = listed.clone();
+    expected.sort();
+    assert_eq!(
+        dirs, expected,
+        "bundle directories are exactly the listed containers"
+    );
+    let mounts = mounts_under(&bundles);
+    for m in &mounts {
+        assert!(
+            listed.iter().any(|id| m.contains(id.as_str())),
+            "mount {m} belongs to no container ({listed:?})"
+        );
+    }
+    // And those work: one starts, and removing the pod leaves nothing.
+    if let Some(id) = listed.first() {
+        start(&mut rt, id).await;
+    }
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_dir(&bundles).map_or(0, |d| d.count()),
+        0,
+        "no bundle left"
+    );
+}
+
+#[tokio::test]
+async fn creates_racing_remove_pod_sandbox_leave_no_container_behind() {
+    let (registry, crustd, net) = setup(210).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("racecreate", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+
+    // Creates keep coming, each right after the last, until the pod refuses them.
+    let mut calls = Vec::new();
+    for t in 0..4 {
+        let (mut rt, pod, pc, image) = (rt.clone(), pod.clone(), pc.clone(), image.clone());
+        calls.push(tokio::spawn(async move {
+            for n in 0.. {
+                let config = container_config(&format!("c{t}-{n}"), &image, &["/bin/sleep", "1"]);
+                if let Err(e) = create(&mut rt, &pod, &pc, config).await {
+                    return e;
+                }
+            }
+            unreachable!()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    for c in calls {
+        // Too late: the pod was stopped or gone.
+        let e = c.await.expect("create task");
+        assert!(
+            matches!(e.code(), Code::FailedPrecondition | Code::NotFound),
+            "{e:?}"
+        );
+    }
+    let left = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    let names: Vec<_> = left
+        .iter()
+        .filter_map(|c| c.metadata.as_ref())
+        .map(|m| &m.name)
+        .collect();
+    assert!(names.is_empty(), "containers outlived their pod: {names:?}");
+    let bundles = crustd.dir().join("state/containers");
+    assert_eq!(
+        std::fs::read_dir(&bundles).map_or(0, |d| d.count()),
+        0,
+        "no bundle left"
+    );
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+}

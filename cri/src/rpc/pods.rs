@@ -50,6 +50,16 @@ pub async fn remove_pod_sandbox(
 ) -> CriResult<RemovePodSandboxResponse> {
     let pod = cri.pods.get(&req.pod_sandbox_id).ok();
     if let Some(pod) = &pod {
+        // Stopped first (a no-op for the pod kubelet stopped already): a
+        // stopped pod takes no new container, so none made meanwhile is
+        // missed by the removal below.
+        stop_pod_sandbox(
+            cri,
+            StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            },
+        )
+        .await?;
         for id in cri.containers.of_pod(&pod.id) {
             cri.containers.remove(&id).await?;
         }

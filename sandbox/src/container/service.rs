@@ -8,7 +8,7 @@
 //! that is gone turns its running containers into UNKNOWN... or EXITED when
 //! the shim can still tell.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +33,8 @@ pub trait Rootfs: Send + Sync {
     fn remove(&self, key: &str) -> std::result::Result<(), String>;
     /// Bytes and inodes the container has written (its snapshot's upper layer).
     fn usage(&self, key: &str) -> Option<(u64, u64)>;
+    /// Keys of every writable snapshot there is (to find those no container owns).
+    fn keys(&self) -> std::result::Result<Vec<String>, String>;
 }
 
 /// A container's resource usage, for the stats RPCs.
@@ -266,6 +268,7 @@ impl Containers {
         for id in running {
             c.inner.clone().watch_exit(id);
         }
+        c.inner.remove_orphans();
         c.inner.update_metrics();
         Ok(c)
     }
@@ -327,7 +330,9 @@ impl Containers {
                 Reserved::Made(id) => return Ok(id),
                 Reserved::Wait(done) => done,
                 Reserved::Fresh(id, done) => {
-                    return self.start_create(id, key, pod, config, image, done).await;
+                    return self
+                        .start_create(id, key, &pod.id, config, image, done)
+                        .await;
                 }
             };
             // A retry of a create still running: its outcome is ours. If it
@@ -349,15 +354,21 @@ impl Containers {
         &self,
         id: String,
         key: String,
-        pod: PodRecord,
+        pod_id: &str,
         config: ContainerConfig,
         image: ImageInfo,
         done: watch::Sender<Option<Option<String>>>,
     ) -> Result<String> {
         let inner = self.inner.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let pod_id = pod_id.to_string();
         tokio::spawn(async move {
-            let r = inner.create(&id, &pod, config, image).await;
+            // The pod stays READY while the container is made: a concurrent
+            // Stop/RemovePodSandbox waits, or this create fails cleanly.
+            let r = match inner.pods.hold_ready(&pod_id).await {
+                Ok((pod, _held)) => inner.create(&id, &pod, config, image).await,
+                Err(e) => Err(e),
+            };
             inner.names().creating.remove(&key);
             let _ = done.send(Some(r.as_ref().ok().cloned()));
             let _ = tx.send(r);
@@ -1085,6 +1096,36 @@ impl Inner {
             cgroups_path,
             runtime_binary,
         })
+    }
+
+    /// Removes what a create cut short by a crash left without a record: a
+    /// bundle directory, a mounted rootfs, a writable snapshot. Runs at open,
+    /// before any create can be in flight.
+    fn remove_orphans(&self) {
+        let known: HashSet<String> = self.lock().keys().cloned().collect();
+        let dir = self.cfg.state_dir.join("containers");
+        let mut orphans: HashSet<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        match self.rootfs.keys() {
+            Ok(keys) => orphans.extend(keys),
+            Err(e) => tracing::warn!(error = %e, "listing container snapshots"),
+        }
+        for id in orphans.difference(&known) {
+            let bundle = dir.join(id);
+            match release_rootfs(self.rootfs.as_ref(), id, &bundle.join("rootfs")) {
+                Ok(()) => match std::fs::remove_dir_all(&bundle) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(container = %id, error = %e, "removing an orphan bundle")
+                    }
+                    _ => tracing::info!(container = %id, "removed what a cut-short create left"),
+                },
+                Err(e) => tracing::warn!(container = %id, error = %e, "releasing an orphan rootfs"),
+            }
+        }
     }
 
     /// The container's PID namespace: its own mode, else the pod's.

@@ -207,6 +207,34 @@ impl PodSandboxes {
     pub fn get(&self, id: &str) -> Result<PodRecord> {
         self.inner.get(id)
     }
+
+    /// The pod's record, READY, with its op lock held until the guard drops:
+    /// what is made in the pod meanwhile (a container) cannot race a
+    /// StopPodSandbox or RemovePodSandbox of it. A pod that is not READY is
+    /// FailedPrecondition.
+    pub async fn hold_ready(&self, id: &str) -> Result<(PodRecord, PodGuard)> {
+        let full = self
+            .inner
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))?;
+        let guard = PodGuard {
+            _held: self.inner.op_lock(&full).lock_owned().await,
+        };
+        // Read under the lock: a stop or remove that held it is over now.
+        let rec = self.inner.get(&full)?;
+        if rec.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                rec.id
+            )));
+        }
+        Ok((rec, guard))
+    }
+}
+
+/// A pod's op lock, held (see [`PodSandboxes::hold_ready`]).
+pub struct PodGuard {
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Inner {
