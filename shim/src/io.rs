@@ -33,7 +33,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::crilog::{LineSplitter, LogFile, Stream};
+use crust_crilog::{LogFile, Stream, copy_to_log};
 
 /// URI scheme of a CRI log path in the stdout field.
 pub const CRI_LOG_SCHEME: &str = "file://";
@@ -169,31 +169,6 @@ async fn copy_stdin(
             },
         }
     }
-}
-
-/// Copies one output stream into the CRI log until EOF.
-pub async fn copy_to_log(
-    mut from: impl tokio::io::AsyncRead + Unpin,
-    stream: Stream,
-    log: Arc<Mutex<LogFile>>,
-) {
-    let mut split = LineSplitter::new(stream);
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut emit = |s: Stream, partial: bool, text: &[u8]| {
-        log.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_entry(s, partial, text)
-    };
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => split.push(&buf[..n], &mut emit),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // EIO on a pty master once the slave side is gone.
-            Err(_) => break,
-        }
-    }
-    split.finish(&mut emit);
 }
 
 /// Sets up stdio for a process without a terminal: returns what runc hands the process

@@ -6,7 +6,6 @@
 //! starts the daemon detached (own session), prints where it listens and exits.
 
 mod cgroup;
-mod crilog;
 mod io;
 mod publisher;
 mod service;
@@ -158,7 +157,7 @@ impl log::Log for FileLogger {
         }
         let line = format!(
             "{} {} {}: {}\n",
-            crilog::rfc3339_nano(SystemTime::now()),
+            crust_crilog::rfc3339_nano(SystemTime::now()),
             r.level(),
             r.target(),
             r.args()

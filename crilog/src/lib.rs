@@ -1,4 +1,6 @@
-//! The CRI container log format, written by the shim itself.
+//! The CRI container log format, shared by the writers of container logs: crust-shim
+//! (which writes its containers' logs itself) and crustd (which copies the stdout/stderr
+//! FIFOs of a foreign shim v2, e.g. containerd-shim-runc-v2, into the log).
 //!
 //! Every entry is one line: `<RFC3339Nano time> <stdout|stderr> <F|P> <text>\n`.
 //! A line longer than [`MAX_LINE`] bytes is split into `P` (partial) entries of
@@ -11,6 +13,7 @@ use std::{
     io::{self, Write},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -157,15 +160,50 @@ impl LogFile {
         Ok(())
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Writes one entry with a single `write` so stdout and stderr entries never interleave.
-    pub fn write_entry(&mut self, stream: Stream, partial: bool, text: &[u8]) {
+    pub fn write_entry(&mut self, stream: Stream, partial: bool, text: &[u8]) -> io::Result<()> {
         let entry = format_entry(SystemTime::now(), stream, partial, text);
-        if let Some(f) = self.file.as_mut()
-            && let Err(e) = f.write_all(&entry)
-        {
-            log::warn!("write to container log {}: {e}", self.path.display());
+        match self.file.as_mut() {
+            Some(f) => f.write_all(&entry),
+            None => Ok(()),
         }
     }
+}
+
+/// Copies one output stream into the CRI log until EOF (or a read error such as EIO on a
+/// pty master whose slave side is gone); a last line without newline is written as `F`.
+/// Failed writes are logged once per copier, not per entry.
+pub async fn copy_to_log(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    stream: Stream,
+    log: Arc<Mutex<LogFile>>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut split = LineSplitter::new(stream);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut warned = false;
+    let mut emit = |s: Stream, partial: bool, text: &[u8]| {
+        let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = f.write_entry(s, partial, text)
+            && !warned
+        {
+            warned = true;
+            log::warn!("write to container log {}: {e}", f.path().display());
+        }
+    };
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => split.push(&buf[..n], &mut emit),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    split.finish(&mut emit);
 }
 
 #[cfg(test)]
@@ -264,17 +302,29 @@ mod tests {
         assert_eq!((out[1].1, out[1].2.len()), (false, 5));
     }
 
+    #[tokio::test]
+    async fn copies_a_stream_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let log = Arc::new(Mutex::new(LogFile::open(&path).unwrap()));
+        let input: &[u8] = b"one\ntwo\nlast";
+        copy_to_log(input, Stream::Stderr, log).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        assert_eq!(lines, ["stderr F one", "stderr F two", "stderr F last"]);
+    }
+
     #[test]
     fn log_file_writes_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/c.log");
         let mut f = LogFile::open(&path).unwrap();
-        f.write_entry(Stream::Stdout, false, b"one");
+        f.write_entry(Stream::Stdout, false, b"one").unwrap();
         let rotated = dir.path().join("sub/c.log.1");
         std::fs::rename(&path, &rotated).unwrap();
-        f.write_entry(Stream::Stdout, false, b"two");
+        f.write_entry(Stream::Stdout, false, b"two").unwrap();
         f.reopen().unwrap();
-        f.write_entry(Stream::Stderr, true, b"three");
+        f.write_entry(Stream::Stderr, true, b"three").unwrap();
         let old = std::fs::read_to_string(&rotated).unwrap();
         let new = std::fs::read_to_string(&path).unwrap();
         assert!(old.ends_with(" stdout F two\n"), "{old}");
