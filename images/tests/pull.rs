@@ -983,3 +983,41 @@ async fn mirror_failing_mid_layer_falls_back_to_upstream() {
     assert_eq!(std::fs::read(lowers[1].join("a")).unwrap(), a_data);
     assert_eq!(store.gc().await.unwrap(), Default::default(), "no garbage");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_without_the_blobs_falls_back_for_config_and_layers() {
+    let upstream = Registry::default();
+    let mirror = Registry::default();
+    let l = layer(&[("f", &noise(50_000, 3))], false);
+    let up = add_image(&upstream, "v1", &[(l.clone(), Blob::Good)], "7");
+    let mi = add_image(&mirror, "v1", &[(l, Blob::Good)], "7");
+    {
+        // The mirror has the manifest only: 500 for the config, 404 for the layer.
+        let mut st = mirror.0.lock().unwrap();
+        if let Some(c) = st.blobs.get_mut(&mi.config_digest) {
+            c.1 = Blob::ServerError;
+        }
+        st.blobs.remove(&mi.layer_digests[0]);
+    }
+    let up_host = upstream.serve().await;
+    let mi_host = mirror.serve().await;
+    let e = env();
+    let mut c = quick();
+    c.registries.insert(
+        up_host.clone(),
+        RegistryConfig {
+            mirrors: vec![format!("http://{mi_host}")],
+            ..Default::default()
+        },
+    );
+    let store = e.store(c).await;
+    let r = format!("{up_host}/crust/thin:v1");
+    let id = store.pull(&r, None).await.unwrap();
+    assert_eq!(id, up.config_digest);
+    assert_eq!(store.status(&r).unwrap().unwrap().uid, Some(7));
+    let u = upstream.0.lock().unwrap();
+    assert_eq!(u.blob_gets[&up.config_digest], 1, "config from upstream");
+    assert_eq!(u.blob_gets[&up.layer_digests[0]], 1, "layer from upstream");
+    assert_eq!(count(&e.root().join("content/ingest")), 0);
+    assert_eq!(count(&e.root().join("snapshots")), 1);
+}
