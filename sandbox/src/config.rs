@@ -26,6 +26,18 @@ pub struct RuntimeHandler {
     pub path: PathBuf,
 }
 
+impl RuntimeHandler {
+    /// The OCI runtime the handler's containers run with (the runc `Options` sent with each
+    /// create): the handler's binary for `oci`; for `shim-v2`, `runc`, which
+    /// containerd-shim-runc-v2 drives (other shims disregard runc options).
+    pub fn oci_runtime(&self) -> &Path {
+        match self.kind {
+            RuntimeKind::Oci => &self.path,
+            RuntimeKind::ShimV2 => Path::new("runc"),
+        }
+    }
+}
+
 /// Configuration of pods and containers on the node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -300,6 +312,20 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("pod_shm_size_bytes"));
+    }
+
+    #[test]
+    fn oci_runtime_of_a_shim_v2_handler_is_runc() {
+        let h = RuntimeHandler {
+            kind: RuntimeKind::ShimV2,
+            path: "/usr/bin/containerd-shim-runc-v2".into(),
+        };
+        assert_eq!(h.oci_runtime(), Path::new("runc"));
+        let h = RuntimeHandler {
+            kind: RuntimeKind::Oci,
+            path: "/usr/sbin/runc".into(),
+        };
+        assert_eq!(h.oci_runtime(), Path::new("/usr/sbin/runc"));
     }
 
     #[test]

@@ -1030,11 +1030,11 @@ impl Inner {
                     pod.runtime_handler
                 ))
             })?;
-        let runtime_binary = crate::resolve_binary(&handler.1.path)
+        let runtime_binary = crate::resolve_binary(handler.1.oci_runtime())
             .ok_or_else(|| {
                 Error::FailedPrecondition(format!(
                     "runtime binary {} not found",
-                    handler.1.path.display()
+                    handler.1.oci_runtime().display()
                 ))
             })?
             .display()
@@ -1252,7 +1252,11 @@ impl Inner {
         // Arm the channel now so a stop that starts right away sees the exit.
         drop(self.exit_receiver(&id));
         tokio::spawn(async move {
-            let Some(pod_id) = self.lock().get(&id).map(|r| r.pod_id.clone()) else {
+            let Some((pod_id, bundle, log_path)) = self
+                .lock()
+                .get(&id)
+                .map(|r| (r.pod_id.clone(), r.bundle.clone(), r.log_path.clone()))
+            else {
                 return;
             };
             let pod = match self.pods.get(&pod_id) {
@@ -1260,7 +1264,11 @@ impl Inner {
                 Err(e) => return self.mark_unknown(&id, &format!("pod is gone: {e}")),
             };
             let exit = match self.shim(&pod).await {
-                Ok(shim) => shim.wait(&id, "").await,
+                Ok(shim) => {
+                    // After a restart, output crustd copies for the shim flows again.
+                    shim.follow_output(&id, &bundle, log_path.as_deref());
+                    shim.wait(&id, "").await
+                }
                 Err(e) => return self.mark_unknown(&id, &e.to_string()),
             };
             match exit {
@@ -1309,9 +1317,15 @@ impl Inner {
     /// `runc delete --force` with the container's runtime and state root: kills
     /// whatever is left of a container whose shim is gone.
     async fn force_delete(&self, rec: &ContainerRecord) {
+        let flavour = self
+            .pods
+            .get(&rec.pod_id)
+            .map(|p| crate::shim::ShimFlavour::of_pod_dir(&p.dir))
+            .unwrap_or_default();
+        let root = flavour.runc_root(&self.cfg.state_dir.join("runc"), crate::pod::SHIM_NAMESPACE);
         let out = tokio::process::Command::new(&rec.runtime_binary)
             .arg("--root")
-            .arg(self.cfg.state_dir.join("runc"))
+            .arg(root)
             .args(["delete", "--force", &rec.id])
             .output()
             .await;

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use record::PodRecord;
+pub use shim::SHIM_NAMESPACE;
 pub use spec::*;
 
 use crate::Config;
@@ -185,6 +186,15 @@ impl PodSandboxes {
         {
             let inner = s.inner.clone();
             rt.spawn(async move {
+                let dirs: Vec<PathBuf> = inner
+                    .lock_pods()
+                    .values()
+                    .filter(|p| p.shim_pid.is_some())
+                    .map(|p| p.dir.clone())
+                    .collect();
+                for dir in dirs {
+                    crate::shim::follow_shim_log(&dir);
+                }
                 if let Err(e) = inner.events_address().await {
                     tracing::warn!(error = %e, "shim events endpoint");
                 }

@@ -3,6 +3,7 @@
 //! crust-shim (or the handler's own shim v2 binary) runs detached with the pod directory as its
 //! working directory, where it leaves `address` (and `shim.pid`); the containers of the pod
 //! reach it through [`ShimClient::reconnect`] on that directory, also after a crustd restart.
+//! How the handler's binary is started and fed is its [`ShimFlavour`].
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use super::Inner;
 use crate::RuntimeKind;
 use crate::error::{Error, Result};
 use crate::namespaces::start_time;
-use crate::shim::{EventsServer, ShimClient, ShimEvent, SpawnConfig};
+use crate::shim::{EventsServer, ShimClient, ShimEvent, ShimFlavour, SpawnConfig};
 
 /// The containerd namespace crust's shims run in.
 pub const SHIM_NAMESPACE: &str = "k8s.io";
@@ -70,6 +71,7 @@ impl Inner {
             socket_dir: self.paths.state_dir.join("s"),
             debug: false,
             start_timeout: Duration::from_secs(10),
+            flavour: ShimFlavour::of(h.kind),
         };
         let shim = ShimClient::spawn(&cfg, id, dir, &events)
             .await

@@ -14,8 +14,15 @@
 //! stdin is a FIFO the caller writes to; exec output can go to FIFOs.
 //! ReopenContainerLog is an `Update` with the [`REOPEN_LOG_ANNOTATION`] annotation
 //! ([`ShimClient::reopen_log`]).
+//!
+//! Other shim v2 binaries (containerd-shim-runc-v2) are started and fed differently; every
+//! such difference is behind [`ShimFlavour`], and a [`ShimClient`] carries the flavour of its
+//! shim, so its callers do not tell shims apart.
 
 mod events;
+mod flavour;
+mod logcopy;
+mod task;
 
 use std::{
     collections::HashMap,
@@ -34,13 +41,15 @@ use containerd_shim_protos::{
     cgroups::metrics::Metrics,
     protobuf::{Message, MessageField, well_known_types::any::Any},
     shim::oci::Options,
-    shim_async::{Client, TaskClient},
+    shim_async::Client,
     ttrpc::{self, Code, context::Context},
     types::{mount::Mount, task::Status},
 };
 use tokio::io::AsyncWriteExt;
 
 pub use events::{EventsServer, ShimEvent, TaskEvent};
+pub use flavour::{SANDBOX_ID_ANNOTATION, ShimFlavour};
+use task::TaskClient;
 
 /// Annotation on a Task `Update` that makes the shim reopen the container's CRI log.
 pub const REOPEN_LOG_ANNOTATION: &str = "io.crust.shim.reopen-log";
@@ -108,6 +117,8 @@ pub struct SpawnConfig {
     pub debug: bool,
     /// How long `start` may take.
     pub start_timeout: Duration,
+    /// How the binary expects to be started and fed.
+    pub flavour: ShimFlavour,
 }
 
 impl Default for SpawnConfig {
@@ -118,6 +129,7 @@ impl Default for SpawnConfig {
             socket_dir: PathBuf::from("/run/crust/s"),
             debug: false,
             start_timeout: Duration::from_secs(10),
+            flavour: ShimFlavour::Crust,
         }
     }
 }
@@ -237,13 +249,26 @@ pub struct ShimClient {
     task: TaskClient,
     address: String,
     timeout: Duration,
+    flavour: ShimFlavour,
 }
 
 impl std::fmt::Debug for ShimClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShimClient")
             .field("address", &self.address)
+            .field("flavour", &self.flavour)
             .finish()
+    }
+}
+
+/// After a crustd restart: reads the `log` FIFO of the containerd-style shim of `pod_dir`
+/// again (its logger would block once the FIFO is full). A no-op for crust-shim.
+pub fn follow_shim_log(pod_dir: &Path) {
+    if ShimFlavour::of_pod_dir(pod_dir) == ShimFlavour::Containerd
+        && pod_dir.join("log").exists()
+        && let Err(e) = logcopy::follow_shim_log(pod_dir, false)
+    {
+        tracing::warn!(dir = %pod_dir.display(), error = %e, "following the shim's log");
     }
 }
 
@@ -284,6 +309,13 @@ impl ShimClient {
             )));
         }
         tokio::fs::create_dir_all(&cfg.socket_dir).await?;
+        cfg.flavour.record(pod_dir)?;
+        cfg.flavour.prepare_work_dir(pod_dir, pod_id)?;
+        // A containerd-style shim's logger blocks on the `log` FIFO until it is read.
+        let log_placeholder = match cfg.flavour {
+            ShimFlavour::Crust => None,
+            ShimFlavour::Containerd => logcopy::follow_shim_log(pod_dir, true)?,
+        };
         let params = BootstrapParams {
             instance_id: pod_id.to_string(),
             namespace: cfg.namespace.clone(),
@@ -292,9 +324,13 @@ impl ShimClient {
             socket_dir: Some(cfg.socket_dir.display().to_string()),
             ..Default::default()
         };
-        let input = params
-            .write_to_bytes()
-            .map_err(|e| ShimError::Internal(e.to_string()))?;
+        // containerd-style shims read an optional runc `Options` `Any` from stdin: give none.
+        let input = match cfg.flavour {
+            ShimFlavour::Crust => params
+                .write_to_bytes()
+                .map_err(|e| ShimError::Internal(e.to_string()))?,
+            ShimFlavour::Containerd => Vec::new(),
+        };
         let mut cmd = tokio::process::Command::new(&cfg.binary);
         cmd.current_dir(pod_dir)
             .args(["-namespace", &cfg.namespace, "-id", pod_id])
@@ -313,6 +349,7 @@ impl ShimClient {
             .map_err(|e| ShimError::Start(format!("{}: {e}", cfg.binary.display())))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(&input).await?;
+            // Dropped here: the shim reads stdin to its end.
         }
         let out = tokio::time::timeout(cfg.start_timeout, child.wait_with_output())
             .await
@@ -326,25 +363,53 @@ impl ShimClient {
         }
         let address = parse_start_output(&out.stdout)
             .ok_or_else(|| ShimError::Start("shim printed no address".into()))?;
-        Self::connect(&address).await
+        let client = Self::connect_as(&address, cfg.flavour).await?;
+        if let Some(placeholder) = log_placeholder {
+            // Once the shim answers a call, its logger holds the `log` FIFO open.
+            let answered = client.shim_pid().await;
+            drop(placeholder);
+            answered?;
+        }
+        Ok(client)
     }
 
-    /// Connects to a shim at `address` (`unix:///path`).
+    /// Connects to a crust-shim at `address` (`unix:///path`).
     pub async fn connect(address: &str) -> Result<ShimClient> {
+        Self::connect_as(address, ShimFlavour::Crust).await
+    }
+
+    /// Connects to a shim of `flavour` at `address`.
+    pub async fn connect_as(address: &str, flavour: ShimFlavour) -> Result<ShimClient> {
         let client = Client::connect(address)
             .await
             .map_err(|e| ShimError::Unavailable(format!("{address}: {e}")))?;
         Ok(ShimClient {
-            task: TaskClient::new(client),
+            task: TaskClient::new(client, flavour),
             address: address.to_string(),
             timeout: Duration::from_secs(30),
+            flavour,
         })
     }
 
-    /// Reconnects to the shim whose address was saved in `pod_dir/address` (after a restart).
+    /// Reconnects to the shim whose address was saved in `pod_dir/address` (after a restart),
+    /// driving it as the flavour recorded there.
     pub async fn reconnect(pod_dir: &Path) -> Result<ShimClient> {
         let address = tokio::fs::read_to_string(pod_dir.join("address")).await?;
-        Self::connect(address.trim()).await
+        Self::connect_as(address.trim(), ShimFlavour::of_pod_dir(pod_dir)).await
+    }
+
+    pub fn flavour(&self) -> ShimFlavour {
+        self.flavour
+    }
+
+    /// After a crustd restart: makes sure the output of a running container reaches its CRI
+    /// log (a no-op for shims that write the log themselves, or when already followed).
+    pub fn follow_output(&self, id: &str, bundle: &Path, log_path: Option<&Path>) {
+        if let Some(log_path) = log_path
+            && !self.flavour.writes_cri_logs()
+        {
+            logcopy::follow(id, bundle, log_path);
+        }
     }
 
     pub fn address(&self) -> &str {
@@ -360,9 +425,25 @@ impl ShimClient {
         ttrpc::context::with_timeout(self.timeout.as_nanos() as i64)
     }
 
-    /// Creates a container; returns its init pid.
+    /// Creates a container; returns its init pid. A CRI log is written by the shim, or by
+    /// crustd from the shim's output FIFOs when the shim does not write one.
     pub async fn create(&self, t: &CreateTask) -> Result<u32> {
-        let (stdin, stdout, stderr) = t.io.fields();
+        let mut placeholders = None;
+        let (stdin, stdout, stderr) = match &t.io.output {
+            Output::CriLog(path) if !self.flavour.writes_cri_logs() => {
+                let (out, err, p) = logcopy::start(&t.id, &t.bundle, path, t.io.terminal)?;
+                placeholders = Some(p);
+                TaskIo {
+                    output: Output::Paths {
+                        stdout: Some(out),
+                        stderr: err,
+                    },
+                    ..t.io.clone()
+                }
+                .fields()
+            }
+            _ => t.io.fields(),
+        };
         let opts = Options {
             binary_name: t.runtime.binary.clone().unwrap_or_default(),
             root: t
@@ -401,7 +482,11 @@ impl ShimClient {
             options: Some(options).into(),
             ..Default::default()
         };
-        Ok(self.task.create(self.ctx(), &req).await?.pid)
+        let pid = self.task.create(self.ctx(), &req).await?.pid;
+        if let Some(p) = placeholders {
+            p.release_after_exit(self, &t.id);
+        }
+        Ok(pid)
     }
 
     /// Starts a created container (`exec_id` empty) or an added exec; returns its pid.
@@ -549,6 +634,14 @@ impl ShimClient {
     /// Reopens the container's CRI log file (ReopenContainerLog). Fails with
     /// `FailedPrecondition` when the container is not running or has no CRI log.
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        if !self.flavour.writes_cri_logs() {
+            return match logcopy::reopen(id) {
+                Some(r) => Ok(r?),
+                None => Err(ShimError::FailedPrecondition(format!(
+                    "container {id} is not running or has no CRI log"
+                ))),
+            };
+        }
         let req = UpdateTaskRequest {
             id: id.to_string(),
             annotations: HashMap::from([(REOPEN_LOG_ANNOTATION.to_string(), "true".to_string())]),
@@ -601,7 +694,8 @@ impl ShimClient {
         Ok(r.shim_pid)
     }
 
-    /// Asks the shim to exit: only when it holds no container, unless `now`.
+    /// Asks the shim to exit: only when it holds no container, unless `now` (containerd-style
+    /// shims ignore `now`: their tasks must be deleted first).
     pub async fn shutdown(&self, now: bool) -> Result<()> {
         let req = ShutdownRequest {
             now,

@@ -1,0 +1,439 @@
+//! Runtime handlers end to end: a pod whose RuntimeClass handler names containerd's own shim
+//! (`containerd-shim-runc-v2`, Debian's containerd package, installed by hack/install-deps)
+//! instead of crust-shim. Its containers run under that shim; crustd copies their output
+//! FIFOs into the CRI log, learns exits from it, execs in them, and removing the pod shuts
+//! the shim down leaving nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crust_e2e::net::{TestNet, mounts_under};
+use crust_e2e::registry::Registry;
+use crust_e2e::workload::*;
+use crust_e2e::{Crustd, Options, cri};
+use tonic::Code;
+
+const CONTAINERD_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
+const HANDLER: &str = "runc-v2";
+
+/// Kills the pod's shim by pid when a test fails before the pod was removed.
+struct ShimGuard {
+    pid: i32,
+    pod: String,
+}
+
+impl Drop for ShimGuard {
+    fn drop(&mut self) {
+        if is_shim_of(self.pid, &self.pod) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_shim_of(pid: i32, pod: &str) -> bool {
+    let c = cmdline(pid);
+    c.first()
+        .is_some_and(|b| b.ends_with("containerd-shim-runc-v2"))
+        && c.iter().any(|a| a == pod)
+        && alive(pid as i64)
+}
+
+/// The live containerd-shim-runc-v2 processes serving pod `pod`.
+fn shims_of(pod: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| is_shim_of(*pid, pod))
+        .collect()
+}
+
+fn ppid(pid: i64) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn setup_with_handler(n: u8) -> Option<(Registry, Crustd, TestNet)> {
+    if !Path::new(CONTAINERD_SHIM).exists() {
+        eprintln!(
+            "SKIPPED: {CONTAINERD_SHIM} is missing (Debian package `containerd`; run hack/install-deps)"
+        );
+        return None;
+    }
+    let registry = Registry::start(None).expect("registry");
+    let crustd = Crustd::start_with(Options {
+        images_config: format!("insecure_registries = [\"{}\"]", registry.addr),
+        sandbox_config: format!(
+            "runtime_handlers = {{ runc = {{ kind = \"oci\", path = \"runc\" }}, \
+             {HANDLER} = {{ kind = \"shim-v2\", path = \"{CONTAINERD_SHIM}\" }} }}"
+        ),
+        ..Default::default()
+    })
+    .await
+    .expect("crustd starts");
+    let net = TestNet::new(&crustd, n);
+    Some((registry, crustd, net))
+}
+
+async fn run_pod_with(rt: &mut Rt, config: &cri::PodSandboxConfig, handler: &str) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.into(),
+    })
+    .await
+    .expect("RunPodSandbox")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pod_under_containerd_shim_runc_v2() {
+    let Some((registry, crustd, net)) = setup_with_handler(231).await else {
+        return;
+    };
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let log_dir = crustd.dir().join("logs");
+    let pc = pod_config("foreign", &net, &log_dir);
+    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
+
+    // One containerd shim serves the pod, started in the pod dir.
+    let shims = shims_of(&pod);
+    assert_eq!(shims.len(), 1, "shims of the pod: {shims:?}");
+    let shim_pid = shims[0];
+    let _guard = ShimGuard {
+        pid: shim_pid,
+        pod: pod.clone(),
+    };
+    let pod_dir = crustd.state_dir.join("pods").join(&pod);
+    let address = std::fs::read_to_string(pod_dir.join("address")).expect("address");
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists(), "{}", socket.display());
+    let pod_status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(pod_status.runtime_handler, HANDLER);
+    assert_eq!(pod_status.state, cri::PodSandboxState::SandboxReady as i32);
+
+    // A container that writes to both streams and fails: exit code and a CRI-format log.
+    let long_line = "x".repeat(40_000);
+    let script = format!("echo out; echo err >&2; echo {long_line}; printf last; exit 3");
+    let exits = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("exits", &image, &["/bin/sh", "-c", &script]),
+    )
+    .await
+    .expect("CreateContainer");
+    start(&mut rt, &exits).await;
+    let s = wait_exited(&mut rt, &exits, Duration::from_secs(20)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    let log_path = PathBuf::from(&s.log_path);
+    assert_eq!(log_path, log_dir.join("exits/0.log"));
+    // crustd's copy ends when the shim closes the FIFOs, just after the exit.
+    wait_for("the last log line", Duration::from_secs(5), || {
+        log_lines(&log_path).iter().any(|l| l.2 == "last")
+    })
+    .await;
+    let lines = log_lines(&log_path);
+    for want in [
+        ("stdout", "F", "out"),
+        ("stderr", "F", "err"),
+        ("stdout", "F", "last"),
+    ] {
+        assert!(
+            lines.contains(&(want.0.into(), want.1.into(), want.2.into())),
+            "{want:?} in {:?}",
+            lines
+                .iter()
+                .map(|l| (&l.0, &l.1, l.2.len()))
+                .collect::<Vec<_>>()
+        );
+    }
+    let long: Vec<_> = lines.iter().filter(|l| l.2.starts_with('x')).collect();
+    assert!(long.len() >= 3, "{} pieces", long.len());
+    assert!(long[..long.len() - 1].iter().all(|l| l.1 == "P"));
+    assert_eq!(long.last().map(|l| l.1.as_str()), Some("F"));
+    assert_eq!(
+        long.iter().map(|l| l.2.len()).sum::<usize>(),
+        long_line.len()
+    );
+
+    // A long-running container: its process is the shim's child; exec; log rotation; stop.
+    let ticker = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config(
+            "ticker",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+            ],
+        ),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &ticker).await;
+    let pid = pid_of(&mut rt, &ticker).await;
+    assert_eq!(
+        ppid(pid),
+        Some(shim_pid),
+        "the container runs under the shim"
+    );
+    assert_eq!(shims_of(&pod), [shim_pid], "still one shim for the pod");
+
+    let r = exec(
+        &mut rt,
+        &ticker,
+        &["/bin/sh", "-c", "echo hi; echo oops >&2; exit 2"],
+        10,
+    )
+    .await
+    .expect("ExecSync");
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"hi\n"[..], &b"oops\n"[..], 2)
+    );
+    let err = exec(&mut rt, &ticker, &["/bin/sleep", "10"], 1)
+        .await
+        .expect_err("timeout");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+
+    let log = PathBuf::from(status(&mut rt, &ticker).await.log_path);
+    let has_ticks = |p: &Path| {
+        std::fs::read_to_string(p)
+            .is_ok_and(|t| t.lines().filter(|l| l.contains(" tick ")).count() >= 2)
+    };
+    wait_for("ticks", Duration::from_secs(10), || has_ticks(&log)).await;
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).expect("rename");
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: ticker.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog");
+    wait_for("ticks in the reopened log", Duration::from_secs(10), || {
+        has_ticks(&log)
+    })
+    .await;
+    assert!(
+        log_lines(&log)
+            .iter()
+            .all(|l| l.0 == "stdout" && l.1 == "F")
+    );
+
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: ticker.clone(),
+        timeout: 0,
+    })
+    .await
+    .expect("StopContainer");
+    let s = status(&mut rt, &ticker).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137);
+    let err = rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: ticker.clone(),
+        })
+        .await
+        .expect_err("not running");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // The shim published the exits to crustd's events endpoint.
+    for id in [&exits, &ticker] {
+        let log = crustd.log();
+        assert!(
+            log.lines().any(|l| l.contains("shim event")
+                && l.contains("/tasks/exit")
+                && l.contains(id.as_str())),
+            "no /tasks/exit event for {id} in the crustd log"
+        );
+    }
+
+    for id in [&exits, &ticker] {
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .expect("RemoveContainer");
+        assert!(!crustd.state_dir.join("containers").join(id).exists());
+        assert!(
+            !crustd.state_dir.join("runc/k8s.io").join(id).exists(),
+            "runc state of {id} is left"
+        );
+    }
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+
+    // Nothing is left: shim, its socket, the pod dir, mounts, cgroups.
+    wait_for("the shim to exit", Duration::from_secs(5), || {
+        !alive(shim_pid as i64)
+    })
+    .await;
+    assert!(!socket.exists(), "shim socket {} is left", socket.display());
+    assert!(!pod_dir.exists());
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert_no_cgroups_left(&net);
+    assert!(
+        !crustd.log().contains("shim did not exit; killing it"),
+        "the shim had to be killed"
+    );
+}
+
+#[tokio::test]
+async fn crustd_restart_keeps_copying_the_logs_of_a_containerd_shim_pod() {
+    let Some((registry, mut crustd, net)) = setup_with_handler(232).await else {
+        return;
+    };
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("restart", &net, &crustd.dir().join("logs"));
+    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
+    let shim_pid = shims_of(&pod)[0];
+    let _guard = ShimGuard {
+        pid: shim_pid,
+        pod: pod.clone(),
+    };
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config(
+            "later",
+            &image,
+            &["/bin/sh", "-c", "echo before; sleep 2; echo after; exit 4"],
+        ),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let log = PathBuf::from(status(&mut rt, &id).await.log_path);
+    wait_for("the first line", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" before"))
+    })
+    .await;
+
+    crustd.restart().await.expect("restart");
+    let mut rt = crustd.runtime().await.expect("client");
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    assert_eq!(s.exit_code, 4);
+    wait_for(
+        "the line written after the restart",
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" after")),
+    )
+    .await;
+    assert!(alive(shim_pid as i64), "the shim outlived crustd");
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    wait_for("the shim to exit", Duration::from_secs(5), || {
+        !alive(shim_pid as i64)
+    })
+    .await;
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert_no_cgroups_left(&net);
+}
+
+#[tokio::test]
+async fn the_default_handler_still_runs_crust_shim() {
+    let Some((registry, crustd, net)) = setup_with_handler(233).await else {
+        return;
+    };
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("default", &net, &crustd.dir().join("logs"));
+    let pod = run_pod_with(&mut rt, &pc, "").await;
+    assert!(
+        shims_of(&pod).is_empty(),
+        "no containerd shim for a runc pod"
+    );
+    let pod_dir = crustd.state_dir.join("pods").join(&pod);
+    assert!(!pod_dir.join("shim.flavour").exists());
+    assert!(!pod_dir.join("config.json").exists());
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("echo", &image, &["/bin/sh", "-c", "echo hello"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    assert_eq!(s.exit_code, 0);
+    // crust-shim wrote the log itself: no output FIFOs in the bundle.
+    assert!(
+        !crustd
+            .state_dir
+            .join("containers")
+            .join(&id)
+            .join("io")
+            .exists()
+    );
+    let lines = log_lines(Path::new(&s.log_path));
+    assert!(
+        lines.contains(&("stdout".into(), "F".into(), "hello".into())),
+        "{lines:?}"
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert_no_cgroups_left(&net);
+}
