@@ -136,6 +136,8 @@ async fn a_pod_under_containerd_shim_runc_v2() {
     };
     let pod_dir = crustd.state_dir.join("pods").join(&pod);
     let address = std::fs::read_to_string(pod_dir.join("address")).expect("address");
+    let pid_file = std::fs::read_to_string(pod_dir.join("shim.pid")).expect("shim.pid");
+    assert_eq!(pid_file.trim(), shim_pid.to_string());
     let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
     assert!(socket.exists(), "{}", socket.display());
     let pod_status = rt
@@ -239,6 +241,36 @@ async fn a_pod_under_containerd_shim_runc_v2() {
         .await
         .expect_err("timeout");
     assert_eq!(err.code(), Code::DeadlineExceeded);
+
+    // Resources are updated through the shim (runc update).
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: ticker.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdateContainerResources");
+    let memory_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .expect("cgroup of the container")
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        });
+    if let Some(cg) = memory_cgroup {
+        let limit =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/memory{cg}/memory.limit_in_bytes"))
+                .expect("memory limit");
+        assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    }
 
     let log = PathBuf::from(status(&mut rt, &ticker).await.log_path);
     let has_ticks = |p: &Path| {

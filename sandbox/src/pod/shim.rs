@@ -76,7 +76,8 @@ impl Inner {
         let shim = ShimClient::spawn(&cfg, id, dir, &events)
             .await
             .map_err(|e| Error::Internal(format!("starting the pod's shim: {e}")))?;
-        // crust-shim leaves its pid beside its address; other shims are asked.
+        // The pid beside the address (crust-shim writes it, the client does for shims that
+        // do not), else asked.
         if let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
             .ok()
             .and_then(|p| p.trim().parse().ok())

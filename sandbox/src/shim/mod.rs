@@ -368,7 +368,12 @@ impl ShimClient {
             // Once the shim answers a call, its logger holds the `log` FIFO open.
             let answered = client.shim_pid().await;
             drop(placeholder);
-            answered?;
+            // Not every version leaves its pid beside its address: crust reads it there
+            // (cleaning up after a crash, the pod record).
+            let pid = answered?;
+            if !pod_dir.join("shim.pid").exists() {
+                tokio::fs::write(pod_dir.join("shim.pid"), pid.to_string()).await?;
+            }
         }
         Ok(client)
     }
