@@ -469,3 +469,88 @@ async fn the_default_handler_still_runs_crust_shim() {
     .expect("RemovePodSandbox");
     assert_no_cgroups_left(&net);
 }
+
+#[tokio::test]
+async fn a_killed_containerd_shim_is_noticed_and_removal_cleans_up() {
+    let Some((registry, crustd, net)) = setup_with_handler(234).await else {
+        return;
+    };
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("shimkill", &net, &crustd.dir().join("logs"));
+    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
+    let shim_pid = shims_of(&pod)[0];
+    let _guard = ShimGuard {
+        pid: shim_pid,
+        pod: pod.clone(),
+    };
+    let address = std::fs::read_to_string(crustd.state_dir.join("pods").join(&pod).join("address"))
+        .expect("address");
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let pid = pid_of(&mut rt, &id).await;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill shim");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&mut rt, &id).await;
+        if s.state == cri::ContainerState::ContainerUnknown as i32
+            || s.state == cri::ContainerState::ContainerExited as i32
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {:?} after the shim died",
+            s.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pod_state = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .expect("status")
+        .state;
+    assert_eq!(pod_state, cri::PodSandboxState::SandboxNotready as i32);
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "container process {pid} survived the removal of its pod"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !socket.exists(),
+        "socket {} of the killed shim is left",
+        socket.display()
+    );
+    assert!(!crustd.state_dir.join("runc/k8s.io").join(&id).exists());
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert_no_cgroups_left(&net);
+}

@@ -106,14 +106,20 @@ pub(super) fn shim_alive(id: &str, pid: i32) -> bool {
 /// Asks the pod's shim to exit now and makes sure it did (SIGKILL after a grace period, only
 /// if the pid is still the shim of this pod). No shim is fine.
 pub(super) async fn stop_shim(id: &str, dir: &Path, pid: Option<u32>) {
-    if let Ok(shim) = ShimClient::reconnect(dir).await {
-        let mut shim = shim;
-        shim.set_timeout(Duration::from_secs(5));
-        if let Err(e) = shim.shutdown(true).await {
-            tracing::warn!(pod = %id, error = %e, "shim shutdown");
+    let reached = match ShimClient::reconnect(dir).await {
+        Ok(mut shim) => {
+            shim.set_timeout(Duration::from_secs(5));
+            if let Err(e) = shim.shutdown(true).await {
+                tracing::warn!(pod = %id, error = %e, "shim shutdown");
+            }
+            true
         }
-    }
+        Err(_) => false,
+    };
     let Some(pid) = pid.map(|p| p as i32) else {
+        if !reached {
+            remove_socket(dir);
+        }
         return;
     };
     let is_ours = |pid: i32| shim_alive(id, pid);
@@ -127,5 +133,26 @@ pub(super) async fn stop_shim(id: &str, dir: &Path, pid: Option<u32>) {
         unsafe {
             libc::kill(pid, libc::SIGKILL);
         }
+    }
+    remove_socket(dir);
+}
+
+/// Removes the socket of the pod's shim, once it is gone: a shim that was killed leaves it
+/// (for a containerd-style shim outside crust's state dir, in `/run/containerd/s`).
+fn remove_socket(dir: &Path) {
+    let Ok(address) = std::fs::read_to_string(dir.join("address")) else {
+        return;
+    };
+    let Some(path) = address.trim().strip_prefix("unix://") else {
+        return;
+    };
+    // An abstract socket ("@..." or a leading NUL) has no file.
+    if path.starts_with('/')
+        && std::fs::symlink_metadata(path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        && let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = path, error = %e, "removing the shim's socket");
     }
 }
