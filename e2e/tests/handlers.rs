@@ -554,3 +554,55 @@ async fn a_killed_containerd_shim_is_noticed_and_removal_cleans_up() {
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
     assert_no_cgroups_left(&net);
 }
+
+#[tokio::test]
+async fn a_tty_container_under_containerd_shim_logs_its_terminal_output() {
+    let Some((registry, crustd, net)) = setup_with_handler(235).await else {
+        return;
+    };
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("tty", &net, &crustd.dir().join("logs"));
+    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
+    let _guard = ShimGuard {
+        pid: shims_of(&pod)[0],
+        pod: pod.clone(),
+    };
+    let mut config = container_config(
+        "term",
+        &image,
+        &["/bin/sh", "-c", "tty; echo on-a-terminal; exit 5"],
+    );
+    config.tty = true;
+    let id = create(&mut rt, &pod, &pc, config).await.expect("create");
+    start(&mut rt, &id).await;
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    assert_eq!(s.exit_code, 5);
+    let log = PathBuf::from(&s.log_path);
+    wait_for("the terminal's output", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("on-a-terminal"))
+    })
+    .await;
+    let lines = log_lines(&log);
+    // A pty: one stream, lines ending in CR LF; `tty` names the pty.
+    assert!(lines.iter().all(|l| l.0 == "stdout"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.2.starts_with("/dev/pts/")),
+        "{lines:?}"
+    );
+    assert!(
+        !crustd
+            .state_dir
+            .join("containers")
+            .join(&id)
+            .join("io/stderr")
+            .exists()
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert_no_cgroups_left(&net);
+}
