@@ -606,3 +606,67 @@ async fn a_tty_container_under_containerd_shim_logs_its_terminal_output() {
     .expect("RemovePodSandbox");
     assert_no_cgroups_left(&net);
 }
+
+#[tokio::test]
+async fn an_exit_while_crustd_is_down_is_reported_and_the_shim_survives() {
+    let Some((registry, mut crustd, net)) = setup_with_handler(236).await else {
+        return;
+    };
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("down", &net, &crustd.dir().join("logs"));
+    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
+    let shim_pid = shims_of(&pod)[0];
+    let _guard = ShimGuard {
+        pid: shim_pid,
+        pod: pod.clone(),
+    };
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config(
+            "brief",
+            &image,
+            &["/bin/sh", "-c", "echo start; sleep 1; echo end; exit 6"],
+        ),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let pid = pid_of(&mut rt, &id).await;
+
+    // crustd dies (nobody reads the shim's log or the container's FIFOs, the events
+    // endpoint is gone) while the container finishes and the shim reports it.
+    crustd.crash().await.expect("crash");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the container did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(alive(shim_pid as i64), "the shim died without crustd");
+
+    crustd.restart().await.expect("restart");
+    let mut rt = crustd.runtime().await.expect("client");
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
+    assert_eq!(s.exit_code, 6);
+    assert!(
+        log_lines(Path::new(&s.log_path))
+            .iter()
+            .any(|l| l.2 == "start"),
+        "the output before the crash is in the log"
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    wait_for("the shim to exit", Duration::from_secs(5), || {
+        !alive(shim_pid as i64)
+    })
+    .await;
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert_no_cgroups_left(&net);
+}
