@@ -47,6 +47,10 @@ use crate::{
 
 /// Annotation on `Update` that reopens the container's CRI log file (ReopenContainerLog).
 pub const REOPEN_LOG_ANNOTATION: &str = "io.crust.shim.reopen-log";
+/// Type URL of `Create` options (runc `Options`, the same message) that also
+/// start the container: one `runc run --detach` instead of `runc create` and a
+/// later `runc start`, for a caller that starts the task right away anyway.
+pub const CREATE_AND_START_OPTIONS: &str = "crust.shim.v1.CreateAndStart";
 /// runc state root when the create options carry none.
 pub const DEFAULT_RUNC_ROOT: &str = "/run/crust/runc";
 /// How long an exit waits for its output to be copied out before it is reported.
@@ -460,6 +464,24 @@ fn unmount(target: &Path) {
     }
 }
 
+/// `runc create`, or `runc run --detach` when the task starts at once: it
+/// returns once the process runs.
+async fn launch(
+    runc: &runc::Runc,
+    start_now: bool,
+    id: &str,
+    bundle: &Path,
+    opts: &CreateOpts,
+) -> TtrpcResult<()> {
+    if start_now {
+        runc.run(id, bundle, Some(opts)).await
+    } else {
+        runc.create(id, bundle, Some(opts)).await
+    }
+    .map(|_| ())
+    .map_err(|e| runc_error(bundle, e))
+}
+
 /// Runs runc create/exec with a console socket, returning the pty master.
 async fn with_console<F, T>(sock: ConsoleSocket, run: F) -> TtrpcResult<(T, std::os::fd::OwnedFd)>
 where
@@ -504,6 +526,10 @@ impl Task for Service {
                 .map_err(|e| status(Code::INVALID_ARGUMENT, format!("options: {e}")))?,
             _ => Options::new(),
         };
+        let start_now = req
+            .options
+            .as_ref()
+            .is_some_and(|any| any.type_url == CREATE_AND_START_OPTIONS);
         let runc = Arc::new(self.build_runc(&opts, &bundle)?);
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
@@ -549,16 +575,13 @@ impl Task for Service {
             .pid_file(&pid_file)
             .io(Arc::new(child_io))
             .no_pivot(opts.no_pivot_root)
-            .no_new_keyring(opts.no_new_keyring);
+            .no_new_keyring(opts.no_new_keyring)
+            .detach(start_now);
         let result = if stdio.terminal {
             match ConsoleSocket::new() {
                 Ok(sock) => {
                     copts = copts.console_socket(&sock.path);
-                    let run = async {
-                        runc.create(&id, &bundle, Some(&copts))
-                            .await
-                            .map_err(|e| runc_error(&bundle, e))
-                    };
+                    let run = launch(&runc, start_now, &id, &bundle, &copts);
                     with_console(sock, run).await.and_then(|(_, master)| {
                         pio::attach_console(&stdio, master, &mut shim_io)
                             .map_err(|e| internal(format!("console: {e}")))
@@ -567,11 +590,9 @@ impl Task for Service {
                 Err(e) => Err(internal(format!("console socket: {e}"))),
             }
         } else {
-            runc.create(&id, &bundle, Some(&copts))
-                .await
-                .map(|_| ())
-                .map_err(|e| runc_error(&bundle, e))
+            launch(&runc, start_now, &id, &bundle, &copts).await
         };
+        // The write ends of the process's stdio go with `copts`.
         drop(copts);
         let pid = match result {
             Ok(()) => read_pid(&pid_file),
@@ -589,6 +610,9 @@ impl Task for Service {
         let mut init = Proc::new(stdio.clone());
         init.pid = pid;
         init.io = shim_io;
+        if start_now {
+            init.status = Status::RUNNING;
+        }
         let container = Container {
             bundle: bundle.clone(),
             runc,
@@ -611,10 +635,13 @@ impl Task for Service {
             Err(e) => debug!("no OOM notifications for {id}: {e}"),
         }
         self.claim_early_exit(pid, since);
-        info!("created container {id} pid {pid}");
+        info!(
+            "created container {id} pid {pid}{}",
+            if start_now { ", started" } else { "" }
+        );
 
         let ev = TaskCreate {
-            container_id: id,
+            container_id: id.clone(),
             bundle: req.bundle.clone(),
             rootfs: req.rootfs.clone(),
             io: Some(TaskIO {
@@ -633,6 +660,18 @@ impl Task for Service {
             "containerd.events.TaskCreate",
             &ev,
         );
+        if start_now {
+            let ev = TaskStart {
+                container_id: id,
+                pid,
+                ..Default::default()
+            };
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                "containerd.events.TaskStart",
+                &ev,
+            );
+        }
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()

@@ -410,13 +410,8 @@ impl Containers {
         let timer = super::metrics::OpTimer::new("start");
         // The start time is taken before the process can run, so that a
         // container that exits at once never finishes before it started.
-        let mut started_at = now_ns();
-        let started = async {
-            shim.create(&task).await?;
-            started_at = now_ns();
-            shim.start(&rec.id, "").await
-        }
-        .await;
+        let started_at = now_ns();
+        let started = shim.create_and_start(&task).await;
         drop(timer);
         match started {
             Ok(pid) => {

@@ -53,6 +53,9 @@ use task::TaskClient;
 
 /// Annotation on a Task `Update` that makes the shim reopen the container's CRI log.
 pub const REOPEN_LOG_ANNOTATION: &str = "io.crust.shim.reopen-log";
+/// crust-shim: `Create` options of this type also start the task (one
+/// `runc run --detach`); see [`ShimClient::create_and_start`].
+pub const CREATE_AND_START_OPTIONS: &str = "crust.shim.v1.CreateAndStart";
 /// Scheme of the CRI log path in the create request's stdout field.
 pub const CRI_LOG_SCHEME: &str = "file://";
 
@@ -433,6 +436,25 @@ impl ShimClient {
     /// Creates a container; returns its init pid. A CRI log is written by the shim, or by
     /// crustd from the shim's output FIFOs when the shim does not write one.
     pub async fn create(&self, t: &CreateTask) -> Result<u32> {
+        self.create_with(t, "containerd.runc.v1.Options").await
+    }
+
+    /// Creates and starts a container; returns its pid. crust-shim does both
+    /// in one runtime call; another shim, or a crust-shim too old to know
+    /// the options (it only creates), gets the `Start` too.
+    pub async fn create_and_start(&self, t: &CreateTask) -> Result<u32> {
+        if self.flavour != ShimFlavour::Crust {
+            self.create(t).await?;
+            return self.start(&t.id, "").await;
+        }
+        let pid = self.create_with(t, CREATE_AND_START_OPTIONS).await?;
+        match self.state(&t.id, "").await?.status {
+            TaskStatus::Created => self.start(&t.id, "").await,
+            _ => Ok(pid),
+        }
+    }
+
+    async fn create_with(&self, t: &CreateTask, options_type: &str) -> Result<u32> {
         let mut placeholders = None;
         let (stdin, stdout, stderr) = match &t.io.output {
             Output::CriLog(path) if !self.flavour.writes_cri_logs() => {
@@ -461,7 +483,7 @@ impl ShimClient {
             ..Default::default()
         };
         let options = Any {
-            type_url: "containerd.runc.v1.Options".to_string(),
+            type_url: options_type.to_string(),
             value: opts
                 .write_to_bytes()
                 .map_err(|e| ShimError::Internal(e.to_string()))?,
