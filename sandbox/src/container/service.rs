@@ -450,6 +450,14 @@ impl Containers {
         let Some(rec) = self.inner.lock().get(&full).cloned() else {
             return Ok(());
         };
+        if rec.state == ContainerState::Unknown {
+            // Its shim is gone, its process maybe not: the runtime kills what
+            // is left, and the container has exited by SIGKILL.
+            self.inner.force_delete(&rec).await;
+            self.inner
+                .record_exit(&rec.id, 128 + libc::SIGKILL, Some(SystemTime::now()));
+            return Ok(());
+        }
         if rec.state != ContainerState::Running {
             return Ok(());
         }
