@@ -1201,12 +1201,9 @@ impl Inner {
     }
 
     /// Reads a cgroup and works out its CPU rate from the previous sample.
-    /// systemd-style paths (`slice:prefix:name`) are not files and give None.
     fn cgroup_usage(&self, key: &str, cgroups_path: &str, now: i64) -> Option<CgroupUsage> {
-        if cgroups_path.contains(':') {
-            return None;
-        }
-        let mut u = read_cgroup(Path::new(CGROUP_ROOT), cgroups_path, now);
+        let path = cgroupfs_path(cgroups_path)?;
+        let mut u = read_cgroup(Path::new(CGROUP_ROOT), &path, now);
         if let Some(cpu) = u.cpu_usage_ns {
             let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(prev) = samples.insert(key.to_string(), (now, cpu)) {
@@ -1361,8 +1358,34 @@ impl Inner {
 
 /// Whether the kernel OOM-killed a process in this cgroup (v1 `memory.oom_control`
 /// or v2 `memory.events`).
+/// A container's cgroup as a path below each hierarchy's mount: the path
+/// itself, or for runc's systemd form `slice:prefix:name` the scope runc has
+/// systemd make, `<expanded slice>/<prefix>-<name>.scope`. None if malformed.
+fn cgroupfs_path(cgroups_path: &str) -> Option<String> {
+    let mut parts = cgroups_path.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(path), None, None, None) => Some(path.to_string()),
+        (Some(slice), Some(prefix), Some(name), None) => {
+            let slice = if slice.is_empty() {
+                "system.slice"
+            } else {
+                slice
+            };
+            let dir = crate::cgroup::expand_slice(slice).ok()?;
+            Some(format!(
+                "{}/{prefix}-{name}.scope",
+                dir.trim_end_matches('/')
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn oom_killed(cgroups_path: &str) -> bool {
-    let rel = cgroups_path.trim_start_matches('/');
+    let Some(path) = cgroupfs_path(cgroups_path) else {
+        return false;
+    };
+    let rel = path.trim_start_matches('/');
     let count = |path: PathBuf, key: &str| {
         std::fs::read_to_string(path).ok().and_then(|t| {
             t.lines()
@@ -1403,6 +1426,24 @@ mod tests {
         assert_eq!(m.cpu_shares, 512);
         assert_eq!(m.memory_limit_in_bytes, 64 << 20);
         assert_eq!(m.cpuset_cpus, "1");
+    }
+
+    #[test]
+    fn systemd_cgroups_paths_map_to_their_scope() {
+        assert_eq!(
+            cgroupfs_path("/crust/pod/c1").as_deref(),
+            Some("/crust/pod/c1")
+        );
+        assert_eq!(
+            cgroupfs_path("kubepods-pod1-crustp.slice:crust:c1").as_deref(),
+            Some("/kubepods.slice/kubepods-pod1.slice/kubepods-pod1-crustp.slice/crust-c1.scope")
+        );
+        assert_eq!(
+            cgroupfs_path(":crust:c1").as_deref(),
+            Some("/system.slice/crust-c1.scope")
+        );
+        assert_eq!(cgroupfs_path("a:b"), None);
+        assert_eq!(cgroupfs_path("bad:crust:c1"), None);
     }
 
     #[test]
