@@ -1,5 +1,7 @@
 //! Stats RPCs: container and pod usage read from their cgroups and writable layers.
 
+use std::collections::HashMap;
+
 use crust_sandbox::PodRecord;
 use crust_sandbox::container::stats::CgroupUsage;
 use crust_sandbox::container::{ContainerFilter, ContainerUsage};
@@ -83,7 +85,8 @@ pub async fn container_stats(
         .stats(&ContainerFilter {
             id,
             ..Default::default()
-        })?
+        })
+        .await?
         .into_iter()
         .next()
         .ok_or_else(|| CriError::NotFound(format!("container {:?} not found", req.container_id)))?;
@@ -104,25 +107,26 @@ pub async fn list_container_stats(
             pod_id: f.pod_sandbox_id,
             state: None,
             labels: f.label_selector,
-        })?
+        })
+        .await?
         .into_iter()
         .map(|u| container_stats_of(cri, u))
         .collect();
     Ok(ListContainerStatsResponse { stats })
 }
 
-fn pod_stats_of(cri: &Cri, pod: &PodRecord) -> CriResult<cri::PodSandboxStats> {
+/// A pod's stats, with the usage of its containers.
+fn pod_stats_of(
+    cri: &Cri,
+    pod: &PodRecord,
+    containers: Vec<ContainerUsage>,
+) -> cri::PodSandboxStats {
     let usage = cri.containers.pod_usage(pod);
-    let containers = cri
-        .containers
-        .stats(&ContainerFilter {
-            pod_id: pod.id.clone(),
-            ..Default::default()
-        })?
+    let containers = containers
         .into_iter()
         .map(|u| container_stats_of(cri, u))
         .collect();
-    Ok(cri::PodSandboxStats {
+    cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
             id: pod.id.clone(),
             metadata: Some(cri::PodSandboxMetadata {
@@ -145,7 +149,7 @@ fn pod_stats_of(cri: &Cri, pod: &PodRecord) -> CriResult<cri::PodSandboxStats> {
             containers,
         }),
         windows: None,
-    })
+    }
 }
 
 pub async fn pod_sandbox_stats(
@@ -158,8 +162,15 @@ pub async fn pod_sandbox_stats(
         ));
     }
     let pod = cri.pods.get(&req.pod_sandbox_id)?;
+    let containers = cri
+        .containers
+        .stats(&ContainerFilter {
+            pod_id: pod.id.clone(),
+            ..Default::default()
+        })
+        .await?;
     Ok(PodSandboxStatsResponse {
-        stats: Some(pod_stats_of(cri, &pod)?),
+        stats: Some(pod_stats_of(cri, &pod, containers)),
     })
 }
 
@@ -173,10 +184,22 @@ pub async fn list_pod_sandbox_stats(
         state: None,
         label_selector: f.label_selector.into_iter().collect(),
     });
+    // Every container's usage in one pass, then handed to its pod.
+    let mut by_pod: HashMap<String, Vec<ContainerUsage>> = HashMap::new();
+    let filter = match pods.as_slice() {
+        [one] => ContainerFilter {
+            pod_id: one.id.clone(),
+            ..Default::default()
+        },
+        _ => ContainerFilter::default(),
+    };
+    for u in cri.containers.stats(&filter).await? {
+        by_pod.entry(u.record.pod_id.clone()).or_default().push(u);
+    }
     let stats = pods
         .iter()
-        .map(|p| pod_stats_of(cri, p))
-        .collect::<CriResult<Vec<_>>>()?;
+        .map(|p| pod_stats_of(cri, p, by_pod.remove(&p.id).unwrap_or_default()))
+        .collect();
     Ok(ListPodSandboxStatsResponse { stats })
 }
 

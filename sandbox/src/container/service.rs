@@ -610,22 +610,26 @@ impl Containers {
     }
 
     /// Usage of the containers the filter selects (ContainerStats, ListContainerStats).
-    pub fn stats(&self, f: &ContainerFilter) -> Result<Vec<ContainerUsage>> {
-        let now = now_ns();
-        Ok(self
-            .list(f)?
-            .into_iter()
-            .map(|record| ContainerUsage {
-                cgroup: (record.state == ContainerState::Running)
-                    .then(|| {
-                        self.inner
-                            .cgroup_usage(&record.id, &record.cgroups_path, now)
-                    })
-                    .flatten(),
-                writable: self.inner.rootfs.usage(&record.id),
-                record,
-            })
-            .collect())
+    pub async fn stats(&self, f: &ContainerFilter) -> Result<Vec<ContainerUsage>> {
+        let records = self.list(f)?;
+        let inner = self.inner.clone();
+        // Cgroup files and the walk of writable layers: blocking file work,
+        // off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let now = now_ns();
+            records
+                .into_iter()
+                .map(|record| ContainerUsage {
+                    cgroup: (record.state == ContainerState::Running)
+                        .then(|| inner.cgroup_usage(&record.id, &record.cgroups_path, now))
+                        .flatten(),
+                    writable: inner.rootfs.usage(&record.id),
+                    record,
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats task: {e}")))
     }
 
     /// Usage of a pod's own cgroup (PodSandboxStats), when it has one.
