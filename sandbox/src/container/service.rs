@@ -554,8 +554,13 @@ impl Containers {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        self.inner.store.delete(&rec.id)?;
-        self.inner.lock().remove(&rec.id);
+        {
+            // Under the records lock, as every write: a late update cannot
+            // write the record back into the store.
+            let mut records = self.inner.lock();
+            self.inner.store.delete(&rec.id)?;
+            records.remove(&rec.id);
+        }
         self.inner.emit(&rec, ContainerEventKind::Deleted);
         self.inner
             .cpu_samples
@@ -996,11 +1001,16 @@ impl Inner {
         let bundle = self.cfg.state_dir.join("containers").join(id);
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs)?;
-        let made = self.create_in(id, pod, config, image, &bundle, &rootfs);
+        let made = self
+            .create_in(id, pod, config, image, &bundle, &rootfs)
+            .and_then(|rec| {
+                let mut records = self.lock();
+                self.store.put(&rec)?;
+                records.insert(rec.id.clone(), rec.clone());
+                Ok(rec)
+            });
         match made {
             Ok(rec) => {
-                self.store.put(&rec)?;
-                self.lock().insert(rec.id.clone(), rec.clone());
                 self.emit(&rec, ContainerEventKind::Created);
                 self.update_metrics();
                 Ok(id.to_string())
@@ -1227,14 +1237,19 @@ impl Inner {
 
     fn update(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<ContainerRecord> {
         let updated = {
+            // The store is written under the records lock: two updates of a
+            // record reach it in the order they were made, and none after a
+            // remove.
             let mut records = self.lock();
             let rec = records
                 .get_mut(id)
                 .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
-            f(rec);
-            rec.clone()
+            let mut updated = rec.clone();
+            f(&mut updated);
+            self.store.put(&updated)?;
+            *rec = updated.clone();
+            updated
         };
-        self.store.put(&updated)?;
         self.update_metrics();
         Ok(updated)
     }
