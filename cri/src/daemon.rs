@@ -99,6 +99,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         })
     });
 
+    let trimmer = tokio::spawn(crate::memory::trim_periodically(stopped(stop_rx.clone())));
+
     let server = CriServer(cri.clone());
     let runtime = RuntimeServiceServer::new(server.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -169,6 +171,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Err(e) => Err(e),
     };
     serve.abort();
+    trimmer.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }

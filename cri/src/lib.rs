@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod instrument;
+pub mod memory;
 pub mod metrics;
 pub mod rootfs;
 pub mod rpc;

@@ -80,8 +80,10 @@ pub async fn pull_image(cri: &Cri, req: PullImageRequest) -> CriResult<PullImage
         identity_token: a.identity_token,
         registry_token: a.registry_token,
     });
-    let image_ref = cri.images.pull(&name, auth.as_ref()).await?;
-    Ok(PullImageResponse { image_ref })
+    let pulled = cri.images.pull(&name, auth.as_ref()).await;
+    // A pull's buffers were spread over several threads' arenas: give them back.
+    crate::memory::release_free_heap_soon();
+    Ok(PullImageResponse { image_ref: pulled? })
 }
 
 /// RemoveImage: by id, tag or digest; removes every tag; absent is fine.
