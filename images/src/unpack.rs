@@ -4,8 +4,11 @@
 //! Safety: every path is cleaned lexically (`..` and absolute paths refuse the layer),
 //! and every parent directory is opened with `openat2(RESOLVE_BENEATH)` relative to the
 //! snapshot root, so a symlink or hard link that would lead outside fails with EXDEV and
-//! refuses the layer. The last path component is never followed: whatever stood there is
-//! unlinked first and files are created with `O_EXCL | O_NOFOLLOW`. The caller deletes
+//! refuses the layer (consecutive entries of one directory share that opened parent).
+//! The last path component is never followed: inodes are created with `O_EXCL |
+//! O_NOFOLLOW` (or `symlinkat`/`mkdirat`, which never follow), and whatever stands in the
+//! way is unlinked first. A chown is skipped only where the new inode already has the
+//! owner asked for (ours, and the directory is not setgid). The caller deletes
 //! the directory when this returns an error, so a refused layer leaves nothing.
 //!
 //! Whiteouts: `.wh.NAME` becomes a character device 0/0 named NAME, and `.wh..wh..opq`
@@ -70,6 +73,11 @@ pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<Unpacked> {
         root: root.as_fd(),
         dirs: Vec::new(),
         buf: vec![0; COPY_BUF],
+        parent: None,
+        me: (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ),
     };
     {
         let mut archive = tar::Archive::new(&mut hashing);
@@ -121,6 +129,19 @@ struct Unpacker<'a> {
     /// Directories whose times are set once all their children exist.
     dirs: Vec<(PathBuf, Timestamps)>,
     buf: Vec<u8>,
+    /// The parent directory of the last entry: entries of one directory come
+    /// together in a tar, so most entries reuse it instead of resolving it again.
+    parent: Option<Parent>,
+    /// Our effective uid and gid: what a new inode gets anyway, unless its
+    /// directory is setgid.
+    me: (u32, u32),
+}
+
+struct Parent {
+    path: PathBuf,
+    fd: OwnedFd,
+    /// New inodes in it take its group.
+    setgid: bool,
 }
 
 fn hostile(path: &Path, why: &str) -> Error {
@@ -159,6 +180,29 @@ fn errno_err(path: &Path, what: &str, e: Errno) -> Error {
 }
 
 impl Unpacker<'_> {
+    /// The parent directory `rel` of an entry, from the cache when the last entry had
+    /// the same one. The cache stays valid: an entry only ever removes or replaces
+    /// something inside its own parent, and a different parent replaces the cache.
+    fn take_parent(&mut self, rel: &Path) -> Result<Parent> {
+        if let Some(p) = self.parent.take()
+            && p.path == rel
+        {
+            return Ok(p);
+        }
+        let fd = self.open_dir(rel, OFlags::PATH)?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| errno_err(rel, "stat", e))?;
+        Ok(Parent {
+            path: rel.to_path_buf(),
+            fd,
+            setgid: st.st_mode & 0o2000 != 0,
+        })
+    }
+
+    /// Whether a new inode in `parent` must be chowned to get `owner`.
+    fn needs_chown(&self, parent: &Parent, owner: (u32, u32)) -> bool {
+        parent.setgid || owner != self.me
+    }
+
     /// Opens directory `rel` (relative to root), never leaving root. Missing directories
     /// are created (0755), as tar files may omit parent entries.
     fn open_dir(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
@@ -229,7 +273,6 @@ impl Unpacker<'_> {
         };
         let name_str = name.to_string_lossy();
         let header = entry.header().clone();
-        let kind = header.entry_type();
 
         if name_str == WHITEOUT_OPAQUE {
             let dir = self.open_dir(parent, OFlags::RDONLY)?;
@@ -240,9 +283,33 @@ impl Unpacker<'_> {
         if name_str.starts_with(WHITEOUT_META_PREFIX) {
             return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.): meaningless for overlay
         }
+        let uid = header.uid().map_err(bad_tar)? as u32;
+        let gid = header.gid().map_err(bad_tar)? as u32;
+        let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        let cached = self.take_parent(parent)?;
+        let chown_new = self.needs_chown(&cached, (uid, gid));
+        let r = self.entry_in(entry, &cached.fd, &path, name, &header, owner, chown_new);
+        self.parent = Some(cached);
+        r
+    }
+
+    /// The body of [`Self::entry`], with the entry's parent directory open as `dir`.
+    /// `chown_new`: whether an inode it creates needs a chown to get `owner`.
+    #[allow(clippy::too_many_arguments)]
+    fn entry_in<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        dir: &OwnedFd,
+        path: &Path,
+        name: &OsStr,
+        header: &tar::Header,
+        owner: (Option<Uid>, Option<Gid>),
+        chown_new: bool,
+    ) -> Result<()> {
+        let path = path.to_path_buf();
+        let name_str = name.to_string_lossy();
+        let kind = header.entry_type();
         let mode = header.mode().map_err(bad_tar)? & 0o7777;
-        let uid = header.uid().map_err(bad_tar)?;
-        let gid = header.gid().map_err(bad_tar)?;
         let mtime = header.mtime().map_err(bad_tar)?;
         let times = Timestamps {
             last_access: Timespec {
@@ -254,25 +321,19 @@ impl Unpacker<'_> {
                 tv_nsec: 0,
             },
         };
-        let owner = (
-            Some(Uid::from_raw(uid as u32)),
-            Some(Gid::from_raw(gid as u32)),
-        );
         let nofollow = AtFlags::SYMLINK_NOFOLLOW;
-
-        let dir = self.open_dir(parent, OFlags::PATH)?;
         if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
             let hidden = OsStr::new(hidden);
-            self.clear(&dir, hidden, false, &path)?;
+            self.clear(dir, hidden, false, &path)?;
             rustix::fs::mknodat(
-                &dir,
+                dir,
                 hidden,
                 FileType::CharacterDevice,
                 Mode::empty(),
                 rustix::fs::makedev(0, 0),
             )
             .map_err(|e| errno_err(&path, "create whiteout", e))?;
-            rustix::fs::chownat(&dir, hidden, owner.0, owner.1, nofollow)
+            rustix::fs::chownat(dir, hidden, owner.0, owner.1, nofollow)
                 .map_err(|e| errno_err(&path, "chown", e))?;
             return Ok(());
         }
@@ -280,37 +341,53 @@ impl Unpacker<'_> {
         let xattrs = pax_xattrs(entry)?;
         match kind {
             tar::EntryType::Directory => {
-                self.clear(&dir, name, true, &path)?;
-                match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                let mkdir = || rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755));
+                // Made first; only what stands in the way is looked at.
+                let created = match mkdir() {
+                    Ok(()) => true,
+                    Err(Errno::EXIST) if self.clear(dir, name, true, &path)? => false,
+                    Err(Errno::EXIST) => {
+                        mkdir().map_err(|e| errno_err(&path, "mkdir", e))?;
+                        true
+                    }
                     Err(e) => return Err(errno_err(&path, "mkdir", e)),
-                }
+                };
                 let fd = rustix::fs::openat(
-                    &dir,
+                    dir,
                     name,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(|e| errno_err(&path, "open", e))?;
-                rustix::fs::fchown(&fd, owner.0, owner.1)
-                    .map_err(|e| errno_err(&path, "chown", e))?;
+                if chown_new || !created {
+                    rustix::fs::fchown(&fd, owner.0, owner.1)
+                        .map_err(|e| errno_err(&path, "chown", e))?;
+                }
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
                     .map_err(|e| errno_err(&path, "chmod", e))?;
                 set_xattrs(&fd, &xattrs, &path)?;
                 self.dirs.push((path, times));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                self.clear(&dir, name, false, &path)?;
-                let fd = rustix::fs::openat(
-                    &dir,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
+                let create = || {
+                    rustix::fs::openat(
+                        dir,
+                        name,
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                };
+                let fd = match create() {
+                    Err(Errno::EXIST) => {
+                        self.clear(dir, name, false, &path)?;
+                        create()
+                    }
+                    r => r,
+                }
                 .map_err(|e| errno_err(&path, "create", e))?;
                 let mut file = std::fs::File::from(fd);
                 loop {
@@ -324,8 +401,10 @@ impl Unpacker<'_> {
                         .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
                 }
                 // chown before chmod: chown clears setuid/setgid bits.
-                rustix::fs::fchown(&file, owner.0, owner.1)
-                    .map_err(|e| errno_err(&path, "chown", e))?;
+                if chown_new {
+                    rustix::fs::fchown(&file, owner.0, owner.1)
+                        .map_err(|e| errno_err(&path, "chown", e))?;
+                }
                 rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
                     .map_err(|e| errno_err(&path, "chmod", e))?;
                 set_xattrs(&file, &xattrs, &path)?;
@@ -337,13 +416,21 @@ impl Unpacker<'_> {
                     .map_err(bad_tar)?
                     .ok_or_else(|| hostile(&path, "is a symlink without target"))?
                     .into_owned();
-                self.clear(&dir, name, false, &path)?;
                 // The target is stored, never followed while unpacking.
-                rustix::fs::symlinkat(target.as_os_str(), &dir, name)
-                    .map_err(|e| errno_err(&path, "symlink", e))?;
-                rustix::fs::chownat(&dir, name, owner.0, owner.1, nofollow)
-                    .map_err(|e| errno_err(&path, "chown", e))?;
-                rustix::fs::utimensat(&dir, name, &times, nofollow)
+                let link = || rustix::fs::symlinkat(target.as_os_str(), dir, name);
+                match link() {
+                    Err(Errno::EXIST) => {
+                        self.clear(dir, name, false, &path)?;
+                        link()
+                    }
+                    r => r,
+                }
+                .map_err(|e| errno_err(&path, "symlink", e))?;
+                if chown_new {
+                    rustix::fs::chownat(dir, name, owner.0, owner.1, nofollow)
+                        .map_err(|e| errno_err(&path, "chown", e))?;
+                }
+                rustix::fs::utimensat(dir, name, &times, nofollow)
                     .map_err(|e| errno_err(&path, "utimes", e))?;
             }
             tar::EntryType::Link => {
@@ -358,10 +445,10 @@ impl Unpacker<'_> {
                     return Err(hostile(&path, "has a bad hard link target"));
                 };
                 let tdir = self.open_dir(tparent, OFlags::PATH)?;
-                self.clear(&dir, name, false, &path)?;
+                self.clear(dir, name, false, &path)?;
                 // flags 0: a hard link to a symlink links the symlink itself, never what
                 // it points to, so the link cannot reach outside.
-                rustix::fs::linkat(&tdir, tname, &dir, name, AtFlags::empty()).map_err(|e| {
+                rustix::fs::linkat(&tdir, tname, dir, name, AtFlags::empty()).map_err(|e| {
                     if e == Errno::NOENT {
                         hostile(&path, "links to a file not in this layer")
                     } else {
@@ -384,20 +471,20 @@ impl Unpacker<'_> {
                         header.device_minor().map_err(bad_tar)?.unwrap_or(0),
                     )
                 };
-                self.clear(&dir, name, false, &path)?;
+                self.clear(dir, name, false, &path)?;
                 rustix::fs::mknodat(
-                    &dir,
+                    dir,
                     name,
                     ftype,
                     Mode::from_raw_mode(mode),
                     rustix::fs::makedev(major, minor),
                 )
                 .map_err(|e| errno_err(&path, "mknod", e))?;
-                rustix::fs::chownat(&dir, name, owner.0, owner.1, nofollow)
+                rustix::fs::chownat(dir, name, owner.0, owner.1, nofollow)
                     .map_err(|e| errno_err(&path, "chown", e))?;
-                rustix::fs::chmodat(&dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
+                rustix::fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
                     .map_err(|e| errno_err(&path, "chmod", e))?;
-                rustix::fs::utimensat(&dir, name, &times, nofollow)
+                rustix::fs::utimensat(dir, name, &times, nofollow)
                     .map_err(|e| errno_err(&path, "utimes", e))?;
             }
             // Global PAX headers and other metadata-only entries.
@@ -673,6 +760,58 @@ mod tests {
         let s2 = scratch();
         unpack_layer(&tar[..], &s2.layer).unwrap();
         assert_eq!(std::fs::read(s2.layer.join("a")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn owners_are_kept_also_where_a_new_inode_would_get_another_group() {
+        fn entry(
+            b: &mut tar::Builder<Vec<u8>>,
+            kind: tar::EntryType,
+            p: &str,
+            mode: u32,
+            o: (u64, u64),
+        ) {
+            let mut h = header(kind, mode);
+            h.set_uid(o.0);
+            h.set_gid(o.1);
+            raw_name(&mut h, p);
+            if kind == tar::EntryType::Symlink {
+                h.set_link_name("f").unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        }
+        use tar::EntryType::{Directory as D, Regular as F, Symlink as L};
+        let mut b = tar::Builder::new(Vec::new());
+        // A setgid directory: what is made in it takes its group unless chowned.
+        entry(&mut b, D, "s", 0o2775, (0, 4242));
+        entry(&mut b, F, "s/f", 0o644, (0, 0));
+        entry(&mut b, L, "s/l", 0o777, (0, 0));
+        entry(&mut b, D, "s/sub", 0o755, (0, 0));
+        entry(&mut b, F, "r", 0o644, (0, 0));
+        entry(&mut b, F, "o", 0o644, (1000, 1001));
+        // A directory given again keeps its place and takes the later owner.
+        entry(&mut b, D, "e", 0o755, (0, 0));
+        entry(&mut b, D, "e", 0o700, (1000, 1001));
+        let tar = b.into_inner().unwrap();
+        let s = scratch();
+        unpack_layer(&tar[..], &s.layer).unwrap();
+        let owner = |p: &str| {
+            let m = std::fs::symlink_metadata(s.layer.join(p)).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("s"), (0, 4242));
+        assert_eq!(owner("s/f"), (0, 0));
+        assert_eq!(owner("s/l"), (0, 0));
+        assert_eq!(owner("s/sub"), (0, 0));
+        assert_eq!(owner("r"), (0, 0));
+        assert_eq!(owner("o"), (1000, 1001));
+        assert_eq!(owner("e"), (1000, 1001));
+        let mode = std::fs::metadata(s.layer.join("e"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o700);
     }
 
     #[test]
