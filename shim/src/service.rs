@@ -399,6 +399,20 @@ impl Service {
         }
     }
 
+    /// The `/tasks/start` event of a container's init process.
+    fn publish_start(&self, container_id: String, pid: u32) {
+        let ev = TaskStart {
+            container_id,
+            pid,
+            ..Default::default()
+        };
+        self.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            "containerd.events.TaskStart",
+            &ev,
+        );
+    }
+
     fn runc_of(&self, id: &str) -> TtrpcResult<(Arc<runc::Runc>, PathBuf)> {
         let cs = lock(&self.0.containers);
         let c = cs.get(id).ok_or_else(|| not_found("container", id))?;
@@ -661,16 +675,7 @@ impl Task for Service {
             &ev,
         );
         if start_now {
-            let ev = TaskStart {
-                container_id: id,
-                pid,
-                ..Default::default()
-            };
-            self.publish(
-                topics::TASK_START_EVENT_TOPIC,
-                "containerd.events.TaskStart",
-                &ev,
-            );
+            self.publish_start(id, pid);
         }
         Ok(CreateTaskResponse {
             pid,
@@ -706,16 +711,7 @@ impl Task for Service {
                 }
                 c.init.pid
             };
-            let ev = TaskStart {
-                container_id: req.id.clone(),
-                pid,
-                ..Default::default()
-            };
-            self.publish(
-                topics::TASK_START_EVENT_TOPIC,
-                "containerd.events.TaskStart",
-                &ev,
-            );
+            self.publish_start(req.id.clone(), pid);
             return Ok(StartResponse {
                 pid,
                 ..Default::default()
