@@ -67,6 +67,17 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
     assert_eq!(s.exit_code, 3);
     assert_eq!(s.reason, "Error");
     assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    // Once its exit is recorded the task leaves the shim, as with containerd:
+    // runc's state of it goes, the container stays listed until removed.
+    let runc_state = crustd.state_dir.join("runc").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runc_state.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "runc state of an exited container stays"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log_path = PathBuf::from(&s.log_path);
     assert_eq!(log_path, log_dir.join("exits/0.log"));
     let lines = log_lines(&log_path);

@@ -1282,16 +1282,25 @@ impl Inner {
                 Ok(p) => p,
                 Err(e) => return self.mark_unknown(&id, &format!("pod is gone: {e}")),
             };
-            let exit = match self.shim(&pod).await {
-                Ok(shim) => {
-                    // After a restart, output crustd copies for the shim flows again.
-                    shim.follow_output(&id, &bundle, log_path.as_deref());
-                    shim.wait(&id, "").await
-                }
+            let shim = match self.shim(&pod).await {
+                Ok(shim) => shim,
                 Err(e) => return self.mark_unknown(&id, &e.to_string()),
             };
-            match exit {
-                Ok(exit) => self.record_exit(&id, exit.exit_status as i32, exit.exited_at),
+            // After a restart, output crustd copies for the shim flows again.
+            shim.follow_output(&id, &bundle, log_path.as_deref());
+            match shim.wait(&id, "").await {
+                Ok(exit) => {
+                    self.record_exit(&id, exit.exit_status as i32, exit.exited_at);
+                    // As containerd does: once the exit is recorded the task
+                    // goes from the shim (runc delete), so RemoveContainer
+                    // has only crust's own parts left to remove.
+                    match shim.delete(&id, "").await {
+                        Ok(_) | Err(ShimError::NotFound(_)) => {}
+                        Err(e) => {
+                            tracing::debug!(container = %id, error = %e, "deleting the exited task")
+                        }
+                    }
+                }
                 Err(ShimError::NotFound(_)) => {
                     // The shim does not know the container: it was restarted
                     // or the container was deleted behind crust's back.
