@@ -387,7 +387,9 @@ impl Containers {
             )));
         }
         let pod = self.inner.pods.get(&rec.pod_id)?;
+        let t0 = std::time::Instant::now();
         let shim = self.inner.shim(&pod).await?;
+        let t_shim = t0.elapsed();
         let task = CreateTask {
             id: rec.id.clone(),
             bundle: rec.bundle.clone(),
@@ -413,6 +415,12 @@ impl Containers {
         let started_at = now_ns();
         let started = shim.create_and_start(&task).await;
         drop(timer);
+        tracing::debug!(
+            container = %rec.id,
+            shim_ms = t_shim.as_secs_f64() * 1e3,
+            runtime_ms = (t0.elapsed() - t_shim).as_secs_f64() * 1e3,
+            "create and start in the shim"
+        );
         match started {
             Ok(pid) => {
                 // The exit watch is armed before the record says RUNNING, so
