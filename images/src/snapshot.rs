@@ -98,6 +98,33 @@ impl Drop for Staging {
     }
 }
 
+/// Marks `dir` as the top of independent directory hierarchies (`FS_TOPDIR_FL`,
+/// `chattr +T`): ext4 then spreads the snapshot directories made in it over its block
+/// groups (the Orlov allocator) instead of packing each next to the last. Each
+/// snapshot is an independent tree; packed, a new layer's inodes land among those of a
+/// snapshot just removed, which ext4 without a journal scans past one by one
+/// (measured: a 200 MB, 6-layer pull right after a removal took about 20% longer).
+/// Filesystems without the flag ignore it.
+fn spread_subdirectories(dir: &Path) {
+    let set = || -> std::io::Result<()> {
+        let fd = rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let flags = rustix::fs::ioctl_getflags(&fd)?;
+        if !flags.contains(rustix::fs::IFlags::TOPDIR) {
+            rustix::fs::ioctl_setflags(&fd, flags | rustix::fs::IFlags::TOPDIR)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = set() {
+        tracing::debug!(dir = %dir.display(), "no FS_TOPDIR_FL on the snapshot root: {e}");
+    }
+}
+
 impl Snapshotter {
     /// Opens the snapshot store at `root` (`<images root>/snapshots`).
     pub fn open(root: impl Into<PathBuf>, db: Arc<Database>) -> Result<Self> {
@@ -113,6 +140,7 @@ impl Snapshotter {
             .map_or_else(|| root.join(".trash"), |p| p.join("trash"));
         fs::create_dir_all(&trash)
             .map_err(|e| Error::io(format!("create {}", trash.display()), e))?;
+        spread_subdirectories(&root);
         let s = Snapshotter { root, trash, db };
         s.empty_trash();
         Ok(s)
@@ -552,6 +580,25 @@ mod tests {
         let db = Arc::new(Database::create(dir.path().join("state.redb")).unwrap());
         let s = Snapshotter::open(dir.path().join("snapshots"), db).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn the_snapshot_root_spreads_its_subdirectories_on_ext4() {
+        let (_dir, s) = open();
+        let fs = rustix::fs::statfs(s.root()).unwrap();
+        // EXT2/3/4_SUPER_MAGIC; other filesystems do not have the flag.
+        if fs.f_type as u64 != 0xEF53 {
+            eprintln!("not ext4 ({:#x}): nothing to check", fs.f_type);
+            return;
+        }
+        let fd = rustix::fs::open(
+            s.root(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let flags = rustix::fs::ioctl_getflags(&fd).unwrap();
+        assert!(flags.contains(rustix::fs::IFlags::TOPDIR), "{flags:?}");
     }
 
     fn layer(s: &Snapshotter, chain: &str, parent: Option<&str>, file: &str) {
