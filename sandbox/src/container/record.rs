@@ -57,6 +57,10 @@ pub struct ContainerRecord {
     pub cgroups_path: String,
     /// The OCI runtime binary the shim drives.
     pub runtime_binary: String,
+    /// Its state root (`runc --root`), where a cleanup without the shim finds the
+    /// container even once the pod is gone. None in older records.
+    #[serde(default)]
+    pub runtime_root: Option<PathBuf>,
 }
 
 impl ContainerRecord {
@@ -128,6 +132,21 @@ impl ContainerStore {
         Ok(out)
     }
 
+    /// The id of every record in the store, readable or not.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let table = match tx.open_table(CONTAINERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(store_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(store_err)? {
+            out.push(entry.map_err(store_err)?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
     pub fn put(&self, r: &ContainerRecord) -> Result<()> {
         let bytes = serde_json::to_vec(r).map_err(store_err)?;
         let tx = self.db.begin_write().map_err(store_err)?;
@@ -181,6 +200,7 @@ mod tests {
             stop_signal: None,
             cgroups_path: "/crust/x".into(),
             runtime_binary: "runc".into(),
+            runtime_root: None,
         }
     }
 

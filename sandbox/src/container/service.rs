@@ -21,7 +21,7 @@ use super::spec::{self, NodeContext, PidNamespace, PodContext, SpecError};
 use super::stats::{CgroupUsage, nano_cores, read_cgroup};
 use crate::error::{Error, Result};
 use crate::pod::{NamespaceMode, PodRecord, PodSandboxes, PodState};
-use crate::shim::{CreateTask, Output, RuntimeOptions, ShimClient, ShimError, TaskIo};
+use crate::shim::{CreateTask, Output, RuntimeOptions, ShimClient, ShimError, TaskIo, TaskStatus};
 
 /// What crust needs from the image store: a writable snapshot of an image,
 /// mounted at a path, and its removal. Implemented by crustd over `crust-images`.
@@ -435,7 +435,16 @@ impl Containers {
                 Ok(())
             }
             Err(e) => {
-                let _ = shim.delete(&rec.id, "").await;
+                // The process may run although the call failed (a create and
+                // start that timed out): it must not live on unrecorded.
+                let _ = shim.kill(&rec.id, "", libc::SIGKILL as u32, true).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), shim.wait(&rec.id, "")).await;
+                if !matches!(
+                    shim.delete(&rec.id, "").await,
+                    Ok(_) | Err(ShimError::NotFound(_))
+                ) {
+                    self.inner.force_delete(&rec).await;
+                }
                 let rec = self.inner.update(&rec.id, |r| {
                     r.state = ContainerState::Exited;
                     r.finished_at_ns = now_ns();
@@ -458,14 +467,41 @@ impl Containers {
         let Some(rec) = self.inner.lock().get(&full).cloned() else {
             return Ok(());
         };
-        if rec.state == ContainerState::Unknown {
-            // Its shim is gone, its process maybe not: the runtime kills what
-            // is left, and the container has exited by SIGKILL.
-            self.inner.force_delete(&rec).await;
-            self.inner
-                .record_exit(&rec.id, 128 + libc::SIGKILL, Some(SystemTime::now()));
-            return Ok(());
-        }
+        let rec = if rec.state == ContainerState::Unknown {
+            // UNKNOWN may come from a passing error while the shim is fine:
+            // if it still runs the task, the container is RUNNING again and
+            // stops gracefully below.
+            let running = match self.inner.pods.get(&rec.pod_id) {
+                Ok(pod) => match self.inner.shim(&pod).await {
+                    Ok(shim) => shim
+                        .state(&rec.id, "")
+                        .await
+                        .is_ok_and(|s| s.status == TaskStatus::Running),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            };
+            if !running {
+                // Its shim is gone, its process maybe not: the runtime kills
+                // what is left; how it would have exited is not known.
+                self.inner.force_delete(&rec).await;
+                self.inner
+                    .record_exit(&rec.id, 255, Some(SystemTime::now()));
+                let _ = self.inner.update(&rec.id, |r| r.reason = "Unknown".into());
+                return Ok(());
+            }
+            let rec = self
+                .inner
+                .update(&rec.id, |r| r.state = ContainerState::Running)?;
+            // The exit signal UNKNOWN fired is taken back: it runs again.
+            if let Some(tx) = self.inner.exits_lock().get(&rec.id) {
+                tx.send_replace(false);
+            }
+            self.inner.clone().watch_exit(rec.id.clone());
+            rec
+        } else {
+            rec
+        };
         if rec.state != ContainerState::Running {
             return Ok(());
         }
@@ -1120,6 +1156,7 @@ impl Inner {
             stop_signal: built.stop_signal,
             cgroups_path,
             runtime_binary,
+            runtime_root: Some(self.runtime_root(pod)),
         })
     }
 
@@ -1127,7 +1164,16 @@ impl Inner {
     /// bundle directory, a mounted rootfs, a writable snapshot. Runs at open,
     /// before any create can be in flight.
     fn remove_orphans(&self) {
-        let known: HashSet<String> = self.lock().keys().cloned().collect();
+        // Every id the store holds, also a record it could not read: such a
+        // container may well be running on its rootfs.
+        let mut known: HashSet<String> = self.lock().keys().cloned().collect();
+        match self.store.ids() {
+            Ok(ids) => known.extend(ids),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing container records; no orphan removed");
+                return;
+            }
+        }
         let dir = self.cfg.state_dir.join("containers");
         let mut orphans: HashSet<String> = std::fs::read_dir(&dir)
             .into_iter()
@@ -1252,11 +1298,11 @@ impl Inner {
             let rec = records
                 .get_mut(id)
                 .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
-            let mut updated = rec.clone();
-            f(&mut updated);
-            self.store.put(&updated)?;
-            *rec = updated.clone();
-            updated
+            // Memory follows what happened even when the store cannot (a full
+            // disk): an exit must not be lost until the next restart.
+            f(rec);
+            self.store.put(rec)?;
+            rec.clone()
         };
         self.update_metrics();
         Ok(updated)
@@ -1350,15 +1396,23 @@ impl Inner {
         }
     }
 
+    /// The state root of the runtime the pod's shim drives (`runc --root`).
+    fn runtime_root(&self, pod: &PodRecord) -> PathBuf {
+        crate::shim::ShimFlavour::of_pod_dir(&pod.dir)
+            .runc_root(&self.cfg.state_dir.join("runc"), crate::pod::SHIM_NAMESPACE)
+    }
+
     /// `runc delete --force` with the container's runtime and state root: kills
     /// whatever is left of a container whose shim is gone.
     async fn force_delete(&self, rec: &ContainerRecord) {
-        let flavour = self
-            .pods
-            .get(&rec.pod_id)
-            .map(|p| crate::shim::ShimFlavour::of_pod_dir(&p.dir))
-            .unwrap_or_default();
-        let root = flavour.runc_root(&self.cfg.state_dir.join("runc"), crate::pod::SHIM_NAMESPACE);
+        let root = match &rec.runtime_root {
+            Some(root) => root.clone(),
+            // Records made before the root was kept: from the pod, while it is there.
+            None => match self.pods.get(&rec.pod_id) {
+                Ok(pod) => self.runtime_root(&pod),
+                Err(_) => self.cfg.state_dir.join("runc"),
+            },
+        };
         let out = tokio::process::Command::new(&rec.runtime_binary)
             .arg("--root")
             .arg(root)
