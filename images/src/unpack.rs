@@ -8,7 +8,7 @@
 //! The last path component is never followed: inodes are created with `O_EXCL |
 //! O_NOFOLLOW` (or `symlinkat`/`mkdirat`, which never follow), and whatever stands in the
 //! way is unlinked first. A chown is skipped only where the new inode already has the
-//! owner asked for (ours, and the directory is not setgid). The caller deletes
+//! owner asked for (ours, in a directory of our group). The caller deletes
 //! the directory when this returns an error, so a refused layer leaves nothing.
 //!
 //! Whiteouts: `.wh.NAME` becomes a character device 0/0 named NAME, and `.wh..wh..opq`
@@ -140,8 +140,9 @@ struct Unpacker<'a> {
 struct Parent {
     path: PathBuf,
     fd: OwnedFd,
-    /// New inodes in it take its group.
-    setgid: bool,
+    /// Its group: what new inodes in it get when it is setgid (or the
+    /// filesystem is mounted `grpid`).
+    gid: u32,
 }
 
 fn hostile(path: &Path, why: &str) -> Error {
@@ -194,13 +195,16 @@ impl Unpacker<'_> {
         Ok(Parent {
             path: rel.to_path_buf(),
             fd,
-            setgid: st.st_mode & 0o2000 != 0,
+            gid: st.st_gid,
         })
     }
 
-    /// Whether a new inode in `parent` must be chowned to get `owner`.
+    /// Whether a new inode in `parent` must be chowned to get `owner`: unless
+    /// `owner` is us and the directory's group is ours too, so that the new
+    /// inode has our group whichever rule gives it one (ours, or the
+    /// directory's when it is setgid or the filesystem is mounted `grpid`).
     fn needs_chown(&self, parent: &Parent, owner: (u32, u32)) -> bool {
-        parent.setgid || owner != self.me
+        owner != self.me || parent.gid != self.me.1
     }
 
     /// Opens directory `rel` (relative to root), never leaving root. Missing directories
