@@ -46,6 +46,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn trimming_gives_freed_heap_back() {
         fn rss_kib() -> u64 {
             std::fs::read_to_string("/proc/self/status")

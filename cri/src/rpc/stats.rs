@@ -184,6 +184,9 @@ pub async fn list_pod_sandbox_stats(
         state: None,
         label_selector: f.label_selector.into_iter().collect(),
     });
+    if pods.is_empty() {
+        return Ok(ListPodSandboxStatsResponse { stats: Vec::new() });
+    }
     // Every container's usage in one pass, then handed to its pod.
     let mut by_pod: HashMap<String, Vec<ContainerUsage>> = HashMap::new();
     let filter = match pods.as_slice() {
