@@ -817,3 +817,72 @@ async fn creates_racing_remove_pod_sandbox_leave_no_container_behind() {
     );
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_second_start_of_a_container_leaves_it_running_and_a_stopped_pod_starts_nothing() {
+    let (registry, crustd, net) = setup(218).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("twostarts", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+
+    // kubelet retries a StartContainer it gave up on: both calls race.
+    let start_call = |mut rt: Rt, id: String| async move {
+        rt.start_container(cri::StartContainerRequest { container_id: id })
+            .await
+    };
+    let (a, b) = tokio::join!(
+        start_call(rt.clone(), id.clone()),
+        start_call(rt.clone(), id.clone())
+    );
+    let oks = [&a, &b].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(oks, 1, "one start wins: {a:?} {b:?}");
+    for r in [&a, &b] {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        }
+    }
+    let s = status(&mut rt, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    let pid = pid_of(&mut rt, &id).await;
+    assert!(alive(pid), "the container runs");
+
+    // A stopped pod starts nothing.
+    let late = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("late", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    let err = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: late.clone(),
+        })
+        .await
+        .expect_err("start in a stopped pod");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(!alive(pid), "StopPodSandbox stopped the running one");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
+    assert_no_cgroups_left(&net);
+}

@@ -379,6 +379,11 @@ impl Containers {
 
     /// StartContainer.
     pub async fn start(&self, id: &str) -> Result<()> {
+        let pod_id = self.get(id)?.pod_id;
+        // Under the pod's op lock, READY: a StopPodSandbox waits for the start
+        // (and then stops the container), and a second StartContainer of the
+        // same container (a kubelet retry) finds it no longer CREATED.
+        let (pod, _held) = self.inner.pods.hold_ready(&pod_id).await?;
         let rec = self.get(id)?;
         if rec.state != ContainerState::Created {
             return Err(Error::FailedPrecondition(format!(
@@ -386,7 +391,6 @@ impl Containers {
                 rec.id, rec.state
             )));
         }
-        let pod = self.inner.pods.get(&rec.pod_id)?;
         let t0 = std::time::Instant::now();
         let shim = self.inner.shim(&pod).await?;
         let t_shim = t0.elapsed();
