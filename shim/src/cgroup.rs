@@ -25,6 +25,24 @@ impl Cgroups {
         Ok(Self::parse(&text, Path::new(ROOT)))
     }
 
+    /// The cgroup directories of the OCI `cgroupsPath` in a bundle's `config.json`
+    /// (cgroupfs form only), for a process gone before its `/proc` entry was read.
+    pub fn of_bundle(bundle: &Path) -> Option<Self> {
+        let spec: serde_json::Value =
+            serde_json::from_slice(&fs::read(bundle.join("config.json")).ok()?).ok()?;
+        let path = spec.pointer("/linux/cgroupsPath")?.as_str()?;
+        if path.contains(':') {
+            return None; // systemd's slice:prefix:name
+        }
+        let text: String = fs::read_dir(ROOT)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .map(|ctrl| format!("0:{ctrl}:{path}\n"))
+            .collect();
+        Some(Self::parse(&text, Path::new(ROOT)))
+    }
+
     fn parse(text: &str, root: &Path) -> Self {
         let mut dirs = HashMap::new();
         for line in text.lines() {
@@ -232,6 +250,23 @@ mod tests {
         assert_eq!(cg.dirs["cpuacct"], Path::new("/r/cpuacct/crust/pod1/c1"));
         assert_eq!(cg.dirs["cpu"], Path::new("/r/cpu/crust/pod1/c1"));
         assert!(!cg.dirs.contains_key("name=systemd"));
+    }
+
+    #[test]
+    fn a_bundle_names_the_cgroup_of_a_process_already_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = r#"{"linux":{"cgroupsPath":"/crust/pod1/c1"}}"#;
+        fs::write(dir.path().join("config.json"), spec).unwrap();
+        let cg = Cgroups::of_bundle(dir.path()).expect("a cgroupfs path");
+        if Path::new(ROOT).join("memory").is_dir() {
+            assert_eq!(
+                cg.dirs["memory"],
+                Path::new(ROOT).join("memory/crust/pod1/c1")
+            );
+        }
+        let systemd = r#"{"linux":{"cgroupsPath":"kubepods.slice:crust:c1"}}"#;
+        fs::write(dir.path().join("config.json"), systemd).unwrap();
+        assert!(Cgroups::of_bundle(dir.path()).is_none());
     }
 
     #[test]

@@ -633,7 +633,12 @@ impl Task for Service {
             init,
             execs: HashMap::new(),
             mounted_rootfs: mounted,
-            cgroups: Cgroups::of_pid(pid).unwrap_or_default(),
+            // A process started at once (run --detach) may be gone already:
+            // its cgroup is then the one the spec names.
+            cgroups: Cgroups::of_pid(pid)
+                .ok()
+                .or_else(|| Cgroups::of_bundle(&bundle))
+                .unwrap_or_default(),
             ooms_reported: 0,
             oom_watch: None,
         };
