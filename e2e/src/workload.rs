@@ -224,3 +224,27 @@ pub fn assert_no_cgroups_left(net: &TestNet) {
         "cgroups left behind"
     );
 }
+
+/// What most container tests start from: `setup(n)`, the busybox fixture
+/// pulled, a CRI client and one READY pod named `name`. Bind the parts in this
+/// order (they drop in reverse: pod and client first, registry last).
+pub async fn scene(
+    n: u8,
+    name: &str,
+) -> (
+    Registry,
+    Crustd,
+    TestNet,
+    String,
+    Rt,
+    cri::PodSandboxConfig,
+    String,
+) {
+    let (registry, crustd, net) = setup(n).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config(name, &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    (registry, crustd, net, image, rt, pc, pod)
+}

@@ -107,12 +107,7 @@ async fn image_config_and_request_merge_and_users_resolve_in_the_image() {
 
 #[tokio::test]
 async fn readonly_rootfs_capabilities_privileged_and_seccomp() {
-    let (registry, crustd, net) = setup(212).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("security", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(212, "security").await;
     let sleep = ["/bin/sleep", "1000"];
 
     let plain = create(
@@ -223,12 +218,7 @@ async fn cgroups_path(rt: &mut Rt, id: &str) -> String {
 
 #[tokio::test]
 async fn memory_limits_oom_kills_and_resource_updates() {
-    let (registry, crustd, net) = setup(213).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("limits", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(213, "limits").await;
     let limited = |name: &str, cmd: &[&str], bytes: i64| {
         let mut c = container_config(name, &image, cmd);
         c.linux = Some(cri::LinuxContainerConfig {
@@ -336,12 +326,7 @@ async fn memory_limits_oom_kills_and_resource_updates() {
 
 #[tokio::test]
 async fn containers_of_a_pod_share_localhost_ipc_and_uts() {
-    let (registry, crustd, net) = setup(214).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("shared", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(214, "shared").await;
     let server = create(
         &mut rt,
         &pod,
@@ -427,12 +412,7 @@ async fn containers_of_a_pod_share_localhost_ipc_and_uts() {
 
 #[tokio::test]
 async fn host_path_mounts_are_bound_readonly_or_writable() {
-    let (registry, crustd, net) = setup(215).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("mounts", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(215, "mounts").await;
     let host = crustd.dir().join("host-data");
     std::fs::create_dir_all(&host).expect("mkdir");
     std::fs::write(host.join("hello"), "from the host\n").expect("write");

@@ -173,12 +173,7 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
 
 #[tokio::test]
 async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
-    let (registry, crustd, net) = setup(202).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("exec", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(202, "exec").await;
     // PID 1 without a SIGTERM handler ignores SIGTERM: stop must fall back to SIGKILL.
     let id = create(
         &mut rt,
@@ -284,12 +279,7 @@ async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
 
 #[tokio::test]
 async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_down() {
-    let (registry, mut crustd, net) = setup(203).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("restart", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, mut crustd, net, image, mut rt, pc, pod) = scene(203, "restart").await;
     let sleeper = create(
         &mut rt,
         &pod,
@@ -351,12 +341,7 @@ async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_d
 
 #[tokio::test]
 async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
-    let (registry, crustd, net) = setup(204).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("shimkill", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, crustd, net, image, mut rt, pc, pod) = scene(204, "shimkill").await;
     let id = create(
         &mut rt,
         &pod,
@@ -427,12 +412,7 @@ async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
 
 #[tokio::test]
 async fn reopen_container_log_follows_kubelet_rotation() {
-    let (registry, crustd, net) = setup(205).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("rotate", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(205, "rotate").await;
     let id = create(
         &mut rt,
         &pod,
@@ -625,12 +605,7 @@ async fn containers_of_a_pod_without_cgroup_parent_leave_no_cgroups() {
 
 #[tokio::test]
 async fn a_kubelet_retry_of_a_create_gets_the_container_not_a_name_conflict() {
-    let (registry, crustd, net) = setup(208).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("retry", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(208, "retry").await;
     let config = container_config("slow", &image, &["/bin/sleep", "1000"]);
 
     // kubelet gives up on the first call (here: at once) and sends it again.
@@ -685,12 +660,7 @@ async fn a_kubelet_retry_of_a_create_gets_the_container_not_a_name_conflict() {
 
 #[tokio::test]
 async fn crustd_killed_amid_creates_leaves_no_orphan_bundle_or_mount() {
-    let (registry, mut crustd, net) = setup(209).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("crashcreate", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, mut crustd, _net, image, rt, pc, pod) = scene(209, "crashcreate").await;
     let bundles = crustd.dir().join("state/containers");
 
     // A burst of creates, and crustd killed while they run: some are
@@ -762,12 +732,7 @@ async fn crustd_killed_amid_creates_leaves_no_orphan_bundle_or_mount() {
 
 #[tokio::test]
 async fn creates_racing_remove_pod_sandbox_leave_no_container_behind() {
-    let (registry, crustd, net) = setup(210).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("racecreate", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(210, "racecreate").await;
 
     // Creates keep coming, each right after the last, until the pod refuses them.
     let mut calls = Vec::new();
@@ -820,12 +785,7 @@ async fn creates_racing_remove_pod_sandbox_leave_no_container_behind() {
 
 #[tokio::test]
 async fn a_second_start_of_a_container_leaves_it_running_and_a_stopped_pod_starts_nothing() {
-    let (registry, crustd, net) = setup(218).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("twostarts", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, crustd, net, image, mut rt, pc, pod) = scene(218, "twostarts").await;
     let id = create(
         &mut rt,
         &pod,

@@ -9,12 +9,7 @@ use tonic::Code;
 
 #[tokio::test]
 async fn container_and_pod_stats_report_cpu_memory_and_writable_layer() {
-    let (registry, crustd, net) = setup(221).await;
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("stats", &net, &crustd.dir().join("logs"));
-    let pod = run_pod(&mut rt, &pc).await;
+    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(221, "stats").await;
     // Writes 5 MiB into its writable layer, burns a little CPU, then sleeps.
     let id = create(
         &mut rt,
