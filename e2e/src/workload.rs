@@ -133,15 +133,25 @@ pub async fn status(rt: &mut Rt, id: &str) -> cri::ContainerStatus {
 }
 
 pub async fn wait_exited(rt: &mut Rt, id: &str, within: Duration) -> cri::ContainerStatus {
+    wait_state(rt, id, &[cri::ContainerState::ContainerExited], within).await
+}
+
+/// Waits until the container is in one of `states`; its status then.
+pub async fn wait_state(
+    rt: &mut Rt,
+    id: &str,
+    states: &[cri::ContainerState],
+    within: Duration,
+) -> cri::ContainerStatus {
     let deadline = Instant::now() + within;
     loop {
         let s = status(rt, id).await;
-        if s.state == cri::ContainerState::ContainerExited as i32 {
+        if states.iter().any(|st| s.state == *st as i32) {
             return s;
         }
         assert!(
             Instant::now() < deadline,
-            "container {id} still {:?}",
+            "container {id} still {:?}, not one of {states:?}",
             s.state
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -365,21 +365,17 @@ async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
     )
     .expect("kill shim");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = status(&mut rt, &id).await;
-        if s.state == cri::ContainerState::ContainerUnknown as i32
-            || s.state == cri::ContainerState::ContainerExited as i32
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {:?} after the shim died",
-            s.state
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Noticed: UNKNOWN, or EXITED once the exit is known.
+    wait_state(
+        &mut rt,
+        &id,
+        &[
+            cri::ContainerState::ContainerUnknown,
+            cri::ContainerState::ContainerExited,
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
 
     // Its process outlived the shim; StopContainer kills it all the same.
     rt.stop_container(cri::StopContainerRequest {

@@ -504,21 +504,17 @@ async fn a_killed_containerd_shim_is_noticed_and_removal_cleans_up() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill shim");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = status(&mut rt, &id).await;
-        if s.state == cri::ContainerState::ContainerUnknown as i32
-            || s.state == cri::ContainerState::ContainerExited as i32
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {:?} after the shim died",
-            s.state
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Noticed: UNKNOWN, or EXITED once the exit is known.
+    wait_state(
+        &mut rt,
+        &id,
+        &[
+            cri::ContainerState::ContainerUnknown,
+            cri::ContainerState::ContainerExited,
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
     let pod_state = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: pod.clone(),
