@@ -525,6 +525,7 @@ impl Task for Service {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         let id = req.id.clone();
+        let began = Instant::now();
         if id.is_empty() || id.contains('/') {
             return Err(status(Code::INVALID_ARGUMENT, "bad container id"));
         }
@@ -591,6 +592,7 @@ impl Task for Service {
             .no_pivot(opts.no_pivot_root)
             .no_new_keyring(opts.no_new_keyring)
             .detach(start_now);
+        let launched = Instant::now();
         let result = if stdio.terminal {
             match ConsoleSocket::new() {
                 Ok(sock) => {
@@ -606,6 +608,7 @@ impl Task for Service {
         } else {
             launch(&runc, start_now, &id, &bundle, &copts).await
         };
+        let runc_ms = launched.elapsed().as_secs_f64() * 1e3;
         // The write ends of the process's stdio go with `copts`.
         drop(copts);
         let pid = match result {
@@ -655,8 +658,9 @@ impl Task for Service {
         }
         self.claim_early_exit(pid, since);
         info!(
-            "created container {id} pid {pid}{}",
-            if start_now { ", started" } else { "" }
+            "created container {id} pid {pid}{} (runc {runc_ms:.1} ms of {:.1} ms)",
+            if start_now { ", started" } else { "" },
+            began.elapsed().as_secs_f64() * 1e3
         );
 
         let ev = TaskCreate {
