@@ -77,6 +77,7 @@ impl ContentStore {
             size,
             written: 0,
             hasher: Digester::new(),
+            synced: false,
         })
     }
 
@@ -146,6 +147,8 @@ pub struct BlobWriter {
     size: Option<u64>,
     written: u64,
     hasher: Digester,
+    /// Made durable already by [`sync`](Self::sync).
+    synced: bool,
 }
 
 impl BlobWriter {
@@ -162,6 +165,18 @@ impl BlobWriter {
     /// The digest this blob must have.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Makes what was written so far durable, so that [`commit`](Self::commit) has only
+    /// the rename left: call it once the whole blob is written, where waiting for the
+    /// disk overlaps other work.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(f) = &self.file {
+            f.sync_all()
+                .map_err(|e| Error::io(format!("sync {}", self.tmp.display()), e))?;
+            self.synced = true;
+        }
+        Ok(())
     }
 
     /// Verifies and publishes the blob.
@@ -182,7 +197,7 @@ impl BlobWriter {
                 self.digest
             )));
         }
-        if let Some(f) = file {
+        if let Some(f) = file.filter(|_| !self.synced) {
             // Durable before it becomes visible: a blob in blobs/ is always complete.
             f.sync_all()
                 .map_err(|e| Error::io(format!("sync {}", self.tmp.display()), e))?;
@@ -211,6 +226,7 @@ impl Write for BlobWriter {
         let n = f.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
+        self.synced = false;
         Ok(n)
     }
 

@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::reference::{Reference, is_hex64};
 use crate::registry::{self, Auth, Descriptor, Policy, RegistryClient};
-use crate::snapshot::Snapshotter;
-use crate::unpack::unpack_layer;
+use crate::snapshot::{Snapshotter, Staging};
+use crate::unpack::{Unpacked, unpack_layer, unpack_layer_overlapped};
 
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images.images");
 const RECORD_VERSION: u32 = 1;
@@ -562,9 +562,20 @@ impl ImageStore {
             .config
             .as_ref()
             .ok_or_else(|| Error::BadContent(format!("{r}: manifest has no config")))?;
-        let config_bytes = if content.contains(&config_desc.digest) {
-            content.read(&config_desc.digest)?
-        } else {
+        for layer in &manifest.layers {
+            if layer.media_type.contains("encrypted") {
+                return Err(Error::BadContent(format!(
+                    "layer {}: encrypted layers are not supported",
+                    layer.digest
+                )));
+            }
+        }
+        // The layers download (and unpack into staging) while the config comes: only
+        // committing them needs its diff ids.
+        let config = async {
+            if content.contains(&config_desc.digest) {
+                return content.read(&config_desc.digest);
+            }
             let mut k = 0;
             loop {
                 let got = match self.source(sources, k).await {
@@ -572,15 +583,22 @@ impl ImageStore {
                     Err(e) => Err(e),
                 };
                 match got {
-                    Ok(b) => break b,
+                    Ok(b) => break Ok::<Vec<u8>, Error>(b),
                     Err(e) if falls_back(&e) && k < sources.rest.len() => {
                         tracing::warn!(config = %config_desc.digest, "config from the next endpoint after: {e}");
                         k += 1;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => break Err(e),
                 }
             }
         };
+        let downloads = futures::future::try_join_all(
+            manifest
+                .layers
+                .iter()
+                .map(|l| self.download_layer(sources, l)),
+        );
+        let (config_bytes, mut downloaded) = futures::future::try_join(config, downloads).await?;
         #[derive(Deserialize, Default)]
         struct RootFs {
             #[serde(default)]
@@ -619,9 +637,10 @@ impl ImageStore {
         let chains = chain_ids(diff_ids);
         let layers = manifest.layers.iter().enumerate().map(|(i, layer)| {
             let parent = i.checked_sub(1).map(|p| chains[p].as_str());
-            self.ensure_layer(sources, layer, &diff_ids[i], &chains[i], parent)
+            let staged = downloaded[i].take();
+            self.ensure_layer(layer, staged, &diff_ids[i], &chains[i], parent)
         });
-        let t_config = t0.elapsed();
+        let t_downloaded = t0.elapsed();
         futures::future::try_join_all(layers).await?;
         let t_layers = t0.elapsed();
         // Manifests and config go in last: a failed pull leaves no blob behind that
@@ -656,7 +675,7 @@ impl ImageStore {
         tracing::debug!(
             reference = %r,
             endpoint = %sources.first.endpoint().host,
-            config_ms = t_config.as_millis() as u64,
+            downloaded_ms = t_downloaded.as_millis() as u64,
             layers_ms = t_layers.as_millis() as u64,
             total_ms = t0.elapsed().as_millis() as u64,
             "image stored"
@@ -711,63 +730,79 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Makes sure the committed snapshot `chain_id` exists: downloads the layer (unless
-    /// its blob is here already), unpacking while it streams in. A download that fails
-    /// for want of the endpoint (unreachable, dropped for good, not there, refused) is
-    /// thrown away whole, staging directory and ingest file, and starts again from the
-    /// next endpoint; bytes from two endpoints are never mixed.
-    async fn ensure_layer(
+    /// Downloads layer `layer` into the content store, unpacking it into a staging
+    /// snapshot while it streams in — unless its blob is here already (`None`). A
+    /// download that fails for want of the endpoint (unreachable, dropped for good, not
+    /// there, refused) is thrown away whole, staging directory and ingest file, and
+    /// starts again from the next endpoint; bytes from two endpoints are never mixed.
+    /// One download per blob at a time: a second pull wanting the same layer waits, then
+    /// finds the blob.
+    async fn download_layer(
         &self,
         sources: &Sources<'_>,
         layer: &Descriptor,
+    ) -> Result<Option<(Staging, Unpacked)>> {
+        let _one = self
+            .inner
+            .locks
+            .lock(&format!("blob {}", layer.digest))
+            .await;
+        if self.inner.content.contains(&layer.digest) {
+            return Ok(None);
+        }
+        let mut k = 0;
+        loop {
+            let staging = self.inner.snapshots.begin()?;
+            let got = match self.source(sources, k).await {
+                Ok(client) => self.download_unpack(&client, layer, staging.fs()).await,
+                Err(e) => Err(e),
+            };
+            match got {
+                Ok(u) => return Ok(Some((staging, u))),
+                Err(e) if falls_back(&e) && k < sources.rest.len() => {
+                    drop(staging);
+                    tracing::warn!(
+                        digest = %layer.digest,
+                        next = %sources.rest[k].0.host,
+                        "layer download failed, starting over from the next endpoint: {e}"
+                    );
+                    k += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Makes sure the committed snapshot `chain_id` exists: commits `staged` (what
+    /// [`download_layer`](Self::download_layer) unpacked) once its diff id checks out,
+    /// or unpacks the layer's blob from the content store.
+    async fn ensure_layer(
+        &self,
+        layer: &Descriptor,
+        staged: Option<(Staging, Unpacked)>,
         diff_id: &str,
         chain_id: &str,
         parent: Option<&str>,
     ) -> Result<()> {
-        if layer.media_type.contains("encrypted") {
-            return Err(Error::BadContent(format!(
-                "layer {}: encrypted layers are not supported",
-                layer.digest
-            )));
-        }
         let _one = self.inner.locks.lock(&format!("chain {chain_id}")).await;
         let snaps = &self.inner.snapshots;
         if snaps.exists(chain_id)? {
             return Ok(());
         }
-        let (staging, unpacked) = if self.inner.content.contains(&layer.digest) {
-            let staging = snaps.begin()?;
-            let dest = staging.fs();
-            let path = self.inner.content.blob_path(&layer.digest)?;
-            let unpacked = tokio::task::spawn_blocking(move || {
-                let f = std::fs::File::open(&path)
-                    .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-                unpack_layer(f, &dest)
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("unpack task: {e}")))??;
-            (staging, unpacked)
-        } else {
-            let mut k = 0;
-            loop {
+        let (staging, unpacked) = match staged {
+            Some(s) => s,
+            None => {
                 let staging = snaps.begin()?;
-                let got = match self.source(sources, k).await {
-                    Ok(client) => self.download_unpack(&client, layer, staging.fs()).await,
-                    Err(e) => Err(e),
-                };
-                match got {
-                    Ok(u) => break (staging, u),
-                    Err(e) if falls_back(&e) && k < sources.rest.len() => {
-                        drop(staging);
-                        tracing::warn!(
-                            digest = %layer.digest,
-                            next = %sources.rest[k].0.host,
-                            "layer download failed, starting over from the next endpoint: {e}"
-                        );
-                        k += 1;
-                    }
-                    Err(e) => return Err(e),
-                }
+                let dest = staging.fs();
+                let path = self.inner.content.blob_path(&layer.digest)?;
+                let unpacked = tokio::task::spawn_blocking(move || {
+                    let f = std::fs::File::open(&path)
+                        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+                    unpack_layer(f, &dest)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("unpack task: {e}")))??;
+                (staging, unpacked)
             }
         };
         if unpacked.diff_id != diff_id {
@@ -800,20 +835,27 @@ impl ImageStore {
         // writes, little enough that a slow disk does not buffer a layer in memory.
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
         let unpack = tokio::task::spawn_blocking(move || {
-            let mut tee = Tee {
+            let tee = Tee {
                 rx,
                 cur: Bytes::new(),
                 blob: Some(writer),
             };
-            let unpacked = unpack_layer(&mut tee, &dest);
-            // Bytes after the tar's end (padding) still belong to the blob.
-            let drained = std::io::copy(&mut tee, &mut std::io::sink());
+            // Bytes after the compressed stream (padding) still belong to the blob. A
+            // whole blob of the right digest is made durable while the unpacker finishes.
+            let (unpacked, (mut tee, drained, synced)) =
+                unpack_layer_overlapped(tee, &dest, |mut tee, drained| {
+                    let synced = match tee.blob.as_mut() {
+                        Some(b) if drained.is_ok() && b.digest_matches() => b.sync(),
+                        _ => Ok(()),
+                    };
+                    (tee, drained, synced)
+                });
             let blob = tee
                 .blob
                 .take()
                 .ok_or_else(|| Error::Internal("blob writer gone".into()))?;
             match (unpacked, drained) {
-                (Ok(u), Ok(_)) => blob.commit().map(|()| u),
+                (Ok(u), Ok(_)) => synced.and_then(|()| blob.commit()).map(|()| u),
                 (Ok(_), Err(e)) => Err(crate::unpack::io_to_error(e)),
                 // A corrupt stream is best explained by its digest, if the whole
                 // blob arrived; the blob itself is never kept.

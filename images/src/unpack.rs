@@ -46,20 +46,163 @@ pub struct Unpacked {
 /// Unpacks the layer read from `reader` into `dest`, an existing empty directory.
 /// Compression is detected from the stream's first bytes.
 pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<Unpacked> {
-    let mut buffered = BufReader::with_capacity(COPY_BUF, reader);
-    let head = buffered.fill_buf().map_err(bad_tar)?;
-    let decompressed: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(
-            zstd::stream::read::Decoder::with_buffer(buffered)
-                .map_err(|e| Error::Internal(format!("zstd: {e}")))?,
-        )
-    } else {
-        Box::new(buffered)
-    };
+    match Decompressor::new(BufReader::with_capacity(COPY_BUF, reader)) {
+        Ok(d) => unpack_tar(d, dest),
+        Err(e) => Err(bad_tar(e)),
+    }
+}
+
+/// Unpacks like [`unpack_layer`], with the decompression on a thread of its own that
+/// feeds the unpacker: inflating and writing the files overlap on two cores instead of
+/// taking turns on one. Once the compressed stream has ended, or the unpacker has
+/// stopped, that thread reads `reader` to its end and runs `finish` with it and what
+/// that last read gave, while the unpacker may still be writing.
+pub fn unpack_layer_overlapped<R, T>(
+    reader: R,
+    dest: &Path,
+    finish: impl FnOnce(R, io::Result<u64>) -> T + Send,
+) -> (Result<Unpacked>, T)
+where
+    R: Read + Send,
+    T: Send,
+{
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let inflater = std::thread::Builder::new()
+            .name("crust-inflate".into())
+            .spawn_scoped(s, move || {
+                let mut buffered = BufReader::with_capacity(COPY_BUF, reader);
+                match Decompressor::new(&mut buffered) {
+                    Ok(mut d) => loop {
+                        let mut buf = spent_rx.try_recv().unwrap_or_default();
+                        buf.resize(CHUNK, 0);
+                        let chunk = match d.read(&mut buf) {
+                            Ok(0) => Chunk::End,
+                            Ok(n) => {
+                                buf.truncate(n);
+                                Chunk::Data(buf)
+                            }
+                            Err(e) => Chunk::Failed(e),
+                        };
+                        let last = !matches!(chunk, Chunk::Data(_));
+                        // A send fails when the unpacker has stopped: it has its error.
+                        if tx.send(chunk).is_err() || last {
+                            break;
+                        }
+                    },
+                    Err(e) => {
+                        let _ = tx.send(Chunk::Failed(e));
+                    }
+                }
+                drop(tx);
+                let drained = io::copy(&mut buffered, &mut io::sink());
+                finish(buffered.into_inner(), drained)
+            });
+        let inflater = match inflater {
+            Ok(h) => h,
+            // No thread for it (the reader went with the closure): nothing was read.
+            Err(e) => panic!("cannot start a decompression thread: {e}"),
+        };
+        let unpacked = unpack_tar(
+            ChunkReader {
+                rx,
+                spent: spent_tx,
+                cur: Vec::new(),
+                pos: 0,
+                ended: false,
+            },
+            dest,
+        );
+        match inflater.join() {
+            Ok(t) => (unpacked, t),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Decompressed bytes handed from the decompression thread to the unpacker.
+const CHUNK: usize = 64 * 1024;
+/// Chunks between the two threads: enough to keep both busy, little memory.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+enum Chunk {
+    Data(Vec<u8>),
+    End,
+    Failed(io::Error),
+}
+
+/// The unpacker's end of the channel from the decompression thread. Spent buffers go
+/// back to be filled again.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Chunk::Data(next)) => {
+                    let spent = std::mem::replace(&mut self.cur, next);
+                    self.pos = 0;
+                    if spent.capacity() > 0 {
+                        let _ = self.spent.send(spent);
+                    }
+                }
+                Ok(Chunk::End) => self.ended = true,
+                Ok(Chunk::Failed(e)) => return Err(e),
+                // Gone without saying it is done: never taken for the end of the layer.
+                Err(_) => return Err(io::Error::other("decompression stopped")),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A layer's bytes, decompressed as its first bytes say (gzip, zstd, or none).
+enum Decompressor<B: BufRead> {
+    Gzip(Box<flate2::bufread::MultiGzDecoder<B>>),
+    Zstd(zstd::stream::read::Decoder<'static, B>),
+    Plain(B),
+}
+
+impl<B: BufRead> Decompressor<B> {
+    fn new(mut inner: B) -> io::Result<Self> {
+        let head = inner.fill_buf()?;
+        Ok(if head.starts_with(&[0x1f, 0x8b]) {
+            Decompressor::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(inner)))
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Decompressor::Zstd(zstd::stream::read::Decoder::with_buffer(inner)?)
+        } else {
+            Decompressor::Plain(inner)
+        })
+    }
+}
+
+impl<B: BufRead> Read for Decompressor<B> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decompressor::Gzip(d) => d.read(buf),
+            Decompressor::Zstd(d) => d.read(buf),
+            Decompressor::Plain(d) => d.read(buf),
+        }
+    }
+}
+
+/// Unpacks the uncompressed tar read from `tar` into `dest`, hashing every byte.
+fn unpack_tar(tar: impl Read, dest: &Path) -> Result<Unpacked> {
     let mut hashing = HashingReader {
-        inner: decompressed,
+        inner: tar,
         digester: Digester::new(),
         size: 0,
     };
@@ -764,6 +907,107 @@ mod tests {
         let s2 = scratch();
         unpack_layer(&tar[..], &s2.layer).unwrap();
         assert_eq!(std::fs::read(s2.layer.join("a")).unwrap(), b"hello");
+    }
+
+    /// A tar with a file spanning many decompressed chunks, and a few small entries.
+    fn big_tar() -> (Vec<u8>, Vec<u8>) {
+        let big: Vec<u8> = (0..(CHUNK * 5 + 123) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let tar = build(&[
+            E::Dir("bin", 0o755),
+            E::File("bin/big", &big, 0o755),
+            E::Symlink("bin/sh", "big"),
+            E::File("etc/hostname", b"crust", 0o644),
+        ]);
+        (tar, big)
+    }
+
+    #[test]
+    fn overlapped_unpack_gives_what_the_single_threaded_one_gives() {
+        let (tar, big) = big_tar();
+        let zst = zstd::encode_all(&tar[..], 1).unwrap();
+        for (name, layer) in [("gzip", gzip(&tar)), ("zstd", zst), ("plain", tar.clone())] {
+            let s = scratch();
+            let (u, (cursor, drained)) =
+                unpack_layer_overlapped(io::Cursor::new(layer.clone()), &s.layer, |c, drained| {
+                    (c, drained)
+                });
+            let u = u.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(u.diff_id, crate::digest::sha256(&tar), "{name}");
+            assert_eq!(u.size, tar.len() as u64, "{name}");
+            assert!(drained.is_ok(), "{name}");
+            assert_eq!(cursor.position(), layer.len() as u64, "{name}: all read");
+            assert_eq!(
+                std::fs::read(s.layer.join("bin/big")).unwrap(),
+                big,
+                "{name}"
+            );
+            assert_eq!(
+                std::fs::read_link(s.layer.join("bin/sh")).unwrap(),
+                Path::new("big")
+            );
+            assert_eq!(
+                std::fs::read(s.layer.join("etc/hostname")).unwrap(),
+                b"crust"
+            );
+        }
+    }
+
+    #[test]
+    fn overlapped_unpack_refuses_a_hostile_layer_and_still_reads_the_stream_to_its_end() {
+        let s = scratch();
+        let (_, big) = big_tar();
+        let tar = build(&[
+            E::Symlink("evil", "../outside"),
+            E::File("evil/secret", b"pwned", 0o644),
+            E::File("after", &big, 0o644),
+        ]);
+        let layer = gzip(&tar);
+        let (u, cursor) =
+            unpack_layer_overlapped(io::Cursor::new(layer.clone()), &s.layer, |c, _| c);
+        let err = u.unwrap_err();
+        assert!(
+            matches!(&err, Error::BadContent(m) if m.contains("refusing layer")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(s.outside.join("secret")).unwrap(), b"keep");
+        assert_eq!(cursor.position(), layer.len() as u64);
+    }
+
+    #[test]
+    fn overlapped_unpack_reports_corrupt_compression_and_the_reader_error() {
+        let (tar, _) = big_tar();
+        let mut layer = gzip(&tar);
+        let mid = layer.len() / 2;
+        for b in &mut layer[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        let s = scratch();
+        let (u, ()) = unpack_layer_overlapped(&layer[..], &s.layer, |_, _| ());
+        assert!(matches!(u, Err(Error::BadContent(_))), "{u:?}");
+
+        // A download's own error comes through as itself.
+        struct Cut(Vec<u8>, usize);
+        impl Read for Cut {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.1 >= self.0.len() / 2 {
+                    return Err(io::Error::other(Error::Unavailable("link down".into())));
+                }
+                let n = buf.len().min(self.0.len() / 2 - self.1).min(4096);
+                buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        let s = scratch();
+        let (u, drained) =
+            unpack_layer_overlapped(Cut(gzip(&tar), 0), &s.layer, |_, drained| drained);
+        assert!(
+            matches!(&u, Err(Error::Unavailable(m)) if m == "link down"),
+            "{u:?}"
+        );
+        assert!(drained.is_err());
     }
 
     #[test]

@@ -32,6 +32,9 @@ enum Blob {
     Flaky,
     /// Answers 500, every time.
     ServerError,
+    /// Sends its bytes only once every other blob of the registry has been asked for
+    /// (fails the body after 5 s otherwise).
+    AfterOthers,
 }
 
 #[derive(Default)]
@@ -301,6 +304,34 @@ impl Registry {
         };
         match kind {
             Blob::ServerError => full(StatusCode::INTERNAL_SERVER_ERROR, "down"),
+            Blob::AfterOthers => {
+                let reg = self.0.clone();
+                let me = digest.to_string();
+                let body = futures::stream::once(async move {
+                    for _ in 0..500 {
+                        {
+                            let st = reg.lock().unwrap();
+                            if st
+                                .blobs
+                                .keys()
+                                .filter(|d| **d != me)
+                                .all(|d| st.blob_gets.get(d).is_some_and(|n| *n > 0))
+                            {
+                                return Ok(data);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(std::io::Error::other(
+                        "the other blobs were never asked for",
+                    ))
+                });
+                with_len(
+                    BodyExt::boxed_unsync(StreamBody::new(body.map(|r| r.map(Frame::data)))),
+                    len,
+                    StatusCode::OK,
+                )
+            }
             Blob::Good => with_len(stream_of(vec![data], Then::End), len, StatusCode::OK),
             Blob::WrongDigest => {
                 let mut bad = data.to_vec();
@@ -583,6 +614,116 @@ async fn concurrent_pulls_do_the_work_once() {
     assert_eq!(a.unwrap(), b.unwrap());
     assert_eq!(reg.0.lock().unwrap().blob_gets[&img.layer_digests[0]], 1);
     assert_eq!(count(&e.root().join("snapshots")), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_download_while_the_config_comes() {
+    let reg = Registry::default();
+    let a = layer(&[("a", &[1u8; 300_000][..])], false);
+    let b = layer(&[("b", b"bee")], true);
+    let img = add_image(&reg, "v1", &[(a, Blob::Good), (b, Blob::Good)], "");
+    // The config is answered only once both layers have been asked for: a pull that
+    // waited for the config before fetching layers would never get it.
+    reg.0
+        .lock()
+        .unwrap()
+        .blobs
+        .get_mut(&img.config_digest)
+        .unwrap()
+        .1 = Blob::AfterOthers;
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(Config::default()).await;
+    let id = store
+        .pull(&format!("{host}/crust/overlap:v1"), None)
+        .await
+        .unwrap();
+    assert_eq!(id, img.config_digest);
+    let gets = reg.0.lock().unwrap().blob_gets.clone();
+    for d in &img.layer_digests {
+        assert_eq!(gets[d], 1, "{d} fetched once");
+    }
+    assert_eq!(count(&e.root().join("snapshots")), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_fails_while_layers_download_leaves_nothing_after_gc() {
+    let reg = Registry::default();
+    let a = layer(&[("a", &[1u8; 300_000][..])], false);
+    let img = add_image(&reg, "v1", &[(a, Blob::Good)], "");
+    reg.0
+        .lock()
+        .unwrap()
+        .blobs
+        .get_mut(&img.config_digest)
+        .unwrap()
+        .1 = Blob::ServerError;
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let err = store
+        .pull(&format!("{host}/crust/noconfig:v1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains(&img.config_digest), "{err}");
+    assert_eq!(count(&e.root().join("content/ingest")), 0, "ingest left");
+    assert_eq!(count(&e.root().join("snapshots")), 0, "staging left");
+    assert!(store.list(None).unwrap().is_empty());
+    // The layer's blob may stay for a retry; the next gc takes it.
+    store.gc().await.unwrap();
+    assert!(store.content().list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_images_sharing_a_layer_pulled_at_once_fetch_it_once() {
+    let reg = Registry::default();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let base = layer(&[("base", &big)], false);
+    let one = add_image(
+        &reg,
+        "one",
+        &[
+            (base.clone(), Blob::Good),
+            (layer(&[("one", b"1")], false), Blob::Good),
+        ],
+        "",
+    );
+    let two = add_image(
+        &reg,
+        "two",
+        &[
+            (base, Blob::Good),
+            (layer(&[("two", b"2")], false), Blob::Good),
+        ],
+        "",
+    );
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(Config::default()).await;
+    let (r1, r2) = (
+        format!("{host}/crust/shared:one"),
+        format!("{host}/crust/shared:two"),
+    );
+    let (a, b) = tokio::join!(store.pull(&r1, None), store.pull(&r2, None));
+    assert_eq!(a.unwrap(), one.config_digest);
+    assert_eq!(b.unwrap(), two.config_digest);
+    assert_eq!(
+        reg.0.lock().unwrap().blob_gets[&one.layer_digests[0]],
+        1,
+        "shared layer fetched once"
+    );
+    // One snapshot for the shared base, one for each top layer.
+    assert_eq!(count(&e.root().join("snapshots")), 3);
+    for im in [&one, &two] {
+        let chain = store
+            .status(&im.config_digest)
+            .unwrap()
+            .unwrap()
+            .chain_id
+            .unwrap();
+        assert_eq!(store.snapshotter().lowers(&chain).unwrap().len(), 2);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
