@@ -565,6 +565,7 @@ impl Containers {
             return Ok(());
         };
         let timer = super::metrics::OpTimer::new("remove");
+        let t0 = std::time::Instant::now();
         let deleted = match self.inner.pods.get(&rec.pod_id) {
             Ok(pod) => match self.inner.shim(&pod).await {
                 Ok(shim) => match shim.delete(&rec.id, "").await {
@@ -586,22 +587,26 @@ impl Containers {
         // runc removes the container's cgroups only when it deletes the
         // container itself; after a lost shim, or in hierarchies it does not
         // manage (name=systemd, a hybrid v2 mount), they are crust's to remove.
+        let t_task = t0.elapsed();
         if !rec.cgroups_path.contains(':') {
             // It may wait a little for a busy cgroup: off the async workers.
             let path = rec.cgroups_path.clone();
             let _ =
                 tokio::task::spawn_blocking(move || crate::cgroup::remove_everywhere(&path)).await;
         }
+        let t_cgroups = t0.elapsed();
         release_rootfs(
             self.inner.rootfs.as_ref(),
             &rec.id,
             &rec.bundle.join("rootfs"),
         )?;
+        let t_rootfs = t0.elapsed();
         match std::fs::remove_dir_all(&rec.bundle) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
+        let t_bundle = t0.elapsed();
         {
             // Under the records lock, as every write: a late update cannot
             // write the record back into the store.
@@ -618,6 +623,16 @@ impl Containers {
         self.inner.exits_lock().remove(&rec.id);
         self.inner.update_metrics();
         drop(timer);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            container = %rec.id,
+            task_ms = ms(t_task),
+            cgroups_ms = ms(t_cgroups),
+            rootfs_ms = ms(t_rootfs),
+            bundle_ms = ms(t_bundle),
+            total_ms = ms(t0.elapsed()),
+            "removed"
+        );
         Ok(())
     }
 
