@@ -550,9 +550,12 @@ impl RegistryClient {
             }
             if status == StatusCode::UNAUTHORIZED && !challenged {
                 challenged = true;
+                let headers = resp.headers().clone();
+                // Read the (small) answer, so that its connection is used again.
+                let _ = read_body(resp, 64 << 10, what).await;
                 let next = self
                     .auth
-                    .challenged(&self.access, authorization.as_deref(), resp.headers(), what)
+                    .challenged(&self.access, authorization.as_deref(), &headers, what)
                     .await?;
                 authorization = Some(next);
                 continue;

@@ -49,6 +49,9 @@ struct State {
     token_posts: Vec<HashMap<String, String>>,
     /// GET token requests.
     token_gets: usize,
+    /// With `bearer`: the token service also gives tokens to anonymous GETs (as Docker
+    /// Hub's does for public images).
+    anonymous_tokens: bool,
     /// The `expires_in` the token service answers (300 when unset).
     token_expires_in: Option<u64>,
     /// Every request: method, path and the status answered.
@@ -246,7 +249,8 @@ impl Registry {
             }
             if path == "/token" {
                 st.token_gets += 1;
-                if auth_header != format!("Basic {basic}") {
+                let anonymous = st.anonymous_tokens && auth_header.is_empty();
+                if auth_header != format!("Basic {basic}") && !anonymous {
                     return full(StatusCode::UNAUTHORIZED, "bad credentials");
                 }
                 let query = req.uri().query().unwrap_or("");
@@ -1238,4 +1242,22 @@ async fn rotated_refresh_token_is_used_next_time() {
         .collect();
     assert_eq!(sent, ["refresh-abc", "refresh-abc+"]);
     assert_eq!(st.token_gets, 0, "no fallback to GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_bearer_token() {
+    let (reg, host, _) = bearer_registry(None).await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/public:v1");
+    let err = store.pull(&r, None).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+    assert!(err.to_string().contains("anonymous"), "{err}");
+    reg.0.lock().unwrap().anonymous_tokens = true;
+    store.pull(&r, None).await.unwrap();
+    // Refused, then given: two token requests. The second pull knows the registry
+    // wants a token and asks for it before the manifest: no 401 this time.
+    assert_eq!(reg.0.lock().unwrap().token_gets, 2);
+    assert_eq!(reg.count("GET", "/v2/"), (5, 1));
+    assert_eq!(pings(&reg), 0);
 }
