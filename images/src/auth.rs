@@ -1,20 +1,30 @@
-//! What oci-client does not do for us at a token service: the OAuth2 refresh-token
-//! grant for identity tokens (the distribution "oauth" token spec, as Docker and
-//! containerd speak it).
+//! Authorizing registry requests, the way containerd's docker authorizer does it.
 //!
-//! With an identity token, before a registry is used: `GET /v2/`; on a `Bearer`
-//! challenge, `POST` the realm a form `grant_type=refresh_token, refresh_token, service,
-//! scope, client_id=crust`; the `access_token` answered is then used as a plain bearer
-//! token. A token service that does not take POSTs (404/405) gets the GET token request
-//! of the token spec instead, which oci-client makes with basic auth. Access tokens are
-//! kept until shortly before they expire, so the next pull neither logs in again nor
-//! needs a new registry client.
+//! A request goes out at once, with the `Authorization` already known for its endpoint,
+//! credentials and repository scope, if any; there is no `GET /v2/` ping. Only a `401`
+//! teaches us more, from its `WWW-Authenticate` challenge:
+//! - `Bearer realm=…,service=…,scope=…`: a token from the token service (the distribution
+//!   token spec): with an identity token, the OAuth2 refresh-token grant (a form `POST`
+//!   to the realm; a `401`, `404` or `405` answer falls back to the `GET`); else
+//!   `GET <realm>?service=…&scope=…`, with basic credentials if there are any. The token
+//!   is kept per (endpoint, credentials, scope) for ¾ of its `expires_in` (60 s when the
+//!   answer has none); the endpoint is remembered as a bearer one, so the next request
+//!   of that scope, even after its token expired, gets a token before it goes out.
+//! - `Basic`: the basic credentials, and from then on with every request to the endpoint.
+//!
+//! The request is retried once with what was learnt; a second `401`, or a `401` with no
+//! usable credentials, is Unauthenticated. A registry token is the bearer token itself
+//! and is sent with the first request. A refresh token rotated by the token service
+//! (a new `refresh_token` in its answer) replaces the given identity token at that
+//! service from then on.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use oci_client::secrets::RegistryAuth;
+use base64::Engine as _;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderMap, WWW_AUTHENTICATE};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -23,11 +33,35 @@ use crate::registry::Endpoint;
 /// The `client_id` sent to token services.
 pub const CLIENT_ID: &str = "crust";
 
+/// The `User-Agent` of every request.
+const USER_AGENT: &str = concat!("crust/", env!("CARGO_PKG_VERSION"));
+
+/// Credentials as sent to a registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RegistryAuth {
+    /// None.
+    Anonymous,
+    /// User name and password (or identity token), for `Basic` and token services.
+    Basic(String, String),
+    /// A registry token: the bearer token itself.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryAuth::Anonymous => f.write_str("Anonymous"),
+            RegistryAuth::Basic(u, _) => f.debug_tuple("Basic").field(u).field(&"…").finish(),
+            RegistryAuth::Bearer(_) => f.write_str("Bearer(…)"),
+        }
+    }
+}
+
 /// Credentials for one endpoint.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Creds {
-    /// What oci-client gets: used as is, or, with an identity token, for a `Basic`
-    /// challenge and for the GET token request when the token service takes no POST.
+    /// Used as is, or, with an identity token, for a `Basic` challenge and for the GET
+    /// token request when the token service takes no refresh-token grant.
     pub auth: RegistryAuth,
     /// An identity (refresh) token for the OAuth2 refresh-token grant.
     pub identity_token: Option<String>,
@@ -56,7 +90,85 @@ impl From<RegistryAuth> for Creds {
     }
 }
 
-/// A `Bearer` challenge from `WWW-Authenticate`.
+impl Creds {
+    /// What tells two credentials apart, as a digest (secrets never enter a key).
+    fn key(&self) -> String {
+        let who = match &self.auth {
+            RegistryAuth::Anonymous => "anonymous".to_string(),
+            RegistryAuth::Basic(u, p) => format!("basic\0{u}\0{p}"),
+            RegistryAuth::Bearer(t) => format!("bearer\0{t}"),
+        };
+        let id = self.identity_token.as_deref().unwrap_or("");
+        crate::digest::sha256(format!("{who}\0{id}").as_bytes())
+    }
+
+    fn basic(&self) -> Option<(&str, &str)> {
+        match &self.auth {
+            RegistryAuth::Basic(u, p) => Some((u, p)),
+            _ => None,
+        }
+    }
+
+    /// The `Authorization` value of the basic credentials, if there are any.
+    fn basic_header(&self) -> Option<String> {
+        self.basic().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        })
+    }
+}
+
+/// What one [`crate::registry::RegistryClient`] authorizes: a repository at an endpoint
+/// with some credentials.
+#[derive(Clone, Debug)]
+pub struct Access {
+    endpoint: Endpoint,
+    creds: Creds,
+    /// `repository:<path>:pull`.
+    scope: String,
+    /// Endpoint and credentials, hashed: what the endpoint wants is kept under it.
+    host_key: String,
+    /// `host_key` and scope: tokens are kept under it.
+    token_key: String,
+    /// Longest wait for one token request.
+    timeout: Duration,
+}
+
+impl Access {
+    /// Pulling `repository` at `endpoint` with `creds`; a token request waits at most
+    /// `timeout`.
+    pub fn new(endpoint: Endpoint, repository: &str, creds: Creds, timeout: Duration) -> Self {
+        let host_key = crate::digest::sha256(
+            format!(
+                "{}\0{}\0{}\0{}",
+                endpoint.host,
+                endpoint.http,
+                endpoint.skip_verify,
+                creds.key()
+            )
+            .as_bytes(),
+        );
+        let scope = format!("repository:{repository}:pull");
+        let token_key = format!("{host_key}\0{scope}");
+        Access {
+            endpoint,
+            creds,
+            scope,
+            host_key,
+            token_key,
+            timeout,
+        }
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// A challenge from `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
     /// The token service URL.
@@ -67,12 +179,11 @@ pub struct Challenge {
     pub scope: Option<String>,
 }
 
-/// Parses the `Bearer` challenge of a `WWW-Authenticate` value (`Bearer realm="…",
-/// service="…"`); `None` for another scheme or without a realm.
-pub fn parse_bearer_challenge(header: &str) -> Option<Challenge> {
+/// The scheme (lower case) and parameters of one `WWW-Authenticate` value.
+fn parse_challenge(header: &str) -> Option<(String, HashMap<String, String>)> {
     let header = header.trim_start();
-    let (scheme, rest) = header.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    if scheme.is_empty() {
         return None;
     }
     let mut params: HashMap<String, String> = HashMap::new();
@@ -107,11 +218,25 @@ pub fn parse_bearer_challenge(header: &str) -> Option<Challenge> {
         }
         params.insert(key.trim().to_ascii_lowercase(), value);
     }
+    Some((scheme.to_ascii_lowercase(), params))
+}
+
+/// Parses the `Bearer` challenge of a `WWW-Authenticate` value (`Bearer realm="…",
+/// service="…"`); `None` for another scheme or without a realm.
+pub fn parse_bearer_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, mut params) = parse_challenge(header)?;
+    if scheme != "bearer" {
+        return None;
+    }
     Some(Challenge {
         realm: params.remove("realm").filter(|r| !r.is_empty())?,
         service: params.remove("service"),
         scope: params.remove("scope"),
     })
+}
+
+fn is_basic_challenge(header: &str) -> bool {
+    parse_challenge(header).is_some_and(|(scheme, _)| scheme == "basic")
 }
 
 /// `application/x-www-form-urlencoded` of `fields`.
@@ -148,171 +273,375 @@ struct TokenAnswer {
     token: Option<String>,
     #[serde(default)]
     expires_in: Option<u64>,
+    /// A rotated refresh token (OAuth2 answers only).
+    #[serde(default)]
+    refresh_token: Option<String>,
 }
 
-/// Logs in with identity tokens and keeps the access tokens it got.
+/// How an endpoint (with some credentials) wants to be authorized, learnt from a 401.
+#[derive(Clone)]
+enum HostAuth {
+    Basic,
+    Bearer(Challenge),
+}
+
+#[derive(Default)]
+struct State {
+    hosts: HashMap<String, HostAuth>,
+    /// `Authorization` values of bearer tokens by [`Access::token_key`], with the time
+    /// they are no longer used.
+    tokens: HashMap<String, (String, Instant)>,
+    /// Rotated refresh tokens by a digest of (realm, service, the given identity token).
+    refresh: HashMap<String, String>,
+}
+
+/// Entries kept per map before old ones go: credentials rotate (kubelet passes them
+/// with each pull), and forgetting costs one more 401 at most.
+const LIMIT: usize = 256;
+
+impl State {
+    fn learn(&mut self, host_key: &str, how: HostAuth) {
+        if self.hosts.len() >= LIMIT && !self.hosts.contains_key(host_key) {
+            self.hosts.clear();
+        }
+        self.hosts.insert(host_key.to_string(), how);
+    }
+}
+
+/// What a token service said.
+enum Answer {
+    Token(TokenAnswer),
+    /// Not 200: the status and the start of the body.
+    Refused(StatusCode, String),
+}
+
+/// The HTTP clients for registries and token services, and what they taught us about
+/// authorization. One per image store: building a TLS client costs milliseconds.
 pub struct Authenticator {
     verified: reqwest::Client,
     unverified: reqwest::Client,
-    /// Access tokens by a digest of (endpoint, repository, credentials), with the time
-    /// they are no longer used.
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    state: Mutex<State>,
+    /// One token request at a time per token key; the others wait and use its token.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Authenticator {
-    /// HTTP clients for token services, connecting within `connect_timeout`.
+    /// HTTP clients connecting within `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Result<Self> {
         let build = |skip_verify: bool| {
             reqwest::Client::builder()
                 .connect_timeout(connect_timeout)
+                .user_agent(USER_AGENT)
                 .tls_danger_accept_invalid_certs(skip_verify)
                 .build()
-                .map_err(|e| Error::Internal(format!("token service client: {e}")))
+                .map_err(|e| Error::Internal(format!("registry HTTP client: {e}")))
         };
         Ok(Authenticator {
             verified: build(false)?,
             unverified: build(true)?,
-            tokens: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
+            fetching: Mutex::new(HashMap::new()),
         })
     }
 
-    /// What to hand oci-client for `repository` at `ep`: `creds.auth` unless there is an
-    /// identity token and the registry challenges for a bearer token whose service takes
-    /// the refresh-token grant, in which case the access token it answers.
-    /// Each request waits at most `timeout`.
-    pub async fn login(
-        &self,
-        ep: &Endpoint,
-        repository: &str,
-        creds: &Creds,
-        timeout: Duration,
-    ) -> Result<RegistryAuth> {
-        let Some(identity) = creds.identity_token.as_deref() else {
-            return Ok(creds.auth.clone());
-        };
-        let key = crate::digest::sha256(
-            format!(
-                "{}\0{}\0{}\0{repository}\0{identity}\0{:?}",
-                ep.host,
-                ep.http,
-                ep.skip_verify,
-                match &creds.auth {
-                    RegistryAuth::Basic(u, p) => format!("{u}\0{p}"),
-                    _ => String::new(),
-                }
-            )
-            .as_bytes(),
-        );
-        {
-            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((t, until)) = tokens.get(&key)
-                && Instant::now() < *until
-            {
-                return Ok(RegistryAuth::Bearer(t.clone()));
-            }
-        }
-        let http = if ep.skip_verify {
+    /// The HTTP client for `ep` (certificates verified unless `skip_verify`).
+    pub fn http(&self, ep: &Endpoint) -> &reqwest::Client {
+        if ep.skip_verify {
             &self.unverified
         } else {
             &self.verified
-        };
-        let scheme = if ep.http { "http" } else { "https" };
-        let probe = format!("{scheme}://{}/v2/", ep.host);
-        let unreachable = |e: reqwest::Error| Error::Unavailable(format!("{probe}: {e}"));
-        let resp = tokio::time::timeout(timeout, http.get(&probe).send())
-            .await
-            .map_err(|_| Error::Unavailable(format!("{probe}: no answer in {timeout:?}")))?
-            .map_err(unreachable)?;
-        let challenge = (resp.status() == reqwest::StatusCode::UNAUTHORIZED)
-            .then(|| {
-                resp.headers()
-                    .get_all(reqwest::header::WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(parse_bearer_challenge)
-            })
-            .flatten();
-        let Some(challenge) = challenge else {
-            // No auth, or basic auth: oci-client knows what to do with `creds.auth`.
-            return Ok(creds.auth.clone());
-        };
-        if !(challenge.realm.starts_with("https://") || challenge.realm.starts_with("http://")) {
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, key: &str) -> Option<String> {
+        let st = self.state();
+        st.tokens
+            .get(key)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(t, _)| t.clone())
+    }
+
+    /// The `Authorization` to send with a request of `a`, if one is known: the registry
+    /// token; the basic credentials for an endpoint that asked for them; for a bearer
+    /// endpoint the kept token, or a new one when it expired.
+    pub async fn authorization(&self, a: &Access) -> Result<Option<String>> {
+        if let RegistryAuth::Bearer(t) = &a.creds.auth {
+            return Ok(Some(format!("Bearer {t}")));
+        }
+        let known = self.state().hosts.get(&a.host_key).cloned();
+        match known {
+            None => Ok(None),
+            Some(HostAuth::Basic) => Ok(a.creds.basic_header()),
+            Some(HostAuth::Bearer(ch)) => {
+                if let Some(t) = self.cached(&a.token_key) {
+                    return Ok(Some(t));
+                }
+                self.token(a, &ch, None).await.map(Some)
+            }
+        }
+    }
+
+    /// A request of `a` sent with `sent` was answered 401 with `headers`: the
+    /// `Authorization` to retry it with, or why there is none. `what` names the request.
+    pub async fn challenged(
+        &self,
+        a: &Access,
+        sent: Option<&str>,
+        headers: &HeaderMap,
+        what: &str,
+    ) -> Result<String> {
+        let host = &a.endpoint.host;
+        if matches!(a.creds.auth, RegistryAuth::Bearer(_)) {
             return Err(Error::Unauthenticated(format!(
-                "{}: token realm {:?} is not an HTTP URL",
-                ep.host, challenge.realm
+                "{what}: {host} refused the registry token (401)"
             )));
         }
-        let scope = format!("repository:{repository}:pull");
-        let mut fields = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", identity),
-            ("client_id", CLIENT_ID),
-            ("scope", scope.as_str()),
-        ];
-        if let Some(s) = challenge.service.as_deref() {
-            fields.push(("service", s));
+        let values: Vec<&str> = headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if let Some(ch) = values.iter().find_map(|v| parse_bearer_challenge(v)) {
+            if !(ch.realm.starts_with("https://") || ch.realm.starts_with("http://")) {
+                return Err(Error::Unauthenticated(format!(
+                    "{what}: token realm {:?} of {host} is not an HTTP URL",
+                    ch.realm
+                )));
+            }
+            {
+                let mut st = self.state();
+                st.learn(&a.host_key, HostAuth::Bearer(ch.clone()));
+                if let Some(s) = sent
+                    && st.tokens.get(&a.token_key).is_some_and(|(t, _)| t == s)
+                {
+                    st.tokens.remove(&a.token_key);
+                }
+            }
+            return self.token(a, &ch, sent).await;
         }
-        let realm = &challenge.realm;
-        let post = async {
-            let resp = http
+        if values.iter().any(|v| is_basic_challenge(v)) {
+            return match a.creds.basic_header() {
+                None => Err(Error::Unauthenticated(format!(
+                    "{what}: {host} asks for credentials (401, Basic) and none are configured"
+                ))),
+                Some(h) if Some(h.as_str()) == sent => Err(Error::Unauthenticated(format!(
+                    "{what}: {host} refused the credentials (401)"
+                ))),
+                Some(h) => {
+                    self.state().learn(&a.host_key, HostAuth::Basic);
+                    Ok(h)
+                }
+            };
+        }
+        Err(Error::Unauthenticated(format!(
+            "{what}: {host} answered 401 without a usable challenge ({values:?})"
+        )))
+    }
+
+    /// A bearer token for `a` from the token service of `ch`, as an `Authorization`
+    /// value: the kept one if another request got it meanwhile (and it is not `stale`),
+    /// else a new one, kept.
+    async fn token(&self, a: &Access, ch: &Challenge, stale: Option<&str>) -> Result<String> {
+        let lock = {
+            let mut map = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+            map.entry(a.token_key.clone()).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        if let Some(t) = self.cached(&a.token_key)
+            && Some(t.as_str()) != stale
+        {
+            return Ok(t);
+        }
+        let (token, life) = self.fetch_token(a, ch).await?;
+        let value = format!("Bearer {token}");
+        let mut st = self.state();
+        if st.tokens.len() >= LIMIT {
+            let now = Instant::now();
+            st.tokens.retain(|_, (_, until)| *until > now);
+            if st.tokens.len() >= LIMIT {
+                st.tokens.clear();
+            }
+        }
+        st.tokens
+            .insert(a.token_key.clone(), (value.clone(), Instant::now() + life));
+        Ok(value)
+    }
+
+    /// Asks the token service of `ch` for a token for `a`'s scope (and the challenge's,
+    /// if it names another): the token and how long to use it.
+    async fn fetch_token(&self, a: &Access, ch: &Challenge) -> Result<(String, Duration)> {
+        let host = &a.endpoint.host;
+        let realm = &ch.realm;
+        let mut scopes = vec![a.scope.as_str()];
+        if let Some(s) = ch.scope.as_deref()
+            && s != a.scope
+            && !s.is_empty()
+        {
+            scopes.push(s);
+        }
+        let http = self.http(&a.endpoint);
+        let mut refused_post = None;
+        if let Some(identity) = a.creds.identity_token.as_deref() {
+            let refresh_key = crate::digest::sha256(
+                format!(
+                    "{realm}\0{}\0{identity}",
+                    ch.service.as_deref().unwrap_or("")
+                )
+                .as_bytes(),
+            );
+            let rotated = self.state().refresh.get(&refresh_key).cloned();
+            let refresh = rotated.as_deref().unwrap_or(identity);
+            let scope = scopes.join(" ");
+            let mut fields = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh),
+                ("client_id", CLIENT_ID),
+                ("scope", scope.as_str()),
+            ];
+            if let Some(s) = ch.service.as_deref() {
+                fields.push(("service", s));
+            }
+            let req = http
                 .post(realm)
                 .header(
                     reqwest::header::CONTENT_TYPE,
                     "application/x-www-form-urlencoded",
                 )
-                .body(form(&fields))
-                .send()
-                .await?;
+                .body(form(&fields));
+            match self.ask(req, realm, a.timeout).await? {
+                Answer::Token(t) => {
+                    if let Some(r) = t.refresh_token.as_deref().filter(|r| !r.is_empty())
+                        && r != refresh
+                    {
+                        tracing::debug!(%realm, "token service rotated the refresh token");
+                        let mut st = self.state();
+                        if st.refresh.len() >= LIMIT {
+                            st.refresh.clear();
+                        }
+                        st.refresh.insert(refresh_key, r.to_string());
+                    }
+                    return answer_token(t, realm);
+                }
+                // No OAuth2 here (404, 405), or this grant refused (401, as Artifactory
+                // answers): the GET token request of the token spec instead.
+                Answer::Refused(status, body) if matches!(status.as_u16(), 401 | 404 | 405) => {
+                    tracing::debug!(%realm, %status, "refresh-token grant not taken, using GET");
+                    if rotated.is_some() {
+                        // Next time, start again from the identity token we were given.
+                        self.state().refresh.remove(&refresh_key);
+                    }
+                    if status == StatusCode::UNAUTHORIZED {
+                        refused_post = Some(format!("{status}: {body}"));
+                    }
+                }
+                Answer::Refused(status, body) => {
+                    return Err(Error::Unauthenticated(format!(
+                        "{host}: identity token refused by token service {realm}: {status}: {body}"
+                    )));
+                }
+            }
+        }
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| Error::Unauthenticated(format!("{host}: token realm {realm:?}: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = ch.service.as_deref() {
+                q.append_pair("service", s);
+            }
+            for s in &scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        let mut req = http.get(url);
+        if let Some(h) = a.creds.basic_header() {
+            req = req.header(AUTHORIZATION, h);
+        }
+        match self.ask(req, realm, a.timeout).await? {
+            Answer::Token(t) => answer_token(t, realm),
+            Answer::Refused(status, body) => Err(Error::Unauthenticated(match refused_post {
+                Some(post) => format!(
+                    "{host}: identity token refused by token service {realm}: {post}; \
+                     GET token request: {status}: {body}"
+                ),
+                None if a.creds.basic().is_some() => {
+                    format!(
+                        "{host}: token service {realm} refused the credentials: {status}: {body}"
+                    )
+                }
+                None => format!(
+                    "{host}: token service {realm} refused an anonymous token: {status}: {body}"
+                ),
+            })),
+        }
+    }
+
+    /// Sends a token request and reads the answer: a token, a refusal, or Unavailable
+    /// when the service cannot be reached, is overloaded or fails (429, 5xx).
+    async fn ask(
+        &self,
+        req: reqwest::RequestBuilder,
+        realm: &str,
+        timeout: Duration,
+    ) -> Result<Answer> {
+        let exchange = async {
+            let resp = req.send().await?;
             let status = resp.status();
             let body = resp.bytes().await?;
             Ok::<_, reqwest::Error>((status, body))
         };
-        let (status, body) = tokio::time::timeout(timeout, post)
+        let (status, body) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| Error::Unavailable(format!("token service {realm}: no answer")))?
-            .map_err(|e| Error::Unavailable(format!("token service {realm}: {e}")))?;
+            .map_err(|_| {
+                Error::Unavailable(format!("token service {realm}: no answer in {timeout:?}"))
+            })?
+            .map_err(|e| Error::Unavailable(format!("token service {realm}: {}", chain(&e))))?;
         let text = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         match status.as_u16() {
-            200 => {}
-            // No OAuth2 at this token service: the GET token request, as oci-client makes it.
-            404 | 405 => {
-                tracing::debug!(%realm, %status, "token service takes no POST, using GET");
-                return Ok(creds.auth.clone());
-            }
-            429 | 500..=599 => {
-                return Err(Error::Unavailable(format!(
-                    "token service {realm}: {status}: {}",
-                    text()
-                )));
-            }
-            _ => {
-                return Err(Error::Unauthenticated(format!(
-                    "{}: identity token refused by token service {realm}: {status}: {}",
-                    ep.host,
-                    text()
-                )));
-            }
+            200 => serde_json::from_slice(&body)
+                .map(Answer::Token)
+                .map_err(|e| {
+                    Error::Unauthenticated(format!("token service {realm}: unreadable answer: {e}"))
+                }),
+            429 | 500..=599 => Err(Error::Unavailable(format!(
+                "token service {realm}: {status}: {}",
+                text()
+            ))),
+            _ => Ok(Answer::Refused(status, text())),
         }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-            Error::Unauthenticated(format!("token service {realm}: unreadable answer: {e}"))
-        })?;
-        let token = answer
-            .access_token
-            .or(answer.token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Error::Unauthenticated(format!("token service {realm}: no access_token"))
-            })?;
-        // The spec's default lifetime is 60s; stop using a token a quarter early.
-        let life = Duration::from_secs(answer.expires_in.unwrap_or(60).max(1)) * 3 / 4;
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if tokens.len() >= 256 {
-            let now = Instant::now();
-            tokens.retain(|_, (_, until)| *until > now);
-        }
-        tokens.insert(key, (token.clone(), Instant::now() + life));
-        Ok(RegistryAuth::Bearer(token))
     }
+}
+
+/// The token of a token service's answer and how long to use it: ¾ of its lifetime
+/// (`expires_in`, 60 s by default as the token spec says).
+fn answer_token(t: TokenAnswer, realm: &str) -> Result<(String, Duration)> {
+    let token = t
+        .access_token
+        .filter(|t| !t.is_empty())
+        .or(t.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Unauthenticated(format!("token service {realm}: no token")))?;
+    let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(1)) * 3 / 4;
+    Ok((token, life))
+}
+
+/// An error with its sources, `a: b: c` (reqwest's own message alone rarely says why).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -335,6 +664,9 @@ mod tests {
         );
         assert!(parse_bearer_challenge(r#"Basic realm="x""#).is_none());
         assert!(parse_bearer_challenge(r#"Bearer service="x""#).is_none());
+        assert!(is_basic_challenge(r#"Basic realm="Registry Realm""#));
+        assert!(is_basic_challenge("basic"));
+        assert!(!is_basic_challenge(r#"Bearer realm="x""#));
     }
 
     #[test]
@@ -343,5 +675,40 @@ mod tests {
             form(&[("scope", "repository:a/b:pull x"), ("t", "a+b=c&~")]),
             "scope=repository%3Aa%2Fb%3Apull+x&t=a%2Bb%3Dc%26~"
         );
+    }
+
+    #[test]
+    fn token_lifetime() {
+        let t = |json: &str| answer_token(serde_json::from_str(json).unwrap(), "r");
+        let (tok, life) = t(r#"{"token":"a","expires_in":300}"#).unwrap();
+        assert_eq!((tok.as_str(), life), ("a", Duration::from_secs(225)));
+        let (tok, life) = t(r#"{"access_token":"b","token":"a"}"#).unwrap();
+        assert_eq!((tok.as_str(), life), ("b", Duration::from_secs(45)));
+        assert!(matches!(
+            t(r#"{"token":""}"#),
+            Err(Error::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_keys() {
+        let c = Creds {
+            auth: RegistryAuth::Basic("u".into(), "hunter2".into()),
+            identity_token: Some("refresh-xyz".into()),
+        };
+        assert!(!format!("{c:?}{:?}", c.auth).contains("hunter2"));
+        let a = Access::new(
+            Endpoint {
+                host: "r.io".into(),
+                http: false,
+                skip_verify: false,
+                mirror: false,
+            },
+            "a/b",
+            c,
+            Duration::from_secs(1),
+        );
+        assert!(!format!("{a:?}").contains("hunter2"));
+        assert!(!a.token_key.contains("hunter2") && !a.token_key.contains("refresh-xyz"));
     }
 }

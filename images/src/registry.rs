@@ -1,24 +1,23 @@
 //! Talking to registries: endpoints (mirrors first, then the host), credentials,
-//! manifests and blobs over the distribution v2 API through `oci-client`.
+//! manifests and blobs over the distribution v2 API, with `reqwest`.
 //!
-//! oci-client does the protocol and auth (anonymous, basic, bearer-token challenge);
-//! identity tokens are first exchanged for an access token by [`crate::auth`].
-//! Blob bodies are streamed here chunk by chunk to the caller, with resume by Range
-//! request, bounded retries with backoff, and a no-progress timeout.
+//! Every request goes straight to the registry, with what [`crate::auth`] knows of its
+//! authorization (no `GET /v2/` first); a 401 is answered there and the request is sent
+//! once more. Blob bodies are streamed here chunk by chunk to the caller, with resume by
+//! Range request, bounded retries with backoff, and a no-progress timeout.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::StreamExt as _;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::auth::Creds;
+use crate::auth::{Access, Authenticator, Creds, RegistryAuth, chain};
 use crate::config::{Config, RegistryConfig};
 use crate::error::{Error, Result};
 use crate::reference::{DOCKER_DOMAIN, Reference};
@@ -69,7 +68,7 @@ impl Auth {
         }
     }
 
-    /// Turns CRI credentials into what oci-client speaks, plus the identity token for
+    /// Turns CRI credentials into what is sent to a registry, plus the identity token for
     /// the OAuth2 refresh-token grant ([`crate::auth`]). A registry token is the bearer
     /// token itself. With an identity token, the basic credentials (for a `Basic`
     /// challenge, or the GET token request of a token service without OAuth2) are the
@@ -257,40 +256,83 @@ pub fn credentials(
     Ok(RegistryAuth::Anonymous.into())
 }
 
-/// Maps an oci-client error to ours. `what` names the object for the message.
-pub fn map_oci(what: &str, e: OciDistributionError) -> Error {
-    use OciDistributionError as E;
-    match e {
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
-            Error::Unauthenticated(format!("{what}: {e}"))
-        }
-        E::RegistryError { ref envelope, .. } => {
-            let code = envelope.errors.first().map(|e| &e.code);
-            match code {
-                Some(
-                    OciErrorCode::ManifestUnknown
-                    | OciErrorCode::NameUnknown
-                    | OciErrorCode::BlobUnknown
-                    | OciErrorCode::NotFound,
-                ) => Error::NotFound(format!("{what}: {e}")),
-                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => {
-                    Error::Unauthenticated(format!("{what}: {e}"))
-                }
-                Some(OciErrorCode::Toomanyrequests) => Error::Unavailable(format!("{what}: {e}")),
-                _ => Error::BadContent(format!("{what}: {e}")),
-            }
-        }
-        E::ServerError { code, .. } => match code {
-            404 => Error::NotFound(format!("{what}: {e}")),
-            401 | 403 => Error::Unauthenticated(format!("{what}: {e}")),
-            429 | 500..=599 => Error::Unavailable(format!("{what}: {e}")),
-            _ => Error::BadContent(format!("{what}: {e}")),
-        },
-        E::RequestError(_) | E::IoError(_) | E::GenericError(_) => {
-            Error::Unavailable(format!("{what}: {e}"))
-        }
-        _ => Error::BadContent(format!("{what}: {e}")),
+/// Longest manifest or index accepted (containerd's limit too).
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// Longest config blob accepted when the manifest gives no size.
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// The error for a registry's answer `status` (not 2xx) to a request for `what` at
+/// `url`, with the start of the answer's body. Registries explain 4xx answers with an
+/// error envelope (`{"errors":[{"code":…}]}`) whose code is used when the status says
+/// little.
+fn status_error(what: &str, url: &str, status: StatusCode, body: &[u8]) -> Error {
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        errors: Vec<Code>,
     }
+    #[derive(Deserialize)]
+    struct Code {
+        #[serde(default)]
+        code: String,
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    let msg = format!("{what}: {status} from {url}: {}", text.trim());
+    match status.as_u16() {
+        404 => return Error::NotFound(msg),
+        401 | 403 => return Error::Unauthenticated(msg),
+        429 | 500..=599 => return Error::Unavailable(msg),
+        _ => {}
+    }
+    let code = serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .and_then(|e| e.errors.into_iter().next())
+        .map(|c| c.code);
+    match code.as_deref() {
+        Some("MANIFEST_UNKNOWN" | "NAME_UNKNOWN" | "BLOB_UNKNOWN" | "NOT_FOUND") => {
+            Error::NotFound(msg)
+        }
+        Some("UNAUTHORIZED" | "DENIED") => Error::Unauthenticated(msg),
+        Some("TOOMANYREQUESTS") => Error::Unavailable(msg),
+        _ => Error::BadContent(msg),
+    }
+}
+
+/// Reads the whole body of `resp`, refusing more than `limit` bytes.
+async fn read_body(mut resp: reqwest::Response, limit: u64, what: &str) -> Result<Bytes> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(Error::BadContent(format!(
+            "{what}: larger than {limit} bytes"
+        )));
+    }
+    let mut out = Vec::new();
+    while let Some(c) = resp.chunk().await.map_err(|e| {
+        Error::Unavailable(format!(
+            "{what}: connection lost at byte {}: {}",
+            out.len(),
+            chain(&e)
+        ))
+    })? {
+        if (out.len() + c.len()) as u64 > limit {
+            return Err(Error::BadContent(format!(
+                "{what}: larger than {limit} bytes"
+            )));
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// `start` of a `Content-Range: bytes <start>-<end>/<size>` value.
+fn range_start(v: &str) -> Option<u64> {
+    v.trim()
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Retry policy and timeouts for one pull.
@@ -434,60 +476,36 @@ pub struct Resolved {
 /// A client bound to one endpoint and one repository.
 #[derive(Clone)]
 pub struct RegistryClient {
-    client: oci_client::Client,
-    endpoint: Endpoint,
-    registry: String,
-    repository: String,
-    auth: RegistryAuth,
+    auth: Arc<Authenticator>,
+    access: Access,
+    /// `<scheme>://<host>/v2/<repository>`.
+    base: String,
+    /// `host/repository`, for messages.
+    name: String,
     policy: Policy,
 }
 
-/// An oci-client `Client` for `endpoint`. Building one costs milliseconds (TLS setup),
-/// so callers keep them: see [`client_key`].
-pub fn oci_client(endpoint: &Endpoint, connect_timeout: Duration) -> oci_client::Client {
-    oci_client::Client::new(ClientConfig {
-        protocol: if endpoint.http {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
-        accept_invalid_certificates: endpoint.skip_verify,
-        platform_resolver: None,
-        connect_timeout: Some(connect_timeout),
-        ..Default::default()
-    })
-}
-
-/// What makes two oci-client `Client`s interchangeable: the endpoint and the credentials
-/// (a client keeps the first credentials it sees per registry, and their tokens).
-/// Secrets enter the key only as a digest.
-pub fn client_key(endpoint: &Endpoint, auth: &RegistryAuth) -> String {
-    let who = match auth {
-        RegistryAuth::Anonymous => "anonymous".to_string(),
-        RegistryAuth::Basic(u, p) => crate::digest::sha256(format!("basic\0{u}\0{p}").as_bytes()),
-        RegistryAuth::Bearer(t) => crate::digest::sha256(format!("bearer\0{t}").as_bytes()),
-    };
-    format!(
-        "{}|{}|{}|{who}",
-        endpoint.host, endpoint.http, endpoint.skip_verify
-    )
-}
-
 impl RegistryClient {
-    /// A client for `reference`'s repository at `endpoint`, over `client` (made by
-    /// [`oci_client`] for the same endpoint).
+    /// A client for `reference`'s repository at `endpoint` with `creds`, over the HTTP
+    /// clients and the authorization state of `auth`.
     pub fn new(
-        client: oci_client::Client,
+        auth: Arc<Authenticator>,
         endpoint: Endpoint,
         reference: &Reference,
-        auth: RegistryAuth,
+        creds: Creds,
         policy: Policy,
     ) -> Self {
+        let scheme = if endpoint.http { "http" } else { "https" };
+        // Docker Hub's API is not served at its name.
+        let host = match endpoint.host.as_str() {
+            DOCKER_DOMAIN => "registry-1.docker.io",
+            h => h,
+        };
+        let repository = reference.path();
         RegistryClient {
-            client,
-            registry: endpoint.host.clone(),
-            repository: reference.path().to_string(),
-            endpoint,
+            base: format!("{scheme}://{host}/v2/{repository}"),
+            name: format!("{}/{repository}", endpoint.host),
+            access: Access::new(endpoint, repository, creds, policy.no_progress),
             auth,
             policy,
         }
@@ -495,40 +513,91 @@ impl RegistryClient {
 
     /// The endpoint this client talks to.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        self.access.endpoint()
     }
 
-    fn oci_ref(&self, tag_or_digest: &str) -> oci_client::Reference {
-        if tag_or_digest.starts_with("sha256:") {
-            oci_client::Reference::with_digest(
-                self.registry.clone(),
-                self.repository.clone(),
-                tag_or_digest.to_string(),
-            )
-        } else {
-            oci_client::Reference::with_tag(
-                self.registry.clone(),
-                self.repository.clone(),
-                tag_or_digest.to_string(),
-            )
+    /// GETs `url` with the known authorization, `accept` and, to resume, `Range` from
+    /// byte `from`; on a 401, learns the authorization from its challenge and sends the
+    /// request once more. A success (2xx) is returned, anything else mapped to an error.
+    async fn get(
+        &self,
+        url: &str,
+        what: &str,
+        accept: Option<&str>,
+        from: Option<u64>,
+    ) -> Result<reqwest::Response> {
+        let http = self.auth.http(self.endpoint());
+        let mut authorization = self.auth.authorization(&self.access).await?;
+        let mut challenged = false;
+        loop {
+            let mut req = http.get(url);
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            if let Some(n) = from {
+                req = req.header(RANGE, format!("bytes={n}-"));
+            }
+            if let Some(a) = &authorization {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| Error::Unavailable(format!("{what}: {}", chain(&e))))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            if status == StatusCode::UNAUTHORIZED && !challenged {
+                challenged = true;
+                let headers = resp.headers().clone();
+                // Read the (small) answer, so that its connection is used again.
+                let _ = read_body(resp, 64 << 10, what).await;
+                let next = self
+                    .auth
+                    .challenged(&self.access, authorization.as_deref(), &headers, what)
+                    .await?;
+                authorization = Some(next);
+                continue;
+            }
+            let body = read_body(resp, 64 << 10, what).await.unwrap_or_default();
+            return Err(status_error(what, url, status, &body));
         }
     }
 
     async fn manifest(&self, tag_or_digest: &str) -> Result<(Bytes, String, Manifest)> {
-        let oref = self.oci_ref(tag_or_digest);
-        let what = format!(
-            "manifest {}/{}:{tag_or_digest}",
-            self.registry, self.repository
-        );
-        let (bytes, digest) = self
+        let what = format!("manifest {}:{tag_or_digest}", self.name);
+        let url = format!("{}/manifests/{tag_or_digest}", self.base);
+        let accept = MANIFEST_TYPES.join(", ");
+        let (bytes, header) = self
             .policy
             .retry(|| async {
-                self.client
-                    .pull_manifest_raw(&oref, &self.auth, MANIFEST_TYPES)
-                    .await
-                    .map_err(|e| map_oci(&what, e))
+                let resp = self.get(&url, &what, Some(&accept), None).await?;
+                let header = resp
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty());
+                Ok((read_body(resp, MAX_MANIFEST, &what).await?, header))
             })
             .await?;
+        // What a digest names is that content and nothing else; a tag's manifest is
+        // known by the digest of what came, which the registry's header must agree with.
+        let digest = crate::digest::sha256(&bytes);
+        if tag_or_digest.contains(':') && tag_or_digest != digest {
+            return Err(Error::BadContent(format!(
+                "{what}: digest mismatch: the content's digest is {digest}"
+            )));
+        }
+        if let Some(h) = header
+            && h.starts_with("sha256:")
+            && h != digest
+        {
+            return Err(Error::BadContent(format!(
+                "{what}: Docker-Content-Digest {h} does not match the content's {digest}"
+            )));
+        }
         let m: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::BadContent(format!("{what}: not a manifest: {e}")))?;
         if m.schema_version != 2 {
@@ -577,28 +646,34 @@ impl RegistryClient {
         })
     }
 
-    /// Fetches a small blob (a config) whole; oci-client verifies its digest.
+    /// Fetches a small blob (a config) whole and verifies its digest and size.
     pub async fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>> {
-        let oref = self.oci_ref(&desc.digest);
         let what = format!("blob {}", desc.digest);
-        self.client
-            .store_auth_if_needed(&self.registry, &self.auth)
-            .await;
-        self.policy
+        let url = format!("{}/blobs/{}", self.base, desc.digest);
+        let limit = u64::try_from(desc.size)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(MAX_CONFIG);
+        let bytes = self
+            .policy
             .retry(|| async {
-                let mut out = Vec::new();
-                self.client
-                    .pull_blob(&oref, desc.digest.as_str(), &mut out)
-                    .await
-                    .map_err(|e| match e {
-                        OciDistributionError::DigestError(d) => {
-                            Error::BadContent(format!("{what}: {d}"))
-                        }
-                        e => map_oci(&what, e),
-                    })?;
-                Ok(out)
+                let resp = self.get(&url, &what, None, None).await?;
+                read_body(resp, limit, &what).await
             })
-            .await
+            .await?;
+        let digest = crate::digest::sha256(&bytes);
+        if digest != desc.digest {
+            return Err(Error::BadContent(format!(
+                "{what}: digest mismatch: the content's digest is {digest}"
+            )));
+        }
+        if desc.size > 0 && bytes.len() as u64 != limit {
+            return Err(Error::BadContent(format!(
+                "{what}: {} bytes, the manifest states {limit}",
+                bytes.len()
+            )));
+        }
+        Ok(bytes.to_vec())
     }
 
     /// Streams blob `desc` into `tx`, in order and each byte once, resuming after a
@@ -612,9 +687,6 @@ impl RegistryClient {
         tx: &mpsc::Sender<Result<Bytes>>,
         mut on_bytes: impl FnMut(u64),
     ) -> std::result::Result<(), Option<Error>> {
-        self.client
-            .store_auth_if_needed(&self.registry, &self.auth)
-            .await;
         let expected = u64::try_from(desc.size).ok().filter(|s| *s > 0);
         let mut sent: u64 = 0;
         let mut attempt = 0;
@@ -653,37 +725,49 @@ impl RegistryClient {
         tx: &mpsc::Sender<Result<Bytes>>,
         on_bytes: &mut impl FnMut(u64),
     ) -> std::result::Result<(), Option<Error>> {
-        let oref = self.oci_ref(&desc.digest);
         let what = format!("blob {}", desc.digest);
+        let url = format!("{}/blobs/{}", self.base, desc.digest);
         let secs = self.policy.no_progress.as_secs_f32();
         let stalled =
             |at: u64| Error::Unavailable(format!("{what}: no progress for {secs}s at byte {at}"));
-        let resp = tokio::time::timeout(
+        let mut resp = tokio::time::timeout(
             self.policy.no_progress,
-            self.client
-                .pull_blob_stream_partial(&oref, desc.digest.as_str(), *sent, None),
+            self.get(&url, &what, None, (*sent > 0).then_some(*sent)),
         )
         .await
         .map_err(|_| Some(stalled(*sent)))?
-        .map_err(|e| Some(map_oci(&what, e)))?;
-        let (mut stream, mut skip) = match resp {
-            oci_client::client::BlobResponse::Partial(s) => (s, 0),
+        .map_err(Some)?;
+        let mut skip = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let start = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(range_start)
+                .unwrap_or(*sent);
+            if start > *sent {
+                return Err(Some(Error::BadContent(format!(
+                    "{what}: asked for bytes from {sent}, the registry sent from {start}",
+                    sent = *sent
+                ))));
+            }
+            *sent - start
+        } else {
             // The registry ignored Range: skip what the receiver already has.
-            oci_client::client::BlobResponse::Full(s) => (s, *sent),
+            *sent
         };
         loop {
-            let next = tokio::time::timeout(self.policy.no_progress, stream.next())
+            let next = tokio::time::timeout(self.policy.no_progress, resp.chunk())
                 .await
                 .map_err(|_| Some(stalled(*sent)))?;
             let mut chunk = match next {
-                None => break,
-                Some(Ok(c)) => c,
-                // oci-client's own digest check reports at the very end; the receiver
-                // checks the digest itself, with a clearer message.
-                Some(Err(_)) if expected.is_some_and(|n| *sent >= n) => break,
-                Some(Err(e)) => {
+                Ok(None) => break,
+                Ok(Some(c)) => c,
+                // Everything arrived; the receiver checks the digest.
+                Err(_) if expected.is_some_and(|n| *sent >= n) => break,
+                Err(e) => {
                     return Err(Some(Error::Unavailable(format!(
-                        "{what}: connection lost at byte {sent}: {e}",
+                        "{what}: connection lost at byte {sent}: {}",
+                        chain(&e),
                         sent = *sent
                     ))));
                 }

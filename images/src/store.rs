@@ -127,12 +127,11 @@ struct Inner {
     downloads: Arc<Semaphore>,
     locks: KeyedLocks,
     gc_lock: RwLock<()>,
-    /// Registry clients by [`registry::client_key`], reused across pulls.
-    clients: Mutex<HashMap<String, oci_client::Client>>,
     /// Insecure hosts that answered over plain HTTP: their HTTPS probe is skipped.
     http_hosts: Mutex<HashSet<String>>,
-    /// Identity-token logins and the access tokens they got.
-    auth: Authenticator,
+    /// The HTTP clients for registries (built once: TLS setup costs milliseconds) and
+    /// what is known of their authorization (tokens, schemes), shared by all pulls.
+    auth: Arc<Authenticator>,
 }
 
 /// The images of this node. Cheap to clone.
@@ -158,7 +157,9 @@ impl ImageStore {
             let r = Reference::parse(p)?;
             pinned.insert(r.to_string());
         }
-        let auth = Authenticator::new(Duration::from_secs(config.no_progress_timeout_secs.max(1)))?;
+        let auth = Arc::new(Authenticator::new(Duration::from_secs(
+            config.no_progress_timeout_secs.max(1),
+        ))?);
         let store = ImageStore {
             inner: Arc::new(Inner {
                 downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads.max(1))),
@@ -170,7 +171,6 @@ impl ImageStore {
                 snapshots,
                 locks: KeyedLocks::default(),
                 gc_lock: RwLock::new(()),
-                clients: Mutex::new(HashMap::new()),
                 http_hosts: Mutex::new(HashSet::new()),
                 auth,
             }),
@@ -461,18 +461,7 @@ impl ImageStore {
             .collect();
         for (i, ep) in endpoints.iter().enumerate() {
             let policy = policies[i];
-            let client = match self.client_for(r, ep, auth, policy).await {
-                Ok(c) => c,
-                // The token service is down or refused us: the next endpoint may do.
-                Err(e @ (Error::Unavailable(_) | Error::Unauthenticated(_))) => {
-                    tracing::debug!(endpoint = ?ep, "logging in for {r}: {e}");
-                    if keep_error(&last, &e, ep) {
-                        last = Some(e);
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let client = self.client_for(r, ep, auth, policy)?;
             let t = Instant::now();
             let resolved = client.resolve(r).await;
             tracing::debug!(endpoint = %ep.host, http = ep.http, ms = t.elapsed().as_millis() as u64, ok = resolved.is_ok(), "resolve");
@@ -508,9 +497,8 @@ impl ImageStore {
         Err(last.unwrap_or_else(|| Error::NotFound(format!("{r}: no endpoint"))))
     }
 
-    /// A client for `r`'s repository at `ep`, with the credentials for that endpoint
-    /// (logged in at the token service first when they carry an identity token).
-    async fn client_for(
+    /// A client for `r`'s repository at `ep`, with the credentials for that endpoint.
+    fn client_for(
         &self,
         r: &Reference,
         ep: &registry::Endpoint,
@@ -518,33 +506,23 @@ impl ImageStore {
         policy: Policy,
     ) -> Result<RegistryClient> {
         let creds = registry::credentials(&self.inner.config, &ep.host, !ep.mirror, auth)?;
-        let creds = self
-            .inner
-            .auth
-            .login(ep, r.path(), &creds, policy.no_progress)
-            .await?;
-        let oci = {
-            let mut clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
-            // Credentials rotate (kubelet passes them per pull): keep the cache small.
-            if clients.len() >= 64 {
-                clients.clear();
-            }
-            clients
-                .entry(registry::client_key(ep, &creds))
-                .or_insert_with(|| registry::oci_client(ep, policy.no_progress))
-                .clone()
-        };
-        Ok(RegistryClient::new(oci, ep.clone(), r, creds, policy))
+        Ok(RegistryClient::new(
+            self.inner.auth.clone(),
+            ep.clone(),
+            r,
+            creds,
+            policy,
+        ))
     }
 
     /// The `k`th source of blobs: the endpoint that resolved the reference, then the
     /// endpoints after it (further mirrors, then the registry itself).
-    async fn source(&self, sources: &Sources<'_>, k: usize) -> Result<RegistryClient> {
+    fn source(&self, sources: &Sources<'_>, k: usize) -> Result<RegistryClient> {
         match k.checked_sub(1) {
             None => Ok(sources.first.clone()),
             Some(j) => {
                 let (ep, policy) = &sources.rest[j];
-                self.client_for(sources.r, ep, sources.auth, *policy).await
+                self.client_for(sources.r, ep, sources.auth, *policy)
             }
         }
     }
@@ -578,7 +556,7 @@ impl ImageStore {
             }
             let mut k = 0;
             loop {
-                let got = match self.source(sources, k).await {
+                let got = match self.source(sources, k) {
                     Ok(client) => client.blob_bytes(config_desc).await,
                     Err(e) => Err(e),
                 };
@@ -753,7 +731,7 @@ impl ImageStore {
         let mut k = 0;
         loop {
             let staging = self.inner.snapshots.begin()?;
-            let got = match self.source(sources, k).await {
+            let got = match self.source(sources, k) {
                 Ok(client) => self.download_unpack(&client, layer, staging.fs()).await,
                 Err(e) => Err(e),
             };

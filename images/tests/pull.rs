@@ -52,6 +52,13 @@ struct State {
     token_posts: Vec<HashMap<String, String>>,
     /// GET token requests.
     token_gets: usize,
+    /// With `bearer`: the token service also gives tokens to anonymous GETs (as Docker
+    /// Hub's does for public images).
+    anonymous_tokens: bool,
+    /// The `expires_in` the token service answers (300 when unset).
+    token_expires_in: Option<u64>,
+    /// Every request: method, path and the status answered.
+    requests: Vec<(String, String, u16)>,
     addr: String,
 }
 
@@ -60,6 +67,8 @@ struct OAuth {
     refresh_token: String,
     /// What it answers a POST with instead, e.g. 404 or 405: no OAuth2 here.
     post_status: Option<StatusCode>,
+    /// Each grant answers a new refresh token, and only the newest is taken.
+    rotate: bool,
 }
 
 /// Decodes `application/x-www-form-urlencoded`.
@@ -143,6 +152,30 @@ impl Registry {
     }
 
     fn handle(&self, req: Request<Bytes>) -> Response<Body> {
+        let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+        let resp = self.answer(req);
+        self.0
+            .lock()
+            .unwrap()
+            .requests
+            .push((method, path, resp.status().as_u16()));
+        resp
+    }
+
+    /// Requests made with `method` to paths starting with `prefix`, and how many of
+    /// them were answered 401.
+    fn count(&self, method: &str, prefix: &str) -> (usize, usize) {
+        let st = self.0.lock().unwrap();
+        let hits = st
+            .requests
+            .iter()
+            .filter(|(m, p, _)| m == method && p.starts_with(prefix));
+        let all: Vec<_> = hits.collect();
+        let unauthorized = all.iter().filter(|(_, _, s)| *s == 401).count();
+        (all.len(), unauthorized)
+    }
+
+    fn answer(&self, req: Request<Bytes>) -> Response<Body> {
         let mut st = self.0.lock().unwrap();
         if let Some(expected) = &st.basic_auth {
             let got = req
@@ -185,6 +218,7 @@ impl Registry {
                 }
                 let f = parse_form(req.body());
                 let want = oauth.refresh_token.clone();
+                let rotate = oauth.rotate;
                 st.token_posts.push(f.clone());
                 let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
                 if field("grant_type") != "refresh_token"
@@ -198,26 +232,38 @@ impl Registry {
                 if field("refresh_token") != want {
                     return full(StatusCode::UNAUTHORIZED, r#"{"error":"invalid_grant"}"#);
                 }
+                let expires = st.token_expires_in.unwrap_or(300);
+                let refresh = if rotate {
+                    let next = format!("{want}+");
+                    if let Some(o) = st.oauth.as_mut() {
+                        o.refresh_token = next.clone();
+                    }
+                    format!(r#","refresh_token":"{next}""#)
+                } else {
+                    String::new()
+                };
                 return full(
                     StatusCode::OK,
                     format!(
-                        r#"{{"access_token":"{token}","refresh_token":"rotated","expires_in":300,"scope":"{}"}}"#,
+                        r#"{{"access_token":"{token}"{refresh},"expires_in":{expires},"scope":"{}"}}"#,
                         field("scope")
                     ),
                 );
             }
             if path == "/token" {
                 st.token_gets += 1;
-                if auth_header != format!("Basic {basic}") {
+                let anonymous = st.anonymous_tokens && auth_header.is_empty();
+                if auth_header != format!("Basic {basic}") && !anonymous {
                     return full(StatusCode::UNAUTHORIZED, "bad credentials");
                 }
                 let query = req.uri().query().unwrap_or("");
                 if !query.contains("scope=repository") {
                     return full(StatusCode::BAD_REQUEST, "no scope");
                 }
+                let expires = st.token_expires_in.unwrap_or(300);
                 return full(
                     StatusCode::OK,
-                    format!(r#"{{"token":"{token}","expires_in":300}}"#),
+                    format!(r#"{{"token":"{token}","expires_in":{expires}}}"#),
                 );
             }
             if auth_header != format!("Bearer {token}") {
@@ -225,8 +271,18 @@ impl Registry {
                     StatusCode::UNAUTHORIZED,
                     r#"{"errors":[{"code":"UNAUTHORIZED","message":"token"}]}"#,
                 );
-                let challenge =
-                    format!("Bearer realm=\"http://{}/token\",service=\"test\"", st.addr);
+                // As docker-registry does: the scope of the repository asked for.
+                let repo = path
+                    .strip_prefix("/v2/")
+                    .and_then(|p| p.split_once("/manifests/").or(p.split_once("/blobs/")))
+                    .map(|(r, _)| r);
+                let scope = repo
+                    .map(|r| format!(",scope=\"repository:{r}:pull\""))
+                    .unwrap_or_default();
+                let challenge = format!(
+                    "Bearer realm=\"http://{}/token\",service=\"test\"{scope}",
+                    st.addr
+                );
                 r.headers_mut()
                     .insert("www-authenticate", challenge.parse().unwrap());
                 return r;
@@ -924,7 +980,15 @@ async fn bearer_token_challenge() {
         registry_token: "tok-123".into(),
         ..Default::default()
     };
+    let (_, refused) = reg.count("GET", "/v2/");
+    let gets = reg.0.lock().unwrap().token_gets;
     store.pull(&r, Some(&token)).await.unwrap();
+    assert_eq!(
+        reg.count("GET", "/v2/").1,
+        refused,
+        "sent with the first request"
+    );
+    assert_eq!(reg.0.lock().unwrap().token_gets, gets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -942,6 +1006,7 @@ async fn identity_token_refresh_grant() {
         st.oauth = Some(OAuth {
             refresh_token: "refresh-abc".into(),
             post_status: None,
+            rotate: false,
         });
     }
     let host = reg.serve().await;
@@ -966,10 +1031,13 @@ async fn identity_token_refresh_grant() {
         identity_token: "refresh-abc".into(),
         ..Default::default()
     };
+    // (The refused grant fell back to the GET token request, refused too.)
+    let gets = reg.0.lock().unwrap().token_gets;
+    assert_eq!(gets, 1, "POST 401 falls back to GET");
     store.pull(&r, Some(&right)).await.unwrap();
     {
         let st = reg.0.lock().unwrap();
-        assert_eq!(st.token_gets, 0, "no GET token request");
+        assert_eq!(st.token_gets, gets, "no GET token request");
         let f = st.token_posts.last().expect("a POST");
         assert_eq!(f["grant_type"], "refresh_token");
         assert_eq!(f["refresh_token"], "refresh-abc");
@@ -987,7 +1055,12 @@ async fn identity_token_refresh_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_token_falls_back_to_get_without_oauth() {
     use base64::Engine as _;
-    for status in [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED] {
+    // 401: a token service that refuses the grant (Artifactory) still takes the GET.
+    for status in [
+        StatusCode::NOT_FOUND,
+        StatusCode::METHOD_NOT_ALLOWED,
+        StatusCode::UNAUTHORIZED,
+    ] {
         let reg = Registry::default();
         let l = layer(&[("f", b"x")], false);
         add_image(&reg, "v1", &[(l, Blob::Good)], "");
@@ -1000,6 +1073,7 @@ async fn identity_token_falls_back_to_get_without_oauth() {
             st.oauth = Some(OAuth {
                 refresh_token: "refresh-abc".into(),
                 post_status: Some(status),
+                rotate: false,
             });
         }
         let host = reg.serve().await;
@@ -1103,8 +1177,8 @@ async fn mirror_failing_mid_layer_falls_back_to_upstream() {
             "layer b from upstream"
         );
         assert!(
-            u.ranges.iter().all(|r| r == "bytes=0-"),
-            "upstream downloads start from byte 0: {:?}",
+            u.ranges.is_empty(),
+            "upstream downloads start from byte 0, without Range: {:?}",
             u.ranges
         );
     }
@@ -1161,4 +1235,170 @@ async fn mirror_without_the_blobs_falls_back_for_config_and_layers() {
     assert_eq!(u.blob_gets[&up.layer_digests[0]], 1, "layer from upstream");
     assert_eq!(count(&e.root().join("content/ingest")), 0);
     assert_eq!(count(&e.root().join("snapshots")), 1);
+}
+
+/// Requests to `/v2/` itself (the ping oci-client made before every request).
+fn pings(reg: &Registry) -> usize {
+    let st = reg.0.lock().unwrap();
+    st.requests.iter().filter(|(_, p, _)| p == "/v2/").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_pull_goes_straight_to_the_registry() {
+    let reg = Registry::default();
+    let a = layer(&[("a", b"a")], false);
+    let b = layer(&[("b", b"b")], true);
+    add_image(&reg, "v1", &[(a, Blob::Good), (b, Blob::Good)], "");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    store
+        .pull(&format!("{host}/crust/anon:v1"), None)
+        .await
+        .unwrap();
+    assert_eq!(pings(&reg), 0, "no GET /v2/");
+    let st = reg.0.lock().unwrap();
+    let paths: Vec<&str> = st.requests.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(paths.len(), 4, "manifest, config, 2 layers: {paths:?}");
+    assert!(st.requests.iter().all(|(m, _, s)| m == "GET" && *s == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_is_sent_up_front_once_asked_for() {
+    use base64::Engine as _;
+    let reg = Registry::default();
+    let l = layer(&[("f", b"x")], false);
+    add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    reg.0.lock().unwrap().basic_auth =
+        Some(base64::engine::general_purpose::STANDARD.encode("user:secret"));
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/basic:v1");
+    let right = Auth {
+        username: "user".into(),
+        password: "secret".into(),
+        ..Default::default()
+    };
+    store.pull(&r, Some(&right)).await.unwrap();
+    // The manifest is asked twice (401 Basic, then with the credentials); config and
+    // layer carry them from the start.
+    assert_eq!(reg.count("GET", "/v2/"), (4, 1));
+    store.remove(&r).await.unwrap();
+    store.pull(&r, Some(&right)).await.unwrap();
+    assert_eq!(reg.count("GET", "/v2/"), (7, 1), "no 401 the second time");
+    assert_eq!(pings(&reg), 0);
+}
+
+/// A registry behind a token service (robot:hunter2) with images in two repositories.
+async fn bearer_registry(expires_in: Option<u64>) -> (Registry, String, Auth) {
+    use base64::Engine as _;
+    let reg = Registry::default();
+    let a = layer(&[("a", &noise(10_000, 4))], false);
+    let b = layer(&[("b", &noise(10_000, 5))], false);
+    add_image(&reg, "v1", &[(a, Blob::Good), (b, Blob::Good)], "");
+    {
+        let mut st = reg.0.lock().unwrap();
+        st.bearer = Some((
+            base64::engine::general_purpose::STANDARD.encode("robot:hunter2"),
+            "tok-123".to_string(),
+        ));
+        st.token_expires_in = expires_in;
+    }
+    let host = reg.serve().await;
+    let auth = Auth {
+        username: "robot".into(),
+        password: "hunter2".into(),
+        ..Default::default()
+    };
+    (reg, host, auth)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_asked_once_per_scope() {
+    let (reg, host, auth) = bearer_registry(None).await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let one = format!("{host}/crust/one:v1");
+    store.pull(&one, Some(&auth)).await.unwrap();
+    assert_eq!(reg.0.lock().unwrap().token_gets, 1);
+    // Manifest (401, then with the token), config, two layers: one challenge only.
+    assert_eq!(reg.count("GET", "/v2/crust/one/"), (5, 1));
+    // Another repository is another scope: its own token.
+    let two = format!("{host}/crust/two:v1");
+    store.pull(&two, Some(&auth)).await.unwrap();
+    assert_eq!(reg.0.lock().unwrap().token_gets, 2);
+    // The first scope's token is still good: no token request, no 401.
+    store.remove(&one).await.unwrap();
+    store.pull(&one, Some(&auth)).await.unwrap();
+    assert_eq!(reg.0.lock().unwrap().token_gets, 2);
+    assert_eq!(reg.count("GET", "/v2/crust/one/"), (9, 1));
+    assert_eq!(pings(&reg), 0);
+    let st = reg.0.lock().unwrap();
+    assert!(st.token_posts.is_empty(), "no identity token, no POST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_bearer_token_is_fetched_again() {
+    // expires_in 1: kept for 750 ms.
+    let (reg, host, auth) = bearer_registry(Some(1)).await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/short:v1");
+    store.pull(&r, Some(&auth)).await.unwrap();
+    assert_eq!(reg.0.lock().unwrap().token_gets, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    store.remove(&r).await.unwrap();
+    store.pull(&r, Some(&auth)).await.unwrap();
+    assert_eq!(reg.0.lock().unwrap().token_gets, 2, "a new token");
+    // The registry is known to want a token: it is fetched before the request.
+    assert_eq!(reg.count("GET", "/v2/").1, 1, "still one 401 in all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_refresh_token_is_used_next_time() {
+    let (reg, host, _) = bearer_registry(Some(1)).await;
+    reg.0.lock().unwrap().oauth = Some(OAuth {
+        refresh_token: "refresh-abc".into(),
+        post_status: None,
+        rotate: true,
+    });
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/rotate:v1");
+    let auth = Auth {
+        identity_token: "refresh-abc".into(),
+        ..Default::default()
+    };
+    store.pull(&r, Some(&auth)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    store.remove(&r).await.unwrap();
+    // kubelet sends the token it was given; the service takes only the rotated one now.
+    store.pull(&r, Some(&auth)).await.unwrap();
+    let st = reg.0.lock().unwrap();
+    let sent: Vec<&str> = st
+        .token_posts
+        .iter()
+        .map(|f| f["refresh_token"].as_str())
+        .collect();
+    assert_eq!(sent, ["refresh-abc", "refresh-abc+"]);
+    assert_eq!(st.token_gets, 0, "no fallback to GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_bearer_token() {
+    let (reg, host, _) = bearer_registry(None).await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/public:v1");
+    let err = store.pull(&r, None).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+    assert!(err.to_string().contains("anonymous"), "{err}");
+    reg.0.lock().unwrap().anonymous_tokens = true;
+    store.pull(&r, None).await.unwrap();
+    // Refused, then given: two token requests. The second pull knows the registry
+    // wants a token and asks for it before the manifest: no 401 this time.
+    assert_eq!(reg.0.lock().unwrap().token_gets, 2);
+    assert_eq!(reg.count("GET", "/v2/"), (5, 1));
+    assert_eq!(pings(&reg), 0);
 }
