@@ -541,6 +541,12 @@ impl ImageStore {
             .as_ref()
             .ok_or_else(|| Error::BadContent(format!("{r}: manifest has no config")))?;
         for layer in &manifest.layers {
+            if hex_of(&layer.digest).is_none() {
+                return Err(Error::BadContent(format!(
+                    "{r}: bad digest {:?}",
+                    layer.digest
+                )));
+            }
             if layer.media_type.contains("encrypted") {
                 return Err(Error::BadContent(format!(
                     "layer {}: encrypted layers are not supported",
@@ -577,6 +583,20 @@ impl ImageStore {
                 .map(|l| self.download_layer(sources, l)),
         );
         let (config_bytes, mut downloaded) = futures::future::try_join(config, downloads).await?;
+        // Whatever stops the pull from here on drops the staged layers off the async
+        // workers (removing an unpacked layer takes a while).
+        struct Discard(Vec<Option<Staged>>);
+        impl Drop for Discard {
+            fn drop(&mut self) {
+                let left = std::mem::take(&mut self.0);
+                if left.iter().any(Option::is_some)
+                    && let Ok(rt) = tokio::runtime::Handle::try_current()
+                {
+                    rt.spawn_blocking(move || drop(left));
+                }
+            }
+        }
+        let mut downloaded = Discard(std::mem::take(&mut downloaded));
         #[derive(Deserialize, Default)]
         struct RootFs {
             #[serde(default)]
@@ -615,7 +635,7 @@ impl ImageStore {
         let chains = chain_ids(diff_ids);
         let layers = manifest.layers.iter().enumerate().map(|(i, layer)| {
             let parent = i.checked_sub(1).map(|p| chains[p].as_str());
-            let staged = downloaded[i].take();
+            let staged = downloaded.0[i].take();
             self.ensure_layer(layer, staged, &diff_ids[i], &chains[i], parent)
         });
         let t_downloaded = t0.elapsed();
@@ -719,7 +739,7 @@ impl ImageStore {
         &self,
         sources: &Sources<'_>,
         layer: &Descriptor,
-    ) -> Result<Option<(Staging, Unpacked)>> {
+    ) -> Result<Option<Staged>> {
         let _one = self
             .inner
             .locks
@@ -728,6 +748,13 @@ impl ImageStore {
         if self.inner.content.contains(&layer.digest) {
             return Ok(None);
         }
+        // Held until this pull has committed the layer (or given up): a pull that finds
+        // the blob meanwhile waits for that instead of unpacking the blob again.
+        let unpacking = self
+            .inner
+            .locks
+            .lock(&format!("staged {}", layer.digest))
+            .await;
         let mut k = 0;
         loop {
             let staging = self.inner.snapshots.begin()?;
@@ -736,7 +763,13 @@ impl ImageStore {
                 Err(e) => Err(e),
             };
             match got {
-                Ok(u) => return Ok(Some((staging, u))),
+                Ok(unpacked) => {
+                    return Ok(Some(Staged {
+                        staging,
+                        unpacked,
+                        _unpacking: unpacking,
+                    }));
+                }
                 Err(e) if falls_back(&e) && k < sources.rest.len() => {
                     drop(staging);
                     tracing::warn!(
@@ -757,18 +790,31 @@ impl ImageStore {
     async fn ensure_layer(
         &self,
         layer: &Descriptor,
-        staged: Option<(Staging, Unpacked)>,
+        staged: Option<Staged>,
         diff_id: &str,
         chain_id: &str,
         parent: Option<&str>,
     ) -> Result<()> {
+        if staged.is_none() {
+            // Another pull may have this layer unpacked and not yet committed: let it.
+            drop(
+                self.inner
+                    .locks
+                    .lock(&format!("staged {}", layer.digest))
+                    .await,
+            );
+        }
         let _one = self.inner.locks.lock(&format!("chain {chain_id}")).await;
         let snaps = &self.inner.snapshots;
         if snaps.exists(chain_id)? {
+            if let Some(s) = staged {
+                // Removing an unpacked layer takes a while: off the async workers.
+                tokio::task::spawn_blocking(move || drop(s));
+            }
             return Ok(());
         }
         let (staging, unpacked) = match staged {
-            Some(s) => s,
+            Some(s) => (s.staging, s.unpacked),
             None => {
                 let staging = snaps.begin()?;
                 let dest = staging.fs();
@@ -898,6 +944,14 @@ fn keep_error(last: &Option<Error>, e: &Error, ep: &registry::Endpoint) -> bool 
 }
 
 /// Reads a layer from the download channel, writing every byte to the blob as it passes.
+/// A layer downloaded and unpacked into staging, waiting for its chain ID.
+struct Staged {
+    staging: Staging,
+    unpacked: Unpacked,
+    /// The `staged <digest>` lock, held until the layer is committed or dropped.
+    _unpacking: OwnedMutexGuard<()>,
+}
+
 struct Tee {
     rx: mpsc::Receiver<Result<Bytes>>,
     cur: Bytes,

@@ -57,21 +57,22 @@ pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<Unpacked> {
 /// taking turns on one. Once the compressed stream has ended, or the unpacker has
 /// stopped, that thread reads `reader` to its end and runs `finish` with it and what
 /// that last read gave, while the unpacker may still be writing.
-pub fn unpack_layer_overlapped<R, T>(
-    reader: R,
-    dest: &Path,
-    finish: impl FnOnce(R, io::Result<u64>) -> T + Send,
-) -> (Result<Unpacked>, T)
+pub fn unpack_layer_overlapped<R, T, F>(reader: R, dest: &Path, finish: F) -> (Result<Unpacked>, T)
 where
     R: Read + Send,
     T: Send,
+    F: FnOnce(R, io::Result<u64>) -> T + Send,
 {
+    // The reader and `finish` reach the thread through a channel, so that they stay
+    // here if no thread can be started (then all of it runs on this one).
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+    let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
-        let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let inflater = std::thread::Builder::new()
             .name("crust-inflate".into())
             .spawn_scoped(s, move || {
+                let (reader, finish) = work_rx.recv().ok()?;
                 let mut buffered = BufReader::with_capacity(COPY_BUF, reader);
                 match Decompressor::new(&mut buffered) {
                     Ok(mut d) => loop {
@@ -97,13 +98,21 @@ where
                 }
                 drop(tx);
                 let drained = io::copy(&mut buffered, &mut io::sink());
-                finish(buffered.into_inner(), drained)
+                let finish: F = finish;
+                Some(finish(buffered.into_inner(), drained))
             });
         let inflater = match inflater {
             Ok(h) => h,
-            // No thread for it (the reader went with the closure): nothing was read.
-            Err(e) => panic!("cannot start a decompression thread: {e}"),
+            Err(e) => {
+                tracing::debug!("no decompression thread ({e}): unpacking on one");
+                let mut reader = reader;
+                let unpacked = unpack_layer(&mut reader, dest);
+                let drained = io::copy(&mut reader, &mut io::sink());
+                return (unpacked, finish(reader, drained));
+            }
         };
+        // The thread is waiting for exactly this.
+        let _ = work_tx.send((reader, finish));
         let unpacked = unpack_tar(
             ChunkReader {
                 rx,
@@ -115,7 +124,8 @@ where
             dest,
         );
         match inflater.join() {
-            Ok(t) => (unpacked, t),
+            Ok(Some(t)) => (unpacked, t),
+            Ok(None) => unreachable!("the decompression thread always gets its work"),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
@@ -182,7 +192,10 @@ impl<B: BufRead> Decompressor<B> {
         Ok(if head.starts_with(&[0x1f, 0x8b]) {
             Decompressor::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(inner)))
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Decompressor::Zstd(zstd::stream::read::Decoder::with_buffer(inner)?)
+            Decompressor::Zstd(
+                zstd::stream::read::Decoder::with_buffer(inner)
+                    .map_err(|e| io::Error::other(Error::Internal(format!("zstd decoder: {e}"))))?,
+            )
         } else {
             Decompressor::Plain(inner)
         })

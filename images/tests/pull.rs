@@ -32,9 +32,13 @@ enum Blob {
     Flaky,
     /// Answers 500, every time.
     ServerError,
-    /// Sends its bytes only once every other blob of the registry has been asked for
-    /// (fails the body after 5 s otherwise).
-    AfterOthers,
+    /// Sends its bytes only once every other blob of the registry has been asked for,
+    /// and `then_ms` more (fails the body after 5 s otherwise).
+    AfterOthers {
+        then_ms: u64,
+    },
+    /// Sends half its bytes, then the rest once `State::released` is set (or after 5 s).
+    Held,
 }
 
 #[derive(Default)]
@@ -59,6 +63,8 @@ struct State {
     token_expires_in: Option<u64>,
     /// Every request: method, path and the status answered.
     requests: Vec<(String, String, u16)>,
+    /// Lets `Blob::Held` bodies finish.
+    released: bool,
     addr: String,
 }
 
@@ -360,21 +366,40 @@ impl Registry {
         };
         match kind {
             Blob::ServerError => full(StatusCode::INTERNAL_SERVER_ERROR, "down"),
-            Blob::AfterOthers => {
+            Blob::Held => {
+                let reg = self.0.clone();
+                let rest = data.slice(len / 2..);
+                let wait = futures::stream::once(async move {
+                    for _ in 0..500 {
+                        if reg.lock().unwrap().released {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Ok::<_, std::io::Error>(rest)
+                });
+                let s = futures::stream::iter([Ok::<_, std::io::Error>(half.clone())]).chain(wait);
+                with_len(
+                    BodyExt::boxed_unsync(StreamBody::new(s.map(|r| r.map(Frame::data)))),
+                    len,
+                    StatusCode::OK,
+                )
+            }
+            Blob::AfterOthers { then_ms } => {
                 let reg = self.0.clone();
                 let me = digest.to_string();
                 let body = futures::stream::once(async move {
                     for _ in 0..500 {
-                        {
+                        let all_asked = {
                             let st = reg.lock().unwrap();
-                            if st
-                                .blobs
+                            st.blobs
                                 .keys()
                                 .filter(|d| **d != me)
                                 .all(|d| st.blob_gets.get(d).is_some_and(|n| *n > 0))
-                            {
-                                return Ok(data);
-                            }
+                        };
+                        if all_asked {
+                            tokio::time::sleep(Duration::from_millis(then_ms)).await;
+                            return Ok(data);
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
@@ -686,7 +711,7 @@ async fn layers_download_while_the_config_comes() {
         .blobs
         .get_mut(&img.config_digest)
         .unwrap()
-        .1 = Blob::AfterOthers;
+        .1 = Blob::AfterOthers { then_ms: 0 };
     let host = reg.serve().await;
     let e = env();
     let store = e.store(Config::default()).await;
@@ -706,7 +731,8 @@ async fn layers_download_while_the_config_comes() {
 async fn a_config_that_fails_while_layers_download_leaves_nothing_after_gc() {
     let reg = Registry::default();
     let a = layer(&[("a", &[1u8; 300_000][..])], false);
-    let img = add_image(&reg, "v1", &[(a, Blob::Good)], "");
+    // The layer is half-way when the config fails (after its retry).
+    let img = add_image(&reg, "v1", &[(a, Blob::Held)], "");
     reg.0
         .lock()
         .unwrap()
@@ -723,10 +749,18 @@ async fn a_config_that_fails_while_layers_download_leaves_nothing_after_gc() {
         .unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert!(err.to_string().contains(&img.config_digest), "{err}");
+    assert_eq!(reg.0.lock().unwrap().blob_gets[&img.layer_digests[0]], 1);
+    reg.0.lock().unwrap().released = true;
+    // The abandoned download cleans up after itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (count(&e.root().join("content/ingest")) > 0 || count(&e.root().join("snapshots")) > 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(count(&e.root().join("content/ingest")), 0, "ingest left");
     assert_eq!(count(&e.root().join("snapshots")), 0, "staging left");
     assert!(store.list(None).unwrap().is_empty());
-    // The layer's blob may stay for a retry; the next gc takes it.
     store.gc().await.unwrap();
     assert!(store.content().list().unwrap().is_empty());
 }
@@ -754,6 +788,15 @@ async fn two_images_sharing_a_layer_pulled_at_once_fetch_it_once() {
         ],
         "",
     );
+    // Image one's top layer comes last, after image two has everything: two must wait
+    // for one to commit the shared base instead of unpacking it a second time.
+    reg.0
+        .lock()
+        .unwrap()
+        .blobs
+        .get_mut(&one.layer_digests[1])
+        .unwrap()
+        .1 = Blob::Held;
     let host = reg.serve().await;
     let e = env();
     let store = e.store(Config::default()).await;
@@ -761,7 +804,33 @@ async fn two_images_sharing_a_layer_pulled_at_once_fetch_it_once() {
         format!("{host}/crust/shared:one"),
         format!("{host}/crust/shared:two"),
     );
-    let (a, b) = tokio::join!(store.pull(&r1, None), store.pull(&r2, None));
+    // One asks for the base first, so that two finds it downloaded (not committed).
+    let base_asked = || {
+        reg.0
+            .lock()
+            .unwrap()
+            .blob_gets
+            .contains_key(&one.layer_digests[0])
+    };
+    let second = async {
+        while !base_asked() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // One's top layer is held back until two is done, or for half a second if two
+        // waits (as it should) for one to commit the base.
+        let two = store.pull(&r2, None);
+        tokio::pin!(two);
+        let done = tokio::select! {
+            r = &mut two => Some(r),
+            () = tokio::time::sleep(Duration::from_millis(500)) => None,
+        };
+        reg.0.lock().unwrap().released = true;
+        match done {
+            Some(r) => r,
+            None => two.await,
+        }
+    };
+    let (a, b) = tokio::join!(store.pull(&r1, None), second);
     assert_eq!(a.unwrap(), one.config_digest);
     assert_eq!(b.unwrap(), two.config_digest);
     assert_eq!(
@@ -769,8 +838,15 @@ async fn two_images_sharing_a_layer_pulled_at_once_fetch_it_once() {
         1,
         "shared layer fetched once"
     );
-    // One snapshot for the shared base, one for each top layer.
+    // One snapshot for the shared base, one for each top layer, and none unpacked in
+    // vain: snapshot directories are numbered from 1 by every unpack begun.
     assert_eq!(count(&e.root().join("snapshots")), 3);
+    for n in 1..=3 {
+        assert!(
+            e.root().join("snapshots").join(n.to_string()).is_dir(),
+            "{n}"
+        );
+    }
     for im in [&one, &two] {
         let chain = store
             .status(&im.config_digest)
