@@ -580,6 +580,19 @@ fn assert_nothing_left(e: &Env, store: &ImageStore, bad_blob: &str) {
     assert!(store.list(None).unwrap().is_empty());
 }
 
+/// Serves `reg`, and pulls its `crust/<repo>:v1` into a fresh store (with [`quick`]
+/// retries), which must fail.
+async fn failing_pull(reg: &Registry, repo: &str) -> (Env, ImageStore, Error) {
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let err = store
+        .pull(&format!("{host}/crust/{repo}:v1"), None)
+        .await
+        .unwrap_err();
+    (e, store, err)
+}
+
 fn quick() -> Config {
     Config {
         retries: 1,
@@ -740,13 +753,7 @@ async fn a_config_that_fails_while_layers_download_leaves_nothing_after_gc() {
         .get_mut(&img.config_digest)
         .unwrap()
         .1 = Blob::ServerError;
-    let host = reg.serve().await;
-    let e = env();
-    let store = e.store(quick()).await;
-    let err = store
-        .pull(&format!("{host}/crust/noconfig:v1"), None)
-        .await
-        .unwrap_err();
+    let (e, store, err) = failing_pull(&reg, "noconfig").await;
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert!(err.to_string().contains(&img.config_digest), "{err}");
     assert_eq!(reg.0.lock().unwrap().blob_gets[&img.layer_digests[0]], 1);
@@ -863,13 +870,7 @@ async fn wrong_digest_blob_is_refused() {
     let reg = Registry::default();
     let l = layer(&[("f", &[7u8; 100_000][..])], false);
     let img = add_image(&reg, "v1", &[(l, Blob::WrongDigest)], "");
-    let host = reg.serve().await;
-    let e = env();
-    let store = e.store(quick()).await;
-    let err = store
-        .pull(&format!("{host}/crust/bad:v1"), None)
-        .await
-        .unwrap_err();
+    let (e, store, err) = failing_pull(&reg, "bad").await;
     assert!(matches!(err, Error::BadContent(_)), "{err}");
     assert!(err.to_string().contains("digest mismatch"), "{err}");
     assert_nothing_left(&e, &store, &img.layer_digests[0]);
@@ -880,13 +881,7 @@ async fn truncated_blob_fails_clearly() {
     let reg = Registry::default();
     let l = layer(&[("f", &[7u8; 100_000][..])], true);
     let img = add_image(&reg, "v1", &[(l, Blob::Truncated)], "");
-    let host = reg.serve().await;
-    let e = env();
-    let store = e.store(quick()).await;
-    let err = store
-        .pull(&format!("{host}/crust/cut:v1"), None)
-        .await
-        .unwrap_err();
+    let (e, store, err) = failing_pull(&reg, "cut").await;
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     let msg = err.to_string();
     assert!(msg.contains(&img.layer_digests[0]), "{msg}");
@@ -962,8 +957,9 @@ async fn mirror_keeps_the_image_name() {
     assert!(im.pinned, "the default pinned list has the pause image");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn basic_auth_right_and_wrong() {
+/// A registry that wants basic auth (user:secret) for its one-layer image
+/// `crust/<repo>:v1`, a store, and the image's reference.
+async fn basic_auth_scene(repo: &str) -> (Registry, Env, ImageStore, String) {
     use base64::Engine as _;
     let reg = Registry::default();
     let l = layer(&[("f", b"x")], false);
@@ -973,7 +969,13 @@ async fn basic_auth_right_and_wrong() {
     let host = reg.serve().await;
     let e = env();
     let store = e.store(quick()).await;
-    let r = format!("{host}/crust/private:v1");
+    let r = format!("{host}/crust/{repo}:v1");
+    (reg, e, store, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_right_and_wrong() {
+    let (_reg, _e, store, r) = basic_auth_scene("private").await;
     let err = store.pull(&r, None).await.unwrap_err();
     assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
     let wrong = Auth {
@@ -994,13 +996,7 @@ async fn basic_auth_right_and_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_image_is_not_found() {
     let reg = Registry::default();
-    let host = reg.serve().await;
-    let e = env();
-    let store = e.store(quick()).await;
-    let err = store
-        .pull(&format!("{host}/crust/none:v1"), None)
-        .await
-        .unwrap_err();
+    let (_e, _store, err) = failing_pull(&reg, "none").await;
     assert!(matches!(err, Error::NotFound(_)), "{err}");
 }
 
@@ -1341,16 +1337,7 @@ async fn anonymous_pull_goes_straight_to_the_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_is_sent_up_front_once_asked_for() {
-    use base64::Engine as _;
-    let reg = Registry::default();
-    let l = layer(&[("f", b"x")], false);
-    add_image(&reg, "v1", &[(l, Blob::Good)], "");
-    reg.0.lock().unwrap().basic_auth =
-        Some(base64::engine::general_purpose::STANDARD.encode("user:secret"));
-    let host = reg.serve().await;
-    let e = env();
-    let store = e.store(quick()).await;
-    let r = format!("{host}/crust/basic:v1");
+    let (reg, _e, store, r) = basic_auth_scene("basic").await;
     let right = Auth {
         username: "user".into(),
         password: "secret".into(),
