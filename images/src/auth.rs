@@ -18,7 +18,7 @@
 //! (a new `refresh_token` in its answer) replaces the given identity token at that
 //! service from then on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -134,12 +134,20 @@ pub struct Access {
     token_key: String,
     /// Longest wait for one token request.
     timeout: Duration,
+    /// `<scheme>://<host>[:port]/` of the endpoint's API (`registry-1.docker.io` for
+    /// `docker.io`): requests carry `Authorization` only while they go there.
+    origin: reqwest::Url,
 }
 
 impl Access {
     /// Pulling `repository` at `endpoint` with `creds`; a token request waits at most
-    /// `timeout`.
-    pub fn new(endpoint: Endpoint, repository: &str, creds: Creds, timeout: Duration) -> Self {
+    /// `timeout`. InvalidArgument if the endpoint's host makes no URL.
+    pub fn new(
+        endpoint: Endpoint,
+        repository: &str,
+        creds: Creds,
+        timeout: Duration,
+    ) -> Result<Self> {
         let host_key = crate::digest::sha256(
             format!(
                 "{}\0{}\0{}\0{}",
@@ -152,19 +160,55 @@ impl Access {
         );
         let scope = format!("repository:{repository}:pull");
         let token_key = format!("{host_key}\0{scope}");
-        Access {
+        let scheme = if endpoint.http { "http" } else { "https" };
+        let origin = reqwest::Url::parse(&format!("{scheme}://{}/", api_host(&endpoint.host)))
+            .map_err(|e| {
+                Error::InvalidArgument(format!("registry host {:?}: {e}", endpoint.host))
+            })?;
+        Ok(Access {
             endpoint,
             creds,
             scope,
             host_key,
             token_key,
             timeout,
-        }
+            origin,
+        })
     }
 
     /// The endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// `<scheme>://<host>[:port]/` the endpoint's API is served at.
+    pub fn origin(&self) -> &reqwest::Url {
+        &self.origin
+    }
+}
+
+/// The host serving the registry API of `host` (Docker Hub's is not served at its name).
+pub fn api_host(host: &str) -> &str {
+    match host {
+        crate::reference::DOCKER_DOMAIN => "registry-1.docker.io",
+        h => h,
+    }
+}
+
+/// Whether `a` and `b` have the same scheme, host and port (the port a scheme implies
+/// counts as given).
+pub fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// `host[:port]` of `u`, the port only when the URL gives one, as hosts are configured.
+pub fn authority(u: &reqwest::Url) -> String {
+    let host = u.host_str().unwrap_or("").to_ascii_lowercase();
+    match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
     }
 }
 
@@ -320,18 +364,26 @@ enum Answer {
 pub struct Authenticator {
     verified: reqwest::Client,
     unverified: reqwest::Client,
+    /// Hosts (`host[:port]`) configured insecure: HTTPS without verifying certificates.
+    insecure: HashSet<String>,
     state: Mutex<State>,
     /// One token request at a time per token key; the others wait and use its token.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Authenticator {
-    /// HTTP clients connecting within `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Result<Self> {
+    /// HTTP clients connecting within `connect_timeout`; certificates are not verified
+    /// for `insecure` hosts (`host[:port]`, loopback hosts too). The clients follow no
+    /// redirects: [`crate::registry`] does, to decide where `Authorization` goes.
+    pub fn new(
+        connect_timeout: Duration,
+        insecure: impl IntoIterator<Item = String>,
+    ) -> Result<Self> {
         let build = |skip_verify: bool| {
             reqwest::Client::builder()
                 .connect_timeout(connect_timeout)
                 .user_agent(USER_AGENT)
+                .redirect(reqwest::redirect::Policy::none())
                 .tls_danger_accept_invalid_certs(skip_verify)
                 .build()
                 .map_err(|e| Error::Internal(format!("registry HTTP client: {e}")))
@@ -339,6 +391,10 @@ impl Authenticator {
         Ok(Authenticator {
             verified: build(false)?,
             unverified: build(true)?,
+            insecure: insecure
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             state: Mutex::new(State::default()),
             fetching: Mutex::new(HashMap::new()),
         })
@@ -347,6 +403,21 @@ impl Authenticator {
     /// The HTTP client for `ep` (certificates verified unless `skip_verify`).
     pub fn http(&self, ep: &Endpoint) -> &reqwest::Client {
         if ep.skip_verify {
+            &self.unverified
+        } else {
+            &self.verified
+        }
+    }
+
+    /// The HTTP client for `url`, reached while talking to `a`'s endpoint (a redirect
+    /// target, a token realm): certificates go unverified only at the endpoint itself
+    /// when it is insecure, or at a host configured insecure (or loopback).
+    pub fn http_for(&self, a: &Access, url: &reqwest::Url) -> &reqwest::Client {
+        let host = authority(url);
+        let insecure = (a.endpoint.skip_verify && same_origin(url, &a.origin))
+            || self.insecure.contains(&host)
+            || crate::registry::is_loopback(&host);
+        if insecure {
             &self.unverified
         } else {
             &self.verified
@@ -707,7 +778,8 @@ mod tests {
             "a/b",
             c,
             Duration::from_secs(1),
-        );
+        )
+        .unwrap();
         assert!(!format!("{a:?}").contains("hunter2"));
         assert!(!a.token_key.contains("hunter2") && !a.token_key.contains("refresh-xyz"));
     }

@@ -3,8 +3,10 @@
 //!
 //! Every request goes straight to the registry, with what [`crate::auth`] knows of its
 //! authorization (no `GET /v2/` first); a 401 is answered there and the request is sent
-//! once more. Blob bodies are streamed here chunk by chunk to the caller, with resume by
-//! Range request, bounded retries with backoff, and a no-progress timeout.
+//! once more. Redirects are followed here, not by reqwest, so that `Authorization` never
+//! leaves the endpoint and a redirect target's answers are not taken for the registry's
+//! (`RegistryClient::get`). Blob bodies are streamed here chunk by chunk to the caller,
+//! with resume by Range request, bounded retries with backoff, and a no-progress timeout.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,14 +15,26 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, LOCATION, RANGE};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::auth::{Access, Authenticator, Creds, RegistryAuth, chain};
+use crate::auth::{Access, Authenticator, Creds, RegistryAuth, authority, chain, same_origin};
 use crate::config::{Config, RegistryConfig};
 use crate::error::{Error, Result};
 use crate::reference::{DOCKER_DOMAIN, Reference};
+
+/// Most redirects followed for one request (as Go's net/http and containerd).
+const MAX_REDIRECTS: usize = 10;
+
+/// `url` without its query and fragment, for messages: a redirect to blob storage
+/// carries a signature there.
+fn shown(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
 
 /// Media types of manifests and indexes we accept.
 const MANIFEST_TYPES: &[&str] = &[
@@ -125,7 +139,8 @@ pub struct Endpoint {
     pub mirror: bool,
 }
 
-fn is_loopback(host: &str) -> bool {
+/// Whether `host` (`host[:port]`) is a loopback host, insecure as Docker treats them.
+pub(crate) fn is_loopback(host: &str) -> bool {
     let h = host.rsplit_once(':').map_or(host, |(h, p)| {
         if p.bytes().all(|b| b.is_ascii_digit()) {
             h
@@ -494,21 +509,17 @@ impl RegistryClient {
         reference: &Reference,
         creds: Creds,
         policy: Policy,
-    ) -> Self {
-        let scheme = if endpoint.http { "http" } else { "https" };
-        // Docker Hub's API is not served at its name.
-        let host = match endpoint.host.as_str() {
-            DOCKER_DOMAIN => "registry-1.docker.io",
-            h => h,
-        };
+    ) -> Result<Self> {
         let repository = reference.path();
-        RegistryClient {
-            base: format!("{scheme}://{host}/v2/{repository}"),
-            name: format!("{}/{repository}", endpoint.host),
-            access: Access::new(endpoint, repository, creds, policy.no_progress),
+        let name = format!("{}/{repository}", endpoint.host);
+        let access = Access::new(endpoint, repository, creds, policy.no_progress)?;
+        Ok(RegistryClient {
+            base: format!("{}v2/{repository}", access.origin()),
+            name,
+            access,
             auth,
             policy,
-        }
+        })
     }
 
     /// The endpoint this client talks to.
@@ -517,8 +528,9 @@ impl RegistryClient {
     }
 
     /// GETs `url` with the known authorization, `accept` and, to resume, `Range` from
-    /// byte `from`; on a 401, learns the authorization from its challenge and sends the
-    /// request once more. A success (2xx) is returned, anything else mapped to an error.
+    /// byte `from`, following redirects; on a 401 from the endpoint, learns the
+    /// authorization from its challenge and sends the request once more. A success (2xx)
+    /// is returned, anything else mapped to an error naming where it came from.
     async fn get(
         &self,
         url: &str,
@@ -526,27 +538,29 @@ impl RegistryClient {
         accept: Option<&str>,
         from: Option<u64>,
     ) -> Result<reqwest::Response> {
-        let http = self.auth.http(self.endpoint());
         let mut authorization = self.auth.authorization(&self.access).await?;
         let mut challenged = false;
         loop {
-            let mut req = http.get(url);
-            if let Some(a) = accept {
-                req = req.header(ACCEPT, a);
-            }
-            if let Some(n) = from {
-                req = req.header(RANGE, format!("bytes={n}-"));
-            }
-            if let Some(a) = &authorization {
-                req = req.header(AUTHORIZATION, a);
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| Error::Unavailable(format!("{what}: {}", chain(&e))))?;
+            let (resp, at) = self
+                .follow(url, what, accept, from, authorization.as_deref())
+                .await?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(resp);
+            }
+            let foreign = !same_origin(&at, self.access.origin());
+            if foreign {
+                // Blob storage the registry sent us to (S3, GCS, a CDN): its 401 is no
+                // challenge of the registry's, and its 4xx (an expired signature) is
+                // cured by asking the registry again for a fresh URL.
+                let body = read_body(resp, 64 << 10, what).await.unwrap_or_default();
+                let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+                return Err(Error::Unavailable(format!(
+                    "{what}: {status} from {} (redirected to by {}): {}",
+                    shown(&at),
+                    self.endpoint().host,
+                    text.trim()
+                )));
             }
             if status == StatusCode::UNAUTHORIZED && !challenged {
                 challenged = true;
@@ -561,8 +575,82 @@ impl RegistryClient {
                 continue;
             }
             let body = read_body(resp, 64 << 10, what).await.unwrap_or_default();
-            return Err(status_error(what, url, status, &body));
+            return Err(status_error(what, &shown(&at), status, &body));
         }
+    }
+
+    /// Sends GET `url`, following up to [`MAX_REDIRECTS`] redirects: the answer that is
+    /// not one, and the URL that gave it. `Accept` and `Range` go with every hop;
+    /// `authorization` only while the hops stay at the endpoint's scheme, host and port
+    /// (once a hop leaves, never again in this chain, as Go's net/http does).
+    async fn follow(
+        &self,
+        url: &str,
+        what: &str,
+        accept: Option<&str>,
+        from: Option<u64>,
+        authorization: Option<&str>,
+    ) -> Result<(reqwest::Response, reqwest::Url)> {
+        let mut at = reqwest::Url::parse(url)
+            .map_err(|e| Error::InvalidArgument(format!("{what}: URL {url:?}: {e}")))?;
+        let mut left_origin = false;
+        for _ in 0..=MAX_REDIRECTS {
+            left_origin = left_origin || !same_origin(&at, self.access.origin());
+            let http = if left_origin {
+                self.auth.http_for(&self.access, &at)
+            } else {
+                self.auth.http(self.endpoint())
+            };
+            let mut req = http.get(at.clone());
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            if let Some(n) = from {
+                req = req.header(RANGE, format!("bytes={n}-"));
+            }
+            if let Some(a) = authorization
+                && !left_origin
+            {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = req.send().await.map_err(|e| {
+                Error::Unavailable(format!(
+                    "{what}: GET {}: {}",
+                    shown(&at),
+                    chain(&e.without_url())
+                ))
+            })?;
+            let status = resp.status();
+            if !matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+                return Ok((resp, at));
+            }
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let Some(location) = location else {
+                return Ok((resp, at));
+            };
+            let next = at
+                .join(&location)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    Error::BadContent(format!(
+                        "{what}: {status} from {} to an unusable location",
+                        shown(&at)
+                    ))
+                })?;
+            tracing::debug!(from = %shown(&at), to = %shown(&next), %status, "redirect");
+            // Read the (small) answer, so that its connection is used again.
+            let _ = read_body(resp, 64 << 10, what).await;
+            at = next;
+        }
+        Err(Error::BadContent(format!(
+            "{what}: more than {MAX_REDIRECTS} redirects from {url}, the last to {}",
+            authority(&at)
+        )))
     }
 
     async fn manifest(&self, tag_or_digest: &str) -> Result<(Bytes, String, Manifest)> {

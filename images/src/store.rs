@@ -157,9 +157,17 @@ impl ImageStore {
             let r = Reference::parse(p)?;
             pinned.insert(r.to_string());
         }
-        let auth = Arc::new(Authenticator::new(Duration::from_secs(
-            config.no_progress_timeout_secs.max(1),
-        ))?);
+        let insecure = config.insecure_registries.iter().cloned().chain(
+            config
+                .registries
+                .iter()
+                .filter(|(_, r)| r.insecure)
+                .map(|(h, _)| h.clone()),
+        );
+        let auth = Arc::new(Authenticator::new(
+            Duration::from_secs(config.no_progress_timeout_secs.max(1)),
+            insecure,
+        )?);
         let store = ImageStore {
             inner: Arc::new(Inner {
                 downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads.max(1))),
@@ -506,13 +514,7 @@ impl ImageStore {
         policy: Policy,
     ) -> Result<RegistryClient> {
         let creds = registry::credentials(&self.inner.config, &ep.host, !ep.mirror, auth)?;
-        Ok(RegistryClient::new(
-            self.inner.auth.clone(),
-            ep.clone(),
-            r,
-            creds,
-            policy,
-        ))
+        RegistryClient::new(self.inner.auth.clone(), ep.clone(), r, creds, policy)
     }
 
     /// The `k`th source of blobs: the endpoint that resolved the reference, then the

@@ -65,6 +65,10 @@ struct State {
     requests: Vec<(String, String, u16)>,
     /// Lets `Blob::Held` bodies finish.
     released: bool,
+    /// Blob GETs (once authorized) are answered 307 to this URL prefix and the path.
+    redirect_blobs: Option<String>,
+    /// Every request: path and its `Authorization` header, if any.
+    authorizations: Vec<(String, Option<String>)>,
     addr: String,
 }
 
@@ -159,6 +163,16 @@ impl Registry {
 
     fn handle(&self, req: Request<Bytes>) -> Response<Body> {
         let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+        let authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        self.0
+            .lock()
+            .unwrap()
+            .authorizations
+            .push((path.clone(), authorization));
         let resp = self.answer(req);
         self.0
             .lock()
@@ -183,6 +197,16 @@ impl Registry {
 
     fn answer(&self, req: Request<Bytes>) -> Response<Body> {
         let mut st = self.0.lock().unwrap();
+        // Blob storage style: `/cdn/<path>` sends on to `<path>` on the same host, with a
+        // relative Location and a signature in the query.
+        if let Some(rest) = req.uri().path().strip_prefix("/cdn") {
+            let mut r = full(StatusCode::FOUND, "");
+            r.headers_mut().insert(
+                "location",
+                format!("{rest}?X-Signature=s3cr3t").parse().unwrap(),
+            );
+            return r;
+        }
         if let Some(expected) = &st.basic_auth {
             let got = req
                 .headers()
@@ -313,6 +337,12 @@ impl Registry {
         let Some((_, digest)) = path.split_once("/blobs/") else {
             return full(StatusCode::NOT_FOUND, "");
         };
+        if let Some(to) = &st.redirect_blobs {
+            let mut r = full(StatusCode::TEMPORARY_REDIRECT, "");
+            r.headers_mut()
+                .insert("location", format!("{to}{path}").parse().unwrap());
+            return r;
+        }
         let Some((data, kind)) = st.blobs.get(digest).cloned() else {
             return full(
                 StatusCode::NOT_FOUND,
@@ -1464,4 +1494,98 @@ async fn anonymous_bearer_token() {
     assert_eq!(reg.0.lock().unwrap().token_gets, 2);
     assert_eq!(reg.count("GET", "/v2/"), (5, 1));
     assert_eq!(pings(&reg), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_to_blob_storage_carry_no_authorization() {
+    // The registry wants a token and sends every blob GET on to "blob storage" (another
+    // port), which redirects once more on its own host before it serves the blob.
+    let (reg, host, auth) = bearer_registry(None).await;
+    let storage = Registry::default();
+    let data = noise(300_000, 6);
+    let l = layer(&[("f", &data)], false);
+    let img = add_image(&storage, "v1", &[(l.clone(), Blob::Flaky)], "");
+    add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    let storage_host = storage.serve().await;
+    reg.0.lock().unwrap().redirect_blobs = Some(format!("http://{storage_host}/cdn"));
+    let e = env();
+    let store = e.store(quick()).await;
+    let r = format!("{host}/crust/redirected:v1");
+    let id = store.pull(&r, Some(&auth)).await.unwrap();
+    assert_eq!(id, img.config_digest);
+    let im = store.status(&r).unwrap().unwrap();
+    let lowers = store
+        .snapshotter()
+        .lowers(im.chain_id.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(std::fs::read(lowers[0].join("f")).unwrap(), data);
+    {
+        let st = reg.0.lock().unwrap();
+        assert!(
+            st.authorizations
+                .iter()
+                .any(|(p, a)| p.contains("/blobs/") && a.is_some()),
+            "the registry itself gets the token"
+        );
+        let s = storage.0.lock().unwrap();
+        assert!(
+            s.authorizations.iter().all(|(_, a)| a.is_none()),
+            "no Authorization at any hop of blob storage: {:?}",
+            s.authorizations
+        );
+        assert!(
+            s.authorizations.iter().any(|(p, _)| p.starts_with("/cdn/"))
+                && s.authorizations.iter().any(|(p, _)| p.starts_with("/v2/")),
+            "both hops: {:?}",
+            s.authorizations
+        );
+        // The layer was cut half-way once: resumed with Range at the final hop.
+        assert_eq!(s.blob_gets[&img.layer_digests[0]], 2);
+        assert!(
+            s.ranges.iter().any(|r| r != "bytes=0-"),
+            "resumed from an offset: {:?}",
+            s.ranges
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_by_blob_storage_is_no_registry_challenge() {
+    use base64::Engine as _;
+    // Blob storage answers 401 with a Basic challenge (or 403, an expired signature):
+    // not the registry's; nothing learnt, no credentials sent there, retried, Unavailable
+    // naming the storage host.
+    let reg = Registry::default();
+    let storage = Registry::default();
+    let l = layer(&[("f", b"x")], false);
+    add_image(&reg, "v1", &[(l.clone(), Blob::Good)], "");
+    add_image(&storage, "v1", &[(l, Blob::Good)], "");
+    storage.0.lock().unwrap().basic_auth =
+        Some(base64::engine::general_purpose::STANDARD.encode("user:secret"));
+    let storage_host = storage.serve().await;
+    reg.0.lock().unwrap().redirect_blobs = Some(format!("http://{storage_host}/cdn"));
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(quick()).await;
+    let auth = Auth {
+        username: "user".into(),
+        password: "secret".into(),
+        ..Default::default()
+    };
+    let err = store
+        .pull(&format!("{host}/crust/s3:v1"), Some(&auth))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&storage_host) && msg.contains("401"), "{msg}");
+    assert!(!msg.contains("s3cr3t"), "no signature in messages: {msg}");
+    let s = storage.0.lock().unwrap();
+    assert!(
+        s.authorizations.iter().all(|(_, a)| a.is_none()),
+        "{:?}",
+        s.authorizations
+    );
+    // Each blob GET (try + 1 retry) went to the registry first.
+    assert!(s.authorizations.len() >= 2, "{:?}", s.authorizations);
 }
