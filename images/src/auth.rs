@@ -8,8 +8,10 @@
 //!   to the realm; a `401`, `404` or `405` answer falls back to the `GET`); else
 //!   `GET <realm>?service=…&scope=…`, with basic credentials if there are any. The token
 //!   is kept per (endpoint, credentials, scope) for ¾ of its `expires_in` (60 s when the
-//!   answer has none); the endpoint is remembered as a bearer one, so the next request
-//!   of that scope, even after its token expired, gets a token before it goes out.
+//!   answer has none); the endpoint is remembered as a bearer one (realm and service),
+//!   so the next request of that scope, even after its token expired, gets a token before
+//!   it goes out. The challenge's own scopes are asked for in the token request that
+//!   answers it only.
 //! - `Basic`: the basic credentials, and from then on with every request to the endpoint.
 //!
 //! The request is retried once with what was learnt; a second `401`, or a `401` with no
@@ -484,8 +486,13 @@ impl Authenticator {
                 )));
             }
             {
+                // Realm and service are the endpoint's; the scope is this request's only.
+                let learnt = Challenge {
+                    scope: None,
+                    ..ch.clone()
+                };
                 let mut st = self.state();
-                st.learn(&a.host_key, HostAuth::Bearer(ch.clone()));
+                st.learn(&a.host_key, HostAuth::Bearer(learnt));
                 if let Some(s) = sent
                     && st.tokens.get(&a.token_key).is_some_and(|(t, _)| t == s)
                 {
@@ -543,17 +550,17 @@ impl Authenticator {
         Ok(value)
     }
 
-    /// Asks the token service of `ch` for a token for `a`'s scope (and the challenge's,
-    /// if it names another): the token and how long to use it.
+    /// Asks the token service of `ch` for a token for `a`'s scope (and the challenge's
+    /// scopes, space-separated, if it names others: only a challenge just received
+    /// carries any): the token and how long to use it.
     async fn fetch_token(&self, a: &Access, ch: &Challenge) -> Result<(String, Duration)> {
         let host = &a.endpoint.host;
         let realm = &ch.realm;
         let mut scopes = vec![a.scope.as_str()];
-        if let Some(s) = ch.scope.as_deref()
-            && s != a.scope
-            && !s.is_empty()
-        {
-            scopes.push(s);
+        for s in ch.scope.as_deref().unwrap_or("").split_whitespace() {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
         }
         let http = self.http(&a.endpoint);
         let mut refused_post = None;

@@ -56,6 +56,8 @@ struct State {
     token_posts: Vec<HashMap<String, String>>,
     /// GET token requests.
     token_gets: usize,
+    /// The scopes of every token request (GET `scope` params, POST `scope` field).
+    token_scopes: Vec<Vec<String>>,
     /// With `bearer`: the token service also gives tokens to anonymous GETs (as Docker
     /// Hub's does for public images).
     anonymous_tokens: bool,
@@ -110,6 +112,31 @@ fn parse_form(body: &[u8]) -> HashMap<String, String> {
             (dec(k), dec(v))
         })
         .collect()
+}
+
+/// The values of `key` in a query string, in order.
+fn query_values(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let one = parse_form(format!("k={v}").as_bytes());
+            (k == key).then(|| one.get("k").cloned().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Scopes a token request of a pull may name: at least one, each once, each
+/// `repository:crust/<name>:pull`.
+fn good_scopes(scopes: &[String]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    !scopes.is_empty()
+        && scopes.iter().all(|s| {
+            seen.insert(s.as_str())
+                && s.strip_prefix("repository:crust/")
+                    .and_then(|r| r.strip_suffix(":pull"))
+                    .is_some_and(|n| !n.is_empty() && !n.contains(' '))
+        })
 }
 
 #[derive(Clone, Default)]
@@ -251,10 +278,12 @@ impl Registry {
                 let rotate = oauth.rotate;
                 st.token_posts.push(f.clone());
                 let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+                let scopes: Vec<String> = field("scope").split(' ').map(str::to_string).collect();
+                let scopes_ok = good_scopes(&scopes);
+                st.token_scopes.push(scopes);
                 if field("grant_type") != "refresh_token"
                     || field("service") != "test"
-                    || !field("scope").starts_with("repository:crust/")
-                    || !field("scope").ends_with(":pull")
+                    || !scopes_ok
                     || field("client_id").is_empty()
                 {
                     return full(StatusCode::BAD_REQUEST, r#"{"error":"invalid_request"}"#);
@@ -287,8 +316,11 @@ impl Registry {
                     return full(StatusCode::UNAUTHORIZED, "bad credentials");
                 }
                 let query = req.uri().query().unwrap_or("");
-                if !query.contains("scope=repository") {
-                    return full(StatusCode::BAD_REQUEST, "no scope");
+                let scopes = query_values(query, "scope");
+                let scopes_ok = good_scopes(&scopes);
+                st.token_scopes.push(scopes);
+                if !scopes_ok {
+                    return full(StatusCode::BAD_REQUEST, "bad scopes");
                 }
                 let expires = st.token_expires_in.unwrap_or(300);
                 return full(
@@ -1152,6 +1184,16 @@ async fn identity_token_refresh_grant() {
     store.remove(&r).await.unwrap();
     store.pull(&r, Some(&right)).await.unwrap();
     assert_eq!(reg.0.lock().unwrap().token_posts.len(), posts);
+    // Another repository: a grant for its scope alone.
+    store
+        .pull(&format!("{host}/crust/other:v1"), Some(&right))
+        .await
+        .unwrap();
+    let st = reg.0.lock().unwrap();
+    assert_eq!(
+        st.token_posts.last().map(|f| f["scope"].as_str()),
+        Some("repository:crust/other:pull")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1429,6 +1471,12 @@ async fn bearer_token_asked_once_per_scope() {
     assert_eq!(pings(&reg), 0);
     let st = reg.0.lock().unwrap();
     assert!(st.token_posts.is_empty(), "no identity token, no POST");
+    // Each token request names its own repository only: the first challenge's scope
+    // does not stick to the host.
+    assert_eq!(
+        st.token_scopes,
+        [["repository:crust/one:pull"], ["repository:crust/two:pull"]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
