@@ -32,6 +32,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::registry::Endpoint;
 
+/// Longest token service answer read.
+const MAX_TOKEN_ANSWER: u64 = 1 << 20;
+
 /// The `client_id` sent to token services.
 pub const CLIENT_ID: &str = "crust";
 
@@ -667,17 +670,36 @@ impl Authenticator {
         timeout: Duration,
     ) -> Result<Answer> {
         let exchange = async {
-            let resp = req.send().await?;
+            let mut resp = req.send().await?;
             let status = resp.status();
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, body))
+            let mut body = Vec::new();
+            if resp.content_length().is_some_and(|n| n > MAX_TOKEN_ANSWER) {
+                return Ok((status, None));
+            }
+            while let Some(c) = resp.chunk().await? {
+                if (body.len() + c.len()) as u64 > MAX_TOKEN_ANSWER {
+                    return Ok((status, None));
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok::<_, reqwest::Error>((status, Some(body)))
         };
         let (status, body) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| {
                 Error::Unavailable(format!("token service {realm}: no answer in {timeout:?}"))
             })?
-            .map_err(|e| Error::Unavailable(format!("token service {realm}: {}", chain(&e))))?;
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "token service {realm}: {}",
+                    chain(&e.without_url())
+                ))
+            })?;
+        let body = body.ok_or_else(|| {
+            Error::Unauthenticated(format!(
+                "token service {realm}: {status} answer larger than {MAX_TOKEN_ANSWER} bytes"
+            ))
+        })?;
         let text = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         match status.as_u16() {
             200 => serde_json::from_slice(&body)

@@ -274,7 +274,7 @@ pub fn credentials(
 /// Longest manifest or index accepted (containerd's limit too).
 const MAX_MANIFEST: u64 = 4 << 20;
 
-/// Longest config blob accepted when the manifest gives no size.
+/// Longest config blob accepted, whatever size the manifest states.
 const MAX_CONFIG: u64 = 16 << 20;
 
 /// The error for a registry's answer `status` (not 2xx) to a request for `what` at
@@ -734,14 +734,20 @@ impl RegistryClient {
         })
     }
 
-    /// Fetches a small blob (a config) whole and verifies its digest and size.
+    /// Fetches a small blob (a config, at most [`MAX_CONFIG`] bytes) whole and verifies
+    /// its digest and size.
     pub async fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         let what = format!("blob {}", desc.digest);
         let url = format!("{}/blobs/{}", self.base, desc.digest);
-        let limit = u64::try_from(desc.size)
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or(MAX_CONFIG);
+        let stated = u64::try_from(desc.size).ok().filter(|n| *n > 0);
+        if let Some(n) = stated
+            && n > MAX_CONFIG
+        {
+            return Err(Error::BadContent(format!(
+                "{what}: the manifest states {n} bytes, more than the {MAX_CONFIG} a config may have"
+            )));
+        }
+        let limit = stated.unwrap_or(MAX_CONFIG);
         let bytes = self
             .policy
             .retry(|| async {

@@ -63,6 +63,8 @@ struct State {
     anonymous_tokens: bool,
     /// The `expires_in` the token service answers (300 when unset).
     token_expires_in: Option<u64>,
+    /// Bytes of padding in the token service's GET answers.
+    token_padding: usize,
     /// Every request: method, path and the status answered.
     requests: Vec<(String, String, u16)>,
     /// Lets `Blob::Held` bodies finish.
@@ -323,9 +325,10 @@ impl Registry {
                     return full(StatusCode::BAD_REQUEST, "bad scopes");
                 }
                 let expires = st.token_expires_in.unwrap_or(300);
+                let pad = "x".repeat(st.token_padding);
                 return full(
                     StatusCode::OK,
-                    format!(r#"{{"token":"{token}","expires_in":{expires}}}"#),
+                    format!(r#"{{"token":"{token}","expires_in":{expires},"pad":"{pad}"}}"#),
                 );
             }
             if auth_header != format!("Bearer {token}") {
@@ -1636,4 +1639,42 @@ async fn refusal_by_blob_storage_is_no_registry_challenge() {
     );
     // Each blob GET (try + 1 retry) went to the registry first.
     assert!(s.authorizations.len() >= 2, "{:?}", s.authorizations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_stated_too_large_is_refused_before_download() {
+    let reg = Registry::default();
+    let l = layer(&[("f", b"x")], false);
+    let img = add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    {
+        // The manifest claims a 4 GiB config.
+        let mut st = reg.0.lock().unwrap();
+        let (ct, body) = st.manifests["v1"].clone();
+        let mut m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        m["config"]["size"] = serde_json::json!(4u64 << 30);
+        st.manifests
+            .insert("v1".into(), (ct, Bytes::from(m.to_string())));
+    }
+    let (_e, _store, err) = failing_pull(&reg, "bigconfig").await;
+    assert!(matches!(err, Error::BadContent(_)), "{err}");
+    assert!(err.to_string().contains("more than"), "{err}");
+    let st = reg.0.lock().unwrap();
+    assert!(
+        !st.blob_gets.contains_key(&img.config_digest),
+        "config not asked for"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_token_answer_is_refused() {
+    let (reg, host, auth) = bearer_registry(None).await;
+    reg.0.lock().unwrap().token_padding = 2 << 20;
+    let e = env();
+    let store = e.store(quick()).await;
+    let err = store
+        .pull(&format!("{host}/crust/bigtoken:v1"), Some(&auth))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
+    assert!(err.to_string().contains("larger than"), "{err}");
 }
