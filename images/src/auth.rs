@@ -8,7 +8,7 @@
 //!   to the realm; a `401`, `404` or `405` answer falls back to the `GET`); else
 //!   `GET <realm>?service=…&scope=…`, with basic credentials if there are any. The token
 //!   is kept per (endpoint, credentials, scope) for ¾ of its `expires_in` (60 s when the
-//!   answer has none); the endpoint is remembered as a bearer one (realm and service),
+//!   answer has none or less); the endpoint is remembered as a bearer one (realm and service),
 //!   so the next request of that scope, even after its token expired, gets a token before
 //!   it goes out. The challenge's own scopes are asked for in the token request that
 //!   answers it only.
@@ -717,7 +717,8 @@ impl Authenticator {
 }
 
 /// The token of a token service's answer and how long to use it: ¾ of its lifetime
-/// (`expires_in`, 60 s by default as the token spec says).
+/// (`expires_in`, 60 s by default and at least, as the token spec says and
+/// containers/image does; a token refused before that gets a 401 and is fetched again).
 fn answer_token(t: TokenAnswer, realm: &str) -> Result<(String, Duration)> {
     let token = t
         .access_token
@@ -725,7 +726,7 @@ fn answer_token(t: TokenAnswer, realm: &str) -> Result<(String, Duration)> {
         .or(t.token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::Unauthenticated(format!("token service {realm}: no token")))?;
-    let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(1)) * 3 / 4;
+    let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(60)) * 3 / 4;
     Ok((token, life))
 }
 
@@ -784,6 +785,8 @@ mod tests {
         assert_eq!((tok.as_str(), life), ("a", Duration::from_secs(225)));
         let (tok, life) = t(r#"{"access_token":"b","token":"a"}"#).unwrap();
         assert_eq!((tok.as_str(), life), ("b", Duration::from_secs(45)));
+        let (_, life) = t(r#"{"token":"a","expires_in":1}"#).unwrap();
+        assert_eq!(life, Duration::from_secs(45), "60 s at least");
         assert!(matches!(
             t(r#"{"token":""}"#),
             Err(Error::Unauthenticated(_))
