@@ -415,11 +415,13 @@ impl Authenticator {
     }
 
     /// The HTTP client for `url`, reached while talking to `a`'s endpoint (a redirect
-    /// target, a token realm): certificates go unverified only at the endpoint itself
-    /// when it is insecure, or at a host configured insecure (or loopback).
+    /// target, a token realm): certificates go unverified only at the endpoint's own host
+    /// when the endpoint is insecure, or at a host configured insecure (or loopback).
     pub fn http_for(&self, a: &Access, url: &reqwest::Url) -> &reqwest::Client {
         let host = authority(url);
-        let insecure = (a.endpoint.skip_verify && same_origin(url, &a.origin))
+        let same_host = url.host_str().map(str::to_ascii_lowercase)
+            == a.origin.host_str().map(str::to_ascii_lowercase);
+        let insecure = (a.endpoint.skip_verify && same_host)
             || self.insecure.contains(&host)
             || crate::registry::is_loopback(&host);
         if insecure {
@@ -482,9 +484,20 @@ impl Authenticator {
             .filter_map(|v| v.to_str().ok())
             .collect();
         if let Some(ch) = values.iter().find_map(|v| parse_bearer_challenge(v)) {
-            if !(ch.realm.starts_with("https://") || ch.realm.starts_with("http://")) {
+            let realm = reqwest::Url::parse(&ch.realm)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    Error::Unauthenticated(format!(
+                        "{what}: token realm {:?} of {host} is not an HTTP URL",
+                        ch.realm
+                    ))
+                })?;
+            if realm.scheme() == "http" && !(a.endpoint.http || a.endpoint.skip_verify) {
                 return Err(Error::Unauthenticated(format!(
-                    "{what}: token realm {:?} of {host} is not an HTTP URL",
+                    "{what}: {host} is served over HTTPS but names a plain HTTP token realm \
+                     {:?}: refused, credentials and tokens would travel in cleartext \
+                     (configure the registry as insecure to allow it)",
                     ch.realm
                 )));
             }
@@ -565,7 +578,9 @@ impl Authenticator {
                 scopes.push(s);
             }
         }
-        let http = self.http(&a.endpoint);
+        let realm_url = reqwest::Url::parse(realm)
+            .map_err(|e| Error::Unauthenticated(format!("{host}: token realm {realm:?}: {e}")))?;
+        let http = self.http_for(a, &realm_url);
         let mut refused_post = None;
         if let Some(identity) = a.creds.identity_token.as_deref() {
             let refresh_key = crate::digest::sha256(
@@ -627,8 +642,7 @@ impl Authenticator {
                 }
             }
         }
-        let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| Error::Unauthenticated(format!("{host}: token realm {realm:?}: {e}")))?;
+        let mut url = realm_url;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = ch.service.as_deref() {
@@ -791,6 +805,76 @@ mod tests {
             t(r#"{"token":""}"#),
             Err(Error::Unauthenticated(_))
         ));
+    }
+
+    fn access(host: &str, http: bool, skip_verify: bool) -> Access {
+        Access::new(
+            Endpoint {
+                host: host.into(),
+                http,
+                skip_verify,
+                mirror: false,
+            },
+            "a/b",
+            RegistryAuth::Basic("u".into(), "p".into()).into(),
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tls_verification_follows_the_host() {
+        let auth =
+            Authenticator::new(Duration::from_secs(1), ["insecure.example".to_string()]).unwrap();
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let unverified =
+            |a: &Access, u: &str| std::ptr::eq(auth.http_for(a, &url(u)), &auth.unverified);
+        let insecure = access("reg.example:5000", false, true);
+        assert!(unverified(&insecure, "https://reg.example:5000/token"));
+        assert!(
+            unverified(&insecure, "https://reg.example/token"),
+            "its host"
+        );
+        assert!(
+            !unverified(&insecure, "https://auth.example/token"),
+            "another host"
+        );
+        assert!(
+            unverified(&insecure, "https://insecure.example/t"),
+            "configured"
+        );
+        let secure = access("reg.example", false, false);
+        assert!(!unverified(&secure, "https://reg.example/token"));
+        assert!(unverified(&secure, "https://insecure.example/t"));
+    }
+
+    #[tokio::test]
+    async fn plain_http_realm_only_for_insecure_endpoints() {
+        let auth = Authenticator::new(Duration::from_secs(1), []).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            WWW_AUTHENTICATE,
+            r#"Bearer realm="http://127.0.0.1:1/token",service="s""#
+                .parse()
+                .unwrap(),
+        );
+        let err = auth
+            .challenged(&access("reg.example", false, false), None, &h, "m")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Unauthenticated(m) if m.contains("cleartext")),
+            "{err}"
+        );
+        // An insecure or plain HTTP registry may: the token service is asked (and is
+        // not there).
+        for a in [
+            access("reg.example", false, true),
+            access("reg.example", true, false),
+        ] {
+            let err = auth.challenged(&a, None, &h, "m").await.unwrap_err();
+            assert!(matches!(err, Error::Unavailable(_)), "{err}");
+        }
     }
 
     #[test]
