@@ -228,64 +228,96 @@ pub struct Challenge {
     pub scope: Option<String>,
 }
 
-/// The scheme (lower case) and parameters of one `WWW-Authenticate` value.
-fn parse_challenge(header: &str) -> Option<(String, HashMap<String, String>)> {
-    let header = header.trim_start();
-    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-    if scheme.is_empty() {
-        return None;
-    }
-    let mut params: HashMap<String, String> = HashMap::new();
-    let mut s = rest.chars().peekable();
-    loop {
-        while s.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            s.next();
+/// The challenges of one `WWW-Authenticate` value, each its scheme (lower case) and
+/// parameters (names lower case): `Basic realm="a", Bearer realm = "b", service=c` is
+/// two. After a comma, a name followed by `=` is a parameter, anything else the scheme of
+/// the next challenge (RFC 9110 §11.6.1; token68 credentials are not expected here).
+fn parse_challenges(header: &str) -> Vec<(String, HashMap<String, String>)> {
+    let c: Vec<char> = header.chars().collect();
+    let n = c.len();
+    let skip_ws = |mut i: usize| {
+        while i < n && c[i].is_whitespace() {
+            i += 1;
         }
-        let key: String = s.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
+        i
+    };
+    let mut out: Vec<(String, HashMap<String, String>)> = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < n && (c[i] == ',' || c[i].is_whitespace()) {
+            i += 1;
+        }
+        if i >= n {
             break;
         }
-        let mut value = String::new();
-        if s.peek() == Some(&'"') {
-            s.next();
-            while let Some(c) = s.next() {
-                match c {
-                    '\\' => value.extend(s.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = s.peek().copied() {
-                if c == ',' {
-                    break;
-                }
-                value.push(c);
-                s.next();
-            }
-            value = value.trim().to_string();
+        let start = i;
+        while i < n && !c[i].is_whitespace() && c[i] != ',' && c[i] != '=' {
+            i += 1;
         }
-        params.insert(key.trim().to_ascii_lowercase(), value);
+        let token: String = c[start..i].iter().collect::<String>().to_ascii_lowercase();
+        let j = skip_ws(i);
+        if j < n && c[j] == '=' && !token.is_empty() {
+            i = skip_ws(j + 1);
+            let mut value = String::new();
+            if i < n && c[i] == '"' {
+                i += 1;
+                while i < n {
+                    match c[i] {
+                        '\\' if i + 1 < n => {
+                            value.push(c[i + 1]);
+                            i += 2;
+                            continue;
+                        }
+                        '"' => {
+                            i += 1;
+                            break;
+                        }
+                        ch => value.push(ch),
+                    }
+                    i += 1;
+                }
+            } else {
+                while i < n && c[i] != ',' {
+                    value.push(c[i]);
+                    i += 1;
+                }
+                value = value.trim().to_string();
+            }
+            // A parameter before any scheme belongs to nothing.
+            if let Some((_, params)) = out.last_mut() {
+                params.insert(token, value);
+            }
+        } else if token.is_empty() {
+            // A stray '=': skip it.
+            i = j + 1;
+        } else {
+            out.push((token, HashMap::new()));
+            i = j;
+        }
     }
-    Some((scheme.to_ascii_lowercase(), params))
+    out
 }
 
 /// Parses the `Bearer` challenge of a `WWW-Authenticate` value (`Bearer realm="…",
-/// service="…"`); `None` for another scheme or without a realm.
+/// service="…"`), also among other challenges in the same value; `None` without one
+/// with a realm.
 pub fn parse_bearer_challenge(header: &str) -> Option<Challenge> {
-    let (scheme, mut params) = parse_challenge(header)?;
-    if scheme != "bearer" {
-        return None;
-    }
-    Some(Challenge {
-        realm: params.remove("realm").filter(|r| !r.is_empty())?,
-        service: params.remove("service"),
-        scope: params.remove("scope"),
-    })
+    parse_challenges(header)
+        .into_iter()
+        .filter(|(scheme, _)| scheme == "bearer")
+        .find_map(|(_, mut params)| {
+            Some(Challenge {
+                realm: params.remove("realm").filter(|r| !r.is_empty())?,
+                service: params.remove("service"),
+                scope: params.remove("scope"),
+            })
+        })
 }
 
 fn is_basic_challenge(header: &str) -> bool {
-    parse_challenge(header).is_some_and(|(scheme, _)| scheme == "basic")
+    parse_challenges(header)
+        .iter()
+        .any(|(scheme, _)| scheme == "basic")
 }
 
 /// `application/x-www-form-urlencoded` of `fields`.
@@ -779,6 +811,23 @@ mod tests {
         );
         assert!(parse_bearer_challenge(r#"Basic realm="x""#).is_none());
         assert!(parse_bearer_challenge(r#"Bearer service="x""#).is_none());
+        let c = parse_bearer_challenge(r#"Bearer realm = "https://a/t" , service= "s""#).unwrap();
+        assert_eq!(
+            (c.realm.as_str(), c.service.as_deref()),
+            ("https://a/t", Some("s"))
+        );
+        // Two challenges in one value: the Bearer one is found, whatever comes first.
+        let two = r#"Basic realm="a", Bearer realm="https://b/t",service="x",scope="repository:p:pull repository:q:pull""#;
+        let c = parse_bearer_challenge(two).unwrap();
+        assert_eq!(c.realm, "https://b/t");
+        assert_eq!(c.service.as_deref(), Some("x"));
+        assert_eq!(
+            c.scope.as_deref(),
+            Some("repository:p:pull repository:q:pull")
+        );
+        assert!(is_basic_challenge(two));
+        let c = parse_bearer_challenge(r#"Bearer realm="https://b/t", Basic realm="a""#).unwrap();
+        assert_eq!((c.realm.as_str(), c.service), ("https://b/t", None));
         assert!(is_basic_challenge(r#"Basic realm="Registry Realm""#));
         assert!(is_basic_challenge("basic"));
         assert!(!is_basic_challenge(r#"Bearer realm="x""#));

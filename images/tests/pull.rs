@@ -65,6 +65,10 @@ struct State {
     token_expires_in: Option<u64>,
     /// Bytes of padding in the token service's GET answers.
     token_padding: usize,
+    /// Another scope the registry's Bearer challenge names after the repository's.
+    challenge_extra_scope: Option<String>,
+    /// A challenge put before the Bearer one in the same `WWW-Authenticate` value.
+    challenge_before: Option<String>,
     /// Every request: method, path and the status answered.
     requests: Vec<(String, String, u16)>,
     /// Lets `Blob::Held` bodies finish.
@@ -341,11 +345,21 @@ impl Registry {
                     .strip_prefix("/v2/")
                     .and_then(|p| p.split_once("/manifests/").or(p.split_once("/blobs/")))
                     .map(|(r, _)| r);
+                let extra = st
+                    .challenge_extra_scope
+                    .as_ref()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default();
                 let scope = repo
-                    .map(|r| format!(",scope=\"repository:{r}:pull\""))
+                    .map(|r| format!(",scope=\"repository:{r}:pull{extra}\""))
+                    .unwrap_or_default();
+                let before = st
+                    .challenge_before
+                    .as_ref()
+                    .map(|c| format!("{c}, "))
                     .unwrap_or_default();
                 let challenge = format!(
-                    "Bearer realm=\"http://{}/token\",service=\"test\"{scope}",
+                    "{before}Bearer realm = \"http://{}/token\", service=\"test\"{scope}",
                     st.addr
                 );
                 r.headers_mut()
@@ -1689,4 +1703,35 @@ async fn huge_token_answer_is_refused() {
         .unwrap_err();
     assert!(matches!(err, Error::Unauthenticated(_)), "{err}");
     assert!(err.to_string().contains("larger than"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenge_with_two_schemes_and_scopes() {
+    // `Basic realm="registry", Bearer realm = "…", service="test",scope="<repo> <other>"`:
+    // the Bearer challenge is taken, its two scopes asked for as two scope params, and
+    // the extra scope only in the token request answering that challenge.
+    let (reg, host, auth) = bearer_registry(None).await;
+    {
+        let mut st = reg.0.lock().unwrap();
+        st.challenge_extra_scope = Some("repository:crust/base:pull".into());
+        st.challenge_before = Some("Basic realm=\"registry\"".into());
+    }
+    let e = env();
+    let store = e.store(quick()).await;
+    store
+        .pull(&format!("{host}/crust/app:v1"), Some(&auth))
+        .await
+        .unwrap();
+    store
+        .pull(&format!("{host}/crust/other:v1"), Some(&auth))
+        .await
+        .unwrap();
+    let st = reg.0.lock().unwrap();
+    assert_eq!(
+        st.token_scopes,
+        [
+            vec!["repository:crust/app:pull", "repository:crust/base:pull"],
+            vec!["repository:crust/other:pull"]
+        ]
+    );
 }
