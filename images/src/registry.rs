@@ -27,6 +27,31 @@ use crate::reference::{DOCKER_DOMAIN, Reference};
 /// Most redirects followed for one request (as Go's net/http and containerd).
 const MAX_REDIRECTS: usize = 10;
 
+/// Longest `Retry-After` of a 429 waited for (and at most half the no-progress
+/// timeout); a longer one gives up.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Starts the message of a rate-limit error, which is not retried.
+const RATE_LIMITED: &str = "rate limited by";
+
+/// Whether an Unavailable error with message `m` is worth another attempt: not a rate
+/// limit that asked for a longer wait than we make.
+fn retryable(m: &str) -> bool {
+    !m.contains(RATE_LIMITED)
+}
+
+/// The `Retry-After` of an answer in seconds, if it gives seconds (not a date).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
 /// `url` without its query and fragment, for messages: a redirect to blob storage
 /// carries a signature there.
 fn shown(url: &reqwest::Url) -> String {
@@ -364,8 +389,9 @@ impl Policy {
         Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)))
     }
 
-    /// Runs `f` until it succeeds, fails with a non-transient error, or retries run out.
-    async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T>
+    /// Runs `f` (the request `what` to `host`) until it succeeds, fails with a
+    /// non-transient error, or retries run out.
+    async fn retry<T, F, Fut>(&self, what: &str, host: &str, mut f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -375,12 +401,12 @@ impl Policy {
             let r = match tokio::time::timeout(self.no_progress, f()).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::Unavailable(format!(
-                    "no response from registry for {}s",
+                    "{what}: no response from {host} in {}s",
                     self.no_progress.as_secs_f32()
                 ))),
             };
             match r {
-                Err(Error::Unavailable(m)) if attempt < self.retries => {
+                Err(Error::Unavailable(m)) if attempt < self.retries && retryable(&m) => {
                     tracing::debug!("retrying after: {m}");
                     tokio::time::sleep(Self::backoff(attempt)).await;
                     attempt += 1;
@@ -540,6 +566,7 @@ impl RegistryClient {
     ) -> Result<reqwest::Response> {
         let mut authorization = self.auth.authorization(&self.access).await?;
         let mut challenged = false;
+        let mut waited = 0;
         loop {
             let (resp, at) = self
                 .follow(url, what, accept, from, authorization.as_deref())
@@ -561,6 +588,31 @@ impl RegistryClient {
                     self.endpoint().host,
                     text.trim()
                 )));
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let host = &self.endpoint().host;
+                let wait = retry_after(resp.headers());
+                let body = read_body(resp, 64 << 10, what).await.unwrap_or_default();
+                let cap = MAX_RETRY_AFTER.min(self.policy.no_progress / 2);
+                match wait {
+                    Some(d) if d <= cap && waited < 2 => {
+                        tracing::info!(%host, "{what}: rate limited (429), retrying in {d:?}");
+                        tokio::time::sleep(d).await;
+                        waited += 1;
+                        continue;
+                    }
+                    Some(d) if d > cap => {
+                        let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+                        return Err(Error::Unavailable(format!(
+                            "{what}: {RATE_LIMITED} {host} (429 Too Many Requests, \
+                             Retry-After {}s), giving up: {}",
+                            d.as_secs(),
+                            text.trim()
+                        )));
+                    }
+                    // No Retry-After (or a date): retried with backoff like a 5xx.
+                    _ => return Err(status_error(what, &shown(&at), status, &body)),
+                }
             }
             if status == StatusCode::UNAUTHORIZED && !challenged {
                 challenged = true;
@@ -659,7 +711,7 @@ impl RegistryClient {
         let accept = MANIFEST_TYPES.join(", ");
         let (bytes, header) = self
             .policy
-            .retry(|| async {
+            .retry(&what, &self.endpoint().host, || async {
                 let resp = self.get(&url, &what, Some(&accept), None).await?;
                 let header = resp
                     .headers()
@@ -750,7 +802,7 @@ impl RegistryClient {
         let limit = stated.unwrap_or(MAX_CONFIG);
         let bytes = self
             .policy
-            .retry(|| async {
+            .retry(&what, &self.endpoint().host, || async {
                 let resp = self.get(&url, &what, None, None).await?;
                 read_body(resp, limit, &what).await
             })
@@ -790,7 +842,9 @@ impl RegistryClient {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(Some(Error::Unavailable(m))) if attempt < self.policy.retries => {
+                Err(Some(Error::Unavailable(m)))
+                    if attempt < self.policy.retries && retryable(&m) =>
+                {
                     tracing::info!(digest = %desc.digest, sent, "blob download interrupted, resuming: {m}");
                     tokio::time::sleep(Policy::backoff(attempt)).await;
                     attempt += 1;
@@ -822,8 +876,12 @@ impl RegistryClient {
         let what = format!("blob {}", desc.digest);
         let url = format!("{}/blobs/{}", self.base, desc.digest);
         let secs = self.policy.no_progress.as_secs_f32();
-        let stalled =
-            |at: u64| Error::Unavailable(format!("{what}: no progress for {secs}s at byte {at}"));
+        let host = &self.endpoint().host;
+        let stalled = |at: u64| {
+            Error::Unavailable(format!(
+                "{what}: no progress for {secs}s at byte {at} (from {host})"
+            ))
+        };
         let mut resp = tokio::time::timeout(
             self.policy.no_progress,
             self.get(&url, &what, None, (*sent > 0).then_some(*sent)),

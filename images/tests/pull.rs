@@ -39,6 +39,11 @@ enum Blob {
     },
     /// Sends half its bytes, then the rest once `State::released` is set (or after 5 s).
     Held,
+    /// Answers 429 with this `Retry-After` to the first `times` GETs, then is good.
+    RateLimited {
+        times: usize,
+        retry_after: &'static str,
+    },
 }
 
 #[derive(Default)]
@@ -444,6 +449,18 @@ impl Registry {
                 .expect("response")
         };
         match kind {
+            Blob::RateLimited { times, retry_after } if n <= times => {
+                let mut r = full(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+                );
+                r.headers_mut()
+                    .insert("retry-after", retry_after.parse().unwrap());
+                r
+            }
+            Blob::RateLimited { .. } | Blob::Good => {
+                with_len(stream_of(vec![data], Then::End), len, StatusCode::OK)
+            }
             Blob::ServerError => full(StatusCode::INTERNAL_SERVER_ERROR, "down"),
             Blob::Held => {
                 let reg = self.0.clone();
@@ -492,7 +509,6 @@ impl Registry {
                     StatusCode::OK,
                 )
             }
-            Blob::Good => with_len(stream_of(vec![data], Then::End), len, StatusCode::OK),
             Blob::WrongDigest => {
                 let mut bad = data.to_vec();
                 bad[len / 2] ^= 0xff;
@@ -988,6 +1004,7 @@ async fn stalled_blob_times_out() {
         .unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(10));
     assert!(err.to_string().contains("no progress for 1s"), "{err}");
+    assert!(err.to_string().contains(&host), "names the registry: {err}");
     assert_nothing_left(&e, &store, &img.layer_digests[0]);
 }
 
@@ -1733,5 +1750,65 @@ async fn challenge_with_two_schemes_and_scopes() {
             vec!["repository:crust/app:pull", "repository:crust/base:pull"],
             vec!["repository:crust/other:pull"]
         ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_waits_briefly_or_gives_up() {
+    // Retry-After 1: waited for (the config is asked twice), the pull succeeds.
+    let reg = Registry::default();
+    let l = layer(&[("f", b"x")], false);
+    let img = add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    reg.0
+        .lock()
+        .unwrap()
+        .blobs
+        .get_mut(&img.config_digest)
+        .unwrap()
+        .1 = Blob::RateLimited {
+        times: 1,
+        retry_after: "1",
+    };
+    let host = reg.serve().await;
+    let e = env();
+    let store = e
+        .store(Config {
+            no_progress_timeout_secs: 5,
+            ..quick()
+        })
+        .await;
+    store
+        .pull(&format!("{host}/crust/limited:v1"), None)
+        .await
+        .unwrap();
+    assert_eq!(reg.0.lock().unwrap().blob_gets[&img.config_digest], 2);
+
+    // Retry-After an hour: no waiting, no retry, an error that says so.
+    let reg = Registry::default();
+    let l = layer(&[("f", b"x")], false);
+    let img = add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    reg.0
+        .lock()
+        .unwrap()
+        .blobs
+        .get_mut(&img.config_digest)
+        .unwrap()
+        .1 = Blob::RateLimited {
+        times: 100,
+        retry_after: "3600",
+    };
+    let t = Instant::now();
+    let (_e, _store, err) = failing_pull(&reg, "limited").await;
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("rate limited") && msg.contains("3600"),
+        "{msg}"
+    );
+    assert_eq!(
+        reg.0.lock().unwrap().blob_gets[&img.config_digest],
+        1,
+        "not retried"
     );
 }
