@@ -389,6 +389,14 @@ impl State {
     }
 }
 
+/// A token request to a realm.
+enum TokenRequest {
+    /// The OAuth2 form.
+    Post(reqwest::Url, String),
+    /// The token spec's GET, with the basic credentials if there are any.
+    Get(reqwest::Url, Option<String>),
+}
+
 /// What a token service said.
 enum Answer {
     Token(TokenAnswer),
@@ -612,7 +620,6 @@ impl Authenticator {
         }
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|e| Error::Unauthenticated(format!("{host}: token realm {realm:?}: {e}")))?;
-        let http = self.http_for(a, &realm_url);
         let mut refused_post = None;
         if let Some(identity) = a.creds.identity_token.as_deref() {
             let refresh_key = crate::digest::sha256(
@@ -634,14 +641,8 @@ impl Authenticator {
             if let Some(s) = ch.service.as_deref() {
                 fields.push(("service", s));
             }
-            let req = http
-                .post(realm)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(form(&fields));
-            match self.ask(req, realm, a.timeout).await? {
+            let req = TokenRequest::Post(realm_url.clone(), form(&fields));
+            match self.ask(a, req, realm, a.timeout).await? {
                 Answer::Token(t) => {
                     if let Some(r) = t.refresh_token.as_deref().filter(|r| !r.is_empty())
                         && r != refresh
@@ -684,11 +685,8 @@ impl Authenticator {
                 q.append_pair("scope", s);
             }
         }
-        let mut req = http.get(url);
-        if let Some(h) = a.creds.basic_header() {
-            req = req.header(AUTHORIZATION, h);
-        }
-        match self.ask(req, realm, a.timeout).await? {
+        let req = TokenRequest::Get(url, a.creds.basic_header());
+        match self.ask(a, req, realm, a.timeout).await? {
             Answer::Token(t) => answer_token(t, realm),
             Answer::Refused(status, body) => Err(Error::Unauthenticated(match refused_post {
                 Some(post) => format!(
@@ -707,16 +705,58 @@ impl Authenticator {
         }
     }
 
-    /// Sends a token request and reads the answer: a token, a refusal, or Unavailable
-    /// when the service cannot be reached, is overloaded or fails (429, 5xx).
+    /// Sends a token request (for `a`) and reads the answer: a token, a refusal, or
+    /// Unavailable when the service cannot be reached, is overloaded or fails (429, 5xx).
+    /// A GET follows redirects, its basic credentials only while it stays at the realm's
+    /// scheme, host and port; a POST (its form carries the refresh token) follows none.
     async fn ask(
         &self,
-        req: reqwest::RequestBuilder,
+        a: &Access,
+        request: TokenRequest,
         realm: &str,
         timeout: Duration,
     ) -> Result<Answer> {
         let exchange = async {
-            let mut resp = req.send().await?;
+            let origin = match &request {
+                TokenRequest::Post(u, _) | TokenRequest::Get(u, _) => u.clone(),
+            };
+            let mut at = origin.clone();
+            let mut left = false;
+            let mut hops = 0;
+            let mut resp = loop {
+                left = left || !same_origin(&at, &origin);
+                let http = self.http_for(a, &at);
+                let req = match &request {
+                    TokenRequest::Post(_, body) => http
+                        .post(at.clone())
+                        .header(
+                            reqwest::header::CONTENT_TYPE,
+                            "application/x-www-form-urlencoded",
+                        )
+                        .body(body.clone()),
+                    TokenRequest::Get(_, Some(basic)) if !left => {
+                        http.get(at.clone()).header(AUTHORIZATION, basic)
+                    }
+                    TokenRequest::Get(..) => http.get(at.clone()),
+                };
+                let resp = req.send().await?;
+                let redirect = matches!(request, TokenRequest::Get(..))
+                    && matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308)
+                    && hops < crate::registry::MAX_REDIRECTS;
+                let next = redirect
+                    .then(|| resp.headers().get(reqwest::header::LOCATION))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| at.join(l).ok())
+                    .filter(|u| matches!(u.scheme(), "http" | "https"));
+                match next {
+                    Some(u) => {
+                        at = u;
+                        hops += 1;
+                    }
+                    None => break resp,
+                }
+            };
             let status = resp.status();
             let mut body = Vec::new();
             if resp.content_length().is_some_and(|n| n > MAX_TOKEN_ANSWER) {

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::reference::{DOCKER_DOMAIN, Reference};
 
 /// Most redirects followed for one request (as Go's net/http and containerd).
-const MAX_REDIRECTS: usize = 10;
+pub(crate) const MAX_REDIRECTS: usize = 10;
 
 /// Longest `Retry-After` of a 429 waited for (and at most half the no-progress
 /// timeout); a longer one gives up.

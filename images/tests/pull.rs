@@ -70,6 +70,8 @@ struct State {
     token_expires_in: Option<u64>,
     /// Bytes of padding in the token service's GET answers.
     token_padding: usize,
+    /// GET token requests are answered 307 to this URL prefix, the path and query.
+    token_redirect: Option<String>,
     /// Another scope the registry's Bearer challenge names after the repository's.
     challenge_extra_scope: Option<String>,
     /// A challenge put before the Bearer one in the same `WWW-Authenticate` value.
@@ -322,6 +324,13 @@ impl Registry {
             }
             if path == "/token" {
                 st.token_gets += 1;
+                if let Some(to) = &st.token_redirect {
+                    let query = req.uri().query().unwrap_or("");
+                    let mut r = full(StatusCode::TEMPORARY_REDIRECT, "");
+                    r.headers_mut()
+                        .insert("location", format!("{to}{path}?{query}").parse().unwrap());
+                    return r;
+                }
                 let anonymous = st.anonymous_tokens && auth_header.is_empty();
                 if auth_header != format!("Basic {basic}") && !anonymous {
                     return full(StatusCode::UNAUTHORIZED, "bad credentials");
@@ -1810,5 +1819,43 @@ async fn rate_limit_waits_briefly_or_gives_up() {
         reg.0.lock().unwrap().blob_gets[&img.config_digest],
         1,
         "not retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_request_redirected_elsewhere_goes_without_credentials() {
+    // The realm sends the GET token request on to another host (which gives tokens to
+    // anyone): followed, the basic credentials left behind.
+    let (reg, host, auth) = bearer_registry(None).await;
+    let other = Registry::default();
+    {
+        let mut st = other.0.lock().unwrap();
+        st.bearer = Some(("nobody".into(), "tok-123".into()));
+        st.anonymous_tokens = true;
+    }
+    let other_host = other.serve().await;
+    reg.0.lock().unwrap().token_redirect = Some(format!("http://{other_host}"));
+    let e = env();
+    let store = e.store(quick()).await;
+    store
+        .pull(&format!("{host}/crust/moved:v1"), Some(&auth))
+        .await
+        .unwrap();
+    assert!(
+        reg.0
+            .lock()
+            .unwrap()
+            .authorizations
+            .iter()
+            .any(|(p, a)| p == "/token" && a.as_deref().is_some_and(|a| a.starts_with("Basic "))),
+        "the realm itself gets the credentials"
+    );
+    let st = other.0.lock().unwrap();
+    assert_eq!(st.token_gets, 1);
+    assert_eq!(st.token_scopes, [["repository:crust/moved:pull"]]);
+    assert!(
+        st.authorizations.iter().all(|(_, a)| a.is_none()),
+        "{:?}",
+        st.authorizations
     );
 }
