@@ -49,6 +49,7 @@ fn images_code(e: &crust_images::Error) -> Code {
         E::AlreadyExists(_) => Code::AlreadyExists,
         E::Unauthenticated(_) => Code::Unauthenticated,
         E::Unavailable(_) => Code::Unavailable,
+        E::RateLimited(_) => Code::ResourceExhausted,
         // Corrupt or hostile registry content: a digest mismatch, an escaping layer.
         E::BadContent(_) => Code::DataLoss,
         E::FailedPrecondition(_) => Code::FailedPrecondition,

@@ -20,6 +20,10 @@ pub enum Error {
     /// The registry could not be reached, dropped us, or stalled; retrying later may work.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The registry limits our requests (429) and asked for a longer wait than a pull
+    /// makes: not retried here; the next endpoint may serve, or a later pull.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
     /// What the registry sent is wrong: a digest mismatch, a truncated blob, an unusable
     /// manifest, or a layer that tries to escape its snapshot.
     #[error("bad content: {0}")]

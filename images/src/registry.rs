@@ -31,15 +31,6 @@ pub(crate) const MAX_REDIRECTS: usize = 10;
 /// timeout); a longer one gives up.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// Starts the message of a rate-limit error, which is not retried.
-const RATE_LIMITED: &str = "rate limited by";
-
-/// Whether an Unavailable error with message `m` is worth another attempt: not a rate
-/// limit that asked for a longer wait than we make.
-fn retryable(m: &str) -> bool {
-    !m.contains(RATE_LIMITED)
-}
-
 /// The `Retry-After` of an answer in seconds, if it gives seconds (not a date).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
@@ -406,7 +397,7 @@ impl Policy {
                 ))),
             };
             match r {
-                Err(Error::Unavailable(m)) if attempt < self.retries && retryable(&m) => {
+                Err(Error::Unavailable(m)) if attempt < self.retries => {
                     tracing::debug!("retrying after: {m}");
                     tokio::time::sleep(Self::backoff(attempt)).await;
                     attempt += 1;
@@ -603,8 +594,8 @@ impl RegistryClient {
                     }
                     Some(d) if d > cap => {
                         let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
-                        return Err(Error::Unavailable(format!(
-                            "{what}: {RATE_LIMITED} {host} (429 Too Many Requests, \
+                        return Err(Error::RateLimited(format!(
+                            "{what}: by {host} (429 Too Many Requests, \
                              Retry-After {}s), giving up: {}",
                             d.as_secs(),
                             text.trim()
@@ -842,9 +833,7 @@ impl RegistryClient {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(Some(Error::Unavailable(m)))
-                    if attempt < self.policy.retries && retryable(&m) =>
-                {
+                Err(Some(Error::Unavailable(m))) if attempt < self.policy.retries => {
                     tracing::info!(digest = %desc.digest, sent, "blob download interrupted, resuming: {m}");
                     tokio::time::sleep(Policy::backoff(attempt)).await;
                     attempt += 1;

@@ -920,7 +920,10 @@ impl ImageStore {
 fn falls_back(e: &Error) -> bool {
     matches!(
         e,
-        Error::Unavailable(_) | Error::NotFound(_) | Error::Unauthenticated(_)
+        Error::Unavailable(_)
+            | Error::RateLimited(_)
+            | Error::NotFound(_)
+            | Error::Unauthenticated(_)
     )
 }
 
@@ -945,7 +948,6 @@ fn keep_error(last: &Option<Error>, e: &Error, ep: &registry::Endpoint) -> bool 
     }
 }
 
-/// Reads a layer from the download channel, writing every byte to the blob as it passes.
 /// A layer downloaded and unpacked into staging, waiting for its chain ID.
 struct Staged {
     staging: Staging,
@@ -954,6 +956,7 @@ struct Staged {
     _unpacking: OwnedMutexGuard<()>,
 }
 
+/// Reads a layer from the download channel, writing every byte to the blob as it passes.
 struct Tee {
     rx: mpsc::Receiver<Result<Bytes>>,
     cur: Bytes,

@@ -1806,10 +1806,8 @@ async fn rate_limit_waits_briefly_or_gives_up() {
         times: 100,
         retry_after: "3600",
     };
-    let t = Instant::now();
     let (_e, _store, err) = failing_pull(&reg, "limited").await;
-    assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(matches!(err, Error::RateLimited(_)), "{err}");
     let msg = err.to_string();
     assert!(
         msg.contains("rate limited") && msg.contains("3600"),
