@@ -95,6 +95,49 @@ async fn setup_with_handler(n: u8) -> Option<(Registry, Crustd, TestNet)> {
     Some((registry, crustd, net))
 }
 
+/// What most tests here start from: crustd with the containerd-shim handler, busybox
+/// pulled, a client, and a ready pod run with `handler`. For a containerd-shim pod,
+/// `guard` holds its one shim (killed should the test fail before removing the pod).
+struct Scene {
+    registry: Registry,
+    crustd: Crustd,
+    net: TestNet,
+    image: String,
+    rt: Rt,
+    pc: cri::PodSandboxConfig,
+    pod: String,
+    guard: Option<ShimGuard>,
+}
+
+/// [`Scene`] on test network `n`, the pod named `name`; None (the test skips) without
+/// containerd-shim-runc-v2.
+async fn scene(n: u8, name: &str, handler: &str) -> Option<Scene> {
+    let (registry, crustd, net) = setup_with_handler(n).await?;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config(name, &net, &crustd.dir().join("logs"));
+    let pod = run_pod_with(&mut rt, &pc, handler).await;
+    let guard = (handler == HANDLER).then(|| {
+        let shims = shims_of(&pod);
+        assert_eq!(shims.len(), 1, "shims of the pod: {shims:?}");
+        ShimGuard {
+            pid: shims[0],
+            pod: pod.clone(),
+        }
+    });
+    Some(Scene {
+        registry,
+        crustd,
+        net,
+        image,
+        rt,
+        pc,
+        pod,
+        guard,
+    })
+}
+
 async fn run_pod_with(rt: &mut Rt, config: &cri::PodSandboxConfig, handler: &str) -> String {
     rt.run_pod_sandbox(cri::RunPodSandboxRequest {
         config: Some(config.clone()),
@@ -116,24 +159,23 @@ async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn a_pod_under_containerd_shim_runc_v2() {
-    let Some((registry, crustd, net)) = setup_with_handler(231).await else {
+    let Some(Scene {
+        registry: _registry,
+        crustd,
+        net,
+        image,
+        mut rt,
+        pc,
+        pod,
+        guard,
+    }) = scene(231, "foreign", HANDLER).await
+    else {
         return;
     };
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
     let log_dir = crustd.dir().join("logs");
-    let pc = pod_config("foreign", &net, &log_dir);
-    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
 
-    // One containerd shim serves the pod, started in the pod dir.
-    let shims = shims_of(&pod);
-    assert_eq!(shims.len(), 1, "shims of the pod: {shims:?}");
-    let shim_pid = shims[0];
-    let _guard = ShimGuard {
-        pid: shim_pid,
-        pod: pod.clone(),
-    };
+    // One containerd shim serves the pod (checked by `scene`), started in the pod dir.
+    let shim_pid = guard.as_ref().expect("the pod's shim").pid;
     let pod_dir = crustd.state_dir.join("pods").join(&pod);
     let address = std::fs::read_to_string(pod_dir.join("address")).expect("address");
     let pid_file = std::fs::read_to_string(pod_dir.join("shim.pid")).expect("shim.pid");
@@ -363,19 +405,20 @@ async fn a_pod_under_containerd_shim_runc_v2() {
 
 #[tokio::test]
 async fn crustd_restart_keeps_copying_the_logs_of_a_containerd_shim_pod() {
-    let Some((registry, mut crustd, net)) = setup_with_handler(232).await else {
+    let Some(Scene {
+        registry: _registry,
+        mut crustd,
+        net,
+        image,
+        mut rt,
+        pc,
+        pod,
+        guard,
+    }) = scene(232, "restart", HANDLER).await
+    else {
         return;
     };
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("restart", &net, &crustd.dir().join("logs"));
-    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
-    let shim_pid = shims_of(&pod)[0];
-    let _guard = ShimGuard {
-        pid: shim_pid,
-        pod: pod.clone(),
-    };
+    let shim_pid = guard.as_ref().expect("the pod's shim").pid;
     let id = create(
         &mut rt,
         &pod,
@@ -422,14 +465,19 @@ async fn crustd_restart_keeps_copying_the_logs_of_a_containerd_shim_pod() {
 
 #[tokio::test]
 async fn the_default_handler_still_runs_crust_shim() {
-    let Some((registry, crustd, net)) = setup_with_handler(233).await else {
+    let Some(Scene {
+        registry: _registry,
+        crustd,
+        net,
+        image,
+        mut rt,
+        pc,
+        pod,
+        guard: _guard,
+    }) = scene(233, "default", "").await
+    else {
         return;
     };
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("default", &net, &crustd.dir().join("logs"));
-    let pod = run_pod_with(&mut rt, &pc, "").await;
     assert!(
         shims_of(&pod).is_empty(),
         "no containerd shim for a runc pod"
@@ -472,19 +520,20 @@ async fn the_default_handler_still_runs_crust_shim() {
 
 #[tokio::test]
 async fn a_killed_containerd_shim_is_noticed_and_removal_cleans_up() {
-    let Some((registry, crustd, net)) = setup_with_handler(234).await else {
+    let Some(Scene {
+        registry: _registry,
+        crustd,
+        net,
+        image,
+        mut rt,
+        pc,
+        pod,
+        guard,
+    }) = scene(234, "shimkill", HANDLER).await
+    else {
         return;
     };
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("shimkill", &net, &crustd.dir().join("logs"));
-    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
-    let shim_pid = shims_of(&pod)[0];
-    let _guard = ShimGuard {
-        pid: shim_pid,
-        pod: pod.clone(),
-    };
+    let shim_pid = guard.as_ref().expect("the pod's shim").pid;
     let address = std::fs::read_to_string(crustd.state_dir.join("pods").join(&pod).join("address"))
         .expect("address");
     let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
@@ -553,17 +602,18 @@ async fn a_killed_containerd_shim_is_noticed_and_removal_cleans_up() {
 
 #[tokio::test]
 async fn a_tty_container_under_containerd_shim_logs_its_terminal_output() {
-    let Some((registry, crustd, net)) = setup_with_handler(235).await else {
+    let Some(Scene {
+        registry: _registry,
+        crustd,
+        net,
+        image,
+        mut rt,
+        pc,
+        pod,
+        guard: _guard,
+    }) = scene(235, "tty", HANDLER).await
+    else {
         return;
-    };
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("tty", &net, &crustd.dir().join("logs"));
-    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
-    let _guard = ShimGuard {
-        pid: shims_of(&pod)[0],
-        pod: pod.clone(),
     };
     let mut config = container_config(
         "term",
@@ -605,19 +655,20 @@ async fn a_tty_container_under_containerd_shim_logs_its_terminal_output() {
 
 #[tokio::test]
 async fn an_exit_while_crustd_is_down_is_reported_and_the_shim_survives() {
-    let Some((registry, mut crustd, net)) = setup_with_handler(236).await else {
+    let Some(Scene {
+        registry: _registry,
+        mut crustd,
+        net,
+        image,
+        mut rt,
+        pc,
+        pod,
+        guard,
+    }) = scene(236, "down", HANDLER).await
+    else {
         return;
     };
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
-    let pc = pod_config("down", &net, &crustd.dir().join("logs"));
-    let pod = run_pod_with(&mut rt, &pc, HANDLER).await;
-    let shim_pid = shims_of(&pod)[0];
-    let _guard = ShimGuard {
-        pid: shim_pid,
-        pod: pod.clone(),
-    };
+    let shim_pid = guard.as_ref().expect("the pod's shim").pid;
     let id = create(
         &mut rt,
         &pod,
