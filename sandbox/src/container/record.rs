@@ -105,17 +105,25 @@ impl ContainerStore {
         Self { db }
     }
 
-    pub fn load_all(&self) -> Result<Vec<ContainerRecord>> {
+    /// Calls `f` with the key and bytes of every record (none if the table is not made yet).
+    fn each(&self, mut f: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
         let tx = self.db.begin_read().map_err(store_err)?;
         let table = match tx.open_table(CONTAINERS) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(e) => return Err(store_err(e)),
         };
-        let mut out = Vec::new();
         for entry in table.iter().map_err(store_err)? {
             let (k, v) = entry.map_err(store_err)?;
-            match serde_json::from_slice::<ContainerRecord>(v.value()) {
+            f(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    pub fn load_all(&self) -> Result<Vec<ContainerRecord>> {
+        let mut out = Vec::new();
+        self.each(|k, v| {
+            match serde_json::from_slice::<ContainerRecord>(v) {
                 Ok(r) if r.version <= RECORD_VERSION => out.push(r),
                 Ok(r) => {
                     return Err(Error::Store(format!(
@@ -125,25 +133,21 @@ impl ContainerStore {
                 }
                 Err(e) => {
                     // One unreadable record must not hide every other container.
-                    tracing::error!(container = k.value(), error = %e, "unreadable container record skipped");
+                    tracing::error!(container = k, error = %e, "unreadable container record skipped");
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
     /// The id of every record in the store, readable or not.
     pub fn ids(&self) -> Result<Vec<String>> {
-        let tx = self.db.begin_read().map_err(store_err)?;
-        let table = match tx.open_table(CONTAINERS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(store_err(e)),
-        };
         let mut out = Vec::new();
-        for entry in table.iter().map_err(store_err)? {
-            out.push(entry.map_err(store_err)?.0.value().to_string());
-        }
+        self.each(|k, _| {
+            out.push(k.to_string());
+            Ok(())
+        })?;
         Ok(out)
     }
 
