@@ -697,6 +697,16 @@ async fn failing_pull(reg: &Registry, repo: &str) -> (Env, ImageStore, Error) {
     (e, store, err)
 }
 
+/// `digest` was asked twice, the second time from an offset (a Range resume).
+fn assert_resumed_once(st: &State, digest: &str) {
+    assert_eq!(st.blob_gets[digest], 2);
+    assert!(
+        st.ranges.iter().any(|r| r != "bytes=0-"),
+        "resumed from an offset: {:?}",
+        st.ranges
+    );
+}
+
 fn quick() -> Config {
     Config {
         retries: 1,
@@ -1030,13 +1040,7 @@ async fn dropped_connection_resumes_with_range() {
         .pull(&format!("{host}/crust/flaky:v1"), None)
         .await
         .unwrap();
-    let st = reg.0.lock().unwrap();
-    assert_eq!(st.blob_gets[&img.layer_digests[0]], 2);
-    assert!(
-        st.ranges.iter().any(|r| r != "bytes=0-"),
-        "resumed from an offset: {:?}",
-        st.ranges
-    );
+    assert_resumed_once(&reg.0.lock().unwrap(), &img.layer_digests[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1643,12 +1647,7 @@ async fn redirects_to_blob_storage_carry_no_authorization() {
             s.authorizations
         );
         // The layer was cut half-way once: resumed with Range at the final hop.
-        assert_eq!(s.blob_gets[&img.layer_digests[0]], 2);
-        assert!(
-            s.ranges.iter().any(|r| r != "bytes=0-"),
-            "resumed from an offset: {:?}",
-            s.ranges
-        );
+        assert_resumed_once(&s, &img.layer_digests[0]);
     }
 }
 
