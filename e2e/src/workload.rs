@@ -112,6 +112,23 @@ pub async fn create(
     .map(|r| r.into_inner().container_id)
 }
 
+/// Creates `sleeper`, a container that sleeps 1000 s (PID 1 without a SIGTERM handler).
+pub async fn create_sleeper(
+    rt: &mut Rt,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+) -> String {
+    create(
+        rt,
+        pod,
+        pod_config,
+        container_config("sleeper", image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create")
+}
+
 pub async fn start(rt: &mut Rt, id: &str) {
     rt.start_container(cri::StartContainerRequest {
         container_id: id.into(),

@@ -175,14 +175,7 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
 async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
     let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(202, "exec").await;
     // PID 1 without a SIGTERM handler ignores SIGTERM: stop must fall back to SIGKILL.
-    let id = create(
-        &mut rt,
-        &pod,
-        &pc,
-        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
-    )
-    .await
-    .expect("create");
+    let id = create_sleeper(&mut rt, &pod, &pc, &image).await;
     start(&mut rt, &id).await;
     assert_eq!(
         status(&mut rt, &id).await.state,
@@ -280,14 +273,7 @@ async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
 #[tokio::test]
 async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_down() {
     let (_registry, mut crustd, net, image, mut rt, pc, pod) = scene(203, "restart").await;
-    let sleeper = create(
-        &mut rt,
-        &pod,
-        &pc,
-        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
-    )
-    .await
-    .expect("create");
+    let sleeper = create_sleeper(&mut rt, &pod, &pc, &image).await;
     start(&mut rt, &sleeper).await;
     let short = create(
         &mut rt,
@@ -342,14 +328,7 @@ async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_d
 #[tokio::test]
 async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
     let (_registry, crustd, net, image, mut rt, pc, pod) = scene(204, "shimkill").await;
-    let id = create(
-        &mut rt,
-        &pod,
-        &pc,
-        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
-    )
-    .await
-    .expect("create");
+    let id = create_sleeper(&mut rt, &pod, &pc, &image).await;
     start(&mut rt, &id).await;
     let pid = pid_of(&mut rt, &id).await;
 
@@ -568,14 +547,7 @@ async fn containers_of_a_pod_without_cgroup_parent_leave_no_cgroups() {
         l.cgroup_parent = String::new();
     }
     let pod = run_pod(&mut rt, &pc).await;
-    let id = create(
-        &mut rt,
-        &pod,
-        &pc,
-        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
-    )
-    .await
-    .expect("create");
+    let id = create_sleeper(&mut rt, &pod, &pc, &image).await;
     start(&mut rt, &id).await;
     // Stop the pod with its container running, then remove it, as the bench does.
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -782,14 +754,7 @@ async fn creates_racing_remove_pod_sandbox_leave_no_container_behind() {
 #[tokio::test]
 async fn a_second_start_of_a_container_leaves_it_running_and_a_stopped_pod_starts_nothing() {
     let (_registry, crustd, net, image, mut rt, pc, pod) = scene(218, "twostarts").await;
-    let id = create(
-        &mut rt,
-        &pod,
-        &pc,
-        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
-    )
-    .await
-    .expect("create");
+    let id = create_sleeper(&mut rt, &pod, &pc, &image).await;
 
     // kubelet retries a StartContainer it gave up on: both calls race.
     let start_call = |mut rt: Rt, id: String| async move {

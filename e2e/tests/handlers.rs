@@ -537,14 +537,7 @@ async fn a_killed_containerd_shim_is_noticed_and_removal_cleans_up() {
     let address = std::fs::read_to_string(crustd.state_dir.join("pods").join(&pod).join("address"))
         .expect("address");
     let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
-    let id = create(
-        &mut rt,
-        &pod,
-        &pc,
-        container_config("sleeper", &image, &["/bin/sleep", "1000"]),
-    )
-    .await
-    .expect("create");
+    let id = create_sleeper(&mut rt, &pod, &pc, &image).await;
     start(&mut rt, &id).await;
     let pid = pid_of(&mut rt, &id).await;
 
