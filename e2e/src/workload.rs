@@ -129,6 +129,46 @@ pub async fn create_sleeper(
     .expect("create")
 }
 
+/// Creates `ticker`, a container that logs `tick N` every 100 ms.
+pub async fn create_ticker(
+    rt: &mut Rt,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+) -> String {
+    create(
+        rt,
+        pod,
+        pod_config,
+        container_config(
+            "ticker",
+            image,
+            &[
+                "/bin/sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+            ],
+        ),
+    )
+    .await
+    .expect("create")
+}
+
+/// UpdateContainerResources with a memory limit and CPU shares.
+pub async fn update_memory_and_shares(rt: &mut Rt, id: &str, memory: i64, shares: i64) {
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: id.into(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: memory,
+            cpu_shares: shares,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdateContainerResources");
+}
+
 pub async fn start(rt: &mut Rt, id: &str) {
     rt.start_container(cri::StartContainerRequest {
         container_id: id.into(),

@@ -273,17 +273,7 @@ async fn memory_limits_oom_kills_and_resource_updates() {
             .expect("number")
     };
     assert_eq!(read(&file), 32 << 20);
-    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
-        container_id: id.clone(),
-        linux: Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: 64 << 20,
-            cpu_shares: 512,
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("UpdateContainerResources");
+    update_memory_and_shares(&mut rt, &id, 64 << 20, 512).await;
     assert_eq!(read(&file), 64 << 20);
     let s = status(&mut rt, &id).await;
     assert_eq!(

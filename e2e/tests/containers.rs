@@ -388,22 +388,7 @@ async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
 #[tokio::test]
 async fn reopen_container_log_follows_kubelet_rotation() {
     let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(205, "rotate").await;
-    let id = create(
-        &mut rt,
-        &pod,
-        &pc,
-        container_config(
-            "ticker",
-            &image,
-            &[
-                "/bin/sh",
-                "-c",
-                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
-            ],
-        ),
-    )
-    .await
-    .expect("create");
+    let id = create_ticker(&mut rt, &pod, &pc, &image).await;
     start(&mut rt, &id).await;
     let log = PathBuf::from(status(&mut rt, &id).await.log_path);
     let wait_for_lines = |path: PathBuf| async move {

@@ -242,22 +242,7 @@ async fn a_pod_under_containerd_shim_runc_v2() {
     );
 
     // A long-running container: its process is the shim's child; exec; log rotation; stop.
-    let ticker = create(
-        &mut rt,
-        &pod,
-        &pc,
-        container_config(
-            "ticker",
-            &image,
-            &[
-                "/bin/sh",
-                "-c",
-                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
-            ],
-        ),
-    )
-    .await
-    .expect("create");
+    let ticker = create_ticker(&mut rt, &pod, &pc, &image).await;
     start(&mut rt, &ticker).await;
     let pid = pid_of(&mut rt, &ticker).await;
     assert_eq!(
@@ -285,17 +270,7 @@ async fn a_pod_under_containerd_shim_runc_v2() {
     assert_eq!(err.code(), Code::DeadlineExceeded);
 
     // Resources are updated through the shim (runc update).
-    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
-        container_id: ticker.clone(),
-        linux: Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: 64 << 20,
-            cpu_shares: 512,
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("UpdateContainerResources");
+    update_memory_and_shares(&mut rt, &ticker, 64 << 20, 512).await;
     let memory_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .expect("cgroup of the container")
         .lines()
