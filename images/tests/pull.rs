@@ -707,6 +707,24 @@ fn assert_resumed_once(st: &State, digest: &str) {
     );
 }
 
+/// Serves `upstream` and `mirror`, and opens a store (with [`quick`] retries) that
+/// pulls `upstream`'s images through the mirror first; returns the upstream's host.
+async fn behind_mirror(upstream: &Registry, mirror: &Registry) -> (Env, ImageStore, String) {
+    let up_host = upstream.serve().await;
+    let mi_host = mirror.serve().await;
+    let e = env();
+    let mut c = quick();
+    c.registries.insert(
+        up_host.clone(),
+        RegistryConfig {
+            mirrors: vec![format!("http://{mi_host}")],
+            ..Default::default()
+        },
+    );
+    let store = e.store(c).await;
+    (e, store, up_host)
+}
+
 fn quick() -> Config {
     Config {
         retries: 1,
@@ -1322,18 +1340,7 @@ async fn mirror_failing_mid_layer_falls_back_to_upstream() {
         "",
     );
     assert_eq!(up.manifest_digest, mi.manifest_digest);
-    let up_host = upstream.serve().await;
-    let mi_host = mirror.serve().await;
-    let e = env();
-    let mut c = quick();
-    c.registries.insert(
-        up_host.clone(),
-        RegistryConfig {
-            mirrors: vec![format!("http://{mi_host}")],
-            ..Default::default()
-        },
-    );
-    let store = e.store(c).await;
+    let (e, store, up_host) = behind_mirror(&upstream, &mirror).await;
     let r = format!("{up_host}/crust/app:v1");
     let id = store.pull(&r, None).await.unwrap();
     assert_eq!(id, up.config_digest);
@@ -1405,18 +1412,7 @@ async fn mirror_without_the_blobs_falls_back_for_config_and_layers() {
         }
         st.blobs.remove(&mi.layer_digests[0]);
     }
-    let up_host = upstream.serve().await;
-    let mi_host = mirror.serve().await;
-    let e = env();
-    let mut c = quick();
-    c.registries.insert(
-        up_host.clone(),
-        RegistryConfig {
-            mirrors: vec![format!("http://{mi_host}")],
-            ..Default::default()
-        },
-    );
-    let store = e.store(c).await;
+    let (e, store, up_host) = behind_mirror(&upstream, &mirror).await;
     let r = format!("{up_host}/crust/thin:v1");
     let id = store.pull(&r, None).await.unwrap();
     assert_eq!(id, up.config_digest);
