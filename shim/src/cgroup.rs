@@ -1,9 +1,11 @@
-//! Reading a container's cgroup v1 statistics (and OOM kills) straight from cgroupfs.
+//! Reading a container's cgroup v1 statistics (and OOM kills) straight from cgroupfs,
+//! and priming the kernel's cgroup migration lock before runc needs it.
 
 use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use containerd_shim_protos::cgroups::metrics::{
@@ -225,6 +227,75 @@ impl Cgroups {
     }
 }
 
+/// Whether a priming write is under way (one at a time is enough: they share the wait).
+static PRIMING: AtomicBool = AtomicBool::new(false);
+
+/// Starts, on a thread of its own, the wait that runc's first cgroup migration would
+/// otherwise do alone.
+///
+/// Every write to a `cgroup.procs` file takes the kernel's global cgroup threadgroup
+/// lock for writing, and unless that lock was taken in the last grace period or so
+/// (or a hierarchy is mounted with `favordynmods`), taking it first waits out a full
+/// RCU grace period: 10–15 ms on this kind of machine. runc 1.1 moves each container's
+/// init — and each exec — into the container's cgroups about 8 ms after it starts, so
+/// that wait used to be a third of every container start. A write of `0` to the shim's
+/// own `cgroup.procs` moves the shim to the cgroup it is already in (nothing changes)
+/// but begins the same wait now, alongside runc's start-up; runc's write then finds the
+/// grace period under way or already passed. Call it right before launching runc.
+/// Nothing depends on it: a failed write only costs the time it would have saved.
+pub fn prime_migration_lock() {
+    if PRIMING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("cgroup-prime".into())
+        .stack_size(64 * 1024)
+        .spawn(|| {
+            let r = fs::read_to_string("/proc/self/cgroup").and_then(|text| {
+                let procs = own_procs_file(&text, Path::new(ROOT)).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup.procs of ours")
+                })?;
+                fs::write(procs, "0")
+            });
+            if let Err(e) = r {
+                log::debug!("priming the cgroup migration lock: {e}");
+            }
+            PRIMING.store(false, Ordering::Release);
+        });
+    if spawned.is_err() {
+        PRIMING.store(false, Ordering::Release);
+    }
+}
+
+/// The `cgroup.procs` of the cgroup this process is in, from its `/proc/self/cgroup`:
+/// in the first v1 controller hierarchy mounted under `root`, else the v2 one.
+fn own_procs_file(proc_self_cgroup: &str, root: &Path) -> Option<PathBuf> {
+    let mut v2 = None;
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/');
+        if ctrls.is_empty() {
+            v2 = [root.join("unified").join(rel), root.join(rel)]
+                .into_iter()
+                .map(|d| d.join("cgroup.procs"))
+                .find(|p| p.is_file());
+            continue;
+        }
+        if let Some(p) = ctrls
+            .split(',')
+            .filter(|c| !c.is_empty() && !c.contains('='))
+            .map(|c| root.join(c).join(rel).join("cgroup.procs"))
+            .find(|p| p.is_file())
+        {
+            return Some(p);
+        }
+    }
+    v2
+}
+
 fn parse_kv(text: &str) -> HashMap<String, u64> {
     text.lines()
         .filter_map(|l| {
@@ -267,6 +338,47 @@ mod tests {
         let systemd = r#"{"linux":{"cgroupsPath":"kubepods.slice:crust:c1"}}"#;
         fs::write(dir.path().join("config.json"), systemd).unwrap();
         assert!(Cgroups::of_bundle(dir.path()).is_none());
+    }
+
+    #[test]
+    fn primes_through_its_own_cgroup_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for d in ["pids/a/b", "memory/m", "unified/u"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+            fs::write(r.join(d).join("cgroup.procs"), "").unwrap();
+        }
+        // v1: the first controller hierarchy that is mounted, at the process's own path.
+        let v1 = "9:name=systemd:/s\n8:blkio:/x\n5:pids:/a/b\n4:memory:/m\n0::/u\n";
+        assert_eq!(own_procs_file(v1, r), Some(r.join("pids/a/b/cgroup.procs")));
+        // A path that is not there (another cgroup namespace, say) is never guessed at.
+        let elsewhere = "5:pids:/nope\n4:memory:/nope\n0::/nope\n";
+        assert_eq!(own_procs_file(elsewhere, r), None);
+        // Hybrid with only the unified hierarchy usable, and pure v2.
+        assert_eq!(
+            own_procs_file("5:pids:/nope\n0::/u\n", r),
+            Some(r.join("unified/u/cgroup.procs"))
+        );
+        let v2 = tempfile::tempdir().unwrap();
+        fs::create_dir_all(v2.path().join("k/p")).unwrap();
+        fs::write(v2.path().join("k/p/cgroup.procs"), "").unwrap();
+        assert_eq!(
+            own_procs_file("0::/k/p\n", v2.path()),
+            Some(v2.path().join("k/p/cgroup.procs"))
+        );
+    }
+
+    #[test]
+    fn priming_leaves_the_process_where_it_is() {
+        let before = fs::read_to_string("/proc/self/cgroup").unwrap();
+        prime_migration_lock();
+        // Wait for the priming thread (it may also have found nothing to write to).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while PRIMING.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!PRIMING.load(Ordering::Acquire), "priming never finished");
+        assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
     }
 
     #[test]

@@ -535,6 +535,8 @@ impl Task for Service {
                 format!("container {id} exists"),
             ));
         }
+        // runc will move the container's init into its cgroups: start that lock's wait now.
+        crate::cgroup::prime_migration_lock();
         let bundle = PathBuf::from(&req.bundle);
         let opts = match req.options.as_ref() {
             Some(any) if !any.value.is_empty() => Options::parse_from_bytes(&any.value)
@@ -751,6 +753,8 @@ impl Task for Service {
             })?;
             (spec, p.stdio.clone())
         };
+        // runc exec moves the process into the container's cgroups (see `prime_migration_lock`).
+        crate::cgroup::prime_migration_lock();
         let pid_file = bundle.join(format!("exec-{}.pid", req.exec_id));
         let since = Instant::now();
         let (child_io, mut shim_io) = if stdio.terminal {

@@ -323,6 +323,17 @@ async fn pod_shim_runs_containers_with_runc() {
         shim.state("c2", "").await.unwrap().status,
         TaskStatus::Running
     );
+    // runc itself agrees it runs, and the process is sleep, not runc's init still waiting.
+    let state = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(g.runc_root())
+        .args(["state", "c2"])
+        .output()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    assert_eq!(state["status"], "running", "{state}");
+    let comm = std::fs::read_to_string(format!("/proc/{pid2}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
 
     let out = g.path().join("exec.out");
     let process = ProcessBuilder::default()
