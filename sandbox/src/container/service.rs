@@ -1064,9 +1064,12 @@ impl Inner {
         let bundle = self.cfg.state_dir.join("containers").join(id);
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs)?;
+        let t0 = std::time::Instant::now();
+        let mut t_made = Duration::ZERO;
         let made = self
             .create_in(id, pod, config, image, &bundle, &rootfs)
             .and_then(|rec| {
+                t_made = t0.elapsed();
                 let mut records = self.lock();
                 self.store.put(&rec)?;
                 records.insert(rec.id.clone(), rec.clone());
@@ -1074,6 +1077,12 @@ impl Inner {
             });
         match made {
             Ok(rec) => {
+                tracing::debug!(
+                    container = id,
+                    bundle_ms = t_made.as_secs_f64() * 1e3,
+                    record_ms = (t0.elapsed() - t_made).as_secs_f64() * 1e3,
+                    "created"
+                );
                 self.emit(&rec, ContainerEventKind::Created);
                 self.update_metrics();
                 Ok(id.to_string())
@@ -1097,9 +1106,11 @@ impl Inner {
         bundle: &Path,
         rootfs: &Path,
     ) -> Result<ContainerRecord> {
+        let t0 = std::time::Instant::now();
         self.rootfs
             .mount(id, &image.id, rootfs)
             .map_err(Error::Internal)?;
+        let t_mount = t0.elapsed();
         let handler = self
             .pods
             .config()
@@ -1145,6 +1156,12 @@ impl Inner {
         let text = serde_json::to_vec_pretty(&built.spec)
             .map_err(|e| Error::Internal(format!("serializing the OCI spec: {e}")))?;
         std::fs::write(bundle.join("config.json"), text)?;
+        tracing::debug!(
+            container = id,
+            rootfs_ms = t_mount.as_secs_f64() * 1e3,
+            spec_ms = (t0.elapsed() - t_mount).as_secs_f64() * 1e3,
+            "bundle made"
+        );
 
         let log_path = if pod.spec.log_directory.is_empty() || config.log_path.is_empty() {
             None
