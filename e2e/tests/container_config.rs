@@ -400,11 +400,61 @@ async fn containers_of_a_pod_share_localhost_ipc_and_uts() {
     .expect("RemovePodSandbox");
 }
 
+/// A tmpfs made a shared mount (the host paths of propagating mounts must be shared or
+/// slave); detached with everything mounted below it when dropped.
+struct SharedTmpfs(PathBuf);
+
+impl SharedTmpfs {
+    fn new(dir: PathBuf) -> Self {
+        use nix::mount::{MsFlags, mount};
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=4m"),
+        )
+        .expect("mount tmpfs");
+        let g = SharedTmpfs(dir);
+        mount(
+            None::<&str>,
+            &g.0,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .expect("make it shared");
+        g
+    }
+
+    /// Mounts a small tmpfs at `name` below it, holding `file` with `text`.
+    fn mount_below(&self, name: &str, file: &str, text: &str) {
+        let d = self.0.join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &d,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mount below");
+        std::fs::write(d.join(file), text).expect("write");
+    }
+}
+
+impl Drop for SharedTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 #[tokio::test]
 async fn host_path_mounts_are_bound_readonly_or_writable() {
     let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(215, "mounts").await;
     let host = crustd.dir().join("host-data");
-    std::fs::create_dir_all(&host).expect("mkdir");
+    let shared = SharedTmpfs::new(host.clone());
     std::fs::write(host.join("hello"), "from the host\n").expect("write");
     let mut c = container_config("mounter", &image, &["/bin/sleep", "1000"]);
     c.mounts = vec![
@@ -439,6 +489,93 @@ async fn host_path_mounts_are_bound_readonly_or_writable() {
     assert!(host.join("new").exists(), "the write reached the host");
     let s = status(&mut rt, &id).await;
     assert_eq!(s.mounts.len(), 2, "mounts are reported as given");
+
+    // A mount made on the host after the start reaches the container through the
+    // host-to-container mount, not through the private one.
+    shared.mount_below("later", "late", "mounted later\n");
+    let r = exec(&mut rt, &id, &["/bin/cat", "/rw/later/late"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(
+        (r.exit_code, r.stdout.as_slice()),
+        (0, &b"mounted later\n"[..]),
+        "HostToContainer: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let r = exec(&mut rt, &id, &["/bin/cat", "/ro/later/late"], 10)
+        .await
+        .expect("exec");
+    assert_ne!(r.exit_code, 0, "a private mount sees no later host mount");
+
+    // Bidirectional (privileged, as kubelet requires): a mount made in the container
+    // appears on the host.
+    let mut c = with_security(
+        container_config("bidi", &image, &["/bin/sleep", "1000"]),
+        |sc| sc.privileged = true,
+    );
+    c.mounts = vec![cri::Mount {
+        container_path: "/bi".into(),
+        host_path: host.display().to_string(),
+        propagation: cri::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let mut pc_priv = pc.clone();
+    if let Some(l) = pc_priv.linux.as_mut() {
+        l.security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+    }
+    let bidi = create(&mut rt, &pod, &pc_priv, c)
+        .await
+        .expect("create bidi");
+    start(&mut rt, &bidi).await;
+    let r = exec(
+        &mut rt,
+        &bidi,
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /bi/fromc && mount -t tmpfs none /bi/fromc && echo out > /bi/fromc/x",
+        ],
+        10,
+    )
+    .await
+    .expect("exec");
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        std::fs::read_to_string(host.join("fromc/x"))
+            .ok()
+            .as_deref(),
+        Some("out\n"),
+        "Bidirectional: the container's mount reached the host"
+    );
+
+    // Propagation from a private host mount would carry nothing: refused at create.
+    let private = crustd.dir().join("private-data");
+    std::fs::create_dir_all(&private).expect("mkdir");
+    for (name, prop) in [
+        (
+            "bidi-private",
+            cri::MountPropagation::PropagationBidirectional,
+        ),
+        (
+            "slave-private",
+            cri::MountPropagation::PropagationHostToContainer,
+        ),
+    ] {
+        let mut c = container_config(name, &image, &["/bin/true"]);
+        c.mounts = vec![cri::Mount {
+            container_path: "/x".into(),
+            host_path: private.display().to_string(),
+            propagation: prop as i32,
+            ..Default::default()
+        }];
+        let err = create(&mut rt, &pod, &pc, c)
+            .await
+            .expect_err("propagation from a private mount");
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err}");
+        assert!(err.message().contains("mount"), "{name}: {}", err.message());
+    }
 
     // A host path that does not exist is refused at create.
     let mut c = container_config("missing", &image, &["/bin/true"]);

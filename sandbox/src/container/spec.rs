@@ -329,7 +329,9 @@ pub fn build(
 
     let mut mounts = default_mounts(privileged);
     add_pod_mounts(&mut mounts, pod, config)?;
-    add_cri_mounts(&mut mounts, config)?;
+    let rootfs_propagation = add_cri_mounts(&mut mounts, config, &|p: &Path| {
+        std::fs::read_to_string("/proc/self/mountinfo").map(|text| propagation_of(&text, p))
+    })?;
 
     let mut namespaces = vec![
         LinuxNamespaceBuilder::default()
@@ -373,6 +375,9 @@ pub fn build(
         .cgroups_path(PathBuf::from(&pod.cgroups_path))
         .resources(resources(&linux_cfg, privileged)?)
         .build()?;
+    if let Some(p) = rootfs_propagation {
+        linux.set_rootfs_propagation(Some(p.to_string()));
+    }
     let (mut devices, rules) = cri_devices(config)?;
     if privileged {
         devices.extend(host_devices());
@@ -594,8 +599,79 @@ fn add_pod_mounts(
     Ok(())
 }
 
-/// The CRI mounts: host paths bound with their readonly flag and propagation.
-fn add_cri_mounts(mounts: &mut Vec<Mount>, config: &ContainerConfig) -> Result<(), SpecError> {
+/// How the mount holding a host path propagates, from the host's mountinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostPropagation {
+    Shared,
+    /// A slave (and not shared): mounts come in from its master.
+    Slave,
+    Private,
+}
+
+/// The propagation of the mount that holds `path` (its longest mount point prefix; the
+/// last such mount wins, as it is the one on top), from `/proc/self/mountinfo` text.
+pub(crate) fn propagation_of(mountinfo: &str, path: &Path) -> HostPropagation {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut best: Option<(usize, HostPropagation)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(mount_point) = fields.get(4).map(|m| unescape_mountinfo(m)) else {
+            continue;
+        };
+        if !path.starts_with(&mount_point) {
+            continue;
+        }
+        // Optional fields run from the 7th field to the "-" separator.
+        let optional = fields.iter().skip(6).take_while(|f| **f != "-");
+        let mut prop = HostPropagation::Private;
+        for f in optional {
+            if f.starts_with("shared:") {
+                prop = HostPropagation::Shared;
+                break;
+            }
+            if f.starts_with("master:") {
+                prop = HostPropagation::Slave;
+            }
+        }
+        let depth = Path::new(&mount_point).components().count();
+        if best.is_none_or(|(d, _)| depth >= d) {
+            best = Some((depth, prop));
+        }
+    }
+    best.map_or(HostPropagation::Private, |(_, p)| p)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The CRI mounts: host paths bound with their readonly flag and propagation. Returns
+/// the root propagation the container needs (as containerd sets it): `rshared` when a
+/// mount is bidirectional, `rslave` when one receives the host's mounts; None keeps
+/// runc's default. A bidirectional mount needs a shared host mount, a host-to-container
+/// one a shared or slave one: otherwise nothing would propagate, and that is an error.
+fn add_cri_mounts(
+    mounts: &mut Vec<Mount>,
+    config: &ContainerConfig,
+    host_propagation: &dyn Fn(&Path) -> std::io::Result<HostPropagation>,
+) -> Result<Option<&'static str>, SpecError> {
+    let mut root = None;
     for m in &config.mounts {
         let err = |message: &str| SpecError::Mount {
             container_path: m.container_path.clone(),
@@ -611,10 +687,34 @@ fn add_cri_mounts(mounts: &mut Vec<Mount>, config: &ContainerConfig) -> Result<(
         if !host.exists() {
             return Err(err(&format!("host path {} does not exist", m.host_path)));
         }
-        let propagation = match MountPropagation::try_from(m.propagation) {
-            Ok(MountPropagation::PropagationHostToContainer) => "rslave",
-            Ok(MountPropagation::PropagationBidirectional) => "rshared",
-            _ => "rprivate",
+        let wanted = MountPropagation::try_from(m.propagation)
+            .unwrap_or(MountPropagation::PropagationPrivate);
+        let propagation = match wanted {
+            MountPropagation::PropagationPrivate => "rprivate",
+            MountPropagation::PropagationHostToContainer => {
+                let host_prop = host_propagation(host)
+                    .map_err(|e| err(&format!("reading the host's mounts: {e}")))?;
+                if host_prop == HostPropagation::Private {
+                    return Err(err(&format!(
+                        "host path {} is on a private mount: HostToContainer propagation needs a shared or slave one",
+                        m.host_path
+                    )));
+                }
+                root = root.or(Some("rslave"));
+                "rslave"
+            }
+            MountPropagation::PropagationBidirectional => {
+                let host_prop = host_propagation(host)
+                    .map_err(|e| err(&format!("reading the host's mounts: {e}")))?;
+                if host_prop != HostPropagation::Shared {
+                    return Err(err(&format!(
+                        "host path {} is not on a shared mount: Bidirectional propagation needs one",
+                        m.host_path
+                    )));
+                }
+                root = Some("rshared");
+                "rshared"
+            }
         };
         let opts = vec![
             "rbind".to_string(),
@@ -632,7 +732,7 @@ fn add_cri_mounts(mounts: &mut Vec<Mount>, config: &ContainerConfig) -> Result<(
                 .build()?,
         );
     }
-    Ok(())
+    Ok(root)
 }
 
 fn resources(
@@ -1255,7 +1355,7 @@ mod tests {
             container_path: "/data".into(),
             host_path: host.path().display().to_string(),
             readonly: true,
-            propagation: MountPropagation::PropagationHostToContainer as i32,
+            propagation: MountPropagation::PropagationPrivate as i32,
             ..Default::default()
         }];
         c.linux = Some(LinuxContainerConfig {
@@ -1291,9 +1391,11 @@ mod tests {
             .expect("/data");
         let opts = data.options().clone().expect("options");
         assert!(
-            opts.contains(&"ro".to_string()) && opts.contains(&"rslave".to_string()),
+            opts.contains(&"ro".to_string()) && opts.contains(&"rprivate".to_string()),
             "{opts:?}"
         );
+        let linux = b.spec.linux().as_ref().expect("linux");
+        assert_eq!(linux.rootfs_propagation(), &None, "runc's default root");
         for dest in [
             "/etc/hosts",
             "/etc/resolv.conf",
@@ -1312,6 +1414,94 @@ mod tests {
             build(&c, None, f.rootfs.path(), &f.pod, &f.node),
             Err(SpecError::Mount { .. })
         ));
+    }
+
+    #[test]
+    fn propagation_is_read_from_the_mount_holding_the_path() {
+        let info = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:40 / /srv rw,relatime - tmpfs tmpfs rw
+31 30 0:41 / /srv/in rw,relatime master:7 - tmpfs tmpfs rw
+32 22 0:42 / /with\\040space rw shared:9 master:3 - tmpfs tmpfs rw
+";
+        let at = |p: &str| propagation_of(info, Path::new(p));
+        assert_eq!(at("/nonexistent-top/x"), HostPropagation::Shared);
+        assert_eq!(at("/srv/data"), HostPropagation::Private);
+        assert_eq!(at("/srv/in/deeper"), HostPropagation::Slave);
+        assert_eq!(
+            at("/srv/inner"),
+            HostPropagation::Private,
+            "not below /srv/in"
+        );
+        assert_eq!(at("/with space/x"), HostPropagation::Shared);
+        // A mount stacked on the same point later wins.
+        let stacked = format!("{info}33 30 0:43 / /srv rw shared:4 - tmpfs tmpfs rw\n");
+        assert_eq!(
+            propagation_of(&stacked, Path::new("/srv/data")),
+            HostPropagation::Shared
+        );
+    }
+
+    #[test]
+    fn propagation_needs_a_host_mount_that_propagates_and_sets_the_root() {
+        let host = tempfile::tempdir().expect("host dir");
+        let mount = |prop: MountPropagation| CriMount {
+            container_path: "/data".into(),
+            host_path: host.path().display().to_string(),
+            propagation: prop as i32,
+            ..Default::default()
+        };
+        let config = |ms: Vec<CriMount>| ContainerConfig {
+            mounts: ms,
+            ..Default::default()
+        };
+        let run = |c: &ContainerConfig, host_prop: HostPropagation| {
+            let mut mounts = Vec::new();
+            add_cri_mounts(&mut mounts, c, &|_| Ok(host_prop)).map(|root| (root, mounts))
+        };
+        use HostPropagation::*;
+        use MountPropagation::*;
+
+        let (root, mounts) = run(&config(vec![mount(PropagationHostToContainer)]), Slave)
+            .expect("host-to-container from a slave mount");
+        assert_eq!(root, Some("rslave"));
+        let opts = mounts[0].options().clone().expect("options");
+        assert!(opts.contains(&"rslave".to_string()), "{opts:?}");
+        assert_eq!(
+            run(&config(vec![mount(PropagationHostToContainer)]), Shared)
+                .expect("from a shared mount")
+                .0,
+            Some("rslave")
+        );
+        let e = run(&config(vec![mount(PropagationHostToContainer)]), Private)
+            .expect_err("nothing would come in");
+        assert!(e.to_string().contains("private mount"), "{e}");
+
+        let (root, mounts) = run(&config(vec![mount(PropagationBidirectional)]), Shared)
+            .expect("bidirectional from a shared mount");
+        assert_eq!(root, Some("rshared"));
+        let opts = mounts[0].options().clone().expect("options");
+        assert!(opts.contains(&"rshared".to_string()), "{opts:?}");
+        for p in [Slave, Private] {
+            let e = run(&config(vec![mount(PropagationBidirectional)]), p)
+                .expect_err("nothing would go out");
+            assert!(e.to_string().contains("not on a shared mount"), "{e}");
+        }
+
+        // Bidirectional anywhere makes the root rshared, whatever the order.
+        let mut other = mount(PropagationHostToContainer);
+        other.container_path = "/other".into();
+        let both = config(vec![mount(PropagationBidirectional), other]);
+        assert_eq!(run(&both, Shared).expect("both").0, Some("rshared"));
+
+        // Private mounts never look at the host's mounts.
+        let root = add_cri_mounts(
+            &mut Vec::new(),
+            &config(vec![mount(PropagationPrivate)]),
+            &|_| Err(std::io::Error::other("not asked")),
+        )
+        .expect("private");
+        assert_eq!(root, None);
     }
 
     #[test]
