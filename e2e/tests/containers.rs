@@ -792,3 +792,57 @@ async fn a_second_start_of_a_container_leaves_it_running_and_a_stopped_pod_start
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
     assert_no_cgroups_left(&net);
 }
+
+#[tokio::test]
+async fn stdin_true_gives_the_process_a_stdin_that_waits_for_a_writer() {
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(219, "stdin").await;
+    let reader = &["/bin/sh", "-c", "read line; echo got:$line"];
+
+    // Without stdin the process reads /dev/null: EOF at once, it ends.
+    let closed = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("nostdin", &image, reader),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &closed).await;
+    let s = wait_exited(&mut rt, &closed, Duration::from_secs(10)).await;
+    assert_eq!(s.exit_code, 0);
+
+    // With stdin it waits for what an attach writes, and reads it.
+    let mut c = container_config("stdin", &image, reader);
+    c.stdin = true;
+    let open = create(&mut rt, &pod, &pc, c).await.expect("create");
+    start(&mut rt, &open).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status(&mut rt, &open).await.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "it waits on its stdin"
+    );
+    let fifo = crustd
+        .state_dir
+        .join("containers")
+        .join(&open)
+        .join("stdin");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"hello\n"))
+        .expect("write the stdin FIFO");
+    let s = wait_exited(&mut rt, &open, Duration::from_secs(10)).await;
+    assert_eq!(s.exit_code, 0);
+    let lines: Vec<String> = log_lines(&PathBuf::from(&s.log_path))
+        .into_iter()
+        .map(|l| l.2)
+        .collect();
+    assert_eq!(lines, vec!["got:hello".to_string()]);
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}

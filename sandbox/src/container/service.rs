@@ -23,6 +23,11 @@ use crate::error::{Error, Result};
 use crate::pod::{NamespaceMode, PodRecord, PodSandboxes, PodState};
 use crate::shim::{CreateTask, Output, RuntimeOptions, ShimClient, ShimError, TaskIo, TaskStatus};
 
+/// The FIFO in a container's bundle that is its stdin when the config asks for one
+/// (`stdin: true`): the process reads what is written to it (an attach) and waits, as
+/// with containerd, while nothing is; without it, stdin is /dev/null.
+pub const STDIN_FIFO: &str = "stdin";
+
 /// What crust needs from the image store: a writable snapshot of an image,
 /// mounted at a path, and its removal. Implemented by crustd over `crust-images`.
 /// Unmounting is done here, before `remove` is called.
@@ -399,7 +404,8 @@ impl Containers {
             bundle: rec.bundle.clone(),
             rootfs: Vec::new(),
             io: TaskIo {
-                stdin: None,
+                // Made at create (see STDIN_FIFO); the shim keeps it open read-write.
+                stdin: rec.config.stdin.then(|| rec.bundle.join(STDIN_FIFO)),
                 output: rec
                     .log_path
                     .clone()
@@ -1156,6 +1162,13 @@ impl Inner {
         let text = serde_json::to_vec_pretty(&built.spec)
             .map_err(|e| Error::Internal(format!("serializing the OCI spec: {e}")))?;
         std::fs::write(bundle.join("config.json"), text)?;
+        if config.stdin {
+            nix::unistd::mkfifo(
+                &bundle.join(STDIN_FIFO),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .map_err(|e| Error::Internal(format!("making the stdin FIFO: {e}")))?;
+        }
         tracing::debug!(
             container = id,
             rootfs_ms = t_mount.as_secs_f64() * 1e3,
