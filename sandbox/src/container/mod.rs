@@ -1,6 +1,7 @@
 //! Containers: the OCI runtime spec built from CRI and image configs, the user
-//! they run as, and their seccomp profile.
+//! they run as, and their seccomp and AppArmor profiles.
 
+pub mod apparmor;
 pub mod metrics;
 pub mod record;
 pub mod seccomp;

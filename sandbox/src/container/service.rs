@@ -244,11 +244,23 @@ impl Containers {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+        let apparmor = spec::host_has_apparmor();
+        let apparmor_default = apparmor
+            && super::apparmor::load_default()
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        error = %e,
+                        "AppArmor is enabled but crust's default profile could not be loaded: \
+                         RuntimeDefault containers run without an AppArmor profile"
+                    )
+                })
+                .is_ok();
         let c = Containers {
             inner: Arc::new(Inner {
                 node: NodeContext {
                     min_oom_score_adj: own_oom_score_adj(),
-                    apparmor: spec::host_has_apparmor(),
+                    apparmor,
+                    apparmor_default,
                     seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
                 },
                 cfg,

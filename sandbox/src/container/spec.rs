@@ -172,6 +172,9 @@ pub struct NodeContext {
     pub min_oom_score_adj: i32,
     /// Whether the host runs AppArmor.
     pub apparmor: bool,
+    /// Whether crust's default AppArmor profile is loaded (see `apparmor.rs`): what
+    /// RuntimeDefault, and no choice at all, mean for an unprivileged container.
+    pub apparmor_default: bool,
     /// Directory `Localhost` seccomp profiles are resolved against when relative.
     pub seccomp_profile_root: PathBuf,
 }
@@ -983,17 +986,24 @@ fn apparmor_profile(
     legacy: &str,
     node: &NodeContext,
 ) -> Result<Option<String>, SpecError> {
-    // crust ships no AppArmor profile of its own yet, so RuntimeDefault leaves
-    // the container unconfined by AppArmor (seccomp and capabilities still
-    // apply); a named profile is applied when the host has AppArmor, and
-    // refused when it does not rather than silently dropped.
+    // RuntimeDefault, and no choice at all (kubelet's default is RuntimeDefault),
+    // is crust's default profile where the host runs AppArmor and it could be
+    // loaded; nothing elsewhere (seccomp and capabilities still apply). A named
+    // profile is applied when the host has AppArmor, and refused when it does not
+    // rather than silently dropped.
+    let default = || {
+        Ok((node.apparmor && node.apparmor_default)
+            .then(|| super::apparmor::DEFAULT_PROFILE.to_string()))
+    };
     let name = match profile {
         Some(p) => match ProfileType::try_from(p.profile_type) {
             Ok(ProfileType::Localhost) => p.localhost_ref.clone(),
-            _ => return Ok(None),
+            Ok(ProfileType::Unconfined) => return Ok(None),
+            _ => return default(),
         },
         None => match legacy {
-            "" | "unconfined" | "runtime/default" => return Ok(None),
+            "unconfined" => return Ok(None),
+            "" | "runtime/default" => return default(),
             p => p.strip_prefix("localhost/").unwrap_or(p).to_string(),
         },
     };
@@ -1054,6 +1064,7 @@ mod tests {
         let node = NodeContext {
             min_oom_score_adj: 0,
             apparmor: false,
+            apparmor_default: false,
             seccomp_profile_root: rootfs.path().to_path_buf(),
         };
         Fixture { rootfs, pod, node }
@@ -1413,6 +1424,69 @@ mod tests {
         assert!(matches!(
             build(&c, None, f.rootfs.path(), &f.pod, &f.node),
             Err(SpecError::Mount { .. })
+        ));
+    }
+
+    #[test]
+    fn apparmor_default_localhost_unconfined_and_a_host_without_it() {
+        let node = |apparmor, apparmor_default| NodeContext {
+            min_oom_score_adj: 0,
+            apparmor,
+            apparmor_default,
+            seccomp_profile_root: PathBuf::from("/nonexistent"),
+        };
+        let typed = |t: ProfileType, r: &str| SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        let default = Some(super::super::apparmor::DEFAULT_PROFILE.to_string());
+        let with = node(true, true);
+        // RuntimeDefault, typed or legacy, and no choice at all: crust's profile.
+        for (p, legacy) in [
+            (Some(typed(ProfileType::RuntimeDefault, "")), ""),
+            (None, "runtime/default"),
+            (None, ""),
+        ] {
+            assert_eq!(
+                apparmor_profile(p.as_ref(), legacy, &with).expect("ok"),
+                default,
+                "{p:?} {legacy:?}"
+            );
+        }
+        // Unconfined and Localhost are what they say.
+        assert_eq!(
+            apparmor_profile(Some(&typed(ProfileType::Unconfined, "")), "", &with).expect("ok"),
+            None
+        );
+        assert_eq!(
+            apparmor_profile(None, "unconfined", &with).expect("ok"),
+            None
+        );
+        let local = Some("my-profile".to_string());
+        assert_eq!(
+            apparmor_profile(
+                Some(&typed(ProfileType::Localhost, "my-profile")),
+                "",
+                &with
+            )
+            .expect("ok"),
+            local
+        );
+        assert_eq!(
+            apparmor_profile(None, "localhost/my-profile", &with).expect("ok"),
+            local
+        );
+        // The default profile could not be loaded: no profile, not an error.
+        assert_eq!(
+            apparmor_profile(None, "", &node(true, false)).expect("ok"),
+            None
+        );
+        // No AppArmor: the default is nothing, a named profile is refused.
+        let without = node(false, false);
+        assert_eq!(apparmor_profile(None, "", &without).expect("ok"), None);
+        assert!(matches!(
+            apparmor_profile(Some(&typed(ProfileType::Localhost, "p")), "", &without),
+            Err(SpecError::AppArmor(_))
         ));
     }
 
