@@ -2,7 +2,7 @@
 //! users, read-only rootfs, capabilities, privileged, seccomp, memory limits and
 //! OOM kills, resource updates, and the namespaces a pod's containers share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crust_e2e::cri;
@@ -392,6 +392,71 @@ async fn containers_of_a_pod_share_localhost_ipc_and_uts() {
     .await
     .expect("exec"));
     assert_ne!(a, b);
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
+#[tokio::test]
+async fn containers_of_a_pod_in_pod_pid_mode_see_each_other() {
+    let (registry, crustd, net) = setup(220).await;
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let mut pc = pod_config("podpid", &net, &crustd.dir().join("logs"));
+    if let Some(l) = pc.linux.as_mut() {
+        l.security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options
+            .get_or_insert_with(Default::default)
+            .pid = cri::NamespaceMode::Pod as i32;
+    }
+    let pod = run_pod(&mut rt, &pc).await;
+    let mut ids = Vec::new();
+    for (name, secs) in [("one", "1001"), ("two", "1002")] {
+        let id = create(
+            &mut rt,
+            &pod,
+            &pc,
+            container_config(name, &image, &["/bin/sleep", secs]),
+        )
+        .await
+        .expect("create");
+        start(&mut rt, &id).await;
+        ids.push(id);
+    }
+    let out = |r: cri::ExecSyncResponse| String::from_utf8_lossy(&r.stdout).trim().to_string();
+    let pid_ns = |rt: &mut Rt, id: String| {
+        let mut rt = rt.clone();
+        async move {
+            out(
+                exec(&mut rt, &id, &["/bin/readlink", "/proc/self/ns/pid"], 10)
+                    .await
+                    .expect("exec"),
+            )
+        }
+    };
+    let (a, b) = (
+        pid_ns(&mut rt, ids[0].clone()).await,
+        pid_ns(&mut rt, ids[1].clone()).await,
+    );
+    assert!(a.starts_with("pid:"), "{a}");
+    assert_eq!(a, b, "one PID namespace for the pod");
+    let host = std::fs::read_link("/proc/self/ns/pid").expect("own pid ns");
+    assert_ne!(Path::new(&a), host, "not the host's");
+    // Each sees the other's process.
+    for (id, other) in [(&ids[0], "/bin/sleep 1002"), (&ids[1], "/bin/sleep 1001")] {
+        let ps = out(exec(&mut rt, id, &["/bin/ps", "-o", "args"], 10)
+            .await
+            .expect("exec"));
+        assert!(
+            ps.lines().any(|l| l.trim() == other),
+            "{other} not in:\n{ps}"
+        );
+    }
 
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod,
