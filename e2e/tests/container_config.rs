@@ -457,6 +457,21 @@ async fn containers_of_a_pod_in_pod_pid_mode_see_each_other() {
             "{other} not in:\n{ps}"
         );
     }
+    // PID 1 is the pod's infra process, and it does not show crustd's command line.
+    let init = exec(&mut rt, &ids[0], &["/bin/cat", "/proc/1/cmdline"], 10)
+        .await
+        .expect("exec");
+    let args: Vec<&[u8]> = init
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    assert_eq!(
+        args,
+        [b"crust-pod-init"],
+        "{:?}",
+        String::from_utf8_lossy(&init.stdout)
+    );
 
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod,

@@ -186,6 +186,9 @@ fn spawn_infra() -> io::Result<i32> {
         .open("/dev/null")?;
     use std::os::fd::AsRawFd;
     let null_fd = devnull.as_raw_fd();
+    // The child is a copy of crustd, command line included: in POD mode every container
+    // would read crustd's path and config path in /proc/1/cmdline. The child overwrites it.
+    let args = own_arg_area();
     // SAFETY: after fork the child runs only async-signal-safe syscalls (no allocation, no
     // locks), as required in a multi-threaded parent.
     let pid = unsafe { libc::fork() };
@@ -211,6 +214,15 @@ fn spawn_infra() -> io::Result<i32> {
                 0,
                 0,
             );
+            if let Some((start, len)) = args {
+                let name = c"crust-pod-init".to_bytes_with_nul();
+                libc::memset(start as *mut libc::c_void, 0, len);
+                libc::memcpy(
+                    start as *mut libc::c_void,
+                    name.as_ptr() as *const libc::c_void,
+                    name.len().min(len),
+                );
+            }
             loop {
                 if libc::waitpid(-1, std::ptr::null_mut(), 0) < 0 {
                     libc::pause();
@@ -219,6 +231,21 @@ fn spawn_infra() -> io::Result<i32> {
         }
     }
     Ok(pid)
+}
+
+/// Where this process's command line lies in its memory (`arg_start`, its length), from
+/// /proc/self/stat: what /proc/<pid>/cmdline shows.
+fn own_arg_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    arg_area(&stat)
+}
+
+fn arg_area(stat: &str) -> Option<(usize, usize)> {
+    // Fields 48 and 49 (arg_start, arg_end); the rest starts at field 3, after the ')'.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace().skip(45);
+    let start: usize = rest.next()?.parse().ok()?;
+    let end: usize = rest.next()?.parse().ok()?;
+    (start > 0 && end > start).then(|| (start, end - start))
 }
 
 /// A process's start time (clock ticks since boot), to recognise it after a pid was reused.
@@ -327,6 +354,19 @@ mod tests {
     fn root() -> bool {
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn the_arg_area_is_where_the_command_line_is() {
+        let (start, len) = own_arg_area().expect("arg area");
+        let cmdline = std::fs::read("/proc/self/cmdline").expect("cmdline");
+        // SAFETY: the kernel says our argument strings lie there, in our own stack.
+        let mem = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
+        assert_eq!(mem, cmdline.as_slice());
+        // A command name with ") " in it does not shift the fields.
+        let fake = format!("42 (a) b) S {}1000 1016 0 0 0 0\n", "0 ".repeat(44));
+        assert_eq!(arg_area(&fake), Some((1000, 16)));
+        assert_eq!(arg_area("42 (x) S 1 2"), None);
     }
 
     fn ns_inode(path: &Path) -> u64 {
