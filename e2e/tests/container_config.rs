@@ -218,7 +218,15 @@ async fn cgroups_path(rt: &mut Rt, id: &str) -> String {
 
 #[tokio::test]
 async fn memory_limits_oom_kills_and_resource_updates() {
-    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(213, "limits").await;
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(213, "limits").await;
+    const OOM: &[(&str, &str)] = &[("oom", "true")];
+    const NOT_OOM: &[(&str, &str)] = &[("oom", "false")];
+    const START: &[(&str, &str)] = &[("operation", "start")];
+    const EXITS: &str = "crust_container_exits_total";
+    const STARTS: &str = "crust_container_operation_duration_seconds_count";
+    let ooms = counter(&crustd, EXITS, OOM).await;
+    let exits = counter(&crustd, EXITS, NOT_OOM).await;
+    let starts = counter(&crustd, STARTS, START).await;
     let limited = |name: &str, cmd: &[&str], bytes: i64| {
         let mut c = container_config(name, &image, cmd);
         c.linux = Some(cri::LinuxContainerConfig {
@@ -254,6 +262,14 @@ async fn memory_limits_oom_kills_and_resource_updates() {
     let s = wait_exited(&mut rt, &oom, Duration::from_secs(30)).await;
     assert_eq!(s.reason, "OOMKilled", "exit {} {}", s.exit_code, s.message);
     assert_eq!(s.exit_code, 137);
+    // One exit, counted as an OOM kill and not as another exit.
+    wait_metrics(
+        &crustd,
+        &[(EXITS, OOM, ooms + 1.0), (STARTS, START, starts + 1.0)],
+    )
+    .await;
+    assert_eq!(counter(&crustd, EXITS, NOT_OOM).await, exits);
+    wait_container_gauges(&crustd, [0, 0, 1, 0]).await;
 
     let id = create(
         &mut rt,
@@ -264,6 +280,8 @@ async fn memory_limits_oom_kills_and_resource_updates() {
     .await
     .expect("create");
     start(&mut rt, &id).await;
+    wait_container_gauges(&crustd, [0, 1, 1, 0]).await;
+    wait_metrics(&crustd, &[(STARTS, START, starts + 2.0)]).await;
     let file = memory_limit_file(&cgroups_path(&mut rt, &id).await);
     let read = |f: &PathBuf| -> i64 {
         std::fs::read_to_string(f)
