@@ -354,12 +354,40 @@ async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
         .expect("ExecSync");
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "exec");
 
+    // A command past its timeout is killed, and the call says it timed out.
     let started = Instant::now();
-    let err = exec(&mut rt, &id, &["/bin/sleep", "30"], 1)
-        .await
-        .expect_err("times out");
+    let err = exec(
+        &mut rt,
+        &id,
+        &["/bin/sh", "-c", "echo $$ > /tmp/timeout.pid; exec sleep 37"],
+        1,
+    )
+    .await
+    .expect_err("times out");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("timed out"), "{}", err.message());
     assert!(started.elapsed() < Duration::from_secs(15));
+    let r = exec(&mut rt, &id, &["/bin/cat", "/tmp/timeout.pid"], 10)
+        .await
+        .expect("ExecSync");
+    let pid: u32 = String::from_utf8_lossy(&r.stdout)
+        .trim()
+        .parse()
+        .expect("the pid of the timed-out command");
+    let proc_entry = format!("/proc/{pid}");
+    let r = exec(&mut rt, &id, &["/usr/bin/test", "-e", &proc_entry], 10)
+        .await
+        .expect("ExecSync");
+    assert_eq!(r.exit_code, 1, "the timed-out command (pid {pid}) lives on");
+    let r = exec(&mut rt, &id, &["/bin/ps"], 10)
+        .await
+        .expect("ExecSync");
+    let ps = String::from_utf8_lossy(&r.stdout);
+    assert!(ps.contains("sleep 1000"), "ps lists processes:\n{ps}");
+    assert!(
+        !ps.contains("sleep 37"),
+        "the timed-out command lives on:\n{ps}"
+    );
 
     // A child left behind holding stdout does not hold the answer back.
     let started = Instant::now();
@@ -392,6 +420,23 @@ async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
     .await
     .expect("ExecSync");
     assert_eq!(r.stdout.len(), 16 * 1024 * 1024);
+    // So is stderr, on its own.
+    let r = exec(
+        &mut rt,
+        &id,
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero bs=1048576 count=20 2>/dev/null | cat >&2",
+        ],
+        30,
+    )
+    .await
+    .expect("ExecSync");
+    assert_eq!(
+        (r.stdout.len(), r.stderr.len(), r.exit_code),
+        (0, 16 * 1024 * 1024, 0)
+    );
 
     let started = Instant::now();
     rt.stop_container(cri::StopContainerRequest {
