@@ -37,6 +37,22 @@ async fn cap_eff(rt: &mut Rt, id: &str) -> u64 {
 
 const CAP_NET_ADMIN: u64 = 1 << 12;
 
+/// `sh -c script` in the container: exit code, stdout and stderr (trimmed).
+async fn sh(rt: &mut Rt, id: &str, script: &str) -> (i32, String, String) {
+    let r = exec(rt, id, &["/bin/sh", "-c", script], 10)
+        .await
+        .expect("exec");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    (r.exit_code, text(&r.stdout), text(&r.stderr))
+}
+
+/// A masked file reads empty: it is /dev/null bound over the original.
+const READ_TIMER_LIST: &str =
+    "test -c /proc/timer_list && echo devnull; head -c 64 /proc/timer_list | wc -c";
+/// A write of the value already there, so that it changes nothing if it succeeds.
+const WRITE_PROC_SYS: &str =
+    "v=$(cat /proc/sys/net/ipv4/ip_forward) && echo $v > /proc/sys/net/ipv4/ip_forward";
+
 #[tokio::test]
 async fn image_config_and_request_merge_and_users_resolve_in_the_image() {
     let (registry, crustd, net) = setup(211).await;
@@ -131,6 +147,31 @@ async fn readonly_rootfs_capabilities_privileged_and_seccomp() {
         dev.exit_code, 0,
         "an unprivileged container sees no host devices"
     );
+    // Masked paths: /dev/null over files, an empty read-only tmpfs over
+    // directories. (/proc/kcore, the usual example, exists only on some kernels.)
+    assert_eq!(
+        sh(&mut rt, &plain, READ_TIMER_LIST).await,
+        (0, "devnull\n0".into(), String::new()),
+        "/proc/timer_list is masked"
+    );
+    assert_eq!(
+        sh(&mut rt, &plain, "ls -A /sys/firmware | wc -l").await.1,
+        "0",
+        "/sys/firmware is masked"
+    );
+    if std::path::Path::new("/proc/kcore").exists() {
+        assert_eq!(
+            sh(&mut rt, &plain, "head -c 64 /proc/kcore | wc -c")
+                .await
+                .1,
+            "0",
+            "/proc/kcore is masked"
+        );
+    }
+    // Read-only paths: /proc/sys refuses even root's writes.
+    let (code, _, err) = sh(&mut rt, &plain, WRITE_PROC_SYS).await;
+    assert_ne!(code, 0, "/proc/sys is writable");
+    assert!(err.contains("Read-only file system"), "{err}");
 
     let c = with_security(container_config("ro", &image, &sleep), |sc| {
         sc.readonly_rootfs = true;
@@ -194,6 +235,22 @@ async fn readonly_rootfs_capabilities_privileged_and_seccomp() {
         .expect("exec");
     assert_eq!(dev.exit_code, 0, "a privileged container sees host devices");
     assert_ne!(cap_eff(&mut rt, &p).await & (1 << 21), 0, "CAP_SYS_ADMIN");
+    // Nothing is masked or read-only for a privileged container.
+    assert_eq!(
+        sh(&mut rt, &p, READ_TIMER_LIST).await,
+        (0, "64".into(), String::new()),
+        "/proc/timer_list unmasked"
+    );
+    assert_ne!(
+        sh(&mut rt, &p, "ls -A /sys/firmware | wc -l").await.1,
+        "0",
+        "/sys/firmware unmasked"
+    );
+    assert_eq!(
+        sh(&mut rt, &p, WRITE_PROC_SYS).await,
+        (0, String::new(), String::new()),
+        "/proc/sys writable"
+    );
 
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod,
