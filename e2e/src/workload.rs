@@ -315,3 +315,165 @@ pub async fn scene(
     let pod = run_pod(&mut rt, &pc).await;
     (registry, crustd, net, image, rt, pc, pod)
 }
+
+/// The value of the sample named exactly `name` whose label set is exactly
+/// `labels` (in any order) in a Prometheus text exposition; None when there
+/// is no such sample. `crust_containers{state="running"}` is neither
+/// `crust_containers_total{state="running"}` nor
+/// `crust_containers{state="running",pod="x"}`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.sort();
+    text.lines()
+        .filter_map(parse_sample)
+        .find(|(n, l, _)| n == name && *l == want)
+        .map(|(_, _, v)| v)
+}
+
+/// A sample's labels, sorted.
+type Labels = Vec<(String, String)>;
+
+/// One sample line: name, labels and value; None for comments, blank and
+/// malformed lines.
+fn parse_sample(line: &str) -> Option<(String, Labels, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(['{', ' ', '\t'])?;
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices().peekable();
+        let close = loop {
+            // Skip separators, then a key up to '=' or the closing brace.
+            while chars.peek().is_some_and(|(_, c)| *c == ',' || *c == ' ') {
+                chars.next();
+            }
+            let (start, c) = *chars.peek()?;
+            if c == '}' {
+                break start;
+            }
+            let eq = inner[start..].find('=')? + start;
+            let key = inner[start..eq].trim().to_string();
+            while chars.peek().is_some_and(|(i, _)| *i <= eq) {
+                chars.next();
+            }
+            if chars.next()?.1 != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()?.1 {
+                    '"' => break,
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        c => value.push(c),
+                    },
+                    c => value.push(c),
+                }
+            }
+            labels.push((key, value));
+        };
+        rest = &inner[close + 1..];
+    }
+    labels.sort();
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some((name.to_string(), labels, value))
+}
+
+/// The samples `(name, labels, value)` that must all hold at once.
+pub type Expected<'a> = [(&'a str, &'a [(&'a str, &'a str)], f64)];
+
+/// Waits (up to 5 s) until every expected sample is in crustd's `/metrics`
+/// with its value: a gauge is set just after the record it counts changes.
+/// Panics naming what differs, with the metrics text.
+pub async fn wait_metrics(crustd: &Crustd, expected: &Expected<'_>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = crustd.metrics().await.expect("GET /metrics");
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter_map(|(name, labels, want)| {
+                let got = sample(&text, name, labels);
+                (got != Some(*want)).then(|| format!("{name}{labels:?} = {got:?}, want {want}"))
+            })
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics differ: {wrong:#?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A counter's or histogram count's value now; 0 before its first sample.
+pub async fn counter(crustd: &Crustd, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = crustd.metrics().await.expect("GET /metrics");
+    sample(&text, name, labels).unwrap_or(0.0)
+}
+
+/// The `crust_containers{state}` gauges for created, running, exited, unknown.
+pub async fn wait_container_gauges(crustd: &Crustd, [c, r, e, u]: [u32; 4]) {
+    wait_metrics(
+        crustd,
+        &[
+            ("crust_containers", &[("state", "created")], c.into()),
+            ("crust_containers", &[("state", "running")], r.into()),
+            ("crust_containers", &[("state", "exited")], e.into()),
+            ("crust_containers", &[("state", "unknown")], u.into()),
+        ],
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn samples_are_found_by_exact_name_and_label_set() {
+        let text = "# HELP crust_containers Containers by state\n\
+            # TYPE crust_containers gauge\n\
+            crust_containers_total{state=\"running\"} 9\n\
+            crust_containers{state=\"running\",pod=\"p\"} 8\n\
+            crust_containers{state=\"created\"} 0\n\
+            crust_containers{state=\"running\"} 1\n\
+            op_count{b=\"x,}\\\"y\",a=\"1\"} 3 1700000000\n\
+            up 1\n\
+            h_bucket{le=\"+Inf\"} 4\n";
+        let running = [("state", "running")];
+        assert_eq!(sample(text, "crust_containers", &running), Some(1.0));
+        assert_eq!(
+            sample(text, "crust_containers", &[("state", "created")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                text,
+                "crust_containers",
+                &[("pod", "p"), ("state", "running")]
+            ),
+            Some(8.0)
+        );
+        assert_eq!(
+            sample(text, "crust_containers", &[("state", "exited")]),
+            None
+        );
+        assert_eq!(sample(text, "crust_container", &running), None);
+        assert_eq!(
+            sample(text, "op_count", &[("a", "1"), ("b", "x,}\"y")]),
+            Some(3.0)
+        );
+        assert_eq!(sample(text, "up", &[]), Some(1.0));
+        assert_eq!(sample(text, "h_bucket", &[("le", "+Inf")]), Some(4.0));
+        assert_eq!(sample(text, "HELP", &[]), None);
+    }
+}

@@ -37,6 +37,22 @@ async fn cap_eff(rt: &mut Rt, id: &str) -> u64 {
 
 const CAP_NET_ADMIN: u64 = 1 << 12;
 
+/// `sh -c script` in the container: exit code, stdout and stderr (trimmed).
+async fn sh(rt: &mut Rt, id: &str, script: &str) -> (i32, String, String) {
+    let r = exec(rt, id, &["/bin/sh", "-c", script], 10)
+        .await
+        .expect("exec");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    (r.exit_code, text(&r.stdout), text(&r.stderr))
+}
+
+/// A masked file reads empty: it is /dev/null bound over the original.
+const READ_TIMER_LIST: &str =
+    "test -c /proc/timer_list && echo devnull; head -c 64 /proc/timer_list | wc -c";
+/// A write of the value already there, so that it changes nothing if it succeeds.
+const WRITE_PROC_SYS: &str =
+    "v=$(cat /proc/sys/net/ipv4/ip_forward) && echo $v > /proc/sys/net/ipv4/ip_forward";
+
 #[tokio::test]
 async fn image_config_and_request_merge_and_users_resolve_in_the_image() {
     let (registry, crustd, net) = setup(211).await;
@@ -131,6 +147,31 @@ async fn readonly_rootfs_capabilities_privileged_and_seccomp() {
         dev.exit_code, 0,
         "an unprivileged container sees no host devices"
     );
+    // Masked paths: /dev/null over files, an empty read-only tmpfs over
+    // directories. (/proc/kcore, the usual example, exists only on some kernels.)
+    assert_eq!(
+        sh(&mut rt, &plain, READ_TIMER_LIST).await,
+        (0, "devnull\n0".into(), String::new()),
+        "/proc/timer_list is masked"
+    );
+    assert_eq!(
+        sh(&mut rt, &plain, "ls -A /sys/firmware | wc -l").await.1,
+        "0",
+        "/sys/firmware is masked"
+    );
+    if std::path::Path::new("/proc/kcore").exists() {
+        assert_eq!(
+            sh(&mut rt, &plain, "head -c 64 /proc/kcore | wc -c")
+                .await
+                .1,
+            "0",
+            "/proc/kcore is masked"
+        );
+    }
+    // Read-only paths: /proc/sys refuses even root's writes.
+    let (code, _, err) = sh(&mut rt, &plain, WRITE_PROC_SYS).await;
+    assert_ne!(code, 0, "/proc/sys is writable");
+    assert!(err.contains("Read-only file system"), "{err}");
 
     let c = with_security(container_config("ro", &image, &sleep), |sc| {
         sc.readonly_rootfs = true;
@@ -194,6 +235,22 @@ async fn readonly_rootfs_capabilities_privileged_and_seccomp() {
         .expect("exec");
     assert_eq!(dev.exit_code, 0, "a privileged container sees host devices");
     assert_ne!(cap_eff(&mut rt, &p).await & (1 << 21), 0, "CAP_SYS_ADMIN");
+    // Nothing is masked or read-only for a privileged container.
+    assert_eq!(
+        sh(&mut rt, &p, READ_TIMER_LIST).await,
+        (0, "64".into(), String::new()),
+        "/proc/timer_list unmasked"
+    );
+    assert_ne!(
+        sh(&mut rt, &p, "ls -A /sys/firmware | wc -l").await.1,
+        "0",
+        "/sys/firmware unmasked"
+    );
+    assert_eq!(
+        sh(&mut rt, &p, WRITE_PROC_SYS).await,
+        (0, String::new(), String::new()),
+        "/proc/sys writable"
+    );
 
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod,
@@ -218,7 +275,15 @@ async fn cgroups_path(rt: &mut Rt, id: &str) -> String {
 
 #[tokio::test]
 async fn memory_limits_oom_kills_and_resource_updates() {
-    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(213, "limits").await;
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(213, "limits").await;
+    const OOM: &[(&str, &str)] = &[("oom", "true")];
+    const NOT_OOM: &[(&str, &str)] = &[("oom", "false")];
+    const START: &[(&str, &str)] = &[("operation", "start")];
+    const EXITS: &str = "crust_container_exits_total";
+    const STARTS: &str = "crust_container_operation_duration_seconds_count";
+    let ooms = counter(&crustd, EXITS, OOM).await;
+    let exits = counter(&crustd, EXITS, NOT_OOM).await;
+    let starts = counter(&crustd, STARTS, START).await;
     let limited = |name: &str, cmd: &[&str], bytes: i64| {
         let mut c = container_config(name, &image, cmd);
         c.linux = Some(cri::LinuxContainerConfig {
@@ -254,6 +319,14 @@ async fn memory_limits_oom_kills_and_resource_updates() {
     let s = wait_exited(&mut rt, &oom, Duration::from_secs(30)).await;
     assert_eq!(s.reason, "OOMKilled", "exit {} {}", s.exit_code, s.message);
     assert_eq!(s.exit_code, 137);
+    // One exit, counted as an OOM kill and not as another exit.
+    wait_metrics(
+        &crustd,
+        &[(EXITS, OOM, ooms + 1.0), (STARTS, START, starts + 1.0)],
+    )
+    .await;
+    assert_eq!(counter(&crustd, EXITS, NOT_OOM).await, exits);
+    wait_container_gauges(&crustd, [0, 0, 1, 0]).await;
 
     let id = create(
         &mut rt,
@@ -264,6 +337,8 @@ async fn memory_limits_oom_kills_and_resource_updates() {
     .await
     .expect("create");
     start(&mut rt, &id).await;
+    wait_container_gauges(&crustd, [0, 1, 1, 0]).await;
+    wait_metrics(&crustd, &[(STARTS, START, starts + 2.0)]).await;
     let file = memory_limit_file(&cgroups_path(&mut rt, &id).await);
     let read = |f: &PathBuf| -> i64 {
         std::fs::read_to_string(f)

@@ -10,6 +10,47 @@ use crust_e2e::net::mounts_under;
 use crust_e2e::workload::*;
 use tonic::Code;
 
+/// Sample count of `crust_container_operation_duration_seconds{operation}`.
+const OP_COUNT: &str = "crust_container_operation_duration_seconds_count";
+const EXITS: &str = "crust_container_exits_total";
+const NOT_OOM: &[(&str, &str)] = &[("oom", "false")];
+const OOM: &[(&str, &str)] = &[("oom", "true")];
+const START: &[(&str, &str)] = &[("operation", "start")];
+const STOP: &[(&str, &str)] = &[("operation", "stop")];
+const REMOVE: &[(&str, &str)] = &[("operation", "remove")];
+
+/// The ids ListContainers returns for `filter`, sorted.
+async fn listed_ids(rt: &mut Rt, filter: cri::ContainerFilter) -> Vec<String> {
+    let mut ids: Vec<String> = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(filter),
+        })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn in_state(state: cri::ContainerState) -> cri::ContainerFilter {
+    cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue {
+            state: state as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+fn sorted(ids: &[&String]) -> Vec<String> {
+    let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
 #[tokio::test]
 async fn lifecycle_logs_exit_codes_and_cleanup() {
     let (registry, crustd, net) = setup(201).await;
@@ -19,6 +60,12 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
     let log_dir = crustd.dir().join("logs");
     let pc = pod_config("lifecycle", &net, &log_dir);
     let pod = run_pod(&mut rt, &pc).await;
+    // crustd is this test's own: every container it counts is one made here.
+    wait_container_gauges(&crustd, [0, 0, 0, 0]).await;
+    let starts = counter(&crustd, OP_COUNT, START).await;
+    let stops = counter(&crustd, OP_COUNT, STOP).await;
+    let removes = counter(&crustd, OP_COUNT, REMOVE).await;
+    let exits = counter(&crustd, EXITS, NOT_OOM).await;
 
     let long_line = "x".repeat(40_000);
     let script = format!("echo out; echo err >&2; echo {long_line}; exit 3");
@@ -61,11 +108,23 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
     .expect_err("duplicate name");
     assert_eq!(dup.code(), Code::AlreadyExists);
     assert!(dup.message().contains(&id), "{}", dup.message());
+    // The refused creates are not counted: one container, CREATED.
+    wait_container_gauges(&crustd, [1, 0, 0, 0]).await;
 
     start(&mut rt, &id).await;
     let s = wait_exited(&mut rt, &id, Duration::from_secs(20)).await;
     assert_eq!(s.exit_code, 3);
     assert_eq!(s.reason, "Error");
+    wait_container_gauges(&crustd, [0, 0, 1, 0]).await;
+    wait_metrics(
+        &crustd,
+        &[
+            (OP_COUNT, START, starts + 1.0),
+            (EXITS, NOT_OOM, exits + 1.0),
+        ],
+    )
+    .await;
+    assert_eq!(counter(&crustd, EXITS, OOM).await, 0.0);
     assert!(s.started_at > 0 && s.finished_at >= s.started_at);
     // Once its exit is recorded the task leaves the shim, as with containerd:
     // runc's state of it goes, the container stays listed until removed.
@@ -112,6 +171,98 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
     let s = wait_exited(&mut rt, &ok, Duration::from_secs(20)).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
 
+    // One container of each state: a running sleeper, an idle one never started.
+    let sleeper = create_sleeper(&mut rt, &pod, &pc, &image).await;
+    start(&mut rt, &sleeper).await;
+    let idle = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("idle", &image, &["/bin/true"]),
+    )
+    .await
+    .expect("create");
+    wait_container_gauges(&crustd, [1, 1, 2, 0]).await;
+    wait_metrics(
+        &crustd,
+        &[
+            (OP_COUNT, START, starts + 3.0),
+            (EXITS, NOT_OOM, exits + 2.0),
+        ],
+    )
+    .await;
+
+    // The state filter.
+    use cri::ContainerState as S;
+    assert_eq!(
+        listed_ids(&mut rt, in_state(S::ContainerCreated)).await,
+        [idle.as_str()]
+    );
+    assert_eq!(
+        listed_ids(&mut rt, in_state(S::ContainerRunning)).await,
+        [sleeper.as_str()]
+    );
+    assert_eq!(
+        listed_ids(&mut rt, in_state(S::ContainerExited)).await,
+        sorted(&[&id, &ok])
+    );
+    assert_eq!(
+        listed_ids(&mut rt, in_state(S::ContainerUnknown)).await,
+        Vec::<String>::new()
+    );
+    // The id filter: the full id or a unique prefix; ANDed with the state.
+    let by_id = |id: &str| cri::ContainerFilter {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    assert_eq!(listed_ids(&mut rt, by_id(&id)).await, [id.as_str()]);
+    assert_eq!(
+        listed_ids(&mut rt, by_id(&sleeper[..12])).await,
+        [sleeper.as_str()]
+    );
+    assert_eq!(
+        listed_ids(&mut rt, by_id("not-a-container")).await,
+        Vec::<String>::new()
+    );
+    let running_with_id = |id: &str| cri::ContainerFilter {
+        id: id.to_string(),
+        ..in_state(S::ContainerRunning)
+    };
+    assert_eq!(
+        listed_ids(&mut rt, running_with_id(&sleeper[..12])).await,
+        [sleeper.as_str()]
+    );
+    assert_eq!(
+        listed_ids(&mut rt, running_with_id(&id[..12])).await,
+        Vec::<String>::new()
+    );
+    // A pod that does not exist has no containers.
+    assert_eq!(
+        listed_ids(
+            &mut rt,
+            cri::ContainerFilter {
+                pod_sandbox_id: "not-a-pod".into(),
+                ..Default::default()
+            }
+        )
+        .await,
+        Vec::<String>::new()
+    );
+
+    // A stop of a running container is timed; its exit counted.
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: sleeper.clone(),
+        timeout: 0,
+    })
+    .await
+    .expect("StopContainer");
+    wait_container_gauges(&crustd, [1, 0, 3, 0]).await;
+    wait_metrics(
+        &crustd,
+        &[(OP_COUNT, STOP, stops + 1.0), (EXITS, NOT_OOM, exits + 3.0)],
+    )
+    .await;
+
     // List filters are ANDed.
     let listed = rt
         .list_containers(cri::ListContainersRequest {
@@ -146,6 +297,9 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
         .await
         .expect_err("removed");
     assert_eq!(err.code(), Code::NotFound);
+    // One removal timed (the second call, a no-op, is not), one container fewer.
+    wait_container_gauges(&crustd, [1, 0, 2, 0]).await;
+    wait_metrics(&crustd, &[(OP_COUNT, REMOVE, removes + 1.0)]).await;
 
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),
@@ -166,6 +320,7 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
             .is_empty(),
         "the pod's containers went with it"
     );
+    wait_container_gauges(&crustd, [0, 0, 0, 0]).await;
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
     assert!(!crustd.state_dir.join("containers").join(&ok).exists());
     assert_no_cgroups_left(&net);
@@ -199,12 +354,40 @@ async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
         .expect("ExecSync");
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "exec");
 
+    // A command past its timeout is killed, and the call says it timed out.
     let started = Instant::now();
-    let err = exec(&mut rt, &id, &["/bin/sleep", "30"], 1)
-        .await
-        .expect_err("times out");
+    let err = exec(
+        &mut rt,
+        &id,
+        &["/bin/sh", "-c", "echo $$ > /tmp/timeout.pid; exec sleep 37"],
+        1,
+    )
+    .await
+    .expect_err("times out");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("timed out"), "{}", err.message());
     assert!(started.elapsed() < Duration::from_secs(15));
+    let r = exec(&mut rt, &id, &["/bin/cat", "/tmp/timeout.pid"], 10)
+        .await
+        .expect("ExecSync");
+    let pid: u32 = String::from_utf8_lossy(&r.stdout)
+        .trim()
+        .parse()
+        .expect("the pid of the timed-out command");
+    let proc_entry = format!("/proc/{pid}");
+    let r = exec(&mut rt, &id, &["/usr/bin/test", "-e", &proc_entry], 10)
+        .await
+        .expect("ExecSync");
+    assert_eq!(r.exit_code, 1, "the timed-out command (pid {pid}) lives on");
+    let r = exec(&mut rt, &id, &["/bin/ps"], 10)
+        .await
+        .expect("ExecSync");
+    let ps = String::from_utf8_lossy(&r.stdout);
+    assert!(ps.contains("sleep 1000"), "ps lists processes:\n{ps}");
+    assert!(
+        !ps.contains("sleep 37"),
+        "the timed-out command lives on:\n{ps}"
+    );
 
     // A child left behind holding stdout does not hold the answer back.
     let started = Instant::now();
@@ -237,6 +420,23 @@ async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
     .await
     .expect("ExecSync");
     assert_eq!(r.stdout.len(), 16 * 1024 * 1024);
+    // So is stderr, on its own.
+    let r = exec(
+        &mut rt,
+        &id,
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero bs=1048576 count=20 2>/dev/null | cat >&2",
+        ],
+        30,
+    )
+    .await
+    .expect("ExecSync");
+    assert_eq!(
+        (r.stdout.len(), r.stderr.len(), r.exit_code),
+        (0, 16 * 1024 * 1024, 0)
+    );
 
     let started = Instant::now();
     rt.stop_container(cri::StopContainerRequest {

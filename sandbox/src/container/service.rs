@@ -1580,6 +1580,52 @@ mod tests {
     }
 
     #[test]
+    fn resource_updates_replace_hugepage_limits_whole_or_keep_them() {
+        use k8s_cri::v1::{HugepageLimit, LinuxContainerConfig, LinuxContainerResources};
+        let hp = |page_size: &str, limit: u64| HugepageLimit {
+            page_size: page_size.into(),
+            limit,
+        };
+        let old = LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            hugepage_limits: vec![hp("2MB", 4 << 20), hp("1GB", 1 << 30)],
+            ..Default::default()
+        };
+        // An update without hugepages (the CPU manager's cpuset) keeps them.
+        let kept = merge_resources(
+            old.clone(),
+            &LinuxContainerResources {
+                cpuset_cpus: "1".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(kept.hugepage_limits, old.hugepage_limits);
+        assert_eq!(kept.cpuset_cpus, "1");
+        // An update with hugepages replaces the list as a whole (kubelet sends
+        // every page size of the node), and keeps what it does not set.
+        let m = merge_resources(
+            old.clone(),
+            &LinuxContainerResources {
+                hugepage_limits: vec![hp("2MB", 8 << 20)],
+                ..Default::default()
+            },
+        );
+        assert_eq!(m.hugepage_limits, [hp("2MB", 8 << 20)]);
+        assert_eq!(m.memory_limit_in_bytes, 64 << 20);
+        // And runc is handed the merged limits.
+        let r = spec::resources_json(&LinuxContainerConfig {
+            resources: Some(m),
+            ..Default::default()
+        })
+        .expect("resources");
+        assert_eq!(
+            r["hugepageLimits"],
+            serde_json::json!([{"pageSize": "2MB", "limit": 8 << 20}])
+        );
+        assert_eq!(r["memory"]["limit"], 64 << 20);
+    }
+
+    #[test]
     fn systemd_cgroups_paths_map_to_their_scope() {
         assert_eq!(
             cgroupfs_path("/crust/pod/c1").as_deref(),

@@ -1024,8 +1024,9 @@ pub fn host_has_apparmor() -> bool {
 mod tests {
     use super::*;
     use k8s_cri::v1::{
-        Capability as CriCapability, ContainerMetadata, Int64Value, KeyValue, LinuxContainerConfig,
-        LinuxContainerResources, LinuxContainerSecurityContext, Mount as CriMount, SecurityProfile,
+        Capability as CriCapability, ContainerMetadata, HugepageLimit, Int64Value, KeyValue,
+        LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+        Mount as CriMount, SecurityProfile,
     };
     use oci_spec::image::ConfigBuilder;
 
@@ -1576,6 +1577,49 @@ mod tests {
         )
         .expect("private");
         assert_eq!(root, None);
+    }
+
+    #[test]
+    fn hugepage_limits_reach_the_oci_spec_as_runc_reads_them() {
+        let f = fixture();
+        let mut c = container(&["/bin/true"], &[]);
+        // kubelet names page sizes as the hugetlb control files do, and sends
+        // every size the node has, 0 for those the pod did not ask for.
+        c.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                hugepage_limits: vec![
+                    HugepageLimit {
+                        page_size: "2MB".into(),
+                        limit: 4 << 20,
+                    },
+                    HugepageLimit {
+                        page_size: "1GB".into(),
+                        limit: 0,
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let want = serde_json::json!([
+            {"pageSize": "2MB", "limit": 4194304},
+            {"pageSize": "1GB", "limit": 0},
+        ]);
+        let spec = serde_json::to_value(&built(&c, None, &f).spec).expect("spec as JSON");
+        assert_eq!(spec["linux"]["resources"]["hugepageLimits"], want);
+        // UpdateContainerResources hands runc the same object.
+        let linux = c.linux.as_ref().expect("linux config");
+        let update = resources_json(linux).expect("resources");
+        assert_eq!(update["hugepageLimits"], want);
+
+        // None asked, none set.
+        let plain = built(&container(&["/bin/true"], &[]), None, &f);
+        let spec = serde_json::to_value(&plain.spec).expect("spec as JSON");
+        assert!(
+            spec["linux"]["resources"]["hugepageLimits"].is_null(),
+            "{}",
+            spec["linux"]["resources"]
+        );
     }
 
     #[test]
