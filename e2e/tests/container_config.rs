@@ -555,6 +555,87 @@ async fn containers_of_a_pod_in_pod_pid_mode_see_each_other() {
     .expect("RemovePodSandbox");
 }
 
+#[tokio::test]
+async fn groups_devices_and_oom_score_adj_reach_the_process() {
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(222, "process").await;
+    let sleep = ["/bin/sleep", "1000"];
+
+    // run_as_group and supplemental groups, with the image's own membership of uid
+    // 1000 (app is in group extra, 2000) kept, as containerd does.
+    let c = with_security(container_config("groups", &image, &sleep), |sc| {
+        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+        sc.run_as_group = Some(cri::Int64Value { value: 3000 });
+        sc.supplemental_groups = vec![4000];
+    });
+    let id = create(&mut rt, &pod, &pc, c).await.expect("create");
+    start(&mut rt, &id).await;
+    let (code, out, err) = sh(&mut rt, &id, "id -u; id -g; id -G").await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["1000", "3000"], "{out}");
+    let mut groups: Vec<&str> = lines[2].split_whitespace().collect();
+    groups.sort();
+    assert_eq!(groups, ["2000", "3000", "4000"], "{out}");
+
+    // A device with its permissions: read-only is readable, not writable.
+    let dev = ["/dev/fuse", "/dev/net/tun"]
+        .into_iter()
+        .find(|d| std::path::Path::new(d).exists());
+    if let Some(host_dev) = dev {
+        for (name, perms, want) in [("dev-r", "r", "r-ok"), ("dev-rw", "rw", "r-ok w-ok")] {
+            let mut c = container_config(name, &image, &sleep);
+            c.devices = vec![cri::Device {
+                container_path: "/dev/xdev".into(),
+                host_path: host_dev.into(),
+                permissions: perms.into(),
+            }];
+            let id = create(&mut rt, &pod, &pc, c).await.expect("create");
+            start(&mut rt, &id).await;
+            let (_, out, _) = sh(
+                &mut rt,
+                &id,
+                "r=; (exec 3</dev/xdev) 2>/dev/null && r=r-ok; \
+                 (exec 4>/dev/xdev) 2>/dev/null && r=\"$r w-ok\"; echo $r",
+            )
+            .await;
+            assert_eq!(out, want, "{host_dev} with {perms:?}");
+        }
+    } else {
+        eprintln!("no /dev/fuse or /dev/net/tun on this host: device permissions not checked");
+    }
+
+    // oom_score_adj as asked, but never below crustd's own.
+    let own: i32 = std::fs::read_to_string(format!(
+        "/proc/{}/oom_score_adj",
+        crustd.pid().expect("crustd runs")
+    ))
+    .expect("crustd's oom_score_adj")
+    .trim()
+    .parse()
+    .expect("a number");
+    for (name, asked, want) in [
+        ("oom-high", 500, 500.max(own)),
+        ("oom-low", -900, (-900).max(own)),
+    ] {
+        let mut c = container_config(name, &image, &sleep);
+        c.linux
+            .get_or_insert_with(Default::default)
+            .resources
+            .get_or_insert_with(Default::default)
+            .oom_score_adj = asked;
+        let id = create(&mut rt, &pod, &pc, c).await.expect("create");
+        start(&mut rt, &id).await;
+        let (_, out, _) = sh(&mut rt, &id, "cat /proc/1/oom_score_adj").await;
+        assert_eq!(out, want.to_string(), "asked {asked}, crustd has {own}");
+    }
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
 /// A tmpfs made a shared mount (the host paths of propagating mounts must be shared or
 /// slave); detached with everything mounted below it when dropped.
 struct SharedTmpfs(PathBuf);
