@@ -1046,3 +1046,45 @@ async fn stdin_true_gives_the_process_a_stdin_that_waits_for_a_writer() {
     .await
     .expect("RemovePodSandbox");
 }
+
+#[tokio::test]
+async fn stop_container_sends_the_image_stop_signal() {
+    let (registry, crustd, net) = setup(223).await;
+    // StopSignal SIGQUIT; its CMD says ready, then traps SIGQUIT (not SIGTERM) and exits 0.
+    let image = registry.image("crust/stopsignal:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("stopsig", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let id = create(&mut rt, &pod, &pc, container_config("quit", &image, &[]))
+        .await
+        .expect("create");
+    start(&mut rt, &id).await;
+    let log = PathBuf::from(status(&mut rt, &id).await.log_path);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log_lines(&log).iter().any(|l| l.2 == "ready") {
+        assert!(Instant::now() < deadline, "the trap was never set");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 10,
+    })
+    .await
+    .expect("StopContainer");
+    let s = status(&mut rt, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (0, "Completed"),
+        "SIGTERM would have killed it (143)"
+    );
+    let texts: Vec<String> = log_lines(&log).into_iter().map(|l| l.2).collect();
+    assert!(texts.contains(&"got SIGQUIT".to_string()), "{texts:?}");
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
