@@ -489,6 +489,27 @@ async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_d
     .expect("create");
     start(&mut rt, &short).await;
     let sleeper_pid = pid_of(&mut rt, &sleeper).await;
+    // Created but not started: it must still be startable after the restart.
+    let idle = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("idle", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    let pod_status = |mut rt: Rt, pod: String| async move {
+        rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod,
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .expect("status")
+    };
+    let before = pod_status(rt.clone(), pod.clone()).await;
 
     crustd.crash().await.expect("SIGKILL crustd");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -515,12 +536,32 @@ async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_d
         "the log kept flowing while crustd was down"
     );
 
+    // The pod is as it was; the created container is still CREATED and starts.
+    let after = pod_status(rt.clone(), pod.clone()).await;
+    assert_eq!(after.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(
+        (after.network, after.created_at),
+        (before.network, before.created_at)
+    );
+    assert_eq!(
+        status(&mut rt, &idle).await.state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    start(&mut rt, &idle).await;
+    assert_eq!(
+        status(&mut rt, &idle).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let idle_pid = pid_of(&mut rt, &idle).await;
+    assert!(alive(idle_pid));
+
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod.clone(),
     })
     .await
     .expect("RemovePodSandbox");
     assert!(!alive(sleeper_pid), "container process left running");
+    assert!(!alive(idle_pid), "container process left running");
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
     assert_no_cgroups_left(&net);
 }
