@@ -608,6 +608,15 @@ async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
         !alive(pid),
         "container process {pid} survived StopContainer"
     );
+    // And it was reaped (by the host's init: its shim, the subreaper, is gone).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "container process {pid} left a zombie"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let s = status(&mut rt, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_ne!(s.finished_at, 0);
