@@ -242,7 +242,13 @@ static PRIMING: AtomicBool = AtomicBool::new(false);
 /// own `cgroup.procs` moves the shim to the cgroup it is already in (nothing changes)
 /// but begins the same wait now, alongside runc's start-up; runc's write then finds the
 /// grace period under way or already passed. Call it right before launching runc.
-/// Nothing depends on it: a failed write only costs the time it would have saved.
+///
+/// While it waits, the kernel holds `cgroup_mutex` (as for runc's own write): cgroup
+/// creation, removal and migration on the host wait too — for a wait runc would
+/// otherwise have caused moments later. The cgroup written to is one whose
+/// `cgroup.procs` lists this process, so a path misread (another cgroup namespace, a
+/// mount rooted elsewhere) can never move the shim: nothing is written then. Nothing
+/// depends on it: a failed write only costs the time it would have saved.
 pub fn prime_migration_lock() {
     if PRIMING.swap(true, Ordering::AcqRel) {
         return;
@@ -251,13 +257,7 @@ pub fn prime_migration_lock() {
         .name("cgroup-prime".into())
         .stack_size(64 * 1024)
         .spawn(|| {
-            let r = fs::read_to_string("/proc/self/cgroup").and_then(|text| {
-                let procs = own_procs_file(&text, Path::new(ROOT)).ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup.procs of ours")
-                })?;
-                fs::write(procs, "0")
-            });
-            if let Err(e) = r {
+            if let Err(e) = prime() {
                 log::debug!("priming the cgroup migration lock: {e}");
             }
             PRIMING.store(false, Ordering::Release);
@@ -267,33 +267,67 @@ pub fn prime_migration_lock() {
     }
 }
 
-/// The `cgroup.procs` of the cgroup this process is in, from its `/proc/self/cgroup`:
-/// in the first v1 controller hierarchy mounted under `root`, else the v2 one.
-fn own_procs_file(proc_self_cgroup: &str, root: &Path) -> Option<PathBuf> {
-    let mut v2 = None;
+fn prime() -> std::io::Result<()> {
+    use std::io::Write;
+    let text = fs::read_to_string("/proc/self/cgroup")?;
+    let me = std::process::id().to_string();
+    for procs in own_procs_files(&text, Path::new(ROOT)) {
+        let listed = fs::read_to_string(&procs)
+            .map(|t| t.lines().any(|l| l.trim() == me))
+            .unwrap_or(false);
+        if listed {
+            return fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)?
+                .write_all(b"0");
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "no cgroup.procs that lists this process",
+    ))
+}
+
+/// The `cgroup.procs` files that may be this process's own, from its
+/// `/proc/self/cgroup`: each v1 controller hierarchy mounted under `root`, then the v2
+/// one. The caller confirms the process is listed before it writes.
+fn own_procs_files(proc_self_cgroup: &str, root: &Path) -> Vec<PathBuf> {
+    let mut v1 = Vec::new();
+    let mut v2 = Vec::new();
     for line in proc_self_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        let rel = path.trim_start_matches('/');
-        if ctrls.is_empty() {
-            v2 = [root.join("unified").join(rel), root.join(rel)]
-                .into_iter()
-                .map(|d| d.join("cgroup.procs"))
-                .find(|p| p.is_file());
+        let rel = Path::new(path.trim_start_matches('/'));
+        // Never climb out of a hierarchy's mount.
+        if rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
             continue;
         }
-        if let Some(p) = ctrls
-            .split(',')
-            .filter(|c| !c.is_empty() && !c.contains('='))
-            .map(|c| root.join(c).join(rel).join("cgroup.procs"))
-            .find(|p| p.is_file())
-        {
-            return Some(p);
+        let dirs: Vec<PathBuf> = if ctrls.is_empty() {
+            vec![root.join("unified").join(rel), root.join(rel)]
+        } else {
+            ctrls
+                .split(',')
+                .filter(|c| !c.is_empty() && !c.contains('='))
+                .map(|c| root.join(c).join(rel))
+                .collect()
+        };
+        let found = dirs
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .filter(|p| p.is_file());
+        if ctrls.is_empty() {
+            v2.extend(found);
+        } else {
+            v1.extend(found);
         }
     }
-    v2
+    v1.extend(v2);
+    v1
 }
 
 fn parse_kv(text: &str) -> HashMap<String, u64> {
@@ -344,33 +378,44 @@ mod tests {
     fn primes_through_its_own_cgroup_only() {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
-        for d in ["pids/a/b", "memory/m", "unified/u"] {
+        for d in ["pids/a/b", "memory/m", "unified/u", "pids"] {
             fs::create_dir_all(r.join(d)).unwrap();
             fs::write(r.join(d).join("cgroup.procs"), "").unwrap();
         }
-        // v1: the first controller hierarchy that is mounted, at the process's own path.
+        // v1: each controller hierarchy that is mounted, at the process's own path,
+        // then v2; named hierarchies never.
         let v1 = "9:name=systemd:/s\n8:blkio:/x\n5:pids:/a/b\n4:memory:/m\n0::/u\n";
-        assert_eq!(own_procs_file(v1, r), Some(r.join("pids/a/b/cgroup.procs")));
-        // A path that is not there (another cgroup namespace, say) is never guessed at.
-        let elsewhere = "5:pids:/nope\n4:memory:/nope\n0::/nope\n";
-        assert_eq!(own_procs_file(elsewhere, r), None);
-        // Hybrid with only the unified hierarchy usable, and pure v2.
         assert_eq!(
-            own_procs_file("5:pids:/nope\n0::/u\n", r),
-            Some(r.join("unified/u/cgroup.procs"))
+            own_procs_files(v1, r),
+            [
+                r.join("pids/a/b/cgroup.procs"),
+                r.join("memory/m/cgroup.procs"),
+                r.join("unified/u/cgroup.procs")
+            ]
         );
+        // A path that is not there (another cgroup namespace, say) is never guessed at,
+        // and a path that climbs is not even tried.
+        let elsewhere = "5:pids:/nope\n4:memory:/nope\n0::/nope\n";
+        assert!(own_procs_files(elsewhere, r).is_empty());
+        assert!(own_procs_files("5:pids:/a/../..\n5:pids:/..\n", r).is_empty());
+        // Pure v2.
         let v2 = tempfile::tempdir().unwrap();
         fs::create_dir_all(v2.path().join("k/p")).unwrap();
         fs::write(v2.path().join("k/p/cgroup.procs"), "").unwrap();
         assert_eq!(
-            own_procs_file("0::/k/p\n", v2.path()),
-            Some(v2.path().join("k/p/cgroup.procs"))
+            own_procs_files("0::/k/p\n", v2.path()),
+            [v2.path().join("k/p/cgroup.procs")]
         );
     }
 
     #[test]
     fn priming_leaves_the_process_where_it_is() {
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            prime().expect("root finds and writes its own cgroup.procs");
+            assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
+        }
         prime_migration_lock();
         // Wait for the priming thread (it may also have found nothing to write to).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
