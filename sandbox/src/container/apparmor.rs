@@ -6,18 +6,28 @@
 //! its spec grants) and denies what would reach past it: mounting, writes to most of
 //! /proc and /sys, the kernel's memory and sysrq, security and firmware files, and
 //! signals or ptrace from outside confined containers. It is loaded (replaced) with
-//! `apparmor_parser` once per crustd start.
+//! `apparmor_parser` when crustd starts, and again by a create that finds it gone.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 /// The name crust loads its default profile under.
 pub const DEFAULT_PROFILE: &str = "crust-default";
 
+/// Where the kernel lists the loaded profiles, one `name (mode)` a line.
+const LOADED_PROFILES: &str = "/sys/kernel/security/apparmor/profiles";
+/// The policy ABI the profile is written for; pinned when the host's parser knows it,
+/// so that a newer parser does not read `network,` by a newer ABI's meaning (which
+/// leaves out unix sockets).
+const ABI_3: &str = "/etc/apparmor.d/abi/3.0";
+
 /// The text of the default profile named `name`.
-pub fn default_profile(name: &str) -> String {
+pub fn default_profile(name: &str, abi_3: bool) -> String {
+    let abi = if abi_3 { "abi <abi/3.0>,\n\n" } else { "" };
     format!(
-        r#"#include <tunables/global>
+        r#"{abi}#include <tunables/global>
 
 profile {name} flags=(attach_disconnected,mediate_deleted) {{
   #include <abstractions/base>
@@ -27,9 +37,12 @@ profile {name} flags=(attach_disconnected,mediate_deleted) {{
   file,
   umount,
 
-  # Signals: from unconfined host processes (the runtime's kill), and among
+  # Signals: from the runtime (unconfined, or under AppArmor 4's own runc and
+  # crun profiles: StopContainer's signals come through runc kill), and among
   # the processes of containers under this profile.
   signal (receive) peer=unconfined,
+  signal (receive) peer=runc,
+  signal (receive) peer=crun,
   signal (send,receive) peer={name},
   ptrace (trace,read,tracedby,readby) peer={name},
 
@@ -44,25 +57,46 @@ profile {name} flags=(attach_disconnected,mediate_deleted) {{
   deny @{{PROC}}/sysrq-trigger rwklx,
   deny @{{PROC}}/kcore rwklx,
 
-  # /sys: read-only but for cgroupfs; firmware and security not even readable.
+  # /sys: read-only but for cgroupfs; firmware and security not even readable,
+  # nor the power meters (a side channel on what other tenants compute).
   deny /sys/[^f]*/** wklx,
   deny /sys/f[^s]*/** wklx,
   deny /sys/fs/[^c]*/** wklx,
   deny /sys/fs/c[^g]*/** wklx,
   deny /sys/fs/cg[^r]*/** wklx,
   deny /sys/firmware/** rwklx,
+  deny /sys/devices/virtual/powercap/** rwklx,
   deny /sys/kernel/security/** rwklx,
 }}
 "#
     )
 }
 
-/// Loads (or replaces) the default profile: `apparmor_parser -Kr` (replace, no cache)
-/// reads it from its stdin.
-pub fn load_default() -> Result<(), String> {
+/// Makes sure the default profile is loaded: a no-op when the kernel lists it, else
+/// `apparmor_parser -Kr` (replace, no cache) reads it from its stdin. Serialized, so
+/// that concurrent creates load it once.
+pub fn ensure_default() -> Result<(), String> {
+    static LOADING: Mutex<()> = Mutex::new(());
+    let _one = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+    let listed = std::fs::read_to_string(LOADED_PROFILES)
+        .map(|t| is_listed(&t, DEFAULT_PROFILE))
+        .unwrap_or(false);
+    if listed {
+        return Ok(());
+    }
     let mut parser = Command::new("apparmor_parser");
     parser.arg("-Kr");
-    feed(&mut parser, &default_profile(DEFAULT_PROFILE))
+    feed(
+        &mut parser,
+        &default_profile(DEFAULT_PROFILE, Path::new(ABI_3).exists()),
+    )
+}
+
+/// Whether the kernel's profile list names `name`.
+fn is_listed(profiles: &str, name: &str) -> bool {
+    profiles
+        .lines()
+        .any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(" (")))
 }
 
 /// Runs `cmd` with `profile` on its stdin; its stderr is the error when it fails.
@@ -98,8 +132,16 @@ mod tests {
 
     #[test]
     fn the_profile_names_itself_and_denies_what_reaches_past_the_container() {
-        let p = default_profile("crust-test");
+        let p = default_profile("crust-test", false);
+        assert!(p.starts_with("#include <tunables/global>"));
+        assert!(default_profile("crust-test", true).starts_with("abi <abi/3.0>,\n\n#include"));
         assert!(p.contains("profile crust-test flags=(attach_disconnected,mediate_deleted) {"));
+        for runtime in ["unconfined", "runc", "crun"] {
+            assert!(
+                p.contains(&format!("signal (receive) peer={runtime},")),
+                "{runtime}"
+            );
+        }
         assert!(p.contains("signal (send,receive) peer=crust-test,"));
         assert!(p.contains("ptrace (trace,read,tracedby,readby) peer=crust-test,"));
         for rule in [
@@ -107,12 +149,21 @@ mod tests {
             "deny @{PROC}/kcore rwklx,",
             "deny @{PROC}/sysrq-trigger rwklx,",
             "deny /sys/kernel/security/** rwklx,",
+            "deny /sys/devices/virtual/powercap/** rwklx,",
         ] {
             assert!(p.contains(rule), "{rule} missing");
         }
         // Balanced braces: the format escapes produced a parseable block.
         assert_eq!(p.matches('{').count(), p.matches('}').count());
         assert!(p.trim_end().ends_with('}'));
+    }
+
+    #[test]
+    fn a_loaded_profile_is_found_by_its_exact_name() {
+        let list = "docker-default (enforce)\ncrust-default (enforce)\n/usr/sbin/runc (enforce)\n";
+        assert!(is_listed(list, "crust-default"));
+        assert!(!is_listed("crust-default-old (enforce)\n", "crust-default"));
+        assert!(!is_listed("", "crust-default"));
     }
 
     #[test]

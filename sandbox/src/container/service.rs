@@ -245,22 +245,22 @@ impl Containers {
             .map(|r| (r.id.clone(), r))
             .collect();
         let apparmor = spec::host_has_apparmor();
-        let apparmor_default = apparmor
-            && super::apparmor::load_default()
-                .inspect_err(|e| {
-                    tracing::warn!(
-                        error = %e,
-                        "AppArmor is enabled but crust's default profile could not be loaded: \
-                         RuntimeDefault containers run without an AppArmor profile"
-                    )
-                })
-                .is_ok();
+        if apparmor {
+            // Loaded now so that the first container does not wait for it; creates
+            // check again (it may have been unloaded) and fail if it cannot be.
+            if let Err(e) = super::apparmor::ensure_default() {
+                tracing::warn!(
+                    error = %e,
+                    "AppArmor is enabled but crust's default profile could not be loaded: \
+                     containers that need it will fail to create"
+                );
+            }
+        }
         let c = Containers {
             inner: Arc::new(Inner {
                 node: NodeContext {
                     min_oom_score_adj: own_oom_score_adj(),
                     apparmor,
-                    apparmor_default,
                     seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
                 },
                 cfg,
@@ -1171,6 +1171,19 @@ impl Inner {
             cgroups_path: cgroups_path.clone(),
         };
         let built = spec::build(&config, image.config.as_ref(), rootfs, &ctx, &self.node)?;
+        let profile = built
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.apparmor_profile().clone());
+        if profile.as_deref() == Some(super::apparmor::DEFAULT_PROFILE) {
+            super::apparmor::ensure_default().map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "AppArmor profile {}: {e}",
+                    super::apparmor::DEFAULT_PROFILE
+                ))
+            })?;
+        }
         let text = serde_json::to_vec_pretty(&built.spec)
             .map_err(|e| Error::Internal(format!("serializing the OCI spec: {e}")))?;
         std::fs::write(bundle.join("config.json"), text)?;

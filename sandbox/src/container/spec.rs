@@ -172,9 +172,6 @@ pub struct NodeContext {
     pub min_oom_score_adj: i32,
     /// Whether the host runs AppArmor.
     pub apparmor: bool,
-    /// Whether crust's default AppArmor profile is loaded (see `apparmor.rs`): what
-    /// RuntimeDefault, and no choice at all, mean for an unprivileged container.
-    pub apparmor_default: bool,
     /// Directory `Localhost` seccomp profiles are resolved against when relative.
     pub seccomp_profile_root: PathBuf,
 }
@@ -321,13 +318,11 @@ pub fn build(
     } else if node.min_oom_score_adj > 0 {
         process.set_oom_score_adj(Some(node.min_oom_score_adj));
     }
-    if !privileged {
-        // The deprecated string fields still come from older kubelets.
-        #[allow(deprecated)]
-        let legacy = &sc.apparmor_profile;
-        if let Some(p) = apparmor_profile(sc.apparmor.as_ref(), legacy, node)? {
-            process.set_apparmor_profile(Some(p));
-        }
+    // The deprecated string fields still come from older kubelets.
+    #[allow(deprecated)]
+    let legacy = &sc.apparmor_profile;
+    if let Some(p) = apparmor_profile(sc.apparmor.as_ref(), legacy, node, privileged)? {
+        process.set_apparmor_profile(Some(p));
     }
 
     let mut mounts = default_mounts(privileged);
@@ -985,16 +980,16 @@ fn apparmor_profile(
     profile: Option<&k8s_cri::v1::SecurityProfile>,
     legacy: &str,
     node: &NodeContext,
+    privileged: bool,
 ) -> Result<Option<String>, SpecError> {
-    // RuntimeDefault, and no choice at all (kubelet's default is RuntimeDefault),
-    // is crust's default profile where the host runs AppArmor and it could be
-    // loaded; nothing elsewhere (seccomp and capabilities still apply). A named
-    // profile is applied when the host has AppArmor, and refused when it does not
-    // rather than silently dropped.
-    let default = || {
-        Ok((node.apparmor && node.apparmor_default)
-            .then(|| super::apparmor::DEFAULT_PROFILE.to_string()))
-    };
+    // As containerd: RuntimeDefault, and no choice at all (kubelet's default is
+    // RuntimeDefault), is crust's default profile for an unprivileged container where
+    // the host runs AppArmor (the caller makes sure it is loaded), nothing elsewhere
+    // and nothing for a privileged one. A named profile is applied, privileged or not,
+    // when the host has AppArmor, and refused when it does not rather than silently
+    // dropped.
+    let default =
+        || Ok((node.apparmor && !privileged).then(|| super::apparmor::DEFAULT_PROFILE.to_string()));
     let name = match profile {
         Some(p) => match ProfileType::try_from(p.profile_type) {
             Ok(ProfileType::Localhost) => p.localhost_ref.clone(),
@@ -1065,7 +1060,6 @@ mod tests {
         let node = NodeContext {
             min_oom_score_adj: 0,
             apparmor: false,
-            apparmor_default: false,
             seccomp_profile_root: rootfs.path().to_path_buf(),
         };
         Fixture { rootfs, pod, node }
@@ -1429,64 +1423,55 @@ mod tests {
     }
 
     #[test]
-    fn apparmor_default_localhost_unconfined_and_a_host_without_it() {
-        let node = |apparmor, apparmor_default| NodeContext {
+    fn apparmor_default_localhost_unconfined_privileged_and_a_host_without_it() {
+        let node = |apparmor| NodeContext {
             min_oom_score_adj: 0,
             apparmor,
-            apparmor_default,
             seccomp_profile_root: PathBuf::from("/nonexistent"),
         };
         let typed = |t: ProfileType, r: &str| SecurityProfile {
             profile_type: t as i32,
             localhost_ref: r.into(),
         };
+        let pick = |p: Option<&SecurityProfile>, legacy: &str, apparmor, privileged| {
+            apparmor_profile(p, legacy, &node(apparmor), privileged)
+        };
         let default = Some(super::super::apparmor::DEFAULT_PROFILE.to_string());
-        let with = node(true, true);
-        // RuntimeDefault, typed or legacy, and no choice at all: crust's profile.
+        // RuntimeDefault, typed or legacy, and no choice at all: crust's profile,
+        // unless privileged.
+        let runtime_default = typed(ProfileType::RuntimeDefault, "");
         for (p, legacy) in [
-            (Some(typed(ProfileType::RuntimeDefault, "")), ""),
+            (Some(&runtime_default), ""),
             (None, "runtime/default"),
             (None, ""),
         ] {
             assert_eq!(
-                apparmor_profile(p.as_ref(), legacy, &with).expect("ok"),
+                pick(p, legacy, true, false).expect("ok"),
                 default,
-                "{p:?} {legacy:?}"
+                "{legacy:?}"
+            );
+            assert_eq!(pick(p, legacy, true, true).expect("ok"), None, "privileged");
+        }
+        // Unconfined and Localhost are what they say, Localhost privileged too.
+        let unconfined = typed(ProfileType::Unconfined, "");
+        assert_eq!(pick(Some(&unconfined), "", true, false).expect("ok"), None);
+        assert_eq!(pick(None, "unconfined", true, false).expect("ok"), None);
+        let local = Some("my-profile".to_string());
+        let localhost = typed(ProfileType::Localhost, "my-profile");
+        for privileged in [false, true] {
+            assert_eq!(
+                pick(Some(&localhost), "", true, privileged).expect("ok"),
+                local
+            );
+            assert_eq!(
+                pick(None, "localhost/my-profile", true, privileged).expect("ok"),
+                local
             );
         }
-        // Unconfined and Localhost are what they say.
-        assert_eq!(
-            apparmor_profile(Some(&typed(ProfileType::Unconfined, "")), "", &with).expect("ok"),
-            None
-        );
-        assert_eq!(
-            apparmor_profile(None, "unconfined", &with).expect("ok"),
-            None
-        );
-        let local = Some("my-profile".to_string());
-        assert_eq!(
-            apparmor_profile(
-                Some(&typed(ProfileType::Localhost, "my-profile")),
-                "",
-                &with
-            )
-            .expect("ok"),
-            local
-        );
-        assert_eq!(
-            apparmor_profile(None, "localhost/my-profile", &with).expect("ok"),
-            local
-        );
-        // The default profile could not be loaded: no profile, not an error.
-        assert_eq!(
-            apparmor_profile(None, "", &node(true, false)).expect("ok"),
-            None
-        );
         // No AppArmor: the default is nothing, a named profile is refused.
-        let without = node(false, false);
-        assert_eq!(apparmor_profile(None, "", &without).expect("ok"), None);
+        assert_eq!(pick(None, "", false, false).expect("ok"), None);
         assert!(matches!(
-            apparmor_profile(Some(&typed(ProfileType::Localhost, "p")), "", &without),
+            pick(Some(&localhost), "", false, false),
             Err(SpecError::AppArmor(_))
         ));
     }
