@@ -222,6 +222,11 @@ fn spawn_infra() -> io::Result<i32> {
                     name.as_ptr() as *const libc::c_void,
                     name.len().min(len),
                 );
+                // A last byte that is not NUL tells the kernel the area was rewritten
+                // (setproctitle): cmdline then ends at the first NUL, not at the area's end.
+                if len > name.len() {
+                    *((start + len - 1) as *mut u8) = b' ';
+                }
             }
             loop {
                 if libc::waitpid(-1, std::ptr::null_mut(), 0) < 0 {
