@@ -24,8 +24,9 @@ use crate::pod::{NamespaceMode, PodRecord, PodSandboxes, PodState};
 use crate::shim::{CreateTask, Output, RuntimeOptions, ShimClient, ShimError, TaskIo, TaskStatus};
 
 /// The FIFO in a container's bundle that is its stdin when the config asks for one
-/// (`stdin: true`): the process reads what is written to it (an attach) and waits, as
-/// with containerd, while nothing is; without it, stdin is /dev/null.
+/// (`stdin: true`), made at start: the process reads what is written to it and waits,
+/// as with containerd, while nothing is; without it, stdin is /dev/null. Attach, which
+/// would write to it, is not built yet (and so neither is `stdin_once`).
 pub const STDIN_FIFO: &str = "stdin";
 
 /// What crust needs from the image store: a writable snapshot of an image,
@@ -408,6 +409,17 @@ impl Containers {
                 rec.id, rec.state
             )));
         }
+        let stdin = if rec.config.stdin {
+            let fifo = rec.bundle.join(STDIN_FIFO);
+            match nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => Some(fifo),
+                Err(e) => {
+                    return Err(Error::Internal(format!("making the stdin FIFO: {e}")));
+                }
+            }
+        } else {
+            None
+        };
         let t0 = std::time::Instant::now();
         let shim = self.inner.shim(&pod).await?;
         let t_shim = t0.elapsed();
@@ -416,8 +428,8 @@ impl Containers {
             bundle: rec.bundle.clone(),
             rootfs: Vec::new(),
             io: TaskIo {
-                // Made at create (see STDIN_FIFO); the shim keeps it open read-write.
-                stdin: rec.config.stdin.then(|| rec.bundle.join(STDIN_FIFO)),
+                // The shim keeps it open read-write (see STDIN_FIFO).
+                stdin,
                 output: rec
                     .log_path
                     .clone()
@@ -1187,13 +1199,6 @@ impl Inner {
         let text = serde_json::to_vec_pretty(&built.spec)
             .map_err(|e| Error::Internal(format!("serializing the OCI spec: {e}")))?;
         std::fs::write(bundle.join("config.json"), text)?;
-        if config.stdin {
-            nix::unistd::mkfifo(
-                &bundle.join(STDIN_FIFO),
-                nix::sys::stat::Mode::from_bits_truncate(0o600),
-            )
-            .map_err(|e| Error::Internal(format!("making the stdin FIFO: {e}")))?;
-        }
         tracing::debug!(
             container = id,
             rootfs_ms = t_mount.as_secs_f64() * 1e3,
