@@ -954,8 +954,17 @@ fn merge_resources(
     if !new.cpuset_mems.is_empty() {
         old.cpuset_mems = new.cpuset_mems.clone();
     }
-    if !new.hugepage_limits.is_empty() {
-        old.hugepage_limits = new.hugepage_limits.clone();
+    // Per page size: runc update changes the sizes it is given and leaves the
+    // others' cgroup limits as they were, and so does the record.
+    for h in &new.hugepage_limits {
+        match old
+            .hugepage_limits
+            .iter_mut()
+            .find(|o| o.page_size == h.page_size)
+        {
+            Some(o) => o.limit = h.limit,
+            None => old.hugepage_limits.push(h.clone()),
+        }
     }
     old.unified
         .extend(new.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -1598,7 +1607,7 @@ mod tests {
     }
 
     #[test]
-    fn resource_updates_replace_hugepage_limits_whole_or_keep_them() {
+    fn resource_updates_merge_hugepage_limits_by_page_size() {
         use k8s_cri::v1::{HugepageLimit, LinuxContainerConfig, LinuxContainerResources};
         let hp = |page_size: &str, limit: u64| HugepageLimit {
             page_size: page_size.into(),
@@ -1619,16 +1628,20 @@ mod tests {
         );
         assert_eq!(kept.hugepage_limits, old.hugepage_limits);
         assert_eq!(kept.cpuset_cpus, "1");
-        // An update with hugepages replaces the list as a whole (kubelet sends
-        // every page size of the node), and keeps what it does not set.
+        // An update with hugepages changes the sizes it names, keeps the others
+        // (as runc update leaves their cgroup limits), adds new ones, and keeps
+        // what it does not set.
         let m = merge_resources(
             old.clone(),
             &LinuxContainerResources {
-                hugepage_limits: vec![hp("2MB", 8 << 20)],
+                hugepage_limits: vec![hp("2MB", 8 << 20), hp("16KB", 0)],
                 ..Default::default()
             },
         );
-        assert_eq!(m.hugepage_limits, [hp("2MB", 8 << 20)]);
+        assert_eq!(
+            m.hugepage_limits,
+            [hp("2MB", 8 << 20), hp("1GB", 1 << 30), hp("16KB", 0)]
+        );
         assert_eq!(m.memory_limit_in_bytes, 64 << 20);
         // And runc is handed the merged limits.
         let r = spec::resources_json(&LinuxContainerConfig {
@@ -1638,7 +1651,11 @@ mod tests {
         .expect("resources");
         assert_eq!(
             r["hugepageLimits"],
-            serde_json::json!([{"pageSize": "2MB", "limit": 8 << 20}])
+            serde_json::json!([
+                {"pageSize": "2MB", "limit": 8 << 20},
+                {"pageSize": "1GB", "limit": 1u64 << 30},
+                {"pageSize": "16KB", "limit": 0},
+            ])
         );
         assert_eq!(r["memory"]["limit"], 64 << 20);
     }
