@@ -257,7 +257,10 @@ impl Snapshotter {
     pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
         let full = format!("{ACTIVE_PREFIX}{key}");
         let id = self.alloc_id()?;
-        let tx = self.db.begin_write()?;
+        // Not synced here: the caller's own record of what uses the snapshot (a
+        // container's, committed durably next) makes it durable too. Lost in a crash
+        // before that, it leaves a directory without a record, which gc removes.
+        let tx = lazy_write(&self.db)?;
         {
             let mut t = tx.open_table(SNAPSHOTS)?;
             if t.get(full.as_str())?.is_some() {
