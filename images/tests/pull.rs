@@ -167,6 +167,11 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 impl Registry {
+    /// Changes how the blob `digest` is served.
+    fn set_blob(&self, digest: &str, how: Blob) {
+        self.0.lock().unwrap().blobs.get_mut(digest).unwrap().1 = how;
+    }
+
     async fn serve(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -850,13 +855,7 @@ async fn layers_download_while_the_config_comes() {
     let img = add_image(&reg, "v1", &[(a, Blob::Good), (b, Blob::Good)], "");
     // The config is answered only once both layers have been asked for: a pull that
     // waited for the config before fetching layers would never get it.
-    reg.0
-        .lock()
-        .unwrap()
-        .blobs
-        .get_mut(&img.config_digest)
-        .unwrap()
-        .1 = Blob::AfterOthers { then_ms: 0 };
+    reg.set_blob(&img.config_digest, Blob::AfterOthers { then_ms: 0 });
     let host = reg.serve().await;
     let e = env();
     let store = e.store(Config::default()).await;
@@ -878,13 +877,7 @@ async fn a_config_that_fails_while_layers_download_leaves_nothing_after_gc() {
     let a = layer(&[("a", &[1u8; 300_000][..])], false);
     // The layer is half-way when the config fails (after its retry).
     let img = add_image(&reg, "v1", &[(a, Blob::Held)], "");
-    reg.0
-        .lock()
-        .unwrap()
-        .blobs
-        .get_mut(&img.config_digest)
-        .unwrap()
-        .1 = Blob::ServerError;
+    reg.set_blob(&img.config_digest, Blob::ServerError);
     let (e, store, err) = failing_pull(&reg, "noconfig").await;
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert!(err.to_string().contains(&img.config_digest), "{err}");
@@ -929,13 +922,7 @@ async fn two_images_sharing_a_layer_pulled_at_once_fetch_it_once() {
     );
     // Image one's top layer comes last, after image two has everything: two must wait
     // for one to commit the shared base instead of unpacking it a second time.
-    reg.0
-        .lock()
-        .unwrap()
-        .blobs
-        .get_mut(&one.layer_digests[1])
-        .unwrap()
-        .1 = Blob::Held;
+    reg.set_blob(&one.layer_digests[1], Blob::Held);
     let host = reg.serve().await;
     let e = env();
     let store = e.store(Config::default()).await;
@@ -1763,16 +1750,13 @@ async fn rate_limit_waits_briefly_or_gives_up() {
     let reg = Registry::default();
     let l = layer(&[("f", b"x")], false);
     let img = add_image(&reg, "v1", &[(l, Blob::Good)], "");
-    reg.0
-        .lock()
-        .unwrap()
-        .blobs
-        .get_mut(&img.config_digest)
-        .unwrap()
-        .1 = Blob::RateLimited {
-        times: 1,
-        retry_after: "1",
-    };
+    reg.set_blob(
+        &img.config_digest,
+        Blob::RateLimited {
+            times: 1,
+            retry_after: "1",
+        },
+    );
     let host = reg.serve().await;
     let e = env();
     let store = e
@@ -1791,16 +1775,13 @@ async fn rate_limit_waits_briefly_or_gives_up() {
     let reg = Registry::default();
     let l = layer(&[("f", b"x")], false);
     let img = add_image(&reg, "v1", &[(l, Blob::Good)], "");
-    reg.0
-        .lock()
-        .unwrap()
-        .blobs
-        .get_mut(&img.config_digest)
-        .unwrap()
-        .1 = Blob::RateLimited {
-        times: 100,
-        retry_after: "3600",
-    };
+    reg.set_blob(
+        &img.config_digest,
+        Blob::RateLimited {
+            times: 100,
+            retry_after: "3600",
+        },
+    );
     let (_e, _store, err) = failing_pull(&reg, "limited").await;
     assert!(matches!(err, Error::RateLimited(_)), "{err}");
     let msg = err.to_string();
