@@ -112,6 +112,18 @@ pub async fn create(
     .map(|r| r.into_inner().container_id)
 }
 
+/// Polls `f` every 50 ms until it holds; fails the test naming `what` after `within`.
+pub async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Creates `sleeper`, a container that sleeps 1000 s (PID 1 without a SIGTERM handler).
 pub async fn create_sleeper(
     rt: &mut Rt,

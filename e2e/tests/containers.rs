@@ -129,14 +129,12 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
     // Once its exit is recorded the task leaves the shim, as with containerd:
     // runc's state of it goes, the container stays listed until removed.
     let runc_state = crustd.state_dir.join("runc").join(&id);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while runc_state.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "runc state of an exited container stays"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the runc state of an exited container to go",
+        Duration::from_secs(10),
+        || !runc_state.exists(),
+    )
+    .await;
     let log_path = PathBuf::from(&s.log_path);
     assert_eq!(log_path, log_dir.join("exits/0.log"));
     let lines = log_lines(&log_path);
@@ -609,14 +607,13 @@ async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
         "container process {pid} survived StopContainer"
     );
     // And it was reaped (by the host's init: its shim, the subreaper, is gone).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "container process {pid} left a zombie"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    wait_for(
+        &format!("container process {pid} to be reaped, not left a zombie"),
+        Duration::from_secs(10),
+        || !proc_dir.exists(),
+    )
+    .await;
     let s = status(&mut rt, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_ne!(s.finished_at, 0);
@@ -642,14 +639,12 @@ async fn reopen_container_log_follows_kubelet_rotation() {
     start(&mut rt, &id).await;
     let log = PathBuf::from(status(&mut rt, &id).await.log_path);
     let wait_for_lines = |path: PathBuf| async move {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() >= 2) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no lines in {}", path.display());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for(
+            &format!("lines in {}", path.display()),
+            Duration::from_secs(10),
+            || std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() >= 2),
+        )
+        .await
     };
     wait_for_lines(log.clone()).await;
 
@@ -1111,11 +1106,10 @@ async fn stop_container_sends_the_image_stop_signal() {
         .expect("create");
     start(&mut rt, &id).await;
     let log = PathBuf::from(status(&mut rt, &id).await.log_path);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !log_lines(&log).iter().any(|l| l.2 == "ready") {
-        assert!(Instant::now() < deadline, "the trap was never set");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the trap to be set", Duration::from_secs(10), || {
+        log_lines(&log).iter().any(|l| l.2 == "ready")
+    })
+    .await;
     rt.stop_container(cri::StopContainerRequest {
         container_id: id.clone(),
         timeout: 10,

@@ -5,7 +5,7 @@
 //! the shim down leaving nothing behind.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crust_e2e::net::{TestNet, mounts_under};
 use crust_e2e::registry::Registry;
@@ -147,14 +147,6 @@ async fn run_pod_with(rt: &mut Rt, config: &cri::PodSandboxConfig, handler: &str
     .expect("RunPodSandbox")
     .into_inner()
     .pod_sandbox_id
-}
-
-async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -550,14 +542,12 @@ async fn a_killed_containerd_shim_is_noticed_and_removal_cleans_up() {
     })
     .await
     .expect("RemovePodSandbox");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "container process {pid} survived the removal of its pod"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        &format!("container process {pid} to die with its pod"),
+        Duration::from_secs(10),
+        || !alive(pid),
+    )
+    .await;
     assert!(
         !socket.exists(),
         "socket {} of the killed shim is left",
@@ -655,11 +645,10 @@ async fn an_exit_while_crustd_is_down_is_reported_and_the_shim_survives() {
     // crustd dies (nobody reads the shim's log or the container's FIFOs, the events
     // endpoint is gone) while the container finishes and the shim reports it.
     crustd.crash().await.expect("crash");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "the container did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the container to finish", Duration::from_secs(10), || {
+        !alive(pid)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(alive(shim_pid as i64), "the shim died without crustd");
 
