@@ -6,6 +6,7 @@ mod config;
 pub mod container;
 mod error;
 pub mod metrics;
+pub mod mountinfo;
 pub mod namespaces;
 pub mod pod;
 pub mod shim;

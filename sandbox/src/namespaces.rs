@@ -345,11 +345,11 @@ pub fn mount_shm(target: &Path, size: u64) -> io::Result<()> {
 
 /// Whether `path` is a mount point (by /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mi) = crate::mountinfo::read() else {
         return false;
     };
-    let p = path.to_string_lossy();
-    mi.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+    mi.lines()
+        .any(|l| crate::mountinfo::mount_point(l).as_deref() == Some(path))
 }
 
 #[cfg(test)]

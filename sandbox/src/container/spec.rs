@@ -328,7 +328,7 @@ pub fn build(
     let mut mounts = default_mounts(privileged);
     add_pod_mounts(&mut mounts, pod, config)?;
     let rootfs_propagation = add_cri_mounts(&mut mounts, config, &|p: &Path| {
-        std::fs::read_to_string("/proc/self/mountinfo").map(|text| propagation_of(&text, p))
+        crate::mountinfo::read().map(|text| propagation_of(&text, p))
     })?;
 
     let mut namespaces = vec![
@@ -612,15 +612,14 @@ pub(crate) fn propagation_of(mountinfo: &str, path: &Path) -> HostPropagation {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut best: Option<(usize, HostPropagation)> = None;
     for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(mount_point) = fields.get(4).map(|m| unescape_mountinfo(m)) else {
+        let Some(mount_point) = crate::mountinfo::mount_point(line) else {
             continue;
         };
         if !path.starts_with(&mount_point) {
             continue;
         }
         // Optional fields run from the 7th field to the "-" separator.
-        let optional = fields.iter().skip(6).take_while(|f| **f != "-");
+        let optional = line.split(' ').skip(6).take_while(|f| *f != "-");
         let mut prop = HostPropagation::Private;
         for f in optional {
             if f.starts_with("shared:") {
@@ -631,32 +630,12 @@ pub(crate) fn propagation_of(mountinfo: &str, path: &Path) -> HostPropagation {
                 prop = HostPropagation::Slave;
             }
         }
-        let depth = Path::new(&mount_point).components().count();
+        let depth = mount_point.components().count();
         if best.is_none_or(|(d, _)| depth >= d) {
             best = Some((depth, prop));
         }
     }
     best.map_or(HostPropagation::Private, |(_, p)| p)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The CRI mounts: host paths bound with their readonly flag and propagation. Returns

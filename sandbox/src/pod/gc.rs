@@ -99,13 +99,12 @@ pub(super) async fn release(inner: Arc<Inner>, orphans: Orphans) {
 
 /// Unmounts every mount point at or below `dir`, deepest first.
 fn unmount_below(dir: &Path) {
-    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mi) = crate::mountinfo::read() else {
         return;
     };
     let mut points: Vec<PathBuf> = mi
         .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
+        .filter_map(crate::mountinfo::mount_point)
         .filter(|p| p.starts_with(dir))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
