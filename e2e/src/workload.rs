@@ -112,6 +112,15 @@ pub async fn create(
     .map(|r| r.into_inner().container_id)
 }
 
+/// RemovePodSandbox, which must succeed.
+pub async fn remove_pod(rt: &mut Rt, pod: &str) {
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
 /// Polls `f` every 50 ms until it holds; fails the test naming `what` after `within`.
 pub async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;

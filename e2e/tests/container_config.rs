@@ -114,11 +114,7 @@ async fn image_config_and_request_merge_and_users_resolve_in_the_image() {
     create(&mut rt, &pod, &pc, c)
         .await
         .expect("name free after a failed create");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -252,11 +248,7 @@ async fn readonly_rootfs_capabilities_privileged_and_seccomp() {
         "/proc/sys writable"
     );
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 /// cgroup v1 (this machine's layout) memory limit of a container.
@@ -382,11 +374,7 @@ async fn memory_limits_oom_kills_and_resource_updates() {
         .expect("device rules kept");
     assert!(devices.iter().any(|d| d["allow"] == false), "{devices:?}");
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -468,11 +456,7 @@ async fn containers_of_a_pod_share_localhost_ipc_and_uts() {
     .expect("exec"));
     assert_ne!(a, b);
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -542,11 +526,7 @@ async fn containers_of_a_pod_in_pod_pid_mode_see_each_other() {
         String::from_utf8_lossy(&init.stdout)
     );
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -623,11 +603,7 @@ async fn groups_devices_and_oom_score_adj_reach_the_process() {
         assert_eq!(out, want.to_string(), "asked {asked}, crustd has {own}");
     }
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 /// A tmpfs made a shared mount (the host paths of propagating mounts must be shared or
@@ -819,11 +795,7 @@ async fn host_path_mounts_are_bound_readonly_or_writable() {
         .expect_err("missing host path");
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -858,9 +830,5 @@ async fn containers_of_a_host_network_pod_run_with_the_host_network_and_name() {
     );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     assert_eq!(log_texts(&s), [host.trim()]);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }

@@ -304,11 +304,7 @@ async fn lifecycle_logs_exit_codes_and_cleanup() {
     })
     .await
     .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     assert!(
         rt.list_containers(cri::ListContainersRequest::default())
             .await
@@ -460,11 +456,7 @@ async fn exec_sync_output_exit_codes_timeout_and_stop_timeout() {
         .expect_err("not running");
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
 }
 
@@ -553,11 +545,7 @@ async fn crustd_restart_keeps_containers_and_reports_exits_that_happened_while_d
     let idle_pid = pid_of(&mut rt, &idle).await;
     assert!(alive(idle_pid));
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     assert!(!alive(sleeper_pid), "container process left running");
     assert!(!alive(idle_pid), "container process left running");
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
@@ -623,11 +611,7 @@ async fn a_killed_shim_is_noticed_and_remove_cleans_up() {
     })
     .await
     .expect("RemoveContainer");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
     assert_no_cgroups_left(&net);
 }
@@ -688,11 +672,7 @@ async fn reopen_container_log_follows_kubelet_rotation() {
         .await
         .expect_err("not running");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -759,11 +739,7 @@ async fn container_events_stream_with_pod_and_container_statuses() {
             T::ContainerDeletedEvent
         ]
     );
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -785,11 +761,7 @@ async fn containers_of_a_pod_without_cgroup_parent_leave_no_cgroups() {
     })
     .await
     .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     let left: Vec<PathBuf> = crust_e2e::net::cgroup_mounts()
         .into_iter()
         .flat_map(|m| {
@@ -849,11 +821,7 @@ async fn a_kubelet_retry_of_a_create_gets_the_container_not_a_name_conflict() {
         .await
         .expect_err("the name is used by a running container");
     assert_eq!(err.code(), Code::AlreadyExists);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -915,11 +883,7 @@ async fn crustd_killed_amid_creates_leaves_no_orphan_bundle_or_mount() {
     if let Some(id) = listed.first() {
         start(&mut rt, id).await;
     }
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
     assert_eq!(
         std::fs::read_dir(&bundles).map_or(0, |d| d.count()),
@@ -947,11 +911,7 @@ async fn creates_racing_remove_pod_sandbox_leave_no_container_behind() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     for c in calls {
         // Too late: the pod was stopped or gone.
         let e = c.await.expect("create task");
@@ -1029,11 +989,7 @@ async fn a_second_start_of_a_container_leaves_it_running_and_a_stopped_pod_start
         .expect_err("start in a stopped pod");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(!alive(pid), "StopPodSandbox stopped the running one");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(mounts_under(crustd.dir()), Vec::<String>::new());
     assert_no_cgroups_left(&net);
 }
@@ -1085,11 +1041,7 @@ async fn stdin_true_gives_the_process_a_stdin_that_waits_for_a_writer() {
         .collect();
     assert_eq!(lines, vec!["got:hello".to_string()]);
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
 
 #[tokio::test]
@@ -1126,9 +1078,5 @@ async fn stop_container_sends_the_image_stop_signal() {
     let texts: Vec<String> = log_lines(&log).into_iter().map(|l| l.2).collect();
     assert!(texts.contains(&"got SIGQUIT".to_string()), "{texts:?}");
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }

@@ -349,11 +349,7 @@ async fn a_pod_under_containerd_shim_runc_v2() {
     })
     .await
     .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 
     // Nothing is left: shim, its socket, the pod dir, mounts, cgroups.
     wait_for("the shim to exit", Duration::from_secs(5), || {
@@ -417,11 +413,7 @@ async fn crustd_restart_keeps_copying_the_logs_of_a_containerd_shim_pod() {
     .await;
     assert!(alive(shim_pid as i64), "the shim outlived crustd");
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     wait_for("the shim to exit", Duration::from_secs(5), || {
         !alive(shim_pid as i64)
     })
@@ -477,11 +469,7 @@ async fn the_default_handler_still_runs_crust_shim() {
         lines.contains(&("stdout".into(), "F".into(), "hello".into())),
         "{lines:?}"
     );
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     assert_no_cgroups_left(&net);
 }
 
@@ -537,11 +525,7 @@ async fn a_killed_containerd_shim_is_noticed_and_removal_cleans_up() {
         .state;
     assert_eq!(pod_state, cri::PodSandboxState::SandboxNotready as i32);
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     wait_for(
         &format!("container process {pid} to die with its pod"),
         Duration::from_secs(10),
@@ -603,11 +587,7 @@ async fn a_tty_container_under_containerd_shim_logs_its_terminal_output() {
             .join("io/stderr")
             .exists()
     );
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     assert_no_cgroups_left(&net);
 }
 
@@ -662,11 +642,7 @@ async fn an_exit_while_crustd_is_down_is_reported_and_the_shim_survives() {
             .any(|l| l.2 == "start"),
         "the output before the crash is in the log"
     );
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
     wait_for("the shim to exit", Duration::from_secs(5), || {
         !alive(shim_pid as i64)
     })

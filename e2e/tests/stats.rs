@@ -126,9 +126,5 @@ async fn container_and_pod_stats_report_cpu_memory_and_writable_layer() {
         .expect_err("unknown container");
     assert_eq!(err.code(), Code::NotFound);
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_pod(&mut rt, &pod).await;
 }
