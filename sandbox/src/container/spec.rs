@@ -327,8 +327,17 @@ pub fn build(
 
     let mut mounts = default_mounts(privileged);
     add_pod_mounts(&mut mounts, pod, config)?;
+    // Read once, and only if a mount asks for propagation.
+    let mountinfo = std::cell::OnceCell::new();
     let rootfs_propagation = add_cri_mounts(&mut mounts, config, &|p: &Path| {
-        crate::mountinfo::read().map(|text| propagation_of(&text, p))
+        let text = match mountinfo.get() {
+            Some(t) => t,
+            None => {
+                let t = crate::mountinfo::read()?;
+                mountinfo.get_or_init(|| t)
+            }
+        };
+        Ok(propagation_of(text, p))
     })?;
 
     let mut namespaces = vec![
