@@ -84,7 +84,6 @@ pub async fn create_container(
         .map(|i| i.image.trim().to_string())
         .filter(|i| !i.is_empty())
         .ok_or_else(|| CriError::InvalidArgument("container config names no image".into()))?;
-    let t0 = std::time::Instant::now();
     let image = cri.images.status(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!("image {image_name:?} not found: pull it first"))
     })?;
@@ -97,10 +96,6 @@ pub async fn create_container(
         })?
         .config()
         .clone();
-    tracing::debug!(
-        image_ms = t0.elapsed().as_secs_f64() * 1e3,
-        "CreateContainer: image resolved"
-    );
     let id = cri
         .containers
         .create(

@@ -1145,11 +1145,9 @@ impl Inner {
         bundle: &Path,
         rootfs: &Path,
     ) -> Result<ContainerRecord> {
-        let t0 = std::time::Instant::now();
         self.rootfs
             .mount(id, &image.id, rootfs)
             .map_err(Error::Internal)?;
-        let t_mount = t0.elapsed();
         let handler = self
             .pods
             .config()
@@ -1208,12 +1206,6 @@ impl Inner {
         let text = serde_json::to_vec_pretty(&built.spec)
             .map_err(|e| Error::Internal(format!("serializing the OCI spec: {e}")))?;
         std::fs::write(bundle.join("config.json"), text)?;
-        tracing::debug!(
-            container = id,
-            rootfs_ms = t_mount.as_secs_f64() * 1e3,
-            spec_ms = (t0.elapsed() - t_mount).as_secs_f64() * 1e3,
-            "bundle made"
-        );
 
         let log_path = if pod.spec.log_directory.is_empty() || config.log_path.is_empty() {
             None
