@@ -246,19 +246,23 @@ fn own_arg_area() -> Option<(usize, usize)> {
 }
 
 fn arg_area(stat: &str) -> Option<(usize, usize)> {
-    // Fields 48 and 49 (arg_start, arg_end); the rest starts at field 3, after the ')'.
-    let mut rest = stat.rsplit_once(')')?.1.split_whitespace().skip(45);
+    // Fields 48 and 49: arg_start, arg_end.
+    let mut rest = stat_fields(stat)?.skip(45);
     let start: usize = rest.next()?.parse().ok()?;
     let end: usize = rest.next()?.parse().ok()?;
     (start > 0 && end > start).then(|| (start, end - start))
 }
 
+/// The fields of a `/proc/<pid>/stat` line from the 3rd (the state) on. The command
+/// name before them may contain spaces and ')': they start after the last ')'.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace())
+}
+
 /// A process's start time (clock ticks since boot), to recognise it after a pid was reused.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command may contain spaces and ')': fields start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat_fields(&stat)?.nth(19)?.parse().ok()
 }
 
 /// Whether the process with this pid is the one that started at `start` and has not exited
@@ -267,10 +271,9 @@ pub fn running(pid: i32, start: Option<u64>) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
+    let Some(mut fields) = stat_fields(&stat) else {
         return false;
     };
-    let mut fields = rest.split_whitespace();
     let state = fields.next().unwrap_or("X");
     let started = fields.nth(18).and_then(|t| t.parse::<u64>().ok());
     !matches!(state, "Z" | "X" | "x") && start.is_some() && started == start
