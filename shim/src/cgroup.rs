@@ -289,45 +289,25 @@ fn prime() -> std::io::Result<()> {
 }
 
 /// The `cgroup.procs` files that may be this process's own, from its
-/// `/proc/self/cgroup`: each v1 controller hierarchy mounted under `root`, then the v2
-/// one. The caller confirms the process is listed before it writes.
+/// `/proc/self/cgroup`: each v1 controller hierarchy mounted under `root` (as
+/// [`Cgroups::parse`] reads them), then the v2 one. The caller confirms the process is
+/// listed before it writes.
 fn own_procs_files(proc_self_cgroup: &str, root: &Path) -> Vec<PathBuf> {
-    let mut v1 = Vec::new();
-    let mut v2 = Vec::new();
-    for line in proc_self_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let rel = Path::new(path.trim_start_matches('/'));
+    let v1 = Cgroups::parse(proc_self_cgroup, root).dirs.into_values();
+    let v2 = proc_self_cgroup
+        .lines()
+        .filter_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_start_matches('/'))
+        .flat_map(|rel| [root.join("unified").join(rel), root.join(rel)]);
+    v1.chain(v2)
         // Never climb out of a hierarchy's mount.
-        if rel
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            continue;
-        }
-        let dirs: Vec<PathBuf> = if ctrls.is_empty() {
-            vec![root.join("unified").join(rel), root.join(rel)]
-        } else {
-            ctrls
-                .split(',')
-                .filter(|c| !c.is_empty() && !c.contains('='))
-                .map(|c| root.join(c).join(rel))
-                .collect()
-        };
-        let found = dirs
-            .into_iter()
-            .map(|d| d.join("cgroup.procs"))
-            .filter(|p| p.is_file());
-        if ctrls.is_empty() {
-            v2.extend(found);
-        } else {
-            v1.extend(found);
-        }
-    }
-    v1.extend(v2);
-    v1
+        .filter(|d| {
+            !d.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        })
+        .map(|d| d.join("cgroup.procs"))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 fn parse_kv(text: &str) -> HashMap<String, u64> {
@@ -385,12 +365,19 @@ mod tests {
         // v1: each controller hierarchy that is mounted, at the process's own path,
         // then v2; named hierarchies never.
         let v1 = "9:name=systemd:/s\n8:blkio:/x\n5:pids:/a/b\n4:memory:/m\n0::/u\n";
+        let found = own_procs_files(v1, r);
         assert_eq!(
-            own_procs_files(v1, r),
+            found.last(),
+            Some(&r.join("unified/u/cgroup.procs")),
+            "v2 last"
+        );
+        let mut v1_found = found[..found.len() - 1].to_vec();
+        v1_found.sort();
+        assert_eq!(
+            v1_found,
             [
-                r.join("pids/a/b/cgroup.procs"),
                 r.join("memory/m/cgroup.procs"),
-                r.join("unified/u/cgroup.procs")
+                r.join("pids/a/b/cgroup.procs")
             ]
         );
         // A path that is not there (another cgroup namespace, say) is never guessed at,
