@@ -215,7 +215,7 @@ fn to_ns(t: Option<SystemTime>) -> i64 {
         .unwrap_or_else(now_ns)
 }
 
-fn new_id() -> Result<String> {
+pub(crate) fn new_id() -> Result<String> {
     let mut b = [0u8; 32];
     let mut f = std::fs::File::open("/dev/urandom")?;
     std::io::Read::read_exact(&mut f, &mut b)?;
@@ -910,7 +910,7 @@ impl Containers {
     }
 
     /// A running container and its pod's shim; FailedPrecondition when not running.
-    async fn running(&self, id: &str) -> Result<(ContainerRecord, ShimClient)> {
+    pub(crate) async fn running(&self, id: &str) -> Result<(ContainerRecord, ShimClient)> {
         let rec = self.get(id)?;
         if rec.state != ContainerState::Running {
             return Err(Error::FailedPrecondition(format!(
