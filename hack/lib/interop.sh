@@ -170,7 +170,7 @@ build_interop() {
 	mkdir -p "$w" "$L/interop"
 	(
 		cd "$ROOT/hack/tarshapes"
-		GOCACHE=$FX/go/cache GOPATH=$FX/go/path GOPROXY=off GOFLAGS="" GO111MODULE=on \
+		GOCACHE=$FX/go/cache GOPATH=$FX/go/path GOPROXY=off GOFLAGS="" GO111MODULE=on GOENV=off GOTOOLCHAIN=local \
 			go build -o "$WORK/b/tarshapes" .
 	) || die "interop: go build of hack/tarshapes failed"
 	interop_tree "$w/tree"
