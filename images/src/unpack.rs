@@ -1,9 +1,16 @@
 //! Layer unpacking: a (gzip | zstd | plain) tar stream into one empty directory, in the
 //! form overlayfs expects.
 //!
-//! Safety: every path is cleaned lexically (`..` and absolute paths refuse the layer),
-//! and every parent directory is opened with `openat2(RESOLVE_BENEATH)` relative to the
-//! snapshot root, so a symlink or hard link that would lead outside fails with EXDEV and
+//! The tar stream is read by [`crate::tar_reader`], which reads what Go's `archive/tar`
+//! reads. Names: a leading `/` or `./` is the layer root; `/`, `.` and `./` name the
+//! root itself, and such an entry is ignored, as containerd's applier ignores it (the
+//! snapshot root keeps its own mode, owner and times); names are cleaned lexically as
+//! Go's `path.Clean` does (`a/../b` is `b`, `/../x` is `x`), and only a name that still
+//! climbs above the root refuses the layer. Hard-link targets follow the same rules.
+//! Sparse files are written with their holes.
+//!
+//! Safety: every parent directory is opened with `openat2(RESOLVE_BENEATH)` relative
+//! to the snapshot root, so a symlink or hard link that would lead outside fails with EXDEV and
 //! refuses the layer (consecutive entries of one directory share that opened parent).
 //! The last path component is never followed: inodes are created with `O_EXCL |
 //! O_NOFOLLOW` (or `symlinkat`/`mkdirat`, which never follow), and whatever stands in the
@@ -15,7 +22,7 @@
 //! sets `trusted.overlay.opaque=y` on its directory.
 
 use std::ffi::OsStr;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -27,6 +34,7 @@ use rustix::io::Errno;
 
 use crate::digest::Digester;
 use crate::error::{Error, Result};
+use crate::tar_reader::{self, Entry, Kind};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
@@ -236,14 +244,12 @@ fn unpack_tar(tar: impl Read, dest: &Path) -> Result<Unpacked> {
         ),
     };
     {
-        let mut archive = tar::Archive::new(&mut hashing);
-        let entries = archive.entries().map_err(bad_tar)?;
-        for entry in entries {
-            let mut entry = entry.map_err(bad_tar)?;
-            unpacker.entry(&mut entry)?;
+        let mut archive = tar_reader::Reader::new(&mut hashing);
+        while let Some(entry) = archive.next_entry().map_err(bad_tar)? {
+            unpacker.entry(&mut archive, &entry)?;
         }
     }
-    // The tar reader stops at the end-of-archive blocks; hash whatever follows too.
+    // The tar reader stops at the end of the archive; hash whatever follows too.
     io::copy(&mut hashing, &mut io::sink()).map_err(bad_tar)?;
     unpacker.finish_dirs()?;
     Ok(Unpacked {
@@ -301,30 +307,38 @@ struct Parent {
     gid: u32,
 }
 
-fn hostile(path: &Path, why: &str) -> Error {
+fn hostile(path: impl AsRef<OsStr>, why: &str) -> Error {
     Error::BadContent(format!(
         "refusing layer: entry {:?} {why}",
-        path.to_string_lossy()
+        path.as_ref().to_string_lossy()
     ))
 }
 
-/// Lexically cleans a tar path. `None` is the root itself.
-fn clean(path: &Path) -> Result<Option<PathBuf>> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(hostile(path, "contains '..'")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(hostile(path, "is an absolute path"));
+/// Cleans a tar name lexically, as Go's `path.Clean` does, relative to the layer
+/// root: empty components and `.` go, `..` takes the previous component away, and
+/// at the root of an absolute name stays there (`/../x` is `x`). A relative name
+/// that climbs above the root is hostile. `None` is the root itself.
+fn clean(name: &[u8]) -> Result<Option<PathBuf>> {
+    let absolute = name.first() == Some(&b'/');
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in name.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                if parts.pop().is_none() && !absolute {
+                    return Err(hostile(
+                        OsStr::from_bytes(name),
+                        "climbs above the layer root",
+                    ));
+                }
             }
+            part => parts.push(part),
         }
     }
-    Ok(if out.as_os_str().is_empty() {
+    Ok(if parts.is_empty() {
         None
     } else {
-        Some(out)
+        Some(PathBuf::from(OsStr::from_bytes(&parts.join(&b'/'))))
     })
 }
 
@@ -423,16 +437,14 @@ impl Unpacker<'_> {
         }
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
-        let raw_path = entry.path().map_err(bad_tar)?.into_owned();
-        let Some(path) = clean(&raw_path)? else {
-            return Ok(()); // the root directory entry: the snapshot root keeps its own
+    fn entry<R: Read>(&mut self, archive: &mut tar_reader::Reader<R>, e: &Entry) -> Result<()> {
+        let Some(path) = clean(&e.name)? else {
+            return Ok(()); // the root itself: the snapshot root keeps its own
         };
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Ok(());
         };
         let name_str = name.to_string_lossy();
-        let header = entry.header().clone();
 
         if name_str == WHITEOUT_OPAQUE {
             let dir = self.open_dir(parent, OFlags::RDONLY)?;
@@ -443,12 +455,10 @@ impl Unpacker<'_> {
         if name_str.starts_with(WHITEOUT_META_PREFIX) {
             return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.): meaningless for overlay
         }
-        let uid = header.uid().map_err(bad_tar)? as u32;
-        let gid = header.gid().map_err(bad_tar)? as u32;
-        let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        let owner = (Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid)));
         let cached = self.take_parent(parent)?;
-        let chown_new = self.needs_chown(&cached, (uid, gid));
-        let r = self.entry_in(entry, &cached.fd, &path, name, &header, owner, chown_new);
+        let chown_new = self.needs_chown(&cached, (e.uid, e.gid));
+        let r = self.entry_in(archive, e, &cached.fd, &path, name, owner, chown_new);
         self.parent = Some(cached);
         r
     }
@@ -458,29 +468,19 @@ impl Unpacker<'_> {
     #[allow(clippy::too_many_arguments)]
     fn entry_in<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        archive: &mut tar_reader::Reader<R>,
+        e: &Entry,
         dir: &OwnedFd,
         path: &Path,
         name: &OsStr,
-        header: &tar::Header,
         owner: (Option<Uid>, Option<Gid>),
         chown_new: bool,
     ) -> Result<()> {
         let path = path.to_path_buf();
         let name_str = name.to_string_lossy();
-        let kind = header.entry_type();
-        let mode = header.mode().map_err(bad_tar)? & 0o7777;
-        let mtime = header.mtime().map_err(bad_tar)?;
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: mtime as i64,
-                tv_nsec: 0,
-            },
-            last_modification: Timespec {
-                tv_sec: mtime as i64,
-                tv_nsec: 0,
-            },
-        };
+        let kind = e.kind;
+        let mode = e.mode;
+        let times = timestamps(e);
         let nofollow = AtFlags::SYMLINK_NOFOLLOW;
         if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
             let hidden = OsStr::new(hidden);
@@ -498,9 +498,9 @@ impl Unpacker<'_> {
             return Ok(());
         }
 
-        let xattrs = pax_xattrs(entry)?;
+        let xattrs = layer_xattrs(e);
         match kind {
-            tar::EntryType::Directory => {
+            Kind::Directory => {
                 let mkdir = || rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755));
                 // Made first; only what stands in the way is looked at.
                 let created = match mkdir() {
@@ -528,7 +528,7 @@ impl Unpacker<'_> {
                 set_xattrs(&fd, &xattrs, &path)?;
                 self.dirs.push((path, times));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            Kind::Regular => {
                 let create = || {
                     rustix::fs::openat(
                         dir,
@@ -549,17 +549,8 @@ impl Unpacker<'_> {
                     r => r,
                 }
                 .map_err(|e| errno_err(&path, "create", e))?;
-                let mut file = std::fs::File::from(fd);
-                loop {
-                    let n = match entry.read(&mut self.buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(bad_tar(e)),
-                    };
-                    file.write_all(&self.buf[..n])
-                        .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-                }
+                let file = std::fs::File::from(fd);
+                self.write_data(archive, &file, e.size, &path)?;
                 // chown before chmod: chown clears setuid/setgid bits.
                 if chown_new {
                     rustix::fs::fchown(&file, owner.0, owner.1)
@@ -570,14 +561,13 @@ impl Unpacker<'_> {
                 set_xattrs(&file, &xattrs, &path)?;
                 rustix::fs::futimens(&file, &times).map_err(|e| errno_err(&path, "utimes", e))?;
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(bad_tar)?
-                    .ok_or_else(|| hostile(&path, "is a symlink without target"))?
-                    .into_owned();
+            Kind::Symlink => {
+                if e.link.is_empty() {
+                    return Err(hostile(&path, "is a symlink without target"));
+                }
                 // The target is stored, never followed while unpacking.
-                let link = || rustix::fs::symlinkat(target.as_os_str(), dir, name);
+                let target = OsStr::from_bytes(&e.link);
+                let link = || rustix::fs::symlinkat(target, dir, name);
                 match link() {
                     Err(Errno::EXIST) => {
                         self.clear(dir, name, false, &path)?;
@@ -593,14 +583,9 @@ impl Unpacker<'_> {
                 rustix::fs::utimensat(dir, name, &times, nofollow)
                     .map_err(|e| errno_err(&path, "utimes", e))?;
             }
-            tar::EntryType::Link => {
-                let raw_target = entry
-                    .link_name()
-                    .map_err(bad_tar)?
-                    .ok_or_else(|| hostile(&path, "is a hard link without target"))?
-                    .into_owned();
-                let target = clean(&raw_target)?
-                    .ok_or_else(|| hostile(&path, "is a hard link to the root"))?;
+            Kind::HardLink => {
+                let target =
+                    clean(&e.link)?.ok_or_else(|| hostile(&path, "is a hard link to the root"))?;
                 let (Some(tparent), Some(tname)) = (target.parent(), target.file_name()) else {
                     return Err(hostile(&path, "has a bad hard link target"));
                 };
@@ -616,21 +601,14 @@ impl Unpacker<'_> {
                     }
                 })?;
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            Kind::Char | Kind::Block | Kind::Fifo => {
                 let ftype = match kind {
-                    tar::EntryType::Char => FileType::CharacterDevice,
-                    tar::EntryType::Block => FileType::BlockDevice,
+                    Kind::Char => FileType::CharacterDevice,
+                    Kind::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                // A fifo has no device numbers; writers often leave the fields blank.
-                let (major, minor) = if kind == tar::EntryType::Fifo {
-                    (0, 0)
-                } else {
-                    (
-                        header.device_major().map_err(bad_tar)?.unwrap_or(0),
-                        header.device_minor().map_err(bad_tar)?.unwrap_or(0),
-                    )
-                };
+                // The reader gives a fifo no device numbers.
+                let (major, minor) = (e.dev_major, e.dev_minor);
                 self.clear(dir, name, false, &path)?;
                 rustix::fs::mknodat(
                     dir,
@@ -647,8 +625,35 @@ impl Unpacker<'_> {
                 rustix::fs::utimensat(dir, name, &times, nofollow)
                     .map_err(|e| errno_err(&path, "utimes", e))?;
             }
-            // Global PAX headers and other metadata-only entries.
-            _ => {}
+            // GNU volume labels, vendor types: their data is skipped.
+            Kind::Other(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Writes a regular file's data, fragment by fragment at its offsets, so that a
+    /// sparse file keeps its holes; then makes the file `size` bytes long.
+    fn write_data<R: Read>(
+        &mut self,
+        archive: &mut tar_reader::Reader<R>,
+        file: &std::fs::File,
+        size: u64,
+        path: &Path,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut end = 0;
+        loop {
+            let (offset, n) = archive.read_data(&mut self.buf).map_err(bad_tar)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all_at(&self.buf[..n], offset)
+                .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+            end = end.max(offset + n as u64);
+        }
+        if end < size {
+            file.set_len(size)
+                .map_err(|e| Error::io(format!("extend {}", path.display()), e))?;
         }
         Ok(())
     }
@@ -674,22 +679,28 @@ fn raw(fd: &OwnedFd) -> i32 {
     fd.as_raw_fd()
 }
 
-fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    if let Some(exts) = entry.pax_extensions().map_err(bad_tar)? {
-        for ext in exts {
-            let ext = ext.map_err(bad_tar)?;
-            let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
-                continue;
-            };
-            // A layer must not forge overlay metadata (redirects, opaque markers).
-            if name.starts_with(b"trusted.overlay.") {
-                continue;
-            }
-            out.push((name.to_vec(), ext.value_bytes().to_vec()));
-        }
+/// The entry's extended attributes, less any a layer must not set: overlay's own
+/// metadata (redirects, opaque markers) is never taken from a tar.
+fn layer_xattrs(e: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
+    e.xattrs
+        .iter()
+        .filter(|(name, _)| !name.starts_with(b"trusted.overlay."))
+        .cloned()
+        .collect()
+}
+
+/// The entry's times as containerd's applier sets them: mtime as stored, atime the
+/// later of the stored atime and mtime.
+fn timestamps(e: &Entry) -> Timestamps {
+    let ts = |(secs, nanos): tar_reader::Time| Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos.into(),
+    };
+    let atime = e.atime.map_or(e.mtime, |a| a.max(e.mtime));
+    Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(e.mtime),
     }
-    Ok(out)
 }
 
 fn set_xattrs(fd: impl AsFd, xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) -> Result<()> {
@@ -708,6 +719,7 @@ fn set_xattrs(fd: impl AsFd, xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
@@ -823,10 +835,57 @@ mod tests {
     }
 
     #[test]
-    fn refuses_absolute() {
+    fn sparse_files_keep_their_holes() {
+        let s = scratch();
+        let src = s.outside.join("src");
+        std::fs::create_dir(&src).unwrap();
+        let f = std::fs::File::create(src.join("sparse")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"tail", 64 << 20).unwrap();
+        drop(f);
+        for version in ["--format=gnu", "--sparse-version=1.0"] {
+            let out = std::process::Command::new("tar")
+                .args(["--format=posix", "-S", version, "-cf", "-", "-C"])
+                .arg(&src)
+                .arg("sparse")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let layer = s.layer.join(version);
+            std::fs::create_dir(&layer).unwrap();
+            unpack_layer(&out.stdout[..], &layer).unwrap();
+            let md = std::fs::metadata(layer.join("sparse")).unwrap();
+            assert_eq!(md.len(), (64 << 20) + 4, "{version}");
+            assert!(
+                md.blocks() < 1024,
+                "{version}: {} blocks written",
+                md.blocks()
+            );
+            let data = std::fs::read(layer.join("sparse")).unwrap();
+            assert!(data[..64 << 20].iter().all(|&b| b == 0));
+            assert_eq!(&data[64 << 20..], b"tail");
+        }
+    }
+
+    #[test]
+    fn absolute_names_land_inside_the_layer() {
         let s = scratch();
         let abs = format!("{}/x", s.outside.display());
-        assert_refused(&[E::File(&abs, b"pwned", 0o644)]);
+        let tar = build(&[
+            E::File(&abs, b"inside", 0o644),
+            E::File("/../../up", b"root", 0o644),
+            E::File("./a/../b", b"b", 0o644),
+        ]);
+        unpack_layer(&tar[..], &s.layer).unwrap();
+        let inside = s.layer.join(abs.trim_start_matches('/'));
+        assert_eq!(std::fs::read(inside).unwrap(), b"inside");
+        assert_eq!(std::fs::read(s.layer.join("up")).unwrap(), b"root");
+        assert_eq!(std::fs::read(s.layer.join("b")).unwrap(), b"b");
+        assert!(!s.layer.join("a").exists());
+        let names: Vec<_> = std::fs::read_dir(&s.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
     }
 
     #[test]
