@@ -17,7 +17,7 @@ readonly INTEROP_IMAGES=(
 	gnutar-sparse-gnu gnutar-sparse-0.0 gnutar-sparse-0.1 gnutar-sparse-1.0
 	bsdtar-default bsdtar-gnutar bsdtar-ustar
 	python-gnu python-pax python-ustar
-	go-plain go-no-eoa go-unpadded go-one-zero-block go-trailing-data go-names
+	go-plain go-no-eoa go-unpadded go-one-zero-block go-trailing-data go-names go-implicit-parents
 	go-pax-global go-base256 go-hardlinks
 )
 

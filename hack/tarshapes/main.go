@@ -9,19 +9,22 @@
 // children, in lexical order; owners, modes, devices, symlinks, hard links and
 // user.* xattrs as on disk), plus what the shape adds:
 //
-//	plain           nothing: archive/tar's own output, closed normally
-//	no-eoa          a last file, then padding but no end-of-archive blocks
-//	unpadded        a last file whose data ends the tar: no padding, no end blocks
-//	one-zero-block  a last file, then a single zero block
-//	trailing-data   a normal end, then a header and data of a file that must
-//	                not appear, and text
-//	names           "/", "." and "./" first; "/etc/x", "./a/../b" and
-//	                "tmp/implicit-parent" (no tmp/ entry) last
-//	pax-global      a PAX global header first
-//	base256         corpus/big-ids with uid and gid 3000000, GNU format, so
-//	                both are base-256 numbers
-//	hardlinks       hard links to bin/sh (a regular file TREE must have)
-//	                spelled /bin/sh, ./bin/sh and bin/sh
+//	plain             nothing: archive/tar's own output, closed normally
+//	no-eoa            a last file, then padding but no end-of-archive blocks
+//	unpadded          a last file whose data ends the tar: no padding, no
+//	                  end blocks
+//	one-zero-block    a last file, then a single zero block
+//	trailing-data     a normal end, then a header and data of a file that
+//	                  must not appear, and text
+//	names             "/", "." and "./" first; "/etc/x" and "./a/../b" last
+//	implicit-parents  tmp/implicit-parent and new/sub/file, with no entry for
+//	                  their directories: /tmp is in the layer below (1777),
+//	                  new/ nowhere
+//	pax-global        a PAX global header first
+//	base256           corpus/big-ids with uid and gid 3000000, GNU format, so
+//	                  both are base-256 numbers
+//	hardlinks         hard links to bin/sh (a regular file TREE must have)
+//	                  spelled /bin/sh, ./bin/sh and bin/sh
 package main
 
 import (
@@ -96,7 +99,13 @@ func write(shape, tree string) ([]byte, error) {
 			return nil, err
 		}
 	case "names":
-		for _, name := range []string{"/etc/x", "./a/../b", "tmp/implicit-parent"} {
+		for _, name := range []string{"/etc/x", "./a/../b"} {
+			if err := file(tw, name, []byte(name+"\n"), nil); err != nil {
+				return nil, err
+			}
+		}
+	case "implicit-parents":
+		for _, name := range []string{"tmp/implicit-parent", "new/sub/file"} {
 			if err := file(tw, name, []byte(name+"\n"), nil); err != nil {
 				return nil, err
 			}
