@@ -9,16 +9,19 @@
 //! file. The images of one tool share a test, a crustd and a pod; the first of
 //! each is pulled with crictl, the others with PullImage. A test reports every
 //! image that fails, each failure naming the image, the entry and the field.
+//!
+//! The references are umoci's; `references_are_what_containerd_unpacks` checks
+//! them against Debian's containerd, whose applier is the rule crust follows.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crust_e2e::cri;
-use crust_e2e::registry::fixtures;
+use crust_e2e::registry::{Registry, fixtures};
 use crust_e2e::tree::{Tree, compare};
 use crust_e2e::workload::{self, Rt};
 use crust_e2e::{Crustd, require_root};
+use crust_e2e::{cri, unmount_below};
 use serde_json::Value;
 
 /// What each container prints: the content of /corpus/hello.
@@ -255,4 +258,148 @@ async fn python_tarfile_layers_match_their_reference_unpack() {
 #[tokio::test]
 async fn go_archive_tar_shapes_match_their_reference_unpack() {
     check_tool(245, TOOLS[4]).await;
+}
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+
+/// A private containerd (hack/lib/containerd.sh writes its config: every path
+/// under one temp dir), stopped by PID when dropped.
+struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start(registry: &str) -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("crust-e2e-containerd-")
+            .tempdir()
+            .expect("temp dir");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cni = dir.path().join("cni");
+        std::fs::create_dir_all(&cni).expect("cni dir");
+        let written = Command::new("bash")
+            .args([
+                "-c",
+                "source \"$1/hack/lib/registry.sh\" && source \"$1/hack/lib/containerd.sh\" \
+                 && containerd_write_config \"$2\" \"$3\" \"$4\" 0",
+                "-",
+            ])
+            .arg(&root)
+            .arg(dir.path())
+            .arg(registry)
+            .arg(&cni)
+            .status()
+            .expect("bash");
+        assert!(written.success(), "containerd_write_config failed");
+        let log = std::fs::File::create(dir.path().join("containerd.log")).expect("log");
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let c = Containerd { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.dir.path().join("containerd.sock").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start:\n{}",
+                std::fs::read_to_string(c.dir.path().join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    /// `ctr` in a namespace of its own; Err with its stderr when it fails.
+    fn ctr(&self, args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["--namespace", "crust-interop"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("ctr: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        unmount_below(self.dir.path());
+    }
+}
+
+/// Each reference equals what containerd makes of the image: ctr pulls it
+/// into containerd's overlayfs snapshotter and mounts it. containerd 1.6
+/// refuses the old GNU sparse type 'S' ("unhandled tar header type 83"); the
+/// images marked `containerd_refuses` in images.json must be refused, the
+/// others must match.
+#[test]
+fn references_are_what_containerd_unpacks() {
+    require_root();
+    if !Path::new(CONTAINERD).exists() {
+        eprintln!("{CONTAINERD} is missing (hack/install-deps installs it): skipped");
+        return;
+    }
+    let images = corpus("");
+    assert!(
+        !images.is_empty(),
+        "no crust/interop images: run hack/fixtures"
+    );
+    let registry = Registry::start(None).expect("registry");
+    let containerd = Containerd::start(&registry.addr);
+    let mut failures = Vec::new();
+    for (tag, fx) in &images {
+        let image = registry.image(&format!("crust/interop:{tag}"));
+        let refuses = fx["interop"]["containerd_refuses"].as_bool() == Some(true);
+        match (
+            containerd.ctr(&["images", "pull", "--plain-http", &image]),
+            refuses,
+        ) {
+            (Ok(()), true) => failures.push(format!("{tag}: containerd pulled it")),
+            (Err(e), false) => failures.push(format!("{tag}: containerd: {e}")),
+            (Err(_), true) => {}
+            (Ok(()), false) => {
+                let target = containerd.dir.path().join(format!("mnt-{tag}"));
+                std::fs::create_dir_all(&target).expect("mount point");
+                let t = target.to_str().expect("utf-8 path");
+                if let Err(e) = containerd.ctr(&["images", "mount", &image, t]) {
+                    failures.push(format!("{tag}: ctr images mount: {e}"));
+                    continue;
+                }
+                let reference = Path::new(fx["interop"]["reference_rootfs"].as_str().unwrap_or(""));
+                let d = compare(
+                    &Tree::scan(reference).expect("scan the reference"),
+                    &Tree::scan(&target).expect("scan containerd's view"),
+                );
+                if !d.is_empty() {
+                    let shown: Vec<String> = d.iter().take(20).map(|d| d.to_string()).collect();
+                    failures.push(format!("{tag}: containerd's unpack differs from the reference (got = containerd):\n    {}", shown.join("\n    ")));
+                }
+                containerd
+                    .ctr(&["images", "unmount", t])
+                    .expect("ctr images unmount");
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -7,6 +7,8 @@
 #
 #   INTEROP_IMAGES        the names, in build order
 #   interop_made_by NAME  how the top layer of crust/interop:NAME was made
+#   interop_containerd_refuses NAME
+#                         whether containerd refuses that layer
 #   build_interop         build every image into $L as tag interop-NAME, its
 #                         reference rootfs into $L/interop/NAME and the facts
 #                         for images.json into $L/interop.json
@@ -76,6 +78,14 @@ interop_excluded() {
 	*-ustar) printf '%s\n' corpus/symlink-long ;;
 	gnutar-v7) printf '%s\n' corpus/symlink-long corpus/fifo corpus/null "$INTEROP_LONG_DIR" ;;
 	esac
+}
+
+# interop_containerd_refuses NAME — whether containerd 1.6's applier refuses
+# the layer of NAME: it does not handle the old GNU sparse type S ("unhandled
+# tar header type 83"), which Go's archive/tar reads. The tests hold
+# containerd to this.
+interop_containerd_refuses() {
+	[[ $1 == gnutar-sparse-gnu ]]
 }
 
 interop_made_by() {
@@ -216,7 +226,8 @@ build_interop() {
 		interop_check_reference "$name" "$tree"
 		made_by=$(interop_made_by "$name")
 		jq -nc --arg n "$name" --arg m "$made_by" --arg r "$reference" \
-			'{($n): {made_by: $m, reference: $r}}' >>"$L/interop.json"
+			--argjson c "$(interop_containerd_refuses "$name" && echo true || echo false)" \
+			'{($n): {made_by: $m, reference: $r, containerd_refuses: $c}}' >>"$L/interop.json"
 		rm -f "$layer"
 	done
 	jq -s add "$L/interop.json" >"$L/interop.json.new"
