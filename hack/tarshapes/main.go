@@ -25,6 +25,8 @@
 //	                  both are base-256 numbers
 //	hardlinks         hard links to bin/sh (a regular file TREE must have)
 //	                  spelled /bin/sh, ./bin/sh and bin/sh
+//	hardlink-lower    corpus/busybox-hardlink, a hard link to bin/busybox,
+//	                  which is not in this layer but in the one below
 package main
 
 import (
@@ -116,6 +118,11 @@ func write(shape, tree string) ([]byte, error) {
 			h.Format = tar.FormatGNU
 		})
 		if err != nil {
+			return nil, err
+		}
+	case "hardlink-lower":
+		h := &tar.Header{Typeflag: tar.TypeLink, Name: "corpus/busybox-hardlink", Linkname: "bin/busybox", Mode: 0o755, ModTime: epoch}
+		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
 		}
 	case "hardlinks":
