@@ -403,7 +403,11 @@ fn references_are_what_containerd_unpacks() {
                     failures.push(format!("{tag}: ctr images mount: {e}"));
                     continue;
                 }
-                let reference = Path::new(fx["interop"]["reference_rootfs"].as_str().unwrap_or(""));
+                let reference = Path::new(
+                    fx["interop"]["reference_rootfs"]
+                        .as_str()
+                        .expect("images.json: interop.reference_rootfs"),
+                );
                 let d = compare(
                     &Tree::scan(reference).expect("scan the reference"),
                     &Tree::scan(&target).expect("scan containerd's view"),

@@ -179,7 +179,7 @@ interop_check_reference() {
 }
 
 build_interop() {
-	local w=$WORK/interop name tree layer base made_by reference
+	local w=$WORK/interop name tree layer made_by reference
 	mkdir -p "$w" "$L/interop"
 	(
 		cd "$ROOT/hack/tarshapes"
