@@ -755,7 +755,8 @@ fn resources(
         if r.cpu_shares > 0 {
             cpu = cpu.shares(r.cpu_shares as u64);
         }
-        if r.cpu_quota > 0 {
+        // -1 is "no limit" (accepted at the CRI edge): an update lifting a limit needs it.
+        if r.cpu_quota > 0 || r.cpu_quota == -1 {
             cpu = cpu.quota(r.cpu_quota);
         }
         if r.cpu_period > 0 {
@@ -770,7 +771,7 @@ fn resources(
         b = b.cpu(cpu.build()?);
         if r.memory_limit_in_bytes > 0 {
             let mut mem = LinuxMemoryBuilder::default().limit(r.memory_limit_in_bytes);
-            if r.memory_swap_limit_in_bytes > 0 {
+            if r.memory_swap_limit_in_bytes > 0 || r.memory_swap_limit_in_bytes == -1 {
                 mem = mem.swap(r.memory_swap_limit_in_bytes);
             }
             b = b.memory(mem.build()?);
@@ -1538,6 +1539,22 @@ mod tests {
         )
         .expect("private");
         assert_eq!(root, None);
+    }
+
+    #[test]
+    fn minus_one_lifts_the_cpu_quota_and_swap_limit() {
+        let linux = LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                cpu_quota: -1,
+                memory_limit_in_bytes: 64 << 20,
+                memory_swap_limit_in_bytes: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let update = resources_json(&linux).expect("resources");
+        assert_eq!(update["cpu"]["quota"], -1, "{update}");
+        assert_eq!(update["memory"]["swap"], -1, "{update}");
     }
 
     #[test]
