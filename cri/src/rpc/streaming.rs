@@ -20,7 +20,8 @@ pub async fn attach(_cri: &Cri, req: AttachRequest) -> CriResult<AttachResponse>
     Err(CriError::Unimplemented("Attach"))
 }
 
-/// PortForward: not built yet.
-pub async fn port_forward(_cri: &Cri, _req: PortForwardRequest) -> CriResult<PortForwardResponse> {
+/// PortForward: the request is checked, the streaming server is not built yet.
+pub async fn port_forward(_cri: &Cri, req: PortForwardRequest) -> CriResult<PortForwardResponse> {
+    crate::validate::streaming::port_forward(&req)?;
     Err(CriError::Unimplemented("PortForward"))
 }

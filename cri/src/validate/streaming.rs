@@ -1,7 +1,7 @@
-//! Exec and Attach: the streams asked for (the CRI API's MUSTs), checked before the
-//! streaming server is reached.
+//! Exec, Attach and PortForward: the streams and ports asked for (the CRI API's
+//! MUSTs), checked before the streaming server is reached.
 
-use k8s_cri::v1::{AttachRequest, ExecRequest};
+use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 
 use super::{invalid, no_control};
 use crate::error::CriResult;
@@ -17,6 +17,17 @@ pub fn exec(req: &ExecRequest) -> CriResult<()> {
 pub fn attach(req: &AttachRequest) -> CriResult<()> {
     container_id(&req.container_id)?;
     streams(req.stdin, req.stdout, req.stderr, req.tty)
+}
+
+pub fn port_forward(req: &PortForwardRequest) -> CriResult<()> {
+    if req.pod_sandbox_id.is_empty() {
+        return Err(invalid("pod_sandbox_id", "is empty"));
+    }
+    no_control("pod_sandbox_id", &req.pod_sandbox_id)?;
+    match req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+        Some(p) => Err(invalid("port", format!("{p} is not a port (1 to 65535)"))),
+        None => Ok(()),
+    }
 }
 
 fn container_id(id: &str) -> CriResult<()> {
@@ -89,5 +100,12 @@ mod tests {
             })
             .is_err()
         );
+        let pf = |port: Vec<i32>| PortForwardRequest {
+            pod_sandbox_id: "p".into(),
+            port,
+        };
+        assert!(port_forward(&pf(vec![80, 65535])).is_ok());
+        assert!(port_forward(&pf(vec![80, 0])).is_err());
+        assert!(port_forward(&pf(vec![70000])).is_err());
     }
 }
