@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crust_e2e::Crustd;
 use crust_e2e::net::TestNet;
 use crust_e2e::workload::*;
+use crust_e2e::{Crustd, cri};
 use serde_json::json;
+use tonic::Code;
 
 const CRICTL: &str = "/work/shared/bin/crictl";
 
@@ -194,4 +195,140 @@ async fn crictl_gets_invalid_argument_and_nothing_is_left_behind() {
     assert!(stop.ok, "{}", stop.stderr);
     let rm = crictl.run(&["rmp", &pod.stdout]);
     assert!(rm.ok, "{}", rm.stderr);
+}
+
+/// The memory limit file of a container's cgroup (v1's or v2's).
+fn memory_limit_file(cgroups_path: &str) -> PathBuf {
+    let path = cgroups_path.trim_start_matches('/');
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup")
+            .join(path)
+            .join("memory.max")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+            .join(path)
+            .join("memory.limit_in_bytes")
+    }
+}
+
+fn with_resources(
+    mut c: cri::ContainerConfig,
+    r: cri::LinuxContainerResources,
+) -> cri::ContainerConfig {
+    c.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(r),
+        ..Default::default()
+    });
+    c
+}
+
+#[tokio::test]
+async fn bad_resources_are_refused_and_change_nothing() {
+    let (_registry, _crustd, _net, image, mut rt, pc, pod) = scene(172, "resources").await;
+    let sleep = ["/bin/sleep", "1000"];
+    let mib64 = cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+
+    // A negative memory limit was "no limit"; now it is refused and nothing is made.
+    let c = with_resources(
+        container_config("negative", &image, &sleep),
+        cri::LinuxContainerResources {
+            memory_limit_in_bytes: -1,
+            ..Default::default()
+        },
+    );
+    let err = create(&mut rt, &pod, &pc, c)
+        .await
+        .expect_err("negative memory");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("linux.resources.memory_limit_in_bytes:"),
+        "{}",
+        err.message()
+    );
+    let listed = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    // An update with a bad value is refused and leaves the running limit as it was.
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        with_resources(container_config("limited", &image, &sleep), mib64.clone()),
+    )
+    .await
+    .expect("create");
+    start(&mut rt, &id).await;
+    let file = memory_limit_file(
+        verbose_info(&mut rt, &id).await["cgroupsPath"]
+            .as_str()
+            .expect("cgroupsPath"),
+    );
+    let before = std::fs::read_to_string(&file).expect("memory limit");
+    assert_eq!(before.trim(), (64u64 << 20).to_string());
+    let bad: [(&str, cri::LinuxContainerResources); 4] = [
+        (
+            "memory_limit_in_bytes",
+            cri::LinuxContainerResources {
+                memory_limit_in_bytes: -1,
+                ..Default::default()
+            },
+        ),
+        (
+            "oom_score_adj",
+            cri::LinuxContainerResources {
+                oom_score_adj: 5000,
+                ..mib64.clone()
+            },
+        ),
+        (
+            "cpuset_cpus",
+            cri::LinuxContainerResources {
+                cpuset_cpus: "3-1".into(),
+                ..mib64.clone()
+            },
+        ),
+        (
+            "cpu_shares",
+            cri::LinuxContainerResources {
+                cpu_shares: -2,
+                memory_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (field, linux) in bad {
+        let err = rt
+            .update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(linux),
+                ..Default::default()
+            })
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let after = std::fs::read_to_string(&file).expect("memory limit");
+    assert_eq!(after, before, "a refused update changed the limit");
+    let status = status(&mut rt, &id).await;
+    let recorded = status
+        .resources
+        .and_then(|r| r.linux)
+        .map(|l| (l.memory_limit_in_bytes, l.cpu_shares));
+    assert_eq!(
+        recorded,
+        Some((64 << 20, 0)),
+        "a refused update changed the record"
+    );
+
+    remove_pod(&mut rt, &pod).await;
 }
