@@ -291,6 +291,7 @@ pub async fn reopen_container_log(
 /// and answers DeadlineExceeded.
 pub async fn exec_sync(cri: &Cri, req: ExecSyncRequest) -> CriResult<ExecSyncResponse> {
     let id = require_id(&req.container_id, "ExecSync")?;
+    validate::streaming::exec_sync(&req)?;
     let timeout = Duration::from_secs(req.timeout.max(0) as u64);
     let out = cri.containers.exec_sync(id, req.cmd, timeout).await?;
     Ok(ExecSyncResponse {

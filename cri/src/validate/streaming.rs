@@ -1,16 +1,41 @@
-//! Exec, Attach and PortForward: the streams and ports asked for (the CRI API's
-//! MUSTs), checked before the streaming server is reached.
+//! ExecSync, Exec, Attach and PortForward: the command, streams and ports asked for
+//! (the CRI API's MUSTs), checked before a process or the streaming server is reached.
 
-use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
+use k8s_cri::v1::{AttachRequest, ExecRequest, ExecSyncRequest, PortForwardRequest};
 
 use super::{invalid, no_control};
 use crate::error::CriResult;
+
+/// An empty command is refused where it is run (crust-sandbox); a NUL cannot reach
+/// execve, and a negative timeout means nothing (0 is "no timeout").
+pub fn exec_sync(req: &ExecSyncRequest) -> CriResult<()> {
+    no_control("container_id", &req.container_id)?;
+    cmd(&req.cmd)?;
+    if req.timeout < 0 {
+        return Err(invalid(
+            "timeout",
+            format!("{} s is negative (0 is no timeout)", req.timeout),
+        ));
+    }
+    Ok(())
+}
+
+fn cmd(cmd: &[String]) -> CriResult<()> {
+    match cmd.iter().find(|a| a.contains('\0')) {
+        Some(a) => Err(invalid(
+            "cmd",
+            format!("{} contains a NUL byte", super::shown(a)),
+        )),
+        None => Ok(()),
+    }
+}
 
 pub fn exec(req: &ExecRequest) -> CriResult<()> {
     container_id(&req.container_id)?;
     if req.cmd.is_empty() {
         return Err(invalid("cmd", "is empty"));
     }
+    cmd(&req.cmd)?;
     streams(req.stdin, req.stdout, req.stderr, req.tty)
 }
 
@@ -57,6 +82,28 @@ fn streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> CriResult<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_sync_command_and_timeout() {
+        let ok = ExecSyncRequest {
+            container_id: "c".into(),
+            cmd: vec!["sh".into(), "-c".into(), "echo a\necho b".into()],
+            timeout: 0,
+        };
+        assert!(exec_sync(&ok).is_ok());
+        assert!(
+            exec_sync(&ExecSyncRequest {
+                timeout: -1,
+                ..ok.clone()
+            })
+            .is_err()
+        );
+        let nul = ExecSyncRequest {
+            cmd: vec!["a\0b".into()],
+            ..ok
+        };
+        assert!(exec_sync(&nul).is_err());
+    }
 
     #[test]
     fn streams_as_the_api_says() {
