@@ -15,6 +15,7 @@ pub mod rootfs;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod validate;
 
 use std::pin::Pin;
 

@@ -8,17 +8,20 @@ use k8s_cri::v1::{
 use crate::Cri;
 use crate::error::{CriError, CriResult};
 
-/// Exec: not built yet.
-pub async fn exec(_cri: &Cri, _req: ExecRequest) -> CriResult<ExecResponse> {
+/// Exec: the request is checked, the streaming server is not built yet.
+pub async fn exec(_cri: &Cri, req: ExecRequest) -> CriResult<ExecResponse> {
+    crate::validate::streaming::exec(&req)?;
     Err(CriError::Unimplemented("Exec"))
 }
 
-/// Attach: not built yet.
-pub async fn attach(_cri: &Cri, _req: AttachRequest) -> CriResult<AttachResponse> {
+/// Attach: the request is checked, the streaming server is not built yet.
+pub async fn attach(_cri: &Cri, req: AttachRequest) -> CriResult<AttachResponse> {
+    crate::validate::streaming::attach(&req)?;
     Err(CriError::Unimplemented("Attach"))
 }
 
-/// PortForward: not built yet.
-pub async fn port_forward(_cri: &Cri, _req: PortForwardRequest) -> CriResult<PortForwardResponse> {
+/// PortForward: the request is checked, the streaming server is not built yet.
+pub async fn port_forward(_cri: &Cri, req: PortForwardRequest) -> CriResult<PortForwardResponse> {
+    crate::validate::streaming::port_forward(&req)?;
     Err(CriError::Unimplemented("PortForward"))
 }
