@@ -16,6 +16,7 @@ pub mod rpc;
 pub mod server;
 pub mod store;
 pub mod streaming;
+pub mod validate;
 
 use std::pin::Pin;
 

@@ -49,6 +49,11 @@ pub struct Unpacked {
     pub diff_id: String,
     /// Uncompressed size in bytes.
     pub size: u64,
+    /// Directories the layer holds files in but has no entry for, parents first:
+    /// made 0755 here, they take their owner, mode and times from the layers below
+    /// once those are known ([`inherit_implicit_dirs`]), as containerd's applier,
+    /// which unpacks onto the view of the layers below, leaves them.
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 /// Unpacks the layer read from `reader` into `dest`, an existing empty directory.
@@ -235,6 +240,7 @@ fn unpack_tar(tar: impl Read, dest: &Path) -> Result<Unpacked> {
     .map_err(|e| Error::Internal(format!("open {}: {e}", dest.display())))?;
     let mut unpacker = Unpacker {
         root: root.as_fd(),
+        implicit: Default::default(),
         dirs: Vec::new(),
         buf: vec![0; COPY_BUF],
         parent: None,
@@ -255,6 +261,7 @@ fn unpack_tar(tar: impl Read, dest: &Path) -> Result<Unpacked> {
     Ok(Unpacked {
         diff_id: hashing.digester.finish(),
         size: hashing.size,
+        implicit_dirs: unpacker.implicit.into_inner().into_iter().collect(),
     })
 }
 
@@ -288,6 +295,8 @@ impl<R: Read> Read for HashingReader<R> {
 
 struct Unpacker<'a> {
     root: BorrowedFd<'a>,
+    /// Directories made because an entry needed them, not (yet) named by one.
+    implicit: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
     /// Directories whose times are set once all their children exist.
     dirs: Vec<(PathBuf, Timestamps)>,
     buf: Vec<u8>,
@@ -393,12 +402,17 @@ impl Unpacker<'_> {
             Err(e) => return Err(errno_err(rel, "open", e)),
         }
         let mut cur = rustix::io::dup(self.root).map_err(|e| errno_err(rel, "dup", e))?;
+        let mut made = PathBuf::new();
         for comp in rel.components() {
             let Component::Normal(name) = comp else {
                 return Err(hostile(rel, "is not a clean path"));
             };
+            made.push(name);
             match rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(Errno::EXIST) => {}
+                Ok(()) => {
+                    self.implicit.borrow_mut().insert(made.clone());
+                }
+                Err(Errno::EXIST) => {}
                 Err(e) => return Err(errno_err(rel, "mkdir", e)),
             }
             cur = rustix::fs::openat2(&cur, name, flags | OFlags::PATH, Mode::empty(), how)
@@ -526,6 +540,7 @@ impl Unpacker<'_> {
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
                     .map_err(|e| errno_err(&path, "chmod", e))?;
                 set_xattrs(&fd, &xattrs, &path)?;
+                self.implicit.borrow_mut().remove(&path);
                 self.dirs.push((path, times));
             }
             Kind::Regular => {
@@ -677,6 +692,73 @@ impl Unpacker<'_> {
 fn raw(fd: &OwnedFd) -> i32 {
     use std::os::fd::AsRawFd;
     fd.as_raw_fd()
+}
+
+/// Gives each of `dirs` in the unpacked layer `fs` the owner, mode and times of the
+/// same directory in the nearest of `lowers` (the layers below, top first) that has
+/// it; a lower layer holding something else there (a file, a whiteout, a symlink on
+/// the way) ends the search and the directory stays as it was made. Nothing is
+/// followed: both sides are opened beneath their roots without symlinks.
+pub fn inherit_implicit_dirs(fs: &Path, dirs: &[PathBuf], lowers: &[PathBuf]) -> Result<()> {
+    let open_root = |p: &Path| {
+        rustix::fs::open(
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Internal(format!("open {}: {e}", p.display())))
+    };
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let upper = open_root(fs)?;
+    let lowers = lowers
+        .iter()
+        .map(|l| open_root(l))
+        .collect::<Result<Vec<_>>>()?;
+    for dir in dirs {
+        let Ok(fd) = rustix::fs::openat2(
+            &upper,
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            how,
+        ) else {
+            continue; // replaced by a later entry of the layer
+        };
+        for lower in &lowers {
+            let st = match rustix::fs::openat2(
+                lower,
+                dir,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                how,
+            ) {
+                Ok(l) => rustix::fs::fstat(&l).map_err(|e| errno_err(dir, "stat", e))?,
+                Err(Errno::NOENT) => continue,
+                Err(_) => break,
+            };
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                break;
+            }
+            let owner = (
+                Some(Uid::from_raw(st.st_uid)),
+                Some(Gid::from_raw(st.st_gid)),
+            );
+            rustix::fs::fchown(&fd, owner.0, owner.1).map_err(|e| errno_err(dir, "chown", e))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .map_err(|e| errno_err(dir, "chmod", e))?;
+            let ts = |s: i64, ns: i64| Timespec {
+                tv_sec: s,
+                tv_nsec: ns,
+            };
+            let times = Timestamps {
+                last_access: ts(st.st_atime, st.st_atime_nsec as i64),
+                last_modification: ts(st.st_mtime, st.st_mtime_nsec as i64),
+            };
+            rustix::fs::futimens(&fd, &times).map_err(|e| errno_err(dir, "utimes", e))?;
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The entry's extended attributes, less any a layer must not set: overlay's own
@@ -864,6 +946,48 @@ mod tests {
             assert!(data[..64 << 20].iter().all(|&b| b == 0));
             assert_eq!(&data[64 << 20..], b"tail");
         }
+    }
+
+    #[test]
+    fn directories_without_entries_take_their_metadata_from_the_layers_below() {
+        let s = scratch();
+        let tar = build(&[
+            E::File("tmp/x", b"x", 0o644),
+            E::File("etc/ssl/certs/ca", b"ca", 0o644),
+            E::Dir("etc", 0o750),
+            E::File("gone/y", b"y", 0o644),
+        ]);
+        let u = unpack_layer(&tar[..], &s.layer).unwrap();
+        let names: Vec<_> = u
+            .implicit_dirs
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["etc/ssl", "etc/ssl/certs", "gone", "tmp"]);
+        // The layers below: /tmp is 1777 and owned by 7:8, etc/ssl 0700, and
+        // `gone` is a file there, so it stays as made.
+        let lower = s.outside.join("lower");
+        for d in ["tmp", "etc/ssl/certs"] {
+            std::fs::create_dir_all(lower.join(d)).unwrap();
+        }
+        std::fs::set_permissions(lower.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        std::os::unix::fs::chown(lower.join("tmp"), Some(7), Some(8)).unwrap();
+        std::fs::set_permissions(
+            lower.join("etc/ssl"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::write(lower.join("gone"), b"file").unwrap();
+        let empty = s.outside.join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        inherit_implicit_dirs(&s.layer, &u.implicit_dirs, &[empty, lower]).unwrap();
+        let md = |p: &str| std::fs::symlink_metadata(s.layer.join(p)).unwrap();
+        assert_eq!(md("tmp").permissions().mode() & 0o7777, 0o1777);
+        assert_eq!((md("tmp").uid(), md("tmp").gid()), (7, 8));
+        assert_eq!(md("etc/ssl").permissions().mode() & 0o7777, 0o700);
+        assert_eq!(md("etc").permissions().mode() & 0o7777, 0o750);
+        assert_eq!(md("gone").permissions().mode() & 0o7777, 0o755);
     }
 
     #[test]

@@ -10,28 +10,11 @@ use crust_streaming::{ExecOptions, Request};
 use crate::Cri;
 use crate::error::{CriError, CriResult};
 
-/// Exec: checks the request (a running container, a command, at least one of
-/// stdin/stdout/stderr, no stderr with a TTY: the terminal merges it into stdout)
-/// and returns a single-use URL on the streaming server.
+/// Exec: the request is checked (`validate::streaming`: a command, one of
+/// stdin/stdout/stderr, no stderr with a TTY), the container must be running, and a
+/// single-use URL on the streaming server comes back.
 pub async fn exec(cri: &Cri, req: ExecRequest) -> CriResult<ExecResponse> {
-    if req.container_id.is_empty() {
-        return Err(CriError::InvalidArgument(
-            "Exec needs a container id".into(),
-        ));
-    }
-    if req.cmd.is_empty() {
-        return Err(CriError::InvalidArgument("Exec needs a command".into()));
-    }
-    if !(req.stdin || req.stdout || req.stderr) {
-        return Err(CriError::InvalidArgument(
-            "Exec needs one of stdin, stdout and stderr".into(),
-        ));
-    }
-    if req.tty && req.stderr {
-        return Err(CriError::InvalidArgument(
-            "Exec with a TTY cannot have a separate stderr".into(),
-        ));
-    }
+    crate::validate::streaming::exec(&req)?;
     let container_id =
         crust_sandbox::container::exec_stream::require_running(&cri.containers, &req.container_id)
             .await?;
@@ -51,12 +34,14 @@ pub async fn exec(cri: &Cri, req: ExecRequest) -> CriResult<ExecResponse> {
     Ok(ExecResponse { url })
 }
 
-/// Attach: not built yet.
-pub async fn attach(_cri: &Cri, _req: AttachRequest) -> CriResult<AttachResponse> {
+/// Attach: the request is checked, the streaming server is not built yet.
+pub async fn attach(_cri: &Cri, req: AttachRequest) -> CriResult<AttachResponse> {
+    crate::validate::streaming::attach(&req)?;
     Err(CriError::Unimplemented("Attach"))
 }
 
-/// PortForward: not built yet.
-pub async fn port_forward(_cri: &Cri, _req: PortForwardRequest) -> CriResult<PortForwardResponse> {
+/// PortForward: the request is checked, the streaming server is not built yet.
+pub async fn port_forward(_cri: &Cri, req: PortForwardRequest) -> CriResult<PortForwardResponse> {
+    crate::validate::streaming::port_forward(&req)?;
     Err(CriError::Unimplemented("PortForward"))
 }

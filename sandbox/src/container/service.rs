@@ -319,21 +319,8 @@ impl Containers {
             .metadata
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("container config has no metadata".into()))?;
-        if meta.name.is_empty() {
-            return Err(Error::InvalidArgument("container name is empty".into()));
-        }
-        // The log path is joined to the pod's log directory: it may not leave it.
-        let log_path = Path::new(&config.log_path);
-        if log_path.is_absolute()
-            || log_path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "log path {:?} must be relative to the pod's log directory, without ..",
-                config.log_path
-            )));
-        }
+        // Names, paths (the log path stays below the pod's log directory) and
+        // modes were checked at the CRI edge (crust-cri's validate module).
         let pod = self.inner.pods.get(pod_id)?;
         if pod.state != PodState::Ready {
             return Err(Error::FailedPrecondition(format!(
