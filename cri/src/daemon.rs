@@ -217,7 +217,7 @@ async fn open_services(config: Config, store: Store) -> Result<Cri, DaemonError>
         Arc::new(ImageRootfs(images.clone())),
     )
     .await?;
-    let streaming = crate::streaming::start(&config.streaming, containers.clone())
+    let streaming = crate::streaming::start(&config.streaming, containers.clone(), pods.clone())
         .await
         .map_err(|source| DaemonError::Streaming {
             addr: config.streaming.address,

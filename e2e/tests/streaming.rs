@@ -223,3 +223,156 @@ async fn tokens_are_single_use_and_clients_that_leave_end_their_process() {
     }
     remove_pod(&mut rt, &pod).await;
 }
+
+/// An HTTP GET of `/` on 127.0.0.1:`port`; the body, or why there is none.
+fn http_get(port: u16) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") => Ok(body.to_string()),
+        _ => Err(format!("no HTTP answer: {out:?}")),
+    }
+}
+
+/// `crictl port-forward` of `mappings` to pod `pod`, left running; killed on drop.
+struct Forward(std::process::Child);
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn port_forward(socket: &std::path::Path, pod: &str, mappings: &[String]) -> Forward {
+    let child = Command::new(crictl())
+        .arg("--config")
+        .arg(crictl_config(socket))
+        .args(["port-forward", pod])
+        .args(mappings)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(socket.with_extension("port-forward.log")).unwrap())
+        .spawn()
+        .expect("crictl runs");
+    let local: u16 = mappings[0].split(':').next().unwrap().parse().unwrap();
+    wait_for("crictl to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", local)).is_ok()
+    })
+    .await;
+    Forward(child)
+}
+
+/// A container serving `body` over HTTP on `port` with busybox's httpd.
+async fn serve_http(
+    rt: &mut crust_e2e::workload::Rt,
+    pod: &str,
+    pc: &cri::PodSandboxConfig,
+    image: &str,
+    port: u16,
+    body: &str,
+) {
+    let script = format!(
+        "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /www"
+    );
+    let id = crust_e2e::workload::create(
+        rt,
+        pod,
+        pc,
+        crust_e2e::workload::container_config("web", image, &["sh", "-c", &script]),
+    )
+    .await
+    .expect("create web");
+    start(rt, &id).await;
+}
+
+#[tokio::test]
+async fn crictl_port_forward_reaches_pod_and_host_network_pods() {
+    let (_registry, crustd, net, image, mut rt, pc, pod) = scene(242, "stream-pf").await;
+    serve_http(&mut rt, &pod, &pc, &image, 8080, "hello-from-the-pod").await;
+    let good = crust_e2e::free_port();
+    // The pod's port 8080 is on its own loopback: only a connection made inside its
+    // network namespace reaches it.
+    let fwd = port_forward(&crustd.socket, &pod, &[format!("{good}:8080")]).await;
+    let mut body = Err(String::new());
+    for _ in 0..20 {
+        body = http_get(good);
+        if body.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(body.as_deref(), Ok("hello-from-the-pod\n"));
+    // Concurrent connections through one session.
+    let gets: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || http_get(good)))
+        .collect();
+    for g in gets {
+        assert_eq!(g.join().unwrap().as_deref(), Ok("hello-from-the-pod\n"));
+    }
+    drop(fwd);
+    // Nothing listens on port 9 in the pod: the refusal reaches the client on that
+    // request's error stream (crictl then ends its session, as kubectl does), and
+    // the next session works.
+    let refused = crust_e2e::free_port();
+    let fwd = port_forward(&crustd.socket, &pod, &[format!("{refused}:9")]).await;
+    assert!(http_get(refused).is_err());
+    let log = crustd.socket.with_extension("port-forward.log");
+    wait_for(
+        "crictl to report the refusal",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("error forwarding port 9 to pod")
+        },
+    )
+    .await;
+    drop(fwd);
+    let again = crust_e2e::free_port();
+    let fwd = port_forward(&crustd.socket, &pod, &[format!("{again}:8080")]).await;
+    assert_eq!(http_get(again).as_deref(), Ok("hello-from-the-pod\n"));
+    drop(fwd);
+    remove_pod(&mut rt, &pod).await;
+
+    // A host-network pod: the port is the node's.
+    let mut host_pc =
+        crust_e2e::workload::pod_config("stream-pf-host", &net, &crustd.dir().join("logs"));
+    host_pc
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .network = cri::NamespaceMode::Node as i32;
+    let host_pod = crust_e2e::workload::run_pod(&mut rt, &host_pc).await;
+    let host_port = crust_e2e::free_port();
+    serve_http(
+        &mut rt,
+        &host_pod,
+        &host_pc,
+        &image,
+        host_port,
+        "hello-from-the-host",
+    )
+    .await;
+    let local = crust_e2e::free_port();
+    let _fwd = port_forward(&crustd.socket, &host_pod, &[format!("{local}:{host_port}")]).await;
+    let mut body = Err(String::new());
+    for _ in 0..20 {
+        body = http_get(local);
+        if body.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(body.as_deref(), Ok("hello-from-the-host\n"));
+    remove_pod(&mut rt, &host_pod).await;
+}

@@ -4,9 +4,11 @@
 //! - [`tokens`]: single-use, expiring tokens naming what a URL may do.
 //! - [`spdy`]: the SPDY/3.1 framing and connection.
 //! - [`remotecommand`]: the exec protocol (`v4.channel.k8s.io` … `channel.k8s.io`).
+//! - [`portforward`]: the port-forward protocol (`portforward.k8s.io`).
 //! - [`server`]: the HTTP server, the upgrade handshake, and the [`Backend`] seam
 //!   through which processes are started (crustd's is the pod's shim).
 
+pub mod portforward;
 pub mod remotecommand;
 pub mod server;
 pub mod spdy;

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::portforward;
 use crate::remotecommand::{self, ExecOptions, Process, TermSize};
 use crate::spdy::{Conn, Limits};
 use crate::tokens::{Request, TokenError, Tokens};
@@ -39,6 +40,10 @@ pub trait Backend: Send + Sync + 'static {
         opts: ExecOptions,
         size: Option<TermSize>,
     ) -> Result<Process, String>;
+
+    /// A connection to `port` in the network of pod `pod_id` (its own network
+    /// namespace, or the node's for a host-network pod).
+    async fn connect(&self, pod_id: &str, port: u16) -> std::io::Result<tokio::net::TcpStream>;
 }
 
 #[derive(Debug, Clone)]
@@ -160,11 +165,11 @@ fn client_protocols(req: &HttpRequest<Incoming>) -> Vec<String> {
         .collect()
 }
 
-/// The first of ours the client offers; a client offering none speaks the first
-/// protocol (`channel.k8s.io`), as the kubelet assumes.
+/// The first of ours the client offers; a client offering none speaks our oldest
+/// (`channel.k8s.io` for exec), as the kubelet assumes.
 fn negotiate(client: &[String], ours: &[&'static str]) -> Option<&'static str> {
     if client.is_empty() {
-        return Some(remotecommand::V1);
+        return ours.last().copied();
     }
     ours.iter().copied().find(|p| client.iter().any(|c| c == p))
 }
@@ -200,13 +205,14 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
         );
     }
     let offered = client_protocols(&req);
-    let Some(protocol) = negotiate(&offered, remotecommand::SPDY_PROTOCOLS) else {
+    let ours = match request {
+        Request::Exec { .. } => remotecommand::SPDY_PROTOCOLS,
+        Request::PortForward { .. } => portforward::SPDY_PROTOCOLS,
+    };
+    let Some(protocol) = negotiate(&offered, ours) else {
         return reply(
             StatusCode::FORBIDDEN,
-            format!(
-                "no supported stream protocol in {offered:?}; supported: {:?}\n",
-                remotecommand::SPDY_PROTOCOLS
-            ),
+            format!("no supported stream protocol in {offered:?}; supported: {ours:?}\n"),
         );
     };
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
@@ -236,6 +242,15 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
                 let backend = s.backend.clone();
                 remotecommand::serve_spdy(conn, protocol, opts, |size| async move {
                     backend.exec(&container_id, &cmd, opts, size).await
+                })
+                .await;
+            }
+            Request::PortForward { pod_id } => {
+                info!(pod = %pod_id, "port-forward session");
+                let backend = s.backend.clone();
+                portforward::serve_spdy(conn, move |port| {
+                    let (backend, pod_id) = (backend.clone(), pod_id.clone());
+                    async move { backend.connect(&pod_id, port).await }
                 })
                 .await;
             }

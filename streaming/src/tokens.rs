@@ -18,6 +18,9 @@ pub enum Request {
         cmd: Vec<String>,
         opts: ExecOptions,
     },
+    PortForward {
+        pod_id: String,
+    },
 }
 
 impl Request {
@@ -25,6 +28,7 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Request::Exec { .. } => "exec",
+            Request::PortForward { .. } => "portforward",
         }
     }
 }

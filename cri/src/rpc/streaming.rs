@@ -40,8 +40,22 @@ pub async fn attach(_cri: &Cri, req: AttachRequest) -> CriResult<AttachResponse>
     Err(CriError::Unimplemented("Attach"))
 }
 
-/// PortForward: the request is checked, the streaming server is not built yet.
-pub async fn port_forward(_cri: &Cri, req: PortForwardRequest) -> CriResult<PortForwardResponse> {
+/// PortForward: the request is checked (`validate::streaming`), the pod must be
+/// READY, and a single-use URL on the streaming server comes back. The ports the
+/// client forwards are named on its streams, not here.
+pub async fn port_forward(cri: &Cri, req: PortForwardRequest) -> CriResult<PortForwardResponse> {
     crate::validate::streaming::port_forward(&req)?;
-    Err(CriError::Unimplemented("PortForward"))
+    let pod = cri.pods.get(&req.pod_sandbox_id)?;
+    if pod.state != crust_sandbox::pod::PodState::Ready {
+        return Err(crust_sandbox::Error::FailedPrecondition(format!(
+            "pod sandbox {} is not ready",
+            pod.id
+        ))
+        .into());
+    }
+    let url = cri
+        .streaming
+        .url(Request::PortForward { pod_id: pod.id })
+        .map_err(|e| CriError::Internal(e.to_string()))?;
+    Ok(PortForwardResponse { url })
 }
