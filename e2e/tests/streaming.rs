@@ -29,14 +29,24 @@ fn crictl_config(socket: &std::path::Path) -> PathBuf {
     path
 }
 
-/// `crictl exec` with `args`, `input` on its stdin; its exit code and output.
+/// `crictl exec` over SPDY with `args`, `input` on its stdin; its exit code and output.
 fn crictl_exec(socket: &std::path::Path, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    crictl_exec_over("spdy", socket, args, input)
+}
+
+/// `crictl exec --transport <transport>`.
+fn crictl_exec_over(
+    transport: &str,
+    socket: &std::path::Path,
+    args: &[&str],
+    input: &[u8],
+) -> (i32, String, String) {
     let mut child = Command::new(crictl())
         .arg("--config")
         .arg(crictl_config(socket))
         .arg("--timeout")
         .arg("20s")
-        .arg("exec")
+        .args(["exec", "--transport", transport])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -72,54 +82,62 @@ async fn crictl_exec_streams_output_input_and_exit_codes() {
     start(&mut rt, &id).await;
     let sock = &crustd.socket;
 
-    let (code, out, err) = crictl_exec(sock, &[&id, "echo", "hello from exec"], b"");
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "hello from exec\n"),
-        "stderr: {err}"
-    );
+    for t in ["spdy", "websocket"] {
+        let (code, out, err) = crictl_exec_over(t, sock, &[&id, "echo", "hello from exec"], b"");
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "hello from exec\n"),
+            "{t}: stderr: {err}"
+        );
 
-    // stdout and stderr stay apart without a TTY.
-    let (code, out, err) = crictl_exec(sock, &[&id, "sh", "-c", "echo out; echo err >&2"], b"");
-    assert_eq!((code, out.as_str(), err.as_str()), (0, "out\n", "err\n"));
+        // stdout and stderr stay apart without a TTY.
+        let (code, out, err) =
+            crictl_exec_over(t, sock, &[&id, "sh", "-c", "echo out; echo err >&2"], b"");
+        assert_eq!((code, out.as_str(), err.as_str()), (0, "out\n", "err\n"));
 
-    // A non-zero exit reaches crictl, which reports it (client-go read the code
-    // from the Status on the error stream) and fails.
-    let (code, _, err) = crictl_exec(sock, &[&id, "sh", "-c", "exit 3"], b"");
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("command terminated with exit code 3"),
-        "stderr: {err}"
-    );
+        // A non-zero exit reaches crictl, which reports it (client-go read the code
+        // from the Status on the error stream) and fails.
+        let (code, _, err) = crictl_exec_over(t, sock, &[&id, "sh", "-c", "exit 3"], b"");
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("command terminated with exit code 3"),
+            "{t}: stderr: {err}"
+        );
 
-    // stdin piped in, echoed back; closing it ends `cat`.
-    let input: Vec<u8> = (0..200_000u32)
-        .flat_map(|i| format!("{i}\n").into_bytes())
-        .collect();
-    let (code, out, err) = crictl_exec(sock, &["-i", &id, "cat"], &input);
-    assert_eq!(code, 0, "stderr: {err}");
-    assert_eq!(out.len(), input.len());
-    assert!(
-        out.as_bytes() == input.as_slice(),
-        "cat echoed something else"
-    );
+        // stdin piped in, echoed back; closing it ends `cat`.
+        let input: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        let (code, out, err) = crictl_exec_over(t, sock, &["-i", &id, "cat"], &input);
+        assert_eq!(code, 0, "{t}: stderr: {err}");
+        assert_eq!(out.len(), input.len());
+        assert!(
+            out.as_bytes() == input.as_slice(),
+            "cat echoed something else"
+        );
+    }
 
     // With a TTY (crictl needs a terminal: script gives it one): the process has a
     // terminal of the size crictl reports.
-    let script = format!(
-        "stty cols 91 rows 27; {} --config {} exec -it {id} sh -c 'tty; stty size'",
-        crictl().display(),
-        crictl_config(sock).display()
-    );
-    let out = Command::new("script")
-        .args(["-qec", &script, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("script runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "tty exec: {text}");
-    assert!(text.contains("/dev/pts/"), "no terminal: {text:?}");
-    assert!(text.contains("27 91"), "terminal size not passed: {text:?}");
+    for t in ["spdy", "websocket"] {
+        let script = format!(
+            "stty cols 91 rows 27; {} --config {} exec --transport {t} -it {id} sh -c 'tty; stty size'",
+            crictl().display(),
+            crictl_config(sock).display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &script, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{t}: tty exec: {text}");
+        assert!(text.contains("/dev/pts/"), "{t}: no terminal: {text:?}");
+        assert!(
+            text.contains("27 91"),
+            "{t}: terminal size not passed: {text:?}"
+        );
+    }
 
     // Bad requests are refused before any URL exists.
     let refused = rt
@@ -248,11 +266,16 @@ impl Drop for Forward {
     }
 }
 
-async fn port_forward(socket: &std::path::Path, pod: &str, mappings: &[String]) -> Forward {
+async fn port_forward(
+    transport: &str,
+    socket: &std::path::Path,
+    pod: &str,
+    mappings: &[String],
+) -> Forward {
     let child = Command::new(crictl())
         .arg("--config")
         .arg(crictl_config(socket))
-        .args(["port-forward", pod])
+        .args(["port-forward", "--transport", transport, pod])
         .args(mappings)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(socket.with_extension("port-forward.log")).unwrap())
@@ -293,49 +316,56 @@ async fn serve_http(
 async fn crictl_port_forward_reaches_pod_and_host_network_pods() {
     let (_registry, crustd, net, image, mut rt, pc, pod) = scene(242, "stream-pf").await;
     serve_http(&mut rt, &pod, &pc, &image, 8080, "hello-from-the-pod").await;
-    let good = crust_e2e::free_port();
     // The pod's port 8080 is on its own loopback: only a connection made inside its
     // network namespace reaches it.
-    let fwd = port_forward(&crustd.socket, &pod, &[format!("{good}:8080")]).await;
-    let mut body = Err(String::new());
-    for _ in 0..20 {
-        body = http_get(good);
-        if body.is_ok() {
-            break;
+    for t in ["spdy", "websocket"] {
+        let good = crust_e2e::free_port();
+        let fwd = port_forward(t, &crustd.socket, &pod, &[format!("{good}:8080")]).await;
+        let mut body = Err(String::new());
+        for _ in 0..20 {
+            body = http_get(good);
+            if body.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(body.as_deref(), Ok("hello-from-the-pod\n"));
+        // Concurrent connections through one session.
+        let gets: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(move || http_get(good)))
+            .collect();
+        for g in gets {
+            assert_eq!(g.join().unwrap().as_deref(), Ok("hello-from-the-pod\n"));
+        }
+        drop(fwd);
+        // Nothing listens on port 9 in the pod: the refusal reaches the client on that
+        // request's error stream (crictl then ends its session, as kubectl does), and
+        // the next session works.
+        let refused = crust_e2e::free_port();
+        let fwd = port_forward(t, &crustd.socket, &pod, &[format!("{refused}:9")]).await;
+        assert!(http_get(refused).is_err());
+        let log = crustd.socket.with_extension("port-forward.log");
+        wait_for(
+            "crictl to report the refusal",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("error forwarding port 9 to pod")
+            },
+        )
+        .await;
+        drop(fwd);
+        let again = crust_e2e::free_port();
+        let fwd = port_forward(t, &crustd.socket, &pod, &[format!("{again}:8080")]).await;
+        assert_eq!(
+            http_get(again).as_deref(),
+            Ok("hello-from-the-pod\n"),
+            "{t}"
+        );
+        drop(fwd);
+        let _ = std::fs::remove_file(&log);
     }
-    assert_eq!(body.as_deref(), Ok("hello-from-the-pod\n"));
-    // Concurrent connections through one session.
-    let gets: Vec<_> = (0..8)
-        .map(|_| std::thread::spawn(move || http_get(good)))
-        .collect();
-    for g in gets {
-        assert_eq!(g.join().unwrap().as_deref(), Ok("hello-from-the-pod\n"));
-    }
-    drop(fwd);
-    // Nothing listens on port 9 in the pod: the refusal reaches the client on that
-    // request's error stream (crictl then ends its session, as kubectl does), and
-    // the next session works.
-    let refused = crust_e2e::free_port();
-    let fwd = port_forward(&crustd.socket, &pod, &[format!("{refused}:9")]).await;
-    assert!(http_get(refused).is_err());
-    let log = crustd.socket.with_extension("port-forward.log");
-    wait_for(
-        "crictl to report the refusal",
-        Duration::from_secs(10),
-        || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("error forwarding port 9 to pod")
-        },
-    )
-    .await;
-    drop(fwd);
-    let again = crust_e2e::free_port();
-    let fwd = port_forward(&crustd.socket, &pod, &[format!("{again}:8080")]).await;
-    assert_eq!(http_get(again).as_deref(), Ok("hello-from-the-pod\n"));
-    drop(fwd);
     remove_pod(&mut rt, &pod).await;
 
     // A host-network pod: the port is the node's.
@@ -364,7 +394,13 @@ async fn crictl_port_forward_reaches_pod_and_host_network_pods() {
     )
     .await;
     let local = crust_e2e::free_port();
-    let _fwd = port_forward(&crustd.socket, &host_pod, &[format!("{local}:{host_port}")]).await;
+    let _fwd = port_forward(
+        "websocket",
+        &crustd.socket,
+        &host_pod,
+        &[format!("{local}:{host_port}")],
+    )
+    .await;
     let mut body = Err(String::new());
     for _ in 0..20 {
         body = http_get(local);

@@ -5,6 +5,7 @@
 //! - [`spdy`]: the SPDY/3.1 framing and connection.
 //! - [`remotecommand`]: the exec protocol (`v4.channel.k8s.io` … `channel.k8s.io`).
 //! - [`portforward`]: the port-forward protocol (`portforward.k8s.io`).
+//! - [`websocket`]: the exec protocol over WebSocket (`v5.channel.k8s.io`, v4).
 //! - [`server`]: the HTTP server, the upgrade handshake, and the [`Backend`] seam
 //!   through which processes are started (crustd's is the pod's shim).
 
@@ -13,6 +14,7 @@ pub mod remotecommand;
 pub mod server;
 pub mod spdy;
 pub mod tokens;
+pub mod websocket;
 
 pub use remotecommand::{Control, ExecOptions, Input, Output, Process, TermSize};
 pub use server::{Backend, Server, ServerConfig};

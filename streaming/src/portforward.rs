@@ -19,6 +19,8 @@ use crate::spdy::{Conn, Stream};
 pub const PROTOCOL: &str = "portforward.k8s.io";
 /// The protocols served over SPDY.
 pub const SPDY_PROTOCOLS: &[&str] = &[PROTOCOL];
+/// Over WebSocket, client-go tunnels the same SPDY session through binary messages.
+pub const TUNNEL_PROTOCOLS: &[&str] = &["SPDY/3.1+portforward.k8s.io"];
 
 #[derive(Default)]
 struct Pair {

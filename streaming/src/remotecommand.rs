@@ -22,6 +22,7 @@ use tracing::debug;
 
 use crate::spdy::{Conn, Stream, StreamWriter};
 
+pub const V5: &str = "v5.channel.k8s.io";
 pub const V4: &str = "v4.channel.k8s.io";
 pub const V3: &str = "v3.channel.k8s.io";
 pub const V2: &str = "v2.channel.k8s.io";
@@ -98,7 +99,7 @@ impl Channels {
 
 /// Whether the client opens a resize stream: with a TTY, from v3 on.
 fn resizes(opts: ExecOptions, protocol: &str) -> bool {
-    opts.tty && matches!(protocol, V3 | V4)
+    opts.tty && matches!(protocol, V3 | V4 | V5)
 }
 
 /// Serves one session on an upgraded SPDY connection: waits for the streams, starts
@@ -146,30 +147,105 @@ where
         conn.close().await;
         return;
     }
-    let error = ch.error.take().expect("complete").writer();
+    let session = Session {
+        error: Box::new(ch.error.take().expect("complete").writer()),
+        stdin: ch.stdin.take().map(|s| Box::new(s) as Box<dyn ChannelIn>),
+        stdout: ch
+            .stdout
+            .take()
+            .map(|s| Box::new(s.writer()) as Box<dyn ChannelOut>),
+        stderr: ch
+            .stderr
+            .take()
+            .map(|s| Box::new(s.writer()) as Box<dyn ChannelOut>),
+        resize: ch.resize.take().map(|s| Box::new(s) as Box<dyn ChannelIn>),
+    };
+    run(session, protocol, start, conn.closed()).await;
+    conn.close().await;
+}
+
+/// Where a session's output goes: a SPDY stream, or a WebSocket channel.
+#[async_trait]
+pub(crate) trait ChannelOut: Send + Sync {
+    async fn send(&self, data: &[u8]) -> io::Result<()>;
+    /// No more data on this channel.
+    async fn finish(&self);
+}
+
+/// Where a session's input comes from; `None` once the client closed it.
+#[async_trait]
+pub(crate) trait ChannelIn: Send {
+    async fn recv(&mut self) -> Option<Vec<u8>>;
+}
+
+#[async_trait]
+impl ChannelOut for StreamWriter {
+    async fn send(&self, data: &[u8]) -> io::Result<()> {
+        self.write(data).await
+    }
+    async fn finish(&self) {
+        let _ = self.close().await;
+    }
+}
+
+#[async_trait]
+impl ChannelIn for Stream {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.read().await
+    }
+}
+
+#[async_trait]
+impl ChannelIn for tokio::sync::mpsc::Receiver<Vec<u8>> {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        tokio::sync::mpsc::Receiver::recv(self).await
+    }
+}
+
+/// The channels of a session, whatever carries them.
+pub(crate) struct Session {
+    pub error: Box<dyn ChannelOut>,
+    pub stdin: Option<Box<dyn ChannelIn>>,
+    pub stdout: Option<Box<dyn ChannelOut>>,
+    pub stderr: Option<Box<dyn ChannelOut>>,
+    pub resize: Option<Box<dyn ChannelIn>>,
+}
+
+/// Runs a session whose channels are all there: starts the process with `start`,
+/// copies its stdio, and reports its result, unless `closed` (the client left)
+/// comes first: then the process is killed and reaped.
+pub(crate) async fn run<F, Fut>(
+    mut session: Session,
+    protocol: &str,
+    start: F,
+    closed: impl Future<Output = String>,
+) where
+    F: FnOnce(Option<TermSize>) -> Fut,
+    Fut: Future<Output = Result<Process, String>>,
+{
+    let error = session.error;
     // Clients send the terminal's size as soon as the streams are open: the process
     // gets its terminal at that size from the start, not a moment later.
     let mut resize_pending = Vec::new();
     let mut size = None;
-    if let Some(s) = ch.resize.as_mut() {
-        (size, resize_pending) = first_size(s).await;
+    if let Some(s) = session.resize.as_mut() {
+        (size, resize_pending) = first_size(s.as_mut()).await;
     }
     let process = match start(size).await {
         Ok(p) => p,
         Err(e) => {
-            report(&error, protocol, Err(e)).await;
-            conn.close().await;
+            report(error.as_ref(), protocol, Err(e)).await;
             return;
         }
     };
     let control = process.control.clone();
     let mut pumps: Vec<JoinHandle<()>> = Vec::new();
-    for (out, stream) in [
-        (process.stdout, ch.stdout.take()),
-        (process.stderr, ch.stderr.take()),
+    for (out, channel) in [
+        (process.stdout, session.stdout.take()),
+        (process.stderr, session.stderr.take()),
     ] {
-        match (out, stream) {
-            (Some(out), Some(s)) => pumps.push(tokio::spawn(pump_out(out, s.writer()))),
+        match (out, channel) {
+            (Some(out), Some(c)) => pumps.push(tokio::spawn(pump_out(out, c))),
             (Some(mut out), None) => {
                 // Nobody to send it to: read it so the process never blocks.
                 pumps.push(tokio::spawn(async move {
@@ -180,17 +256,17 @@ where
             _ => {}
         }
     }
-    let stdin = match (process.stdin, ch.stdin.take()) {
+    let stdin = match (process.stdin, session.stdin.take()) {
         (Some(input), Some(s)) => Some(tokio::spawn(pump_in(input, s))),
         _ => None,
     };
-    let resize = ch
+    let resize = session
         .resize
         .take()
         .map(|s| tokio::spawn(pump_resize(s, resize_pending, control.clone())));
     let result = tokio::select! {
         r = control.wait() => Some(r),
-        why = conn.closed() => {
+        why = closed => {
             tracing::info!("streaming client left ({why}): ending its process");
             control.kill().await;
             let _ = control.wait().await;
@@ -212,18 +288,17 @@ where
         }
     }
     if let Some(r) = result {
-        report(&error, protocol, r).await;
+        report(error.as_ref(), protocol, r).await;
     }
-    conn.close().await;
 }
 
-async fn pump_out(mut out: Box<dyn Output>, to: StreamWriter) {
+async fn pump_out(mut out: Box<dyn Output>, to: Box<dyn ChannelOut>) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match out.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if to.write(&buf[..n]).await.is_err() {
+                if to.send(&buf[..n]).await.is_err() {
                     // The client is gone; keep reading so the process never blocks.
                     while matches!(out.read(&mut buf).await, Ok(n) if n > 0) {}
                     return;
@@ -231,11 +306,11 @@ async fn pump_out(mut out: Box<dyn Output>, to: StreamWriter) {
             }
         }
     }
-    let _ = to.close().await;
+    to.finish().await;
 }
 
-async fn pump_in(mut input: Box<dyn Input>, mut from: Stream) {
-    while let Some(data) = from.read().await {
+async fn pump_in(mut input: Box<dyn Input>, mut from: Box<dyn ChannelIn>) {
+    while let Some(data) = from.recv().await {
         if input.write(&data).await.is_err() {
             break;
         }
@@ -259,10 +334,10 @@ pub type TermSize = (u16, u16);
 const FIRST_SIZE_WAIT: Duration = Duration::from_millis(500);
 
 /// The first size on a resize stream, if it comes soon, and the bytes after it.
-async fn first_size(from: &mut Stream) -> (Option<TermSize>, Vec<u8>) {
+async fn first_size(from: &mut dyn ChannelIn) -> (Option<TermSize>, Vec<u8>) {
     let mut pending = Vec::new();
     let deadline = tokio::time::Instant::now() + FIRST_SIZE_WAIT;
-    while let Ok(Some(data)) = tokio::time::timeout_at(deadline, from.read()).await {
+    while let Ok(Some(data)) = tokio::time::timeout_at(deadline, from.recv()).await {
         pending.extend_from_slice(&data);
         let mut sizes = serde_json::Deserializer::from_slice(&pending).into_iter::<TerminalSize>();
         match sizes.next() {
@@ -278,7 +353,11 @@ async fn first_size(from: &mut Stream) -> (Option<TermSize>, Vec<u8>) {
     (None, pending)
 }
 
-async fn pump_resize(mut from: Stream, mut pending: Vec<u8>, control: Arc<dyn Control>) {
+async fn pump_resize(
+    mut from: Box<dyn ChannelIn>,
+    mut pending: Vec<u8>,
+    control: Arc<dyn Control>,
+) {
     loop {
         let mut sizes = serde_json::Deserializer::from_slice(&pending).into_iter::<TerminalSize>();
         let mut used = 0;
@@ -301,7 +380,7 @@ async fn pump_resize(mut from: Stream, mut pending: Vec<u8>, control: Arc<dyn Co
         if pending.len() > 4096 {
             return;
         }
-        match from.read().await {
+        match from.recv().await {
             Some(data) => pending.extend_from_slice(&data),
             None => return,
         }
@@ -310,7 +389,8 @@ async fn pump_resize(mut from: Stream, mut pending: Vec<u8>, control: Arc<dyn Co
 
 /// The error stream's message for a result, as `protocol` has it.
 pub fn status_message(protocol: &str, result: &Result<i32, String>) -> Option<Vec<u8>> {
-    let v4 = protocol == V4;
+    // v5 (WebSocket) reports as v4 does.
+    let v4 = protocol == V4 || protocol == V5;
     let json = |v: serde_json::Value| Some(v.to_string().into_bytes());
     match result {
         Ok(0) if v4 => json(serde_json::json!({"metadata": {}, "status": "Success"})),
@@ -340,11 +420,11 @@ pub fn status_message(protocol: &str, result: &Result<i32, String>) -> Option<Ve
     }
 }
 
-async fn report(error: &StreamWriter, protocol: &str, result: Result<i32, String>) {
+async fn report(error: &dyn ChannelOut, protocol: &str, result: Result<i32, String>) {
     if let Some(msg) = status_message(protocol, &result) {
-        let _ = error.write(&msg).await;
+        let _ = error.send(&msg).await;
     }
-    let _ = error.close().await;
+    error.finish().await;
 }
 
 #[cfg(test)]

@@ -25,8 +25,13 @@ use crate::portforward;
 use crate::remotecommand::{self, ExecOptions, Process, TermSize};
 use crate::spdy::{Conn, Limits};
 use crate::tokens::{Request, TokenError, Tokens};
+use crate::websocket;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+const WS_PROTOCOL_HEADER: &str = "sec-websocket-protocol";
 
 /// What the server needs from the node: processes to stream.
 #[async_trait]
@@ -153,10 +158,11 @@ fn reply(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     r
 }
 
-/// The client's subprotocols, in its order (several headers or comma lists).
-fn client_protocols(req: &HttpRequest<Incoming>) -> Vec<String> {
+/// The client's subprotocols in `name`, in its order (several headers or comma
+/// lists).
+fn client_protocols(req: &HttpRequest<Incoming>, name: &str) -> Vec<String> {
     req.headers()
-        .get_all(PROTOCOL_HEADER)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -165,11 +171,11 @@ fn client_protocols(req: &HttpRequest<Incoming>) -> Vec<String> {
         .collect()
 }
 
-/// The first of ours the client offers; a client offering none speaks our oldest
-/// (`channel.k8s.io` for exec), as the kubelet assumes.
-fn negotiate(client: &[String], ours: &[&'static str]) -> Option<&'static str> {
+/// The first of ours the client offers; a SPDY client offering none speaks our
+/// oldest (`channel.k8s.io` for exec), as the kubelet assumes.
+fn negotiate(client: &[String], ours: &[&'static str], spdy: bool) -> Option<&'static str> {
     if client.is_empty() {
-        return ours.last().copied();
+        return if spdy { ours.last().copied() } else { None };
     }
     ours.iter().copied().find(|p| client.iter().any(|c| c == p))
 }
@@ -198,18 +204,38 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if upgrade != "spdy/3.1" {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            format!("unsupported upgrade {upgrade:?}: this server speaks SPDY/3.1\n"),
-        );
-    }
-    let offered = client_protocols(&req);
-    let ours = match request {
-        Request::Exec { .. } => remotecommand::SPDY_PROTOCOLS,
-        Request::PortForward { .. } => portforward::SPDY_PROTOCOLS,
+    let websocket = match upgrade.as_str() {
+        "spdy/3.1" => None,
+        "websocket" => match req.headers().get("sec-websocket-key") {
+            Some(key) => Some(derive_accept_key(key.as_bytes())),
+            None => return reply(StatusCode::BAD_REQUEST, "WebSocket upgrade without a key\n"),
+        },
+        _ => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported upgrade {upgrade:?}: SPDY/3.1 or websocket\n"),
+            );
+        }
     };
-    let Some(protocol) = negotiate(&offered, ours) else {
+    let (offered, ours) = match (&request, websocket.is_some()) {
+        (Request::Exec { .. }, false) => (
+            client_protocols(&req, PROTOCOL_HEADER),
+            remotecommand::SPDY_PROTOCOLS,
+        ),
+        (Request::PortForward { .. }, false) => (
+            client_protocols(&req, PROTOCOL_HEADER),
+            portforward::SPDY_PROTOCOLS,
+        ),
+        (Request::Exec { .. }, true) => (
+            client_protocols(&req, WS_PROTOCOL_HEADER),
+            websocket::PROTOCOLS,
+        ),
+        (Request::PortForward { .. }, true) => (
+            client_protocols(&req, WS_PROTOCOL_HEADER),
+            portforward::TUNNEL_PROTOCOLS,
+        ),
+    };
+    let Some(protocol) = negotiate(&offered, ours, websocket.is_none()) else {
         return reply(
             StatusCode::FORBIDDEN,
             format!("no supported stream protocol in {offered:?}; supported: {ours:?}\n"),
@@ -223,6 +249,7 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
     };
     let upgraded = hyper::upgrade::on(&mut req);
     let s = state.clone();
+    let over_websocket = websocket.is_some();
     tokio::spawn(async move {
         let io = match upgraded.await {
             Ok(io) => TokioIo::new(io),
@@ -231,28 +258,42 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
                 return;
             }
         };
-        let conn = Conn::serve(io, s.limits.clone());
+        let transport = if over_websocket { "websocket" } else { "spdy" };
         match request {
             Request::Exec {
                 container_id,
                 cmd,
                 opts,
             } => {
-                info!(container = %container_id, ?cmd, protocol, "exec session");
+                info!(container = %container_id, ?cmd, protocol, transport, "exec session");
                 let backend = s.backend.clone();
-                remotecommand::serve_spdy(conn, protocol, opts, |size| async move {
-                    backend.exec(&container_id, &cmd, opts, size).await
-                })
-                .await;
+                let start =
+                    |size| async move { backend.exec(&container_id, &cmd, opts, size).await };
+                if over_websocket {
+                    let ws =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+                    websocket::serve_exec(ws, protocol, opts, start).await;
+                } else {
+                    let conn = Conn::serve(io, s.limits.clone());
+                    remotecommand::serve_spdy(conn, protocol, opts, start).await;
+                }
             }
             Request::PortForward { pod_id } => {
-                info!(pod = %pod_id, "port-forward session");
+                info!(pod = %pod_id, transport, "port-forward session");
                 let backend = s.backend.clone();
-                portforward::serve_spdy(conn, move |port| {
+                let connect = move |port| {
                     let (backend, pod_id) = (backend.clone(), pod_id.clone());
                     async move { backend.connect(&pod_id, port).await }
-                })
-                .await;
+                };
+                if over_websocket {
+                    let ws =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+                    let conn = Conn::serve(websocket::tunnel(ws), s.limits.clone());
+                    portforward::serve_spdy(conn, connect).await;
+                } else {
+                    let conn = Conn::serve(io, s.limits.clone());
+                    portforward::serve_spdy(conn, connect).await;
+                }
             }
         }
         drop(permit);
@@ -261,9 +302,27 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
     let h = r.headers_mut();
     h.remove(header::CONTENT_TYPE);
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    h.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+    match websocket {
+        None => {
+            h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+            h.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+        }
+        Some(accept) => {
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Ok(v) = HeaderValue::from_str(&accept) {
+                h.insert("sec-websocket-accept", v);
+            }
+            h.insert(WS_PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+        }
+    }
     r
+}
+
+/// Bounds of a WebSocket: messages and frames of at most 1 MiB.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
 }
 
 #[cfg(test)]
