@@ -148,11 +148,7 @@ where
         let inbound = async {
             while let Some(Ok(m)) = incoming.next().await {
                 match m {
-                    Message::Binary(b) => {
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
+                    Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                     Message::Close(_) => break,
                     _ => {}
                 }
