@@ -333,18 +333,18 @@ mod tests {
     fn negotiation_prefers_ours_in_order() {
         let c = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let ours = remotecommand::SPDY_PROTOCOLS;
+        let offered = c(&["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"]);
+        assert_eq!(negotiate(&offered, ours, true), Some(remotecommand::V4));
+        let v2 = c(&["v2.channel.k8s.io"]);
+        assert_eq!(negotiate(&v2, ours, true), Some(remotecommand::V2));
+        assert_eq!(negotiate(&c(&[]), ours, true), Some(remotecommand::V1));
+        assert_eq!(negotiate(&c(&["v9.channel.k8s.io"]), ours, true), None);
+        // WebSocket: v5 first, and a client must name one.
+        let ws = c(&["v4.channel.k8s.io", "v5.channel.k8s.io"]);
         assert_eq!(
-            negotiate(
-                &c(&["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"]),
-                ours
-            ),
-            Some(remotecommand::V4)
+            negotiate(&ws, websocket::PROTOCOLS, false),
+            Some(remotecommand::V5)
         );
-        assert_eq!(
-            negotiate(&c(&["v2.channel.k8s.io"]), ours),
-            Some(remotecommand::V2)
-        );
-        assert_eq!(negotiate(&c(&[]), ours), Some(remotecommand::V1));
-        assert_eq!(negotiate(&c(&["v9.channel.k8s.io"]), ours), None);
+        assert_eq!(negotiate(&c(&[]), websocket::PROTOCOLS, false), None);
     }
 }
