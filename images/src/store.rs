@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -821,13 +822,17 @@ impl ImageStore {
                 let staging = snaps.begin()?;
                 let dest = staging.fs();
                 let path = self.inner.content.blob_path(&layer.digest)?;
+                let (abandon, abandoned) = Abandon::new();
                 let unpacked = tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(&path)
                         .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-                    unpack_layer(f, &dest)
+                    let unpacked = unpack_layer(f, &dest);
+                    abandoned.clean_up(&dest)?;
+                    unpacked
                 })
                 .await
                 .map_err(|e| Error::Internal(format!("unpack task: {e}")))??;
+                abandon.done();
                 (staging, unpacked)
             }
         };
@@ -860,6 +865,7 @@ impl ImageStore {
         // A few chunks of slack: enough to keep the network busy while the unpacker
         // writes, little enough that a slow disk does not buffer a layer in memory.
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
+        let (abandon, abandoned) = Abandon::new();
         let unpack = tokio::task::spawn_blocking(move || {
             let tee = Tee {
                 rx,
@@ -880,6 +886,8 @@ impl ImageStore {
                 .blob
                 .take()
                 .ok_or_else(|| Error::Internal("blob writer gone".into()))?;
+            // Dropping the writer removes the ingest file.
+            abandoned.clean_up(&dest)?;
             match (unpacked, drained) {
                 (Ok(u), Ok(_)) => synced.and_then(|()| blob.commit()).map(|()| u),
                 (Ok(_), Err(e)) => Err(crate::unpack::io_to_error(e)),
@@ -900,6 +908,7 @@ impl ImageStore {
         let unpacked = unpack
             .await
             .map_err(|e| Error::Internal(format!("unpack task: {e}")))?;
+        abandon.done();
         tracing::debug!(
             digest = %layer.digest,
             size = layer.size,
@@ -949,6 +958,64 @@ fn keep_error(last: &Option<Error>, e: &Error, ep: &registry::Endpoint) -> bool 
 }
 
 /// A layer downloaded and unpacked into staging, waiting for its chain ID.
+/// Set when the future that owns it is dropped before [`done`](Abandon::done): the
+/// pull was abandoned (its client's deadline passed, or another layer failed). A
+/// blocking thread unpacking for it runs on: the staging directory the dropped
+/// future removed may still be written to until the thread ends, so the thread
+/// removes it again at its end and drops its blob writer (the ingest file) instead of
+/// publishing the blob.
+struct Abandon {
+    flag: Arc<AtomicBool>,
+    done: bool,
+}
+
+/// The blocking thread's side of an [`Abandon`].
+struct Abandoned(Arc<AtomicBool>);
+
+impl Abandon {
+    fn new() -> (Self, Abandoned) {
+        let flag = Arc::new(AtomicBool::new(false));
+        (
+            Abandon {
+                flag: flag.clone(),
+                done: false,
+            },
+            Abandoned(flag),
+        )
+    }
+
+    /// The thread's result was received: nothing was abandoned.
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.done {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Abandoned {
+    /// Once the thread wrote its last byte into `dest` (a staging snapshot's `fs`):
+    /// if the pull was abandoned, removes the staging snapshot and fails.
+    fn clean_up(&self, dest: &Path) -> Result<()> {
+        if !self.0.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(dir) = dest.parent() {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("removing {} of an abandoned pull: {e}", dir.display()),
+            }
+        }
+        Err(Error::Internal("the pull was abandoned".into()))
+    }
+}
+
 struct Staged {
     staging: Staging,
     unpacked: Unpacked,
