@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedMutexGuard, RwLock, Semaphore, mpsc};
+use tokio::sync::{OwnedMutexGuard, OwnedRwLockWriteGuard, RwLock, Semaphore, mpsc};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -127,7 +127,9 @@ struct Inner {
     snapshots: Snapshotter,
     downloads: Arc<Semaphore>,
     locks: KeyedLocks,
-    gc_lock: RwLock<()>,
+    /// Held shared by pulls, exclusively by a gc; the gc's guard goes into its
+    /// blocking thread, so a gc whose caller is dropped keeps it until it ends.
+    gc_lock: Arc<RwLock<()>>,
     /// Insecure hosts that answered over plain HTTP: their HTTPS probe is skipped.
     http_hosts: Mutex<HashSet<String>>,
     /// The HTTP clients for registries (built once: TLS setup costs milliseconds) and
@@ -179,7 +181,7 @@ impl ImageStore {
                 content,
                 snapshots,
                 locks: KeyedLocks::default(),
-                gc_lock: RwLock::new(()),
+                gc_lock: Arc::new(RwLock::new(())),
                 http_hosts: Mutex::new(HashSet::new()),
                 auth,
             }),
@@ -316,10 +318,8 @@ impl ImageStore {
         tx.open_table(IMAGES)?.remove(id.as_str())?;
         tx.commit()?;
         // Collect now if no pull is running; otherwise the next gc will.
-        if let Ok(guard) = self.inner.gc_lock.try_write() {
-            let r = self.gc_locked().await;
-            drop(guard);
-            r?;
+        if let Ok(guard) = self.inner.gc_lock.clone().try_write_owned() {
+            self.gc_locked(guard).await?;
         }
         Ok(())
     }
@@ -327,13 +327,14 @@ impl ImageStore {
     /// Removes blobs and snapshots that no image or active snapshot needs, ingest files
     /// and half-unpacked snapshots of interrupted pulls. Waits for running pulls.
     pub async fn gc(&self) -> Result<GcReport> {
-        let _g = self.inner.gc_lock.write().await;
-        self.gc_locked().await
+        let guard = self.inner.gc_lock.clone().write_owned().await;
+        self.gc_locked(guard).await
     }
 
-    async fn gc_locked(&self) -> Result<GcReport> {
+    async fn gc_locked(&self, guard: OwnedRwLockWriteGuard<()>) -> Result<GcReport> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _guard = guard;
             let records = store.records()?;
             let mut blobs: HashSet<String> = HashSet::new();
             let mut chains: HashSet<String> = HashSet::new();
@@ -409,12 +410,10 @@ impl ImageStore {
                 // this pull did commit. A network failure keeps them for the retry
                 // (until the next gc).
                 if matches!(e, Error::BadContent(_))
-                    && let Ok(guard) = self.inner.gc_lock.try_write()
+                    && let Ok(guard) = self.inner.gc_lock.clone().try_write_owned()
+                    && let Err(e) = self.gc_locked(guard).await
                 {
-                    if let Err(e) = self.gc_locked().await {
-                        tracing::warn!("gc after failed pull: {e}");
-                    }
-                    drop(guard);
+                    tracing::warn!("gc after failed pull: {e}");
                 }
             }
         }
