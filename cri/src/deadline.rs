@@ -165,7 +165,12 @@ where
         match self {
             DeadlineBody::Unbounded(b) => b.is_end_stream(),
             DeadlineBody::Empty => true,
-            DeadlineBody::Bounded { inner, expired, .. } => inner.is_none() && expired.is_none(),
+            // A trailers-only answer must stay one: its headers then end the
+            // stream (END_STREAM), which is what makes them trailers to grpc-go.
+            DeadlineBody::Bounded { inner, expired, .. } => match inner {
+                Some(b) => b.is_end_stream(),
+                None => expired.is_none(),
+            },
         }
     }
 

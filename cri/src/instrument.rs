@@ -352,6 +352,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_error_within_its_deadline_stays_trailers_only() {
+        let mut svc = InstrumentLayer::default().layer(tower::service_fn(|_| async {
+            Ok::<_, std::convert::Infallible>(
+                tonic::Status::not_found("no such pod").into_http::<tonic::body::Body>(),
+            )
+        }));
+        for timeout in [None, Some("5S")] {
+            let resp = svc
+                .call(request("PodSandboxStatus", timeout))
+                .await
+                .unwrap();
+            assert_eq!(outcome(resp.headers()).0, tonic::Code::NotFound);
+            assert!(
+                resp.body().is_end_stream(),
+                "{timeout:?}: headers end the stream"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_malformed_or_spent_timeout_never_reaches_the_service() {
         let called = Arc::new(AtomicBool::new(false));
         let seen = called.clone();

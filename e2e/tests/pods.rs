@@ -191,7 +191,9 @@ async fn pod_gets_ip_hostname_dns_and_is_cleaned_up() {
     let ip = ip_of(&s);
     assert!(ip.starts_with("10.88.11."), "pod IP {ip:?}");
     let info: serde_json::Value = serde_json::from_str(&s.info["info"]).expect("info JSON");
-    let result_ip = info["cniResult"]["ips"][0]["address"].as_str().unwrap_or("");
+    let result_ip = info["cniResult"]["ips"][0]["address"]
+        .as_str()
+        .unwrap_or("");
     assert!(
         result_ip.starts_with(&format!("{ip}/")),
         "the ADD result kept: {info}"
