@@ -72,6 +72,36 @@ async fn pull_past_its_deadline_is_deadline_exceeded_and_leaves_nothing() {
     );
     assert_eq!(metric_value(&m, "crust_image_pulls_in_progress"), Some(0.0));
 
+    // crictl (grpc-go) with --pull-timeout: its own deadline ends the call (it resets
+    // the stream as its deadline passes), and crustd drops the pull all the same.
+    let out = std::process::Command::new("/work/shared/bin/crictl")
+        .args([
+            "--runtime-endpoint",
+            &format!("unix://{}", crustd.socket.display()),
+            "--image-endpoint",
+            &format!("unix://{}", crustd.socket.display()),
+            "pull",
+            "--pull-timeout",
+            "1s",
+            &image,
+        ])
+        .output()
+        .expect("crictl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("DeadlineExceeded"), "{stderr}");
+    wait_for(
+        "no ingest file, no snapshot",
+        Duration::from_secs(10),
+        || count(&images.join("content/ingest")) == 0 && count(&images.join("snapshots")) == 0,
+    )
+    .await;
+    assert_eq!(
+        count(&images.join("content/blobs/sha256")),
+        0,
+        "no blob kept"
+    );
+
     // The same pull, at full speed, works.
     rate.store(0, Ordering::Relaxed);
     let id = pull(&crustd, &image).await;
@@ -175,4 +205,29 @@ async fn exec_sync_past_its_deadline_kills_the_process() {
     })
     .await;
     remove_pod(&mut rt, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_stream_ends_at_its_deadline() {
+    let crustd = Crustd::start().await.expect("crustd");
+    let (mut rt, _) = bare_clients(&crustd.socket).await.expect("clients");
+    let mut req = tonic::Request::new(cri::GetEventsRequest {});
+    req.set_timeout(Duration::from_secs(1));
+    let t = Instant::now();
+    let mut stream = rt
+        .get_container_events(req)
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ended")
+        .expect_err("no event: the stream ends with its deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
