@@ -128,6 +128,15 @@ where
             }
         };
         let body_span = span.clone();
+        let mut record = Record {
+            method: method.clone(),
+            start,
+            deadline: match &plan {
+                Plan::Run(_, Some((at, _))) => Some(*at),
+                _ => None,
+            },
+            done: false,
+        };
         Box::pin(
             async move {
                 let res = match plan {
@@ -160,28 +169,61 @@ where
                     }
                 };
                 drop(guard);
-                let elapsed = start.elapsed();
                 let (code, message) = match &res {
                     Ok(resp) => outcome(resp.headers()),
                     Err(e) => (tonic::Code::Internal, e.to_string()),
                 };
-                let code_name = code_name(code);
-                CRI.requests.with_label_values(&[&method, code_name]).inc();
-                CRI.duration
-                    .with_label_values(&[&method])
-                    .observe(elapsed.as_secs_f64());
-                let ms = elapsed.as_secs_f64() * 1000.0;
-                match code {
-                    tonic::Code::Ok => tracing::debug!(code = code_name, ms, "done"),
-                    tonic::Code::NotFound | tonic::Code::Unimplemented => {
-                        tracing::info!(code = code_name, ms, %message, "failed")
-                    }
-                    _ => tracing::warn!(code = code_name, ms, %message, "failed"),
-                }
+                record.answered(code, &message);
                 res
             }
             .instrument(span),
         )
+    }
+}
+
+/// Counts and logs a call once, when it is answered — or when its future is
+/// dropped unanswered: the client went away (a grpc-go client resets the stream
+/// itself when its deadline passes), counted DeadlineExceeded when its deadline
+/// had passed and Canceled otherwise, as a grpc-go server's context would say.
+struct Record {
+    method: String,
+    start: Instant,
+    deadline: Option<tokio::time::Instant>,
+    done: bool,
+}
+
+impl Record {
+    fn answered(&mut self, code: tonic::Code, message: &str) {
+        self.done = true;
+        let elapsed = self.start.elapsed();
+        let code_name = code_name(code);
+        CRI.requests
+            .with_label_values(&[&self.method, code_name])
+            .inc();
+        CRI.duration
+            .with_label_values(&[&self.method])
+            .observe(elapsed.as_secs_f64());
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        match code {
+            tonic::Code::Ok => tracing::debug!(code = code_name, ms, "done"),
+            tonic::Code::NotFound | tonic::Code::Unimplemented | tonic::Code::Cancelled => {
+                tracing::info!(code = code_name, ms, %message, "failed")
+            }
+            _ => tracing::warn!(code = code_name, ms, %message, "failed"),
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let code = match self.deadline {
+            Some(at) if tokio::time::Instant::now() >= at => tonic::Code::DeadlineExceeded,
+            _ => tonic::Code::Cancelled,
+        };
+        self.answered(code, "the client went away before the answer");
     }
 }
 
@@ -331,6 +373,31 @@ mod tests {
         assert!(resp.body().is_end_stream(), "trailers-only");
         assert!(dropped.load(Ordering::SeqCst), "the call was not dropped");
         assert_eq!(requests("DeadlineExceeded"), before + 1);
+        tokio::time::timeout(Duration::from_secs(1), layer.in_flight().idle())
+            .await
+            .expect("no call left in flight");
+    }
+
+    #[tokio::test]
+    async fn a_call_its_client_leaves_is_counted_canceled() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let layer = InstrumentLayer::default();
+        let mut svc = layer.layer(slow(Duration::from_secs(30), Forever, dropped.clone()));
+        let count = || {
+            CRI.requests
+                .with_label_values(&["StopContainer", "Canceled"])
+                .get()
+        };
+        let before = count();
+        let call = svc.call(request("StopContainer", Some("10S")));
+        // The client resets the stream: hyper drops the call's future.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), call)
+                .await
+                .is_err()
+        );
+        assert!(dropped.load(Ordering::SeqCst));
+        assert_eq!(count(), before + 1);
         tokio::time::timeout(Duration::from_secs(1), layer.in_flight().idle())
             .await
             .expect("no call left in flight");

@@ -101,6 +101,16 @@ async fn pull_past_its_deadline_is_deadline_exceeded_and_leaves_nothing() {
         0,
         "no blob kept"
     );
+    // Counted too: Canceled when crictl's reset came before crustd's own deadline.
+    let m = crustd.metrics().await.expect("metrics");
+    let pulls = |code: &str| {
+        metric_value(
+            &m,
+            &format!(r#"crust_cri_requests_total{{code="{code}",method="PullImage"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(pulls("DeadlineExceeded") + pulls("Canceled"), 2.0, "{m}");
 
     // The same pull, at full speed, works.
     rate.store(0, Ordering::Relaxed);
