@@ -9,7 +9,8 @@
 //! It also enforces the client's deadline (`grpc-timeout`, see `deadline.rs`):
 //! a call still running when it passes is dropped and answered DeadlineExceeded,
 //! counted and logged like any other answer; a response still being sent then
-//! (a stream) ends with DeadlineExceeded in its trailers.
+//! (a stream) ends with DeadlineExceeded in its trailers. A call whose future is
+//! dropped unanswered (the client reset the stream) is counted Canceled.
 
 use std::future::Future;
 use std::pin::Pin;

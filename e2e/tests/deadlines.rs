@@ -241,3 +241,60 @@ async fn an_events_stream_ends_at_its_deadline() {
     );
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_calls_past_their_deadline_finish_their_work() {
+    let (_registry, crustd, net) = setup(233).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let (mut bare, _) = bare_clients(&crustd.socket).await.expect("clients");
+    let pc = pod_config("late", &net, &crustd.dir().join("logs"));
+
+    // A pod takes longer than 1 ms: the call is answered DeadlineExceeded, the create
+    // runs on and is handed to kubelet's identical retry.
+    let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+        config: Some(pc.clone()),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(Duration::from_millis(1));
+    let err = bare.run_pod_sandbox(req).await.expect_err("a pod in 1 ms?");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    let pod = run_pod(&mut rt, &pc).await;
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "one pod for the two calls: {pods:?}");
+    assert_eq!(pods[0].id, pod);
+
+    // A stop past its deadline still stops the pod (its network goes).
+    let mut req = tonic::Request::new(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    });
+    // (2 ms: enough for the request to arrive whole, and less than CNI DEL takes.)
+    req.set_timeout(Duration::from_millis(2));
+    if let Err(err) = bare.stop_pod_sandbox(req).await {
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .status
+            .expect("status");
+        if s.state == cri::PodSandboxState::SandboxNotready as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stop did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(net.leases().is_empty(), "IP released: {:?}", net.leases());
+    remove_pod(&mut rt, &pod).await;
+}
