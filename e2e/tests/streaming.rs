@@ -1,0 +1,378 @@
+//! Streaming exec against a real crustd, driven by the real client: crictl v1.36
+//! from `../shared/bin` (SPDY/3.1, what kubelet and crictl speak by default).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crust_e2e::cri;
+use crust_e2e::workload::{create_sleeper, remove_pod, scene, start, wait_for};
+
+fn crictl() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bin/crictl")
+}
+
+/// A crictl config file next to `socket` naming it (without one crictl warns on
+/// stderr about the missing /etc/crictl.yaml).
+fn crictl_config(socket: &std::path::Path) -> PathBuf {
+    let path = socket.with_extension("crictl.yaml");
+    let endpoint = format!("unix://{}", socket.display());
+    // Written aside and renamed: concurrent callers never read half a file.
+    let tmp = socket.with_extension(format!("{:?}.tmp", std::thread::current().id()));
+    std::fs::write(
+        &tmp,
+        format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// `crictl exec` with `args`, `input` on its stdin; its exit code and output.
+fn crictl_exec(socket: &std::path::Path, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(crictl())
+        .arg("--config")
+        .arg(crictl_config(socket))
+        .arg("--timeout")
+        .arg("20s")
+        .arg("exec")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crictl runs");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Host pids whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok().as_ref() == Some(&want))
+        .collect()
+}
+
+#[tokio::test]
+async fn crictl_exec_streams_output_input_and_exit_codes() {
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(240, "stream-exec").await;
+    let id = create_sleeper(&mut rt, &pod, &pc, &image).await;
+    start(&mut rt, &id).await;
+    let sock = &crustd.socket;
+
+    let (code, out, err) = crictl_exec(sock, &[&id, "echo", "hello from exec"], b"");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello from exec\n"),
+        "stderr: {err}"
+    );
+
+    // stdout and stderr stay apart without a TTY.
+    let (code, out, err) = crictl_exec(sock, &[&id, "sh", "-c", "echo out; echo err >&2"], b"");
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "out\n", "err\n"));
+
+    // A non-zero exit reaches crictl, which reports it (client-go read the code
+    // from the Status on the error stream) and fails.
+    let (code, _, err) = crictl_exec(sock, &[&id, "sh", "-c", "exit 3"], b"");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("command terminated with exit code 3"),
+        "stderr: {err}"
+    );
+
+    // stdin piped in, echoed back; closing it ends `cat`.
+    let input: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let (code, out, err) = crictl_exec(sock, &["-i", &id, "cat"], &input);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(out.len(), input.len());
+    assert!(
+        out.as_bytes() == input.as_slice(),
+        "cat echoed something else"
+    );
+
+    // With a TTY (crictl needs a terminal: script gives it one): the process has a
+    // terminal of the size crictl reports.
+    let script = format!(
+        "stty cols 91 rows 27; {} --config {} exec -it {id} sh -c 'tty; stty size'",
+        crictl().display(),
+        crictl_config(sock).display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &script, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tty exec: {text}");
+    assert!(text.contains("/dev/pts/"), "no terminal: {text:?}");
+    assert!(text.contains("27 91"), "terminal size not passed: {text:?}");
+
+    // Bad requests are refused before any URL exists.
+    let refused = rt
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec![],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let refused = rt
+        .exec(cri::ExecRequest {
+            container_id: "0000000000000000".into(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    remove_pod(&mut rt, &pod).await;
+}
+
+/// Sends an upgrade request to a streaming URL; returns the status line.
+fn upgrade(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn tokens_are_single_use_and_clients_that_leave_end_their_process() {
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(241, "stream-tokens").await;
+    let id = create_sleeper(&mut rt, &pod, &pc, &image).await;
+    start(&mut rt, &id).await;
+    let url = |rt: &mut crust_e2e::workload::Rt, cmd: &[&str]| {
+        let req = cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            stdout: true,
+            ..Default::default()
+        };
+        let mut rt = rt.clone();
+        async move { rt.exec(req).await.expect("Exec").into_inner().url }
+    };
+    let u = url(&mut rt, &["true"]).await;
+    assert!(u.starts_with("http://127.0.0.1:"), "{u}");
+    assert!(upgrade(&u).contains("101"), "first use");
+    assert!(upgrade(&u).contains("404"), "second use");
+    let unknown = format!("{}x", &u[..u.len() - 1]);
+    assert!(upgrade(&unknown).contains("404"));
+
+    // A client that vanishes mid-stream: its process is gone afterwards.
+    let mut child = Command::new(crictl())
+        .arg("--config")
+        .arg(crictl_config(&crustd.socket))
+        .args(["exec", &id, "sleep", "777"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the exec'd sleep to run", Duration::from_secs(10), || {
+        !pids_running(&["sleep", "777"]).is_empty()
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for("the exec'd sleep to end", Duration::from_secs(10), || {
+        pids_running(&["sleep", "777"]).is_empty()
+    })
+    .await;
+
+    // Twenty sessions at once.
+    let socket = crustd.socket.clone();
+    let runs: Vec<_> = (0..20)
+        .map(|i| {
+            let socket = socket.clone();
+            let id = id.clone();
+            std::thread::spawn(move || crictl_exec(&socket, &[&id, "echo", &format!("n{i}")], b""))
+        })
+        .collect();
+    for (i, r) in runs.into_iter().enumerate() {
+        let (code, out, err) = r.join().unwrap();
+        assert_eq!((code, out.trim()), (0, format!("n{i}").as_str()), "{err}");
+    }
+    remove_pod(&mut rt, &pod).await;
+}
+
+/// An HTTP GET of `/` on 127.0.0.1:`port`; the body, or why there is none.
+fn http_get(port: u16) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") => Ok(body.to_string()),
+        _ => Err(format!("no HTTP answer: {out:?}")),
+    }
+}
+
+/// `crictl port-forward` of `mappings` to pod `pod`, left running; killed on drop.
+struct Forward(std::process::Child);
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn port_forward(socket: &std::path::Path, pod: &str, mappings: &[String]) -> Forward {
+    let child = Command::new(crictl())
+        .arg("--config")
+        .arg(crictl_config(socket))
+        .args(["port-forward", pod])
+        .args(mappings)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(socket.with_extension("port-forward.log")).unwrap())
+        .spawn()
+        .expect("crictl runs");
+    let local: u16 = mappings[0].split(':').next().unwrap().parse().unwrap();
+    wait_for("crictl to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", local)).is_ok()
+    })
+    .await;
+    Forward(child)
+}
+
+/// A container serving `body` over HTTP on `port` with busybox's httpd.
+async fn serve_http(
+    rt: &mut crust_e2e::workload::Rt,
+    pod: &str,
+    pc: &cri::PodSandboxConfig,
+    image: &str,
+    port: u16,
+    body: &str,
+) {
+    let script = format!(
+        "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /www"
+    );
+    let id = crust_e2e::workload::create(
+        rt,
+        pod,
+        pc,
+        crust_e2e::workload::container_config("web", image, &["sh", "-c", &script]),
+    )
+    .await
+    .expect("create web");
+    start(rt, &id).await;
+}
+
+#[tokio::test]
+async fn crictl_port_forward_reaches_pod_and_host_network_pods() {
+    let (_registry, crustd, net, image, mut rt, pc, pod) = scene(242, "stream-pf").await;
+    serve_http(&mut rt, &pod, &pc, &image, 8080, "hello-from-the-pod").await;
+    let good = crust_e2e::free_port();
+    // The pod's port 8080 is on its own loopback: only a connection made inside its
+    // network namespace reaches it.
+    let fwd = port_forward(&crustd.socket, &pod, &[format!("{good}:8080")]).await;
+    let mut body = Err(String::new());
+    for _ in 0..20 {
+        body = http_get(good);
+        if body.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(body.as_deref(), Ok("hello-from-the-pod\n"));
+    // Concurrent connections through one session.
+    let gets: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || http_get(good)))
+        .collect();
+    for g in gets {
+        assert_eq!(g.join().unwrap().as_deref(), Ok("hello-from-the-pod\n"));
+    }
+    drop(fwd);
+    // Nothing listens on port 9 in the pod: the refusal reaches the client on that
+    // request's error stream (crictl then ends its session, as kubectl does), and
+    // the next session works.
+    let refused = crust_e2e::free_port();
+    let fwd = port_forward(&crustd.socket, &pod, &[format!("{refused}:9")]).await;
+    assert!(http_get(refused).is_err());
+    let log = crustd.socket.with_extension("port-forward.log");
+    wait_for(
+        "crictl to report the refusal",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("error forwarding port 9 to pod")
+        },
+    )
+    .await;
+    drop(fwd);
+    let again = crust_e2e::free_port();
+    let fwd = port_forward(&crustd.socket, &pod, &[format!("{again}:8080")]).await;
+    assert_eq!(http_get(again).as_deref(), Ok("hello-from-the-pod\n"));
+    drop(fwd);
+    remove_pod(&mut rt, &pod).await;
+
+    // A host-network pod: the port is the node's.
+    let mut host_pc =
+        crust_e2e::workload::pod_config("stream-pf-host", &net, &crustd.dir().join("logs"));
+    host_pc
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .network = cri::NamespaceMode::Node as i32;
+    let host_pod = crust_e2e::workload::run_pod(&mut rt, &host_pc).await;
+    let host_port = crust_e2e::free_port();
+    serve_http(
+        &mut rt,
+        &host_pod,
+        &host_pc,
+        &image,
+        host_port,
+        "hello-from-the-host",
+    )
+    .await;
+    let local = crust_e2e::free_port();
+    let _fwd = port_forward(&crustd.socket, &host_pod, &[format!("{local}:{host_port}")]).await;
+    let mut body = Err(String::new());
+    for _ in 0..20 {
+        body = http_get(local);
+        if body.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(body.as_deref(), Ok("hello-from-the-host\n"));
+    remove_pod(&mut rt, &host_pod).await;
+}
