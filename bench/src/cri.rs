@@ -195,11 +195,12 @@ impl Cri {
             .1)
     }
 
-    pub async fn pod_status(&self, id: &str) -> Result<Duration, BenchError> {
+    /// PodSandboxStatus; `verbose` as `crictl inspectp` asks for it.
+    pub async fn pod_status(&self, id: &str, verbose: bool) -> Result<Duration, BenchError> {
         let mut c = self.rt.clone();
         let req = cri::PodSandboxStatusRequest {
             pod_sandbox_id: id.to_string(),
-            verbose: false,
+            verbose,
         };
         Ok(self
             .timed("PodSandboxStatus", self.timeout, c.pod_sandbox_status(req))

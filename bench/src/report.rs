@@ -301,6 +301,7 @@ pub fn describe(scenario: &str) -> &'static str {
             "N pods with one sleep container each, started P at a time: wall time and memory"
         }
         "list" => "ListPodSandbox, ListContainers and the status calls with the pods present",
+        "status-verbose" => "PodSandboxStatus with verbose (crictl inspectp) of running pods",
         "stats" => "ListContainerStats and ContainerStats with the containers running",
         "exec" => "ExecSync of `true` in a running container",
         "port-forward" => {

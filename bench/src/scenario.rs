@@ -34,6 +34,7 @@ pub const CRI_SCENARIOS: &[&str] = &[
     "pod-container",
     "density",
     "list",
+    "status-verbose",
     "stats",
     "exec",
     "port-forward",
@@ -244,6 +245,7 @@ impl Ctx {
             "pod-container" => self.pod_container().await,
             "density" => self.density().await,
             "list" => self.list().await,
+            "status-verbose" => self.status_verbose().await,
             "stats" => self.stats().await,
             "exec" => self.exec().await,
             "port-forward" => self.port_forward().await,
@@ -592,7 +594,7 @@ impl Ctx {
             self.rec.record("ListPodSandbox", d);
             let (_, d) = self.cri.list_containers(None).await?;
             self.rec.record("ListContainers", d);
-            let d = self.cri.pod_status(&pods[i % pods.len()]).await?;
+            let d = self.cri.pod_status(&pods[i % pods.len()], false).await?;
             self.rec.record("PodSandboxStatus", d);
             let d = self
                 .cri
@@ -608,6 +610,27 @@ impl Ctx {
             "PodSandboxStatus",
             "ContainerStatus",
         ]);
+        Ok(())
+    }
+
+    /// Verbose PodSandboxStatus (what `crictl inspectp` and monitors poll) of
+    /// `pods` pods in turn; one untimed call per pod first.
+    async fn status_verbose(&self) -> Result<(), BenchError> {
+        let mut pods = Vec::new();
+        for i in 0..self.s.pods.max(1) {
+            pods.push(self.start_pod(i).await?.id);
+        }
+        for id in &pods {
+            self.cri.pod_status(id, true).await?;
+        }
+        self.rec.clear();
+        for i in 0..self.s.count {
+            let d = self.cri.pod_status(&pods[i % pods.len()], true).await?;
+            self.rec.record("PodSandboxStatus verbose", d);
+        }
+        self.rec.figure("pods", "pods", pods.len() as f64);
+        self.teardown_all(&pods).await?;
+        self.keep_only(&["PodSandboxStatus verbose"]);
         Ok(())
     }
 

@@ -15,6 +15,9 @@ pub enum CriError {
     NotFound(String),
     #[error("{0}")]
     Internal(String),
+    /// The client's deadline passed before the answer (the instrument layer).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -33,6 +36,7 @@ impl From<CriError> for Status {
             CriError::InvalidArgument(_) => Code::InvalidArgument,
             CriError::NotFound(_) => Code::NotFound,
             CriError::Internal(_) => Code::Internal,
+            CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             CriError::Store(_) => Code::Internal,
             CriError::Sandbox(e) => sandbox_code(e),
             CriError::Images(e) => images_code(e),

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod deadline;
 pub mod error;
 pub mod instrument;
 pub mod memory;

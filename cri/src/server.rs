@@ -5,11 +5,35 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::error::{CriError, CriResult};
 use crate::{Cri, EventStream, rpc};
+
+/// Runs an RPC that changes state in a task of its own, so that it runs to its end
+/// even when its call is dropped (the client's deadline passed — the instrument
+/// layer answers DeadlineExceeded then — or the client went away): a stop or removal
+/// half done would leave a pod's network half torn down, a container started in its
+/// shim but recorded CREATED. kubelet retries such a call, and it is idempotent.
+/// (RunPodSandbox and CreateContainer do the same inside `crust-sandbox`, where a
+/// retry also waits for the running create; PullImage and ExecSync are cancelled by
+/// the drop instead: see docs/architecture.md, "Deadlines".)
+async fn detached<Req, T, F, Fut>(cri: &Arc<Cri>, rpc: F, req: Req) -> Result<T, Status>
+where
+    F: FnOnce(Arc<Cri>, Req) -> Fut,
+    Fut: Future<Output = CriResult<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(rpc(cri.clone(), req))
+        .await
+        .map_err(|e| CriError::Internal(format!("{e}")))?
+        .map_err(Status::from)
+}
 
 /// The CRI server; cheap to clone, all state lives in the shared [`Cri`].
 #[derive(Clone)]
-pub struct CriServer(pub std::sync::Arc<Cri>);
+pub struct CriServer(pub Arc<Cri>);
 
 #[tonic::async_trait]
 impl RuntimeService for CriServer {
@@ -27,7 +51,12 @@ impl RuntimeService for CriServer {
         req: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         Ok(Response::new(
-            rpc::pods::stop_pod_sandbox(&self.0, req.into_inner()).await?,
+            detached(
+                &self.0,
+                |cri, req| async move { rpc::pods::stop_pod_sandbox(&cri, req).await },
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 
@@ -36,7 +65,12 @@ impl RuntimeService for CriServer {
         req: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         Ok(Response::new(
-            rpc::pods::remove_pod_sandbox(&self.0, req.into_inner()).await?,
+            detached(
+                &self.0,
+                |cri, req| async move { rpc::pods::remove_pod_sandbox(&cri, req).await },
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 
@@ -72,7 +106,12 @@ impl RuntimeService for CriServer {
         req: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
         Ok(Response::new(
-            rpc::containers::start_container(&self.0, req.into_inner()).await?,
+            detached(
+                &self.0,
+                |cri, req| async move { rpc::containers::start_container(&cri, req).await },
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 
@@ -81,7 +120,12 @@ impl RuntimeService for CriServer {
         req: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
         Ok(Response::new(
-            rpc::containers::stop_container(&self.0, req.into_inner()).await?,
+            detached(
+                &self.0,
+                |cri, req| async move { rpc::containers::stop_container(&cri, req).await },
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 
@@ -90,7 +134,12 @@ impl RuntimeService for CriServer {
         req: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
         Ok(Response::new(
-            rpc::containers::remove_container(&self.0, req.into_inner()).await?,
+            detached(
+                &self.0,
+                |cri, req| async move { rpc::containers::remove_container(&cri, req).await },
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 
@@ -116,9 +165,18 @@ impl RuntimeService for CriServer {
         &self,
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        Ok(Response::new(
-            rpc::containers::update_container_resources(&self.0, req.into_inner()).await?,
-        ))
+        Ok(
+            Response::new(
+                detached(
+                    &self.0,
+                    |cri, req| async move {
+                        rpc::containers::update_container_resources(&cri, req).await
+                    },
+                    req.into_inner(),
+                )
+                .await?,
+            ),
+        )
     }
 
     async fn reopen_container_log(
@@ -126,7 +184,12 @@ impl RuntimeService for CriServer {
         req: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         Ok(Response::new(
-            rpc::containers::reopen_container_log(&self.0, req.into_inner()).await?,
+            detached(
+                &self.0,
+                |cri, req| async move { rpc::containers::reopen_container_log(&cri, req).await },
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 
@@ -269,7 +332,12 @@ impl RuntimeService for CriServer {
         req: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
         Ok(Response::new(
-            rpc::runtime::update_runtime_config(&self.0, req.into_inner()).await?,
+            detached(
+                &self.0,
+                |cri, req| async move { rpc::runtime::update_runtime_config(&cri, req).await },
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 }
@@ -308,7 +376,12 @@ impl ImageService for CriServer {
         req: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
         Ok(Response::new(
-            rpc::images::remove_image(&self.0, req.into_inner()).await?,
+            detached(
+                &self.0,
+                |cri, req| async move { rpc::images::remove_image(&cri, req).await },
+                req.into_inner(),
+            )
+            .await?,
         ))
     }
 

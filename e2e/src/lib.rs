@@ -424,6 +424,60 @@ pub async fn channel(socket: &Path) -> Result<Channel> {
     Ok(channel)
 }
 
+/// A gRPC transport over one bare HTTP/2 connection to a unix socket. Unlike a
+/// tonic `Channel`, which gives up by itself (Canceled) when a request's timeout
+/// passes, it sends `grpc-timeout` and waits for the server's answer: what the
+/// server does at a deadline is what a test of it sees.
+#[derive(Clone)]
+pub struct Bare(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Bare {
+    type Response = tonic::codegen::http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, hyper::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let mut sender = self.0.clone();
+        Box::pin(async move {
+            // HTTP/2 wants a scheme and an authority; tonic gives the path only.
+            let (mut parts, body) = req.into_parts();
+            if let Ok(uri) = format!("http://localhost{}", parts.uri.path()).parse() {
+                parts.uri = uri;
+            }
+            sender
+                .send_request(tonic::codegen::http::Request::from_parts(parts, body))
+                .await
+        })
+    }
+}
+
+/// CRI clients over a [`Bare`] connection to `socket`.
+pub async fn bare_clients(
+    socket: &Path,
+) -> Result<(RuntimeServiceClient<Bare>, ImageServiceClient<Bare>)> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let bare = Bare(sender);
+    Ok((
+        RuntimeServiceClient::new(bare.clone()),
+        ImageServiceClient::new(bare),
+    ))
+}
+
 /// A minimal HTTP/1.0 GET on loopback, returning the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

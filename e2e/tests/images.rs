@@ -13,7 +13,7 @@ use crust_e2e::cri::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
     PullImageRequest, RemoveImageRequest,
 };
-use crust_e2e::registry::{Registry, fixtures};
+use crust_e2e::registry::{Registry, fixtures, throttling_proxy};
 use crust_e2e::{Crustd, Options, metric_value};
 use serde_json::Value;
 use tonic::Code;
@@ -504,52 +504,6 @@ async fn concurrent_pulls_share_the_work() -> Result<()> {
     // busybox layer + config's layer, 2 configs, 2 manifests
     assert_eq!(count(&images.join("content/blobs/sha256")), 6);
     Ok(())
-}
-
-/// A TCP proxy on 127.0.0.1 in front of `upstream` that passes the registry's answers at
-/// most `rate` bytes per second per connection (0: as fast as they come), so that a pull
-/// of the large image takes long enough to be killed half-way through a layer. Its tasks
-/// end with the test's runtime.
-async fn throttling_proxy(upstream: String, rate: Arc<AtomicU64>) -> Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            let rate = rate.clone();
-            tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = async {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                    let _ = sw.shutdown().await;
-                };
-                let down = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        let r = rate.load(Ordering::Relaxed);
-                        if r > 0 {
-                            tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64)).await;
-                        }
-                    }
-                    let _ = cw.shutdown().await;
-                };
-                tokio::join!(up, down);
-            });
-        }
-    });
-    Ok(addr)
 }
 
 /// Size of the largest file in `dir` (0 if none).

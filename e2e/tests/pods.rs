@@ -190,11 +190,16 @@ async fn pod_gets_ip_hostname_dns_and_is_cleaned_up() {
     assert!(st.created_at > 0);
     let ip = ip_of(&s);
     assert!(ip.starts_with("10.88.11."), "pod IP {ip:?}");
-    assert!(s.info.contains_key("info"));
-    assert_eq!(
-        s.info["networkCheck"], "ok",
-        "CNI CHECK of bridge + portmap"
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).expect("info JSON");
+    let result_ip = info["cniResult"]["ips"][0]["address"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        result_ip.starts_with(&format!("{ip}/")),
+        "the ADD result kept: {info}"
     );
+    assert_eq!(info["processStatus"], "running");
+    assert_eq!(info["netNamespaceClosed"], false);
 
     let dir = pod_dir(&crustd, &id);
     let ns = |kind: &str| format!("--{kind}={}", dir.join("ns").join(kind).display());

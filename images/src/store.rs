@@ -10,13 +10,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedMutexGuard, RwLock, Semaphore, mpsc};
+use tokio::sync::{OwnedMutexGuard, OwnedRwLockWriteGuard, RwLock, Semaphore, mpsc};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -126,7 +127,9 @@ struct Inner {
     snapshots: Snapshotter,
     downloads: Arc<Semaphore>,
     locks: KeyedLocks,
-    gc_lock: RwLock<()>,
+    /// Held shared by pulls, exclusively by a gc; the gc's guard goes into its
+    /// blocking thread, so a gc whose caller is dropped keeps it until it ends.
+    gc_lock: Arc<RwLock<()>>,
     /// Insecure hosts that answered over plain HTTP: their HTTPS probe is skipped.
     http_hosts: Mutex<HashSet<String>>,
     /// The HTTP clients for registries (built once: TLS setup costs milliseconds) and
@@ -178,7 +181,7 @@ impl ImageStore {
                 content,
                 snapshots,
                 locks: KeyedLocks::default(),
-                gc_lock: RwLock::new(()),
+                gc_lock: Arc::new(RwLock::new(())),
                 http_hosts: Mutex::new(HashSet::new()),
                 auth,
             }),
@@ -315,10 +318,8 @@ impl ImageStore {
         tx.open_table(IMAGES)?.remove(id.as_str())?;
         tx.commit()?;
         // Collect now if no pull is running; otherwise the next gc will.
-        if let Ok(guard) = self.inner.gc_lock.try_write() {
-            let r = self.gc_locked().await;
-            drop(guard);
-            r?;
+        if let Ok(guard) = self.inner.gc_lock.clone().try_write_owned() {
+            self.gc_locked(guard).await?;
         }
         Ok(())
     }
@@ -326,13 +327,14 @@ impl ImageStore {
     /// Removes blobs and snapshots that no image or active snapshot needs, ingest files
     /// and half-unpacked snapshots of interrupted pulls. Waits for running pulls.
     pub async fn gc(&self) -> Result<GcReport> {
-        let _g = self.inner.gc_lock.write().await;
-        self.gc_locked().await
+        let guard = self.inner.gc_lock.clone().write_owned().await;
+        self.gc_locked(guard).await
     }
 
-    async fn gc_locked(&self) -> Result<GcReport> {
+    async fn gc_locked(&self, guard: OwnedRwLockWriteGuard<()>) -> Result<GcReport> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _guard = guard;
             let records = store.records()?;
             let mut blobs: HashSet<String> = HashSet::new();
             let mut chains: HashSet<String> = HashSet::new();
@@ -408,12 +410,10 @@ impl ImageStore {
                 // this pull did commit. A network failure keeps them for the retry
                 // (until the next gc).
                 if matches!(e, Error::BadContent(_))
-                    && let Ok(guard) = self.inner.gc_lock.try_write()
+                    && let Ok(guard) = self.inner.gc_lock.clone().try_write_owned()
+                    && let Err(e) = self.gc_locked(guard).await
                 {
-                    if let Err(e) = self.gc_locked().await {
-                        tracing::warn!("gc after failed pull: {e}");
-                    }
-                    drop(guard);
+                    tracing::warn!("gc after failed pull: {e}");
                 }
             }
         }
@@ -840,13 +840,17 @@ impl ImageStore {
                 let staging = snaps.begin()?;
                 let dest = staging.fs();
                 let path = self.inner.content.blob_path(&layer.digest)?;
+                let (abandon, abandoned) = Abandon::new();
                 let unpacked = tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(&path)
                         .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-                    unpack_layer(f, &dest)
+                    let unpacked = unpack_layer(f, &dest);
+                    abandoned.clean_up(&dest)?;
+                    unpacked
                 })
                 .await
                 .map_err(|e| Error::Internal(format!("unpack task: {e}")))??;
+                abandon.done();
                 (staging, unpacked)
             }
         };
@@ -893,6 +897,7 @@ impl ImageStore {
         // A few chunks of slack: enough to keep the network busy while the unpacker
         // writes, little enough that a slow disk does not buffer a layer in memory.
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
+        let (abandon, abandoned) = Abandon::new();
         let unpack = tokio::task::spawn_blocking(move || {
             let tee = Tee {
                 rx,
@@ -913,6 +918,8 @@ impl ImageStore {
                 .blob
                 .take()
                 .ok_or_else(|| Error::Internal("blob writer gone".into()))?;
+            // Dropping the writer removes the ingest file.
+            abandoned.clean_up(&dest)?;
             match (unpacked, drained) {
                 (Ok(u), Ok(_)) => synced.and_then(|()| blob.commit()).map(|()| u),
                 (Ok(_), Err(e)) => Err(crate::unpack::io_to_error(e)),
@@ -933,6 +940,7 @@ impl ImageStore {
         let unpacked = unpack
             .await
             .map_err(|e| Error::Internal(format!("unpack task: {e}")))?;
+        abandon.done();
         tracing::debug!(
             digest = %layer.digest,
             size = layer.size,
@@ -982,6 +990,64 @@ fn keep_error(last: &Option<Error>, e: &Error, ep: &registry::Endpoint) -> bool 
 }
 
 /// A layer downloaded and unpacked into staging, waiting for its chain ID.
+/// Set when the future that owns it is dropped before [`done`](Abandon::done): the
+/// pull was abandoned (its client's deadline passed, or another layer failed). A
+/// blocking thread unpacking for it runs on: the staging directory the dropped
+/// future removed may still be written to until the thread ends, so the thread
+/// removes it again at its end and drops its blob writer (the ingest file) instead of
+/// publishing the blob.
+struct Abandon {
+    flag: Arc<AtomicBool>,
+    done: bool,
+}
+
+/// The blocking thread's side of an [`Abandon`].
+struct Abandoned(Arc<AtomicBool>);
+
+impl Abandon {
+    fn new() -> (Self, Abandoned) {
+        let flag = Arc::new(AtomicBool::new(false));
+        (
+            Abandon {
+                flag: flag.clone(),
+                done: false,
+            },
+            Abandoned(flag),
+        )
+    }
+
+    /// The thread's result was received: nothing was abandoned.
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.done {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Abandoned {
+    /// Once the thread wrote its last byte into `dest` (a staging snapshot's `fs`):
+    /// if the pull was abandoned, removes the staging snapshot and fails.
+    fn clean_up(&self, dest: &Path) -> Result<()> {
+        if !self.0.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(dir) = dest.parent() {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("removing {} of an abandoned pull: {e}", dir.display()),
+            }
+        }
+        Err(Error::Internal("the pull was abandoned".into()))
+    }
+}
+
 struct Staged {
     staging: Staging,
     unpacked: Unpacked,

@@ -1132,6 +1132,69 @@ async fn abandoned_pull_cleans_up_after_itself() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_nothing_left(&e, &store, &img.layer_digests[0]);
+    // The same pull, once the registry sends the whole blob, works.
+    reg.0
+        .lock()
+        .unwrap()
+        .blobs
+        .get_mut(&img.layer_digests[0])
+        .unwrap()
+        .1 = Blob::Good;
+    store.pull(&r, None).await.unwrap();
+    assert_eq!(count(&e.root().join("content/ingest")), 0);
+    assert_eq!(count(&e.root().join("snapshots")), 1);
+}
+
+/// Pulls dropped at every stage (downloading, unpacking, committing), as a client's
+/// deadline drops them: the unpacking threads run on after the drop and must still
+/// leave no ingest file and no staging snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_dropped_while_unpacking_leave_no_staging_snapshot() {
+    let reg = Registry::default();
+    // Many small files: the unpacker is busy writing them when the drop comes.
+    let names: Vec<String> = (0..3000).map(|i| format!("d{}/f{i}", i % 50)).collect();
+    let data = vec![9u8; 1024];
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &data[..])).collect();
+    let l = layer(&files, false);
+    add_image(&reg, "v1", &[(l, Blob::Good)], "");
+    let host = reg.serve().await;
+    let e = env();
+    let store = e.store(Config::default()).await;
+    let r = format!("{host}/crust/drop:v1");
+    let mut dropped = 0;
+    for ms in [1u64, 2, 3, 5, 8, 12, 16, 20, 30, 40, 60, 80] {
+        if tokio::time::timeout(Duration::from_millis(ms), store.pull(&r, None))
+            .await
+            .is_ok()
+        {
+            // Pulled in time: start over for the next try.
+            store.remove(&r).await.unwrap();
+            store.gc().await.unwrap();
+            continue;
+        }
+        dropped += 1;
+        let settled = Instant::now() + Duration::from_secs(10);
+        while (count(&e.root().join("content/ingest")) > 0
+            || count(&e.root().join("snapshots")) > 0)
+            && Instant::now() < settled
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            count(&e.root().join("content/ingest")),
+            0,
+            "ingest left ({ms} ms)"
+        );
+        assert_eq!(
+            count(&e.root().join("snapshots")),
+            0,
+            "snapshot left ({ms} ms)"
+        );
+        assert!(store.list(None).unwrap().is_empty());
+    }
+    assert!(dropped > 0, "every pull finished in time");
+    store.pull(&r, None).await.unwrap();
+    assert_eq!(count(&e.root().join("snapshots")), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,23 +79,50 @@ pub async fn pod_sandbox_status(
     let rec = cri.pods.status(&req.pod_sandbox_id)?;
     let mut info = HashMap::new();
     if req.verbose {
-        info.insert(
-            "info".to_string(),
-            serde_json::to_string(&rec).unwrap_or_default(),
-        );
-        // CNI CHECK, asked for by a verbose status (crictl inspectp): "ok", "skipped" or why not.
-        let check = match cri.pods.check_network(&rec.id).await {
-            Ok(true) => "ok".to_string(),
-            Ok(false) => "skipped".to_string(),
-            Err(e) => e.to_string(),
-        };
-        info.insert("networkCheck".to_string(), check);
+        info.insert("info".to_string(), sandbox_info(cri, &rec).to_string());
     }
     Ok(PodSandboxStatusResponse {
         status: Some(pod_status(&rec)),
         info,
         containers_statuses: Vec::new(),
         timestamp: 0,
+    })
+}
+
+/// The verbose `info["info"]`: the keys of containerd's (its `SandboxInfo`) that
+/// apply to a pod without a pause container, read from the record alone — no CNI
+/// plugin runs, no process is asked (kubelet, `crictl inspectp` and monitors poll it).
+/// What stands in for the pause container: the pinned namespaces, the infra process
+/// when the pod has its own PID namespace (`pid`, else 0), and the pod's shim; so
+/// containerd's `image`, `snapshotKey`, `snapshotter` and `runtimeSpec` (the pause
+/// container's) have no counterpart and are left out.
+fn sandbox_info(cri: &Cri, rec: &PodRecord) -> serde_json::Value {
+    use crust_sandbox::RuntimeKind;
+    let config = cri.pods.config();
+    let handler = config.handler(&rec.runtime_handler).map(|(_, h)| h);
+    // The binary serving the pod, as containerd names the shim (`io.containerd.runc.v2`).
+    let runtime_type = handler.map(|h| match h.kind {
+        RuntimeKind::Oci => config.shim_binary.clone(),
+        RuntimeKind::ShimV2 => h.path.clone(),
+    });
+    serde_json::json!({
+        "pid": rec.namespaces.infra_pid.unwrap_or(0),
+        "processStatus": match rec.state {
+            PodState::Ready => "running",
+            PodState::NotReady => "stopped",
+        },
+        // The pin is kept until RemovePodSandbox; a host-network pod has none.
+        "netNamespaceClosed": rec.namespaces.net.as_ref().is_some_and(|p| !p.exists()),
+        "runtimeHandler": rec.runtime_handler,
+        "runtimeType": runtime_type,
+        "runtimeOptions": handler.map(|h| serde_json::json!({"binaryName": h.oci_runtime()})),
+        "config": rec.spec,
+        "cniResult": cri.pods.cni_result(rec),
+        "shimPid": rec.shim_pid,
+        "namespaces": rec.namespaces,
+        "cgroup": rec.cgroup,
+        "podDir": rec.dir,
+        "network": rec.network,
     })
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1::ContainerConfig;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::record::{ContainerRecord, ContainerState, ContainerStore, RECORD_VERSION, name_key};
 use super::spec::{self, NodeContext, PidNamespace, PodContext, SpecError};
@@ -759,9 +759,13 @@ impl Containers {
         }
         let (rec, shim) = self.running(id).await?;
         let this = self.clone();
-        // The exec runs to its end in a task of its own: a caller that goes
-        // away must not leave the process, its task in the shim or its FIFOs.
-        tokio::spawn(async move { this.exec_in(rec, shim, cmd, timeout).await })
+        // The exec runs in a task of its own, so that a caller going away (its
+        // deadline passed, its connection closed: this future is dropped) still
+        // has it cleaned up: dropping `_abandon` closes `abandoned`, and the task
+        // kills the process as when its own timeout passes, then removes its
+        // task in the shim and its FIFOs.
+        let (_abandon, abandoned) = oneshot::channel::<()>();
+        tokio::spawn(async move { this.exec_in(rec, shim, cmd, timeout, abandoned).await })
             .await
             .map_err(|e| Error::Internal(format!("exec task: {e}")))?
     }
@@ -772,6 +776,7 @@ impl Containers {
         shim: ShimClient,
         cmd: Vec<String>,
         timeout: Duration,
+        abandoned: oneshot::Receiver<()>,
     ) -> Result<ExecOutput> {
         let mut process = self.oci_spec(&rec.id)?["process"].take();
         process["args"] = serde_json::json!(cmd);
@@ -805,26 +810,37 @@ impl Containers {
             shim.exec(&rec.id, &exec_id, &process, &io).await?;
             shim.start(&rec.id, &exec_id).await?;
             let wait = shim.wait(&rec.id, &exec_id);
-            if timeout.is_zero() {
-                Ok::<_, ShimError>(Some(wait.await?))
-            } else {
-                match tokio::time::timeout(timeout, wait).await {
-                    Ok(r) => Ok(Some(r?)),
-                    Err(_) => Ok(None),
+            let expiry = async {
+                if timeout.is_zero() {
+                    std::future::pending().await
+                } else {
+                    tokio::time::sleep(timeout).await
                 }
+            };
+            tokio::select! {
+                r = wait => Ok::<_, ShimError>(Ok(r?)),
+                _ = expiry => Ok(Err(Ended::TimedOut)),
+                // Resolves with an error once the caller's future is dropped.
+                _ = abandoned => Ok(Err(Ended::Abandoned)),
             }
         }
         .await;
         let result = match run {
-            Ok(Some(exit)) => Ok(exit.exit_status as i32),
-            Ok(None) => {
+            Ok(Ok(exit)) => Ok(exit.exit_status as i32),
+            Ok(Err(ended)) => {
                 let _ = shim
                     .kill(&rec.id, &exec_id, libc::SIGKILL as u32, false)
                     .await;
                 let _ = shim.wait(&rec.id, &exec_id).await;
-                Err(Error::DeadlineExceeded(format!(
-                    "command {cmd:?} timed out after {timeout:?}"
-                )))
+                Err(match ended {
+                    Ended::TimedOut => Error::DeadlineExceeded(format!(
+                        "command {cmd:?} timed out after {timeout:?}"
+                    )),
+                    Ended::Abandoned => {
+                        tracing::info!(container = %rec.id, exec = %exec_id, "exec killed: its caller went away");
+                        Error::DeadlineExceeded(format!("command {cmd:?}: the caller went away"))
+                    }
+                })
             }
             Err(e) => Err(Error::from(e)),
         };
@@ -956,6 +972,14 @@ fn merge_resources(
     old.unified
         .extend(new.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
     old
+}
+
+/// Why an exec was killed before it exited.
+enum Ended {
+    /// Its own `timeout` passed.
+    TimedOut,
+    /// The ExecSync call was dropped.
+    Abandoned,
 }
 
 /// Reads an exec's output FIFO, keeping the first [`EXEC_OUTPUT_CAP`] bytes

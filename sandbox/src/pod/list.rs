@@ -13,14 +13,13 @@ impl PodSandboxes {
         self.inner.get(id)
     }
 
-    /// CNI CHECK of a pod's network (from the attachment cached at ADD). Ok(false) when there
-    /// is nothing to check (host network, stopped, or the network opted out of CHECK).
-    pub async fn check_network(&self, id: &str) -> Result<bool> {
-        let rec = self.inner.get(id)?;
-        if rec.network.is_none() {
-            return Ok(false);
-        }
-        Ok(self.inner.cni.check(&rec.id).await?)
+    /// The CNI ADD result of a pod's network: the record's, or for a record written
+    /// by a crustd that did not keep it, the CNI cache entry's. No plugin runs.
+    pub fn cni_result(&self, rec: &PodRecord) -> Option<serde_json::Value> {
+        rec.network.as_ref()?;
+        rec.cni_result
+            .clone()
+            .or_else(|| self.inner.cni.cached(&rec.id)?.result)
     }
 
     /// The pods that match every field the filter sets, oldest first.

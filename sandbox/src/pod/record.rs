@@ -33,6 +33,10 @@ pub struct PodRecord {
     pub ips: Vec<String>,
     /// The CNI network the pod was attached to (its cache entry holds the rest).
     pub network: Option<String>,
+    /// The final CNI ADD result (PodSandboxStatus verbose shows it without running a
+    /// plugin); None with hostNetwork, after stop, and in records of crustd before it.
+    #[serde(default)]
+    pub cni_result: Option<serde_json::Value>,
     pub cgroup: Option<PodCgroup>,
     /// The pod's shim process (its address is in `<dir>/address`).
     #[serde(default)]
@@ -67,6 +71,7 @@ impl PodRecord {
             resolv_conf_path: PathBuf::new(),
             ips: vec![],
             network: None,
+            cni_result: None,
             cgroup: None,
             shim_pid: None,
         }

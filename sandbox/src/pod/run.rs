@@ -326,12 +326,13 @@ async fn create_steps(
     // 5. Network and the pod's shim, concurrently: neither needs the other.
     let network_step = async {
         let Some(netns) = &ns.net else {
-            return Ok((None, Vec::new()));
+            return Ok((None, Vec::new(), None));
         };
         let conf = cni::find_network_config(&inner.config.cni_conf_dir)?;
         let rt = runtime_conf(id, netns, spec);
         let result = inner.cni.add(&conf, &rt).await?;
-        Ok::<_, Error>((Some(conf.name.clone()), result_ips(&result)))
+        let ips = result_ips(&result);
+        Ok::<_, Error>((Some(conf.name.clone()), ips, Some(result)))
     };
     let shim_step = async {
         if inner.spawn_shims {
@@ -357,7 +358,7 @@ async fn create_steps(
             Some(r?)
         }
     };
-    let (network, ips) = network_result?;
+    let (network, ips, cni_result) = network_result?;
     tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "network and shim ready");
 
     // 6. Files for the containers.
@@ -393,6 +394,7 @@ async fn create_steps(
         resolv_conf_path,
         ips,
         network,
+        cni_result,
         cgroup: pod_cgroup,
         shim_pid,
     })

@@ -49,6 +49,7 @@ pub(super) async fn stop_locked(inner: &Inner, mut rec: PodRecord) -> Result<Pod
         rec.state = PodState::NotReady;
         rec.ips.clear();
         rec.network = None;
+        rec.cni_result = None;
         inner.save(rec.clone())?;
         tracing::info!(pod = %rec.id, "pod sandbox stopped");
     }

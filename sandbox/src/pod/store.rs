@@ -94,6 +94,36 @@ mod tests {
     }
 
     #[test]
+    fn records_of_an_older_crustd_decode_without_a_cni_result() {
+        let rec = PodRecord {
+            network: Some("crust".into()),
+            cni_result: Some(serde_json::json!({"cniVersion": "1.0.0", "ips": []})),
+            ..PodRecord::for_test()
+        };
+        let mut old = serde_json::to_value(&rec).unwrap();
+        old.as_object_mut().unwrap().remove("cni_result");
+        let d = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(d.path().join("s.redb")).unwrap());
+        let txn = db.begin_write().unwrap();
+        txn.open_table(PODS)
+            .unwrap()
+            .insert(
+                rec.id.as_str(),
+                serde_json::to_vec(&old).unwrap().as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+        let loaded = PodStore::new(db).load_all().unwrap();
+        assert_eq!(
+            loaded,
+            vec![PodRecord {
+                cni_result: None,
+                ..rec
+            }]
+        );
+    }
+
+    #[test]
     fn newer_records_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let s = PodStore::new(Arc::new(Database::create(d.path().join("s.redb")).unwrap()));

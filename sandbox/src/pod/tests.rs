@@ -256,6 +256,32 @@ async fn records_survive_a_reopen_and_stop_uses_the_cni_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cni_result_is_kept_and_read_without_running_a_plugin() {
+    let Some(env) = Env::new() else { return };
+    let cni = FakeCni::default();
+    let pods = env.pods(&cni);
+    let id = pods.run(spec("kept")).await.unwrap();
+    let calls = cni.calls.lock().unwrap().clone();
+    assert_eq!(calls, vec!["fakenet ADD"]);
+    let rec = pods.status(&id).unwrap();
+    let want = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.99.0.2/24"}]});
+    assert_eq!(rec.cni_result.as_ref(), Some(&want));
+    assert_eq!(pods.cni_result(&rec), Some(want.clone()));
+    // A record of an older crustd has none: the CNI cache entry answers.
+    let old = PodRecord {
+        cni_result: None,
+        ..rec.clone()
+    };
+    assert_eq!(pods.cni_result(&old), Some(want));
+    assert_eq!(*cni.calls.lock().unwrap(), calls, "no plugin ran");
+    pods.stop(&id).await.unwrap();
+    let rec = pods.status(&id).unwrap();
+    assert_eq!(rec.cni_result, None);
+    assert_eq!(pods.cni_result(&rec), None);
+    pods.remove(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_touch_nothing() {
     let Some(env) = Env::new() else { return };
     let cni = FakeCni::default();
