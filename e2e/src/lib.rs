@@ -71,6 +71,9 @@ pub struct Options {
     pub sandbox_config: String,
     /// Extra `[images]` keys.
     pub images_config: String,
+    /// Mount a tmpfs of this size (`size=` option, e.g. "64m") on root_dir before crustd
+    /// starts; it goes with the rest of the temp dir's mounts on drop.
+    pub root_dir_tmpfs: Option<String>,
 }
 
 /// A running crustd owned by one test.
@@ -120,6 +123,17 @@ impl Crustd {
             },
         );
         std::fs::write(&config_path, config)?;
+        if let Some(size) = &opts.root_dir_tmpfs {
+            std::fs::create_dir_all(&root_dir)?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &root_dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={size},mode=0700").as_str()),
+            )
+            .with_context(|| format!("tmpfs on {}", root_dir.display()))?;
+        }
         let log_path = base.join("crustd.log");
         let mut crustd = Crustd {
             child: None,

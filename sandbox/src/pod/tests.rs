@@ -60,7 +60,7 @@ impl PluginRunner for FakeCni {
 
 struct Env {
     dir: tempfile::TempDir,
-    db: Arc<redb::Database>,
+    db: Arc<crust_state::StateDb>,
     config: Config,
 }
 
@@ -84,7 +84,7 @@ impl Env {
         let plugin = bin.join("fakenet");
         std::fs::write(&plugin, "#!/bin/sh\nexit 1\n").unwrap();
         std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
+        let db = Arc::new(crust_state::StateDb::open(&dir.path().join("state.redb")).unwrap());
         let config = Config {
             cni_conf_dir: conf,
             cni_bin_dirs: vec![bin],
