@@ -25,6 +25,42 @@ fn as_nobody(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> std::io::Re
         .output()
 }
 
+/// Paths below `top` (not crossing into other mounts, not following links) whose mode lets
+/// group or others in, except what containers must read (their `/` and layer files below a
+/// snapshot's `fs`, the pod's hosts, hostname and resolv.conf), sockets, and what runc
+/// itself writes with its own modes inside crust's 0700 directories (a bundle's `init.pid`
+/// and `log.json`, its per-container state dir in the 0700 `<state_dir>/runc`).
+fn open_to_others(top: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let exempt = |p: &Path| {
+        p.components().any(|c| c.as_os_str() == "fs")
+            || ["hosts", "hostname", "resolv.conf", "init.pid", "log.json"]
+                .iter()
+                .any(|n| p.file_name().is_some_and(|f| f == *n))
+            || p.parent().is_some_and(|d| d.ends_with("runc"))
+    };
+    let mut out = Vec::new();
+    let dev = std::fs::metadata(top).expect("top").dev();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let ft = m.file_type();
+        if ft.is_symlink() || ft.is_socket() || m.dev() != dev || exempt(&p) {
+            continue;
+        }
+        if m.mode() & 0o077 != 0 {
+            out.push(format!("{:o} {}", m.mode() & 0o7777, p.display()));
+        }
+        if ft.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A read as nobody fails with "Permission denied".
 fn assert_denied(program: &str, path: &Path) {
     let out = as_nobody(program, &[path.to_str().expect("utf-8 path")]).expect(program);
@@ -81,6 +117,14 @@ async fn other_users_cannot_read_container_secrets_or_reach_root_through_its_fil
             .contains(SECRET)
     );
 
+    for top in [&crustd.root_dir, &crustd.state_dir] {
+        assert_eq!(
+            open_to_others(top),
+            Vec::<String>::new(),
+            "below {}",
+            top.display()
+        );
+    }
     assert_denied("cat", &crustd.root_dir.join("state.redb"));
     assert_denied("cat", &bundle.join("config.json"));
     assert_denied("ls", &rootfs);
