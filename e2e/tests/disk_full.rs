@@ -180,3 +180,57 @@ async fn a_full_disk_is_resource_exhausted_and_heals_without_a_restart() {
         "the reopen is logged"
     );
 }
+
+#[tokio::test]
+async fn a_full_state_dir_fails_a_create_naming_its_bundle_and_keeps_nothing_of_it() {
+    let registry = Registry::start(None).expect("registry");
+    let crustd = Crustd::start_with(Options {
+        images_config: format!("insecure_registries = [\"{}\"]", registry.addr),
+        state_dir_tmpfs: Some("16m".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("crustd starts");
+    let net = TestNet::new(&crustd, 243);
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("statefull", &net, &crustd.dir().join("logs"));
+    let pod = run_pod(&mut rt, &pc).await;
+    let state = crustd.state_dir.clone();
+    let bundles = state.join("containers");
+    let snapshots = crustd.root_dir.join("images/snapshots");
+    let snapshots_before = names(&snapshots);
+    let filler = fill(&state);
+
+    let e = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("c", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect_err("CreateContainer with a full state_dir");
+    assert_full(&e, &bundles, "CreateContainer");
+    assert!(e.message().contains("config.json"), "{}", e.message());
+    assert_eq!(names(&bundles), Vec::<String>::new(), "bundles");
+    assert_eq!(mounts_under(&bundles), Vec::<String>::new(), "mounts");
+    wait_for(
+        "the failed create's snapshot to go",
+        Duration::from_secs(5),
+        || names(&snapshots) == snapshots_before,
+    )
+    .await;
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let id = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("c", &image, &["/bin/sleep", "1000"]),
+    )
+    .await
+    .expect("CreateContainer once space is back");
+    start(&mut rt, &id).await;
+    remove_pod(&mut rt, &pod).await;
+}
