@@ -44,8 +44,32 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     pub log_level: String,
     pub metrics: MetricsConfig,
+    pub streaming: StreamingConfig,
     pub sandbox: crust_sandbox::Config,
     pub images: crust_images::Config,
+}
+
+/// The streaming server that Exec, Attach and PortForward URLs point at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Address to listen on; port 0 chooses one at start. Anything but loopback
+    /// exposes exec into every container to whoever reaches it with a token.
+    pub address: SocketAddr,
+    /// Sessions served at once.
+    pub max_sessions: usize,
+    /// Seconds a returned URL stays usable.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_sessions: 256,
+            token_ttl_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +91,7 @@ impl Default for Config {
             shutdown_timeout_secs: 10,
             log_level: "info".to_string(),
             metrics: MetricsConfig::default(),
+            streaming: StreamingConfig::default(),
             sandbox: crust_sandbox::Config::default(),
             images: crust_images::Config::default(),
         }
@@ -170,6 +195,15 @@ enabled = {menabled}
 # Address of the metrics endpoint (GET /metrics).
 address = "{maddr}"
 
+[streaming]
+# Address of the streaming server Exec, Attach and PortForward URLs point at; port 0
+# chooses a free one at start. Keep it on loopback unless the kubelet is elsewhere.
+address = "{saddr}"
+# Streaming sessions served at once.
+max_sessions = {smax}
+# Seconds a URL returned by Exec, Attach or PortForward stays usable (once).
+token_ttl_secs = {sttl}
+
 [sandbox]
 {sandbox}
 [images]
@@ -182,6 +216,9 @@ address = "{maddr}"
         log = toml_str(&d.log_level),
         menabled = d.metrics.enabled,
         maddr = d.metrics.address,
+        saddr = d.streaming.address,
+        smax = d.streaming.max_sessions,
+        sttl = d.streaming.token_ttl_secs,
         sandbox = crust_sandbox::commented_default(),
         images = crust_images::commented_default(),
     )

@@ -46,6 +46,11 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("streaming address {addr}: {source}")]
+    Streaming {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("opening the image store: {0}")]
@@ -210,12 +215,19 @@ async fn open_services(config: Config, store: Store) -> Result<Cri, DaemonError>
         Arc::new(ImageRootfs(images.clone())),
     )
     .await?;
+    let streaming = crate::streaming::start(&config.streaming, containers.clone())
+        .await
+        .map_err(|source| DaemonError::Streaming {
+            addr: config.streaming.address,
+            source,
+        })?;
     Ok(Cri {
         config,
         store,
         images,
         pods,
         containers,
+        streaming,
     })
 }
 

@@ -119,9 +119,9 @@ where
                 match code {
                     tonic::Code::Ok => tracing::debug!(code = code_name, ms, "done"),
                     tonic::Code::NotFound | tonic::Code::Unimplemented => {
-                        tracing::info!(code = code_name, ms, %message, "failed")
+                        tracing::info!(code = code_name, ms, message = %message.escape_debug(), "failed")
                     }
-                    _ => tracing::warn!(code = code_name, ms, %message, "failed"),
+                    _ => tracing::warn!(code = code_name, ms, message = %message.escape_debug(), "failed"),
                 }
                 res
             }
@@ -223,5 +223,53 @@ mod tests {
         let (code, msg) = outcome(&h);
         assert_eq!(code, tonic::Code::Unimplemented);
         assert_eq!(msg, "RunPodSandbox is not implemented");
+    }
+
+    /// A log line's writer for tests: everything written, in one buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An error message carries request strings (a pod name with a newline and an
+    /// ESC): it is logged as one line, escaped.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_call_logs_its_message_escaped_on_one_line() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let inner = tower::service_fn(|_req: http::Request<()>| async {
+            let resp = http::Response::builder()
+                .header("grpc-status", "3")
+                .header(
+                    "grpc-message",
+                    "metadata.name%3A%20%22web%0Afake%20line%1B%5B31m%22",
+                )
+                .body(())
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let mut svc = InstrumentLayer::default().layer(inner);
+        let req = http::Request::builder()
+            .uri("/runtime.v1.RuntimeService/RunPodSandbox")
+            .body(())
+            .unwrap();
+        svc.call(req).await.unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(text.contains("web\\nfake line\\u{1b}[31m"), "{text}");
     }
 }

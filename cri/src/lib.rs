@@ -15,6 +15,8 @@ pub mod rootfs;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod streaming;
+pub mod validate;
 
 use std::pin::Pin;
 
@@ -34,4 +36,6 @@ pub struct Cri {
     pub pods: crust_sandbox::PodSandboxes,
     pub images: crust_images::ImageStore,
     pub containers: crust_sandbox::container::Containers,
+    /// The server behind Exec URLs.
+    pub streaming: crust_streaming::Server,
 }

@@ -9,6 +9,7 @@
 
 pub mod net;
 pub mod registry;
+pub mod tree;
 pub mod workload;
 
 use std::io::Write as _;

@@ -7,7 +7,8 @@ KIND:
   special           file types, modes, owners, links and xattrs an unpacker must keep;
                     EXPECT.json lists every entry as the snapshot should show it
   dotdot            a file whose path climbs out of the root with ..
-  absolute          a file with an absolute path
+  absolute          a file with an absolute path (not hostile since Go's archive/tar
+                    rules: it is relative to the layer root and must land inside it)
   symlink           a symlink to /tmp, then a file written through it
   symlink-relative  a symlink to ../../../../tmp, then a file written through it
   hardlink          a hard link to ../../../../../etc/passwd

@@ -18,6 +18,7 @@ pub mod reference;
 pub mod registry;
 pub mod snapshot;
 pub mod store;
+pub mod tar_reader;
 pub mod unpack;
 
 pub use config::{Config, RegistryConfig, commented_default};

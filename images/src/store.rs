@@ -28,7 +28,7 @@ use crate::metrics::METRICS;
 use crate::reference::{Reference, is_hex64};
 use crate::registry::{self, Auth, Descriptor, Policy, RegistryClient};
 use crate::snapshot::{Snapshotter, Staging};
-use crate::unpack::{Unpacked, unpack_layer, unpack_layer_overlapped};
+use crate::unpack::{Unpacked, inherit_implicit_dirs, unpack_layer, unpack_layer_overlapped};
 
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images.images");
 const RECORD_VERSION: u32 = 1;
@@ -637,11 +637,29 @@ impl ImageStore {
             }
         }
         let chains = chain_ids(diff_ids);
-        let layers = manifest.layers.iter().enumerate().map(|(i, layer)| {
-            let parent = i.checked_sub(1).map(|p| chains[p].as_str());
-            let staged = downloaded.0[i].take();
-            self.ensure_layer(layer, staged, &diff_ids[i], &chains[i], parent)
-        });
+        // Each layer says when its snapshot is committed: the one above may need
+        // the layers below to finish its directories (`inherit_implicit_dirs`).
+        let (done_tx, done_rx): (Vec<_>, Vec<_>) = (0..manifest.layers.len())
+            .map(|_| tokio::sync::watch::channel(false))
+            .unzip();
+        let layers = manifest
+            .layers
+            .iter()
+            .zip(done_tx)
+            .enumerate()
+            .map(|(i, (layer, done))| {
+                let (chains, diff_ids) = (&chains, &diff_ids);
+                let parent = i
+                    .checked_sub(1)
+                    .map(|p| (chains[p].as_str(), done_rx[p].clone()));
+                let staged = downloaded.0[i].take();
+                async move {
+                    self.ensure_layer(layer, staged, &diff_ids[i], &chains[i], parent)
+                        .await?;
+                    done.send_replace(true);
+                    Ok::<_, Error>(())
+                }
+            });
         let t_downloaded = t0.elapsed();
         futures::future::try_join_all(layers).await?;
         let t_layers = t0.elapsed();
@@ -808,8 +826,9 @@ impl ImageStore {
         staged: Option<Staged>,
         diff_id: &str,
         chain_id: &str,
-        parent: Option<&str>,
+        parent: Option<(&str, tokio::sync::watch::Receiver<bool>)>,
     ) -> Result<()> {
+        let (parent, parent_done) = parent.unzip();
         if staged.is_none() {
             // Another pull may have this layer unpacked and not yet committed: let it.
             drop(
@@ -849,6 +868,20 @@ impl ImageStore {
                 "layer {}: uncompressed digest {} does not match the config's {diff_id}",
                 layer.digest, unpacked.diff_id
             )));
+        }
+        if let (Some(parent), Some(mut below), false) =
+            (parent, parent_done, unpacked.implicit_dirs.is_empty())
+        {
+            below
+                .wait_for(|committed| *committed)
+                .await
+                .map_err(|_| Error::Internal(format!("layer below {chain_id} failed")))?;
+            let lowers = snaps.lowers(parent)?;
+            let fs = staging.fs();
+            let dirs = unpacked.implicit_dirs.clone();
+            tokio::task::spawn_blocking(move || inherit_implicit_dirs(&fs, &dirs, &lowers))
+                .await
+                .map_err(|e| Error::Internal(format!("unpack task: {e}")))??;
         }
         snaps.commit(staging, chain_id, parent)
     }

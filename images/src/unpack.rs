@@ -1,9 +1,16 @@
 //! Layer unpacking: a (gzip | zstd | plain) tar stream into one empty directory, in the
 //! form overlayfs expects.
 //!
-//! Safety: every path is cleaned lexically (`..` and absolute paths refuse the layer),
-//! and every parent directory is opened with `openat2(RESOLVE_BENEATH)` relative to the
-//! snapshot root, so a symlink or hard link that would lead outside fails with EXDEV and
+//! The tar stream is read by [`crate::tar_reader`], which reads what Go's `archive/tar`
+//! reads. Names: a leading `/` or `./` is the layer root; `/`, `.` and `./` name the
+//! root itself, and such an entry is ignored, as containerd's applier ignores it (the
+//! snapshot root keeps its own mode, owner and times); names are cleaned lexically as
+//! Go's `path.Clean` does (`a/../b` is `b`, `/../x` is `x`), and only a name that still
+//! climbs above the root refuses the layer. Hard-link targets follow the same rules.
+//! Sparse files are written with their holes.
+//!
+//! Safety: every parent directory is opened with `openat2(RESOLVE_BENEATH)` relative
+//! to the snapshot root, so a symlink or hard link that would lead outside fails with EXDEV and
 //! refuses the layer (consecutive entries of one directory share that opened parent).
 //! The last path component is never followed: inodes are created with `O_EXCL |
 //! O_NOFOLLOW` (or `symlinkat`/`mkdirat`, which never follow), and whatever stands in the
@@ -15,7 +22,7 @@
 //! sets `trusted.overlay.opaque=y` on its directory.
 
 use std::ffi::OsStr;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -27,6 +34,7 @@ use rustix::io::Errno;
 
 use crate::digest::Digester;
 use crate::error::{Error, Result};
+use crate::tar_reader::{self, Entry, Kind};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
@@ -41,6 +49,11 @@ pub struct Unpacked {
     pub diff_id: String,
     /// Uncompressed size in bytes.
     pub size: u64,
+    /// Directories the layer holds files in but has no entry for, parents first:
+    /// made 0755 here, they take their owner, mode and times from the layers below
+    /// once those are known ([`inherit_implicit_dirs`]), as containerd's applier,
+    /// which unpacks onto the view of the layers below, leaves them.
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 /// Unpacks the layer read from `reader` into `dest`, an existing empty directory.
@@ -227,6 +240,7 @@ fn unpack_tar(tar: impl Read, dest: &Path) -> Result<Unpacked> {
     .map_err(|e| Error::Internal(format!("open {}: {e}", dest.display())))?;
     let mut unpacker = Unpacker {
         root: root.as_fd(),
+        implicit: Default::default(),
         dirs: Vec::new(),
         buf: vec![0; COPY_BUF],
         parent: None,
@@ -236,19 +250,18 @@ fn unpack_tar(tar: impl Read, dest: &Path) -> Result<Unpacked> {
         ),
     };
     {
-        let mut archive = tar::Archive::new(&mut hashing);
-        let entries = archive.entries().map_err(bad_tar)?;
-        for entry in entries {
-            let mut entry = entry.map_err(bad_tar)?;
-            unpacker.entry(&mut entry)?;
+        let mut archive = tar_reader::Reader::new(&mut hashing);
+        while let Some(entry) = archive.next_entry().map_err(bad_tar)? {
+            unpacker.entry(&mut archive, &entry)?;
         }
     }
-    // The tar reader stops at the end-of-archive blocks; hash whatever follows too.
+    // The tar reader stops at the end of the archive; hash whatever follows too.
     io::copy(&mut hashing, &mut io::sink()).map_err(bad_tar)?;
     unpacker.finish_dirs()?;
     Ok(Unpacked {
         diff_id: hashing.digester.finish(),
         size: hashing.size,
+        implicit_dirs: unpacker.implicit.into_inner().into_iter().collect(),
     })
 }
 
@@ -282,6 +295,8 @@ impl<R: Read> Read for HashingReader<R> {
 
 struct Unpacker<'a> {
     root: BorrowedFd<'a>,
+    /// Directories made because an entry needed them, not (yet) named by one.
+    implicit: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
     /// Directories whose times are set once all their children exist.
     dirs: Vec<(PathBuf, Timestamps)>,
     buf: Vec<u8>,
@@ -301,30 +316,38 @@ struct Parent {
     gid: u32,
 }
 
-fn hostile(path: &Path, why: &str) -> Error {
+fn hostile(path: impl AsRef<OsStr>, why: &str) -> Error {
     Error::BadContent(format!(
         "refusing layer: entry {:?} {why}",
-        path.to_string_lossy()
+        path.as_ref().to_string_lossy()
     ))
 }
 
-/// Lexically cleans a tar path. `None` is the root itself.
-fn clean(path: &Path) -> Result<Option<PathBuf>> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(hostile(path, "contains '..'")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(hostile(path, "is an absolute path"));
+/// Cleans a tar name lexically, as Go's `path.Clean` does, relative to the layer
+/// root: empty components and `.` go, `..` takes the previous component away, and
+/// at the root of an absolute name stays there (`/../x` is `x`). A relative name
+/// that climbs above the root is hostile. `None` is the root itself.
+fn clean(name: &[u8]) -> Result<Option<PathBuf>> {
+    let absolute = name.first() == Some(&b'/');
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in name.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                if parts.pop().is_none() && !absolute {
+                    return Err(hostile(
+                        OsStr::from_bytes(name),
+                        "climbs above the layer root",
+                    ));
+                }
             }
+            part => parts.push(part),
         }
     }
-    Ok(if out.as_os_str().is_empty() {
+    Ok(if parts.is_empty() {
         None
     } else {
-        Some(out)
+        Some(PathBuf::from(OsStr::from_bytes(&parts.join(&b'/'))))
     })
 }
 
@@ -379,12 +402,17 @@ impl Unpacker<'_> {
             Err(e) => return Err(errno_err(rel, "open", e)),
         }
         let mut cur = rustix::io::dup(self.root).map_err(|e| errno_err(rel, "dup", e))?;
+        let mut made = PathBuf::new();
         for comp in rel.components() {
             let Component::Normal(name) = comp else {
                 return Err(hostile(rel, "is not a clean path"));
             };
+            made.push(name);
             match rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(Errno::EXIST) => {}
+                Ok(()) => {
+                    self.implicit.borrow_mut().insert(made.clone());
+                }
+                Err(Errno::EXIST) => {}
                 Err(e) => return Err(errno_err(rel, "mkdir", e)),
             }
             cur = rustix::fs::openat2(&cur, name, flags | OFlags::PATH, Mode::empty(), how)
@@ -423,16 +451,14 @@ impl Unpacker<'_> {
         }
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
-        let raw_path = entry.path().map_err(bad_tar)?.into_owned();
-        let Some(path) = clean(&raw_path)? else {
-            return Ok(()); // the root directory entry: the snapshot root keeps its own
+    fn entry<R: Read>(&mut self, archive: &mut tar_reader::Reader<R>, e: &Entry) -> Result<()> {
+        let Some(path) = clean(&e.name)? else {
+            return Ok(()); // the root itself: the snapshot root keeps its own
         };
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Ok(());
         };
         let name_str = name.to_string_lossy();
-        let header = entry.header().clone();
 
         if name_str == WHITEOUT_OPAQUE {
             let dir = self.open_dir(parent, OFlags::RDONLY)?;
@@ -443,12 +469,10 @@ impl Unpacker<'_> {
         if name_str.starts_with(WHITEOUT_META_PREFIX) {
             return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.): meaningless for overlay
         }
-        let uid = header.uid().map_err(bad_tar)? as u32;
-        let gid = header.gid().map_err(bad_tar)? as u32;
-        let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        let owner = (Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid)));
         let cached = self.take_parent(parent)?;
-        let chown_new = self.needs_chown(&cached, (uid, gid));
-        let r = self.entry_in(entry, &cached.fd, &path, name, &header, owner, chown_new);
+        let chown_new = self.needs_chown(&cached, (e.uid, e.gid));
+        let r = self.entry_in(archive, e, &cached.fd, &path, name, owner, chown_new);
         self.parent = Some(cached);
         r
     }
@@ -458,29 +482,19 @@ impl Unpacker<'_> {
     #[allow(clippy::too_many_arguments)]
     fn entry_in<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        archive: &mut tar_reader::Reader<R>,
+        e: &Entry,
         dir: &OwnedFd,
         path: &Path,
         name: &OsStr,
-        header: &tar::Header,
         owner: (Option<Uid>, Option<Gid>),
         chown_new: bool,
     ) -> Result<()> {
         let path = path.to_path_buf();
         let name_str = name.to_string_lossy();
-        let kind = header.entry_type();
-        let mode = header.mode().map_err(bad_tar)? & 0o7777;
-        let mtime = header.mtime().map_err(bad_tar)?;
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: mtime as i64,
-                tv_nsec: 0,
-            },
-            last_modification: Timespec {
-                tv_sec: mtime as i64,
-                tv_nsec: 0,
-            },
-        };
+        let kind = e.kind;
+        let mode = e.mode;
+        let times = timestamps(e);
         let nofollow = AtFlags::SYMLINK_NOFOLLOW;
         if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
             let hidden = OsStr::new(hidden);
@@ -498,9 +512,9 @@ impl Unpacker<'_> {
             return Ok(());
         }
 
-        let xattrs = pax_xattrs(entry)?;
+        let xattrs = layer_xattrs(e);
         match kind {
-            tar::EntryType::Directory => {
+            Kind::Directory => {
                 let mkdir = || rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755));
                 // Made first; only what stands in the way is looked at.
                 let created = match mkdir() {
@@ -526,9 +540,10 @@ impl Unpacker<'_> {
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
                     .map_err(|e| errno_err(&path, "chmod", e))?;
                 set_xattrs(&fd, &xattrs, &path)?;
+                self.implicit.borrow_mut().remove(&path);
                 self.dirs.push((path, times));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            Kind::Regular => {
                 let create = || {
                     rustix::fs::openat(
                         dir,
@@ -549,17 +564,8 @@ impl Unpacker<'_> {
                     r => r,
                 }
                 .map_err(|e| errno_err(&path, "create", e))?;
-                let mut file = std::fs::File::from(fd);
-                loop {
-                    let n = match entry.read(&mut self.buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(bad_tar(e)),
-                    };
-                    file.write_all(&self.buf[..n])
-                        .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-                }
+                let file = std::fs::File::from(fd);
+                self.write_data(archive, &file, e.size, &path)?;
                 // chown before chmod: chown clears setuid/setgid bits.
                 if chown_new {
                     rustix::fs::fchown(&file, owner.0, owner.1)
@@ -570,14 +576,13 @@ impl Unpacker<'_> {
                 set_xattrs(&file, &xattrs, &path)?;
                 rustix::fs::futimens(&file, &times).map_err(|e| errno_err(&path, "utimes", e))?;
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(bad_tar)?
-                    .ok_or_else(|| hostile(&path, "is a symlink without target"))?
-                    .into_owned();
+            Kind::Symlink => {
+                if e.link.is_empty() {
+                    return Err(hostile(&path, "is a symlink without target"));
+                }
                 // The target is stored, never followed while unpacking.
-                let link = || rustix::fs::symlinkat(target.as_os_str(), dir, name);
+                let target = OsStr::from_bytes(&e.link);
+                let link = || rustix::fs::symlinkat(target, dir, name);
                 match link() {
                     Err(Errno::EXIST) => {
                         self.clear(dir, name, false, &path)?;
@@ -593,14 +598,9 @@ impl Unpacker<'_> {
                 rustix::fs::utimensat(dir, name, &times, nofollow)
                     .map_err(|e| errno_err(&path, "utimes", e))?;
             }
-            tar::EntryType::Link => {
-                let raw_target = entry
-                    .link_name()
-                    .map_err(bad_tar)?
-                    .ok_or_else(|| hostile(&path, "is a hard link without target"))?
-                    .into_owned();
-                let target = clean(&raw_target)?
-                    .ok_or_else(|| hostile(&path, "is a hard link to the root"))?;
+            Kind::HardLink => {
+                let target =
+                    clean(&e.link)?.ok_or_else(|| hostile(&path, "is a hard link to the root"))?;
                 let (Some(tparent), Some(tname)) = (target.parent(), target.file_name()) else {
                     return Err(hostile(&path, "has a bad hard link target"));
                 };
@@ -616,21 +616,14 @@ impl Unpacker<'_> {
                     }
                 })?;
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            Kind::Char | Kind::Block | Kind::Fifo => {
                 let ftype = match kind {
-                    tar::EntryType::Char => FileType::CharacterDevice,
-                    tar::EntryType::Block => FileType::BlockDevice,
+                    Kind::Char => FileType::CharacterDevice,
+                    Kind::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                // A fifo has no device numbers; writers often leave the fields blank.
-                let (major, minor) = if kind == tar::EntryType::Fifo {
-                    (0, 0)
-                } else {
-                    (
-                        header.device_major().map_err(bad_tar)?.unwrap_or(0),
-                        header.device_minor().map_err(bad_tar)?.unwrap_or(0),
-                    )
-                };
+                // The reader gives a fifo no device numbers.
+                let (major, minor) = (e.dev_major, e.dev_minor);
                 self.clear(dir, name, false, &path)?;
                 rustix::fs::mknodat(
                     dir,
@@ -647,8 +640,35 @@ impl Unpacker<'_> {
                 rustix::fs::utimensat(dir, name, &times, nofollow)
                     .map_err(|e| errno_err(&path, "utimes", e))?;
             }
-            // Global PAX headers and other metadata-only entries.
-            _ => {}
+            // GNU volume labels, vendor types: their data is skipped.
+            Kind::Other(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Writes a regular file's data, fragment by fragment at its offsets, so that a
+    /// sparse file keeps its holes; then makes the file `size` bytes long.
+    fn write_data<R: Read>(
+        &mut self,
+        archive: &mut tar_reader::Reader<R>,
+        file: &std::fs::File,
+        size: u64,
+        path: &Path,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut end = 0;
+        loop {
+            let (offset, n) = archive.read_data(&mut self.buf).map_err(bad_tar)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all_at(&self.buf[..n], offset)
+                .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+            end = end.max(offset + n as u64);
+        }
+        if end < size {
+            file.set_len(size)
+                .map_err(|e| Error::io(format!("extend {}", path.display()), e))?;
         }
         Ok(())
     }
@@ -674,22 +694,95 @@ fn raw(fd: &OwnedFd) -> i32 {
     fd.as_raw_fd()
 }
 
-fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    if let Some(exts) = entry.pax_extensions().map_err(bad_tar)? {
-        for ext in exts {
-            let ext = ext.map_err(bad_tar)?;
-            let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
-                continue;
+/// Gives each of `dirs` in the unpacked layer `fs` the owner, mode and times of the
+/// same directory in the nearest of `lowers` (the layers below, top first) that has
+/// it; a lower layer holding something else there (a file, a whiteout, a symlink on
+/// the way) ends the search and the directory stays as it was made. Nothing is
+/// followed: both sides are opened beneath their roots without symlinks.
+pub fn inherit_implicit_dirs(fs: &Path, dirs: &[PathBuf], lowers: &[PathBuf]) -> Result<()> {
+    let open_root = |p: &Path| {
+        rustix::fs::open(
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Internal(format!("open {}: {e}", p.display())))
+    };
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let upper = open_root(fs)?;
+    let lowers = lowers
+        .iter()
+        .map(|l| open_root(l))
+        .collect::<Result<Vec<_>>>()?;
+    for dir in dirs {
+        let Ok(fd) = rustix::fs::openat2(
+            &upper,
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            how,
+        ) else {
+            continue; // replaced by a later entry of the layer
+        };
+        for lower in &lowers {
+            let st = match rustix::fs::openat2(
+                lower,
+                dir,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                how,
+            ) {
+                Ok(l) => rustix::fs::fstat(&l).map_err(|e| errno_err(dir, "stat", e))?,
+                Err(Errno::NOENT) => continue,
+                Err(_) => break,
             };
-            // A layer must not forge overlay metadata (redirects, opaque markers).
-            if name.starts_with(b"trusted.overlay.") {
-                continue;
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                break;
             }
-            out.push((name.to_vec(), ext.value_bytes().to_vec()));
+            let owner = (
+                Some(Uid::from_raw(st.st_uid)),
+                Some(Gid::from_raw(st.st_gid)),
+            );
+            rustix::fs::fchown(&fd, owner.0, owner.1).map_err(|e| errno_err(dir, "chown", e))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .map_err(|e| errno_err(dir, "chmod", e))?;
+            let ts = |s: i64, ns: i64| Timespec {
+                tv_sec: s,
+                tv_nsec: ns,
+            };
+            let times = Timestamps {
+                last_access: ts(st.st_atime, st.st_atime_nsec as i64),
+                last_modification: ts(st.st_mtime, st.st_mtime_nsec as i64),
+            };
+            rustix::fs::futimens(&fd, &times).map_err(|e| errno_err(dir, "utimes", e))?;
+            break;
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The entry's extended attributes, less any a layer must not set: overlay's own
+/// metadata (redirects, opaque markers) is never taken from a tar.
+fn layer_xattrs(e: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
+    e.xattrs
+        .iter()
+        .filter(|(name, _)| !name.starts_with(b"trusted.overlay."))
+        .cloned()
+        .collect()
+}
+
+/// The entry's times as containerd's applier sets them: mtime as stored, atime the
+/// later of the stored atime and mtime.
+fn timestamps(e: &Entry) -> Timestamps {
+    let ts = |(secs, nanos): tar_reader::Time| Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos.into(),
+    };
+    let atime = e.atime.map_or(e.mtime, |a| a.max(e.mtime));
+    Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(e.mtime),
+    }
 }
 
 fn set_xattrs(fd: impl AsFd, xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) -> Result<()> {
@@ -708,6 +801,7 @@ fn set_xattrs(fd: impl AsFd, xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
@@ -823,10 +917,99 @@ mod tests {
     }
 
     #[test]
-    fn refuses_absolute() {
+    fn sparse_files_keep_their_holes() {
+        let s = scratch();
+        let src = s.outside.join("src");
+        std::fs::create_dir(&src).unwrap();
+        let f = std::fs::File::create(src.join("sparse")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"tail", 64 << 20).unwrap();
+        drop(f);
+        for version in ["--format=gnu", "--sparse-version=1.0"] {
+            let out = std::process::Command::new("tar")
+                .args(["--format=posix", "-S", version, "-cf", "-", "-C"])
+                .arg(&src)
+                .arg("sparse")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let layer = s.layer.join(version);
+            std::fs::create_dir(&layer).unwrap();
+            unpack_layer(&out.stdout[..], &layer).unwrap();
+            let md = std::fs::metadata(layer.join("sparse")).unwrap();
+            assert_eq!(md.len(), (64 << 20) + 4, "{version}");
+            assert!(
+                md.blocks() < 1024,
+                "{version}: {} blocks written",
+                md.blocks()
+            );
+            let data = std::fs::read(layer.join("sparse")).unwrap();
+            assert!(data[..64 << 20].iter().all(|&b| b == 0));
+            assert_eq!(&data[64 << 20..], b"tail");
+        }
+    }
+
+    #[test]
+    fn directories_without_entries_take_their_metadata_from_the_layers_below() {
+        let s = scratch();
+        let tar = build(&[
+            E::File("tmp/x", b"x", 0o644),
+            E::File("etc/ssl/certs/ca", b"ca", 0o644),
+            E::Dir("etc", 0o750),
+            E::File("gone/y", b"y", 0o644),
+        ]);
+        let u = unpack_layer(&tar[..], &s.layer).unwrap();
+        let names: Vec<_> = u
+            .implicit_dirs
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["etc/ssl", "etc/ssl/certs", "gone", "tmp"]);
+        // The layers below: /tmp is 1777 and owned by 7:8, etc/ssl 0700, and
+        // `gone` is a file there, so it stays as made.
+        let lower = s.outside.join("lower");
+        for d in ["tmp", "etc/ssl/certs"] {
+            std::fs::create_dir_all(lower.join(d)).unwrap();
+        }
+        std::fs::set_permissions(lower.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        std::os::unix::fs::chown(lower.join("tmp"), Some(7), Some(8)).unwrap();
+        std::fs::set_permissions(
+            lower.join("etc/ssl"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::write(lower.join("gone"), b"file").unwrap();
+        let empty = s.outside.join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        inherit_implicit_dirs(&s.layer, &u.implicit_dirs, &[empty, lower]).unwrap();
+        let md = |p: &str| std::fs::symlink_metadata(s.layer.join(p)).unwrap();
+        assert_eq!(md("tmp").permissions().mode() & 0o7777, 0o1777);
+        assert_eq!((md("tmp").uid(), md("tmp").gid()), (7, 8));
+        assert_eq!(md("etc/ssl").permissions().mode() & 0o7777, 0o700);
+        assert_eq!(md("etc").permissions().mode() & 0o7777, 0o750);
+        assert_eq!(md("gone").permissions().mode() & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn absolute_names_land_inside_the_layer() {
         let s = scratch();
         let abs = format!("{}/x", s.outside.display());
-        assert_refused(&[E::File(&abs, b"pwned", 0o644)]);
+        let tar = build(&[
+            E::File(&abs, b"inside", 0o644),
+            E::File("/../../up", b"root", 0o644),
+            E::File("./a/../b", b"b", 0o644),
+        ]);
+        unpack_layer(&tar[..], &s.layer).unwrap();
+        let inside = s.layer.join(abs.trim_start_matches('/'));
+        assert_eq!(std::fs::read(inside).unwrap(), b"inside");
+        assert_eq!(std::fs::read(s.layer.join("up")).unwrap(), b"root");
+        assert_eq!(std::fs::read(s.layer.join("b")).unwrap(), b"b");
+        assert!(!s.layer.join("a").exists());
+        let names: Vec<_> = std::fs::read_dir(&s.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
     }
 
     #[test]

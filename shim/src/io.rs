@@ -162,7 +162,16 @@ async fn copy_stdin(
     let mut buf = vec![0u8; 8192];
     loop {
         tokio::select! {
-            _ = &mut close => break,
+            _ = &mut close => {
+                // What was written before CloseIO still belongs to the process:
+                // the writer finished writing before it asked to close.
+                while let Ok(n) = from.try_read(&mut buf) {
+                    if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                break;
+            }
             r = from.read(&mut buf) => match r {
                 Ok(0) | Err(_) => break,
                 Ok(n) => if to.write_all(&buf[..n]).await.is_err() { break },

@@ -24,6 +24,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use crate::Cri;
 use crate::EventStream;
 use crate::error::{CriError, CriResult};
+use crate::validate;
 
 fn require_id<'a>(id: &'a str, rpc: &str) -> CriResult<&'a str> {
     if id.is_empty() {
@@ -70,20 +71,24 @@ pub async fn create_container(
     cri: &Cri,
     req: CreateContainerRequest,
 ) -> CriResult<CreateContainerResponse> {
-    if req.pod_sandbox_id.is_empty() {
-        return Err(CriError::InvalidArgument(
-            "CreateContainer needs a pod sandbox id".into(),
-        ));
-    }
-    let config = req
-        .config
-        .ok_or_else(|| CriError::InvalidArgument("CreateContainer needs a config".into()))?;
+    validate::container::create_container(&req)?;
+    let config = req.config.unwrap_or_default();
+    let pod = cri.pods.get(&req.pod_sandbox_id)?;
+    // As containerd, the pod's privileged flag as kubelet restates it in the request.
+    let pod_privileged = match &req.sandbox_config {
+        Some(c) => c
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged),
+        None => pod.spec.privileged,
+    };
+    validate::container::in_pod(&config, pod_privileged, &pod.spec.log_directory)?;
     let image_name = config
         .image
         .as_ref()
         .map(|i| i.image.trim().to_string())
-        .filter(|i| !i.is_empty())
-        .ok_or_else(|| CriError::InvalidArgument("container config names no image".into()))?;
+        .unwrap_or_default();
     let image = cri.images.status(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!("image {image_name:?} not found: pull it first"))
     })?;
@@ -266,9 +271,8 @@ pub async fn update_container_resources(
     req: UpdateContainerResourcesRequest,
 ) -> CriResult<UpdateContainerResourcesResponse> {
     let id = require_id(&req.container_id, "UpdateContainerResources")?;
-    let linux = req.linux.ok_or_else(|| {
-        CriError::InvalidArgument("UpdateContainerResources needs linux resources".into())
-    })?;
+    validate::resources::update_container_resources(&req)?;
+    let linux = req.linux.unwrap_or_default();
     cri.containers.update_resources(id, &linux).await?;
     Ok(UpdateContainerResourcesResponse {})
 }
@@ -287,6 +291,7 @@ pub async fn reopen_container_log(
 /// and answers DeadlineExceeded.
 pub async fn exec_sync(cri: &Cri, req: ExecSyncRequest) -> CriResult<ExecSyncResponse> {
     let id = require_id(&req.container_id, "ExecSync")?;
+    validate::streaming::exec_sync(&req)?;
     let timeout = Duration::from_secs(req.timeout.max(0) as u64);
     let out = cri.containers.exec_sync(id, req.cmd, timeout).await?;
     Ok(ExecSyncResponse {

@@ -72,6 +72,7 @@ pub async fn image_status(cri: &Cri, req: ImageStatusRequest) -> CriResult<Image
 
 /// PullImage: returns the image id (the config digest).
 pub async fn pull_image(cri: &Cri, req: PullImageRequest) -> CriResult<PullImageResponse> {
+    crate::validate::image::pull_image(&req, |h| cri.config.sandbox.handler(h).is_some())?;
     let name = image_name(req.image.as_ref(), "PullImage")?;
     let auth = req.auth.map(|a| crust_images::Auth {
         username: a.username,

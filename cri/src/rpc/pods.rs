@@ -21,6 +21,7 @@ pub async fn run_pod_sandbox(
     cri: &Cri,
     req: RunPodSandboxRequest,
 ) -> CriResult<RunPodSandboxResponse> {
+    crate::validate::pod::run_pod_sandbox(&req)?;
     let config = req
         .config
         .ok_or_else(|| CriError::InvalidArgument("RunPodSandbox needs a config".into()))?;
@@ -131,13 +132,6 @@ fn pod_spec(c: cri::PodSandboxConfig, runtime_handler: String) -> CriResult<PodS
     let linux = c.linux.unwrap_or_default();
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
-    if let Some(userns) = &ns.userns_options
-        && userns.mode() != cri::NamespaceMode::Node
-    {
-        return Err(CriError::InvalidArgument(
-            "user namespaces are not supported by crust yet".into(),
-        ));
-    }
     let port_mappings = c
         .port_mappings
         .into_iter()

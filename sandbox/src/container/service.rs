@@ -216,7 +216,7 @@ fn to_ns(t: Option<SystemTime>) -> i64 {
         .unwrap_or_else(now_ns)
 }
 
-fn new_id() -> Result<String> {
+pub(crate) fn new_id() -> Result<String> {
     let mut b = [0u8; 32];
     let mut f = std::fs::File::open("/dev/urandom")?;
     std::io::Read::read_exact(&mut f, &mut b)?;
@@ -320,21 +320,8 @@ impl Containers {
             .metadata
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("container config has no metadata".into()))?;
-        if meta.name.is_empty() {
-            return Err(Error::InvalidArgument("container name is empty".into()));
-        }
-        // The log path is joined to the pod's log directory: it may not leave it.
-        let log_path = Path::new(&config.log_path);
-        if log_path.is_absolute()
-            || log_path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "log path {:?} must be relative to the pod's log directory, without ..",
-                config.log_path
-            )));
-        }
+        // Names, paths (the log path stays below the pod's log directory) and
+        // modes were checked at the CRI edge (crust-cri's validate module).
         let pod = self.inner.pods.get(pod_id)?;
         if pod.state != PodState::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -913,7 +900,7 @@ impl Containers {
     }
 
     /// A running container and its pod's shim; FailedPrecondition when not running.
-    async fn running(&self, id: &str) -> Result<(ContainerRecord, ShimClient)> {
+    pub(crate) async fn running(&self, id: &str) -> Result<(ContainerRecord, ShimClient)> {
         let rec = self.get(id)?;
         if rec.state != ContainerState::Running {
             return Err(Error::FailedPrecondition(format!(

@@ -663,12 +663,7 @@ fn add_cri_mounts(
             container_path: m.container_path.clone(),
             message: message.to_string(),
         };
-        if !m.container_path.starts_with('/') {
-            return Err(err("container path must be absolute"));
-        }
-        if m.host_path.is_empty() {
-            return Err(err("host path is empty"));
-        }
+        // Both paths are absolute (checked at the CRI edge); the host's must exist.
         let host = Path::new(&m.host_path);
         if !host.exists() {
             return Err(err(&format!("host path {} does not exist", m.host_path)));
@@ -760,7 +755,8 @@ fn resources(
         if r.cpu_shares > 0 {
             cpu = cpu.shares(r.cpu_shares as u64);
         }
-        if r.cpu_quota > 0 {
+        // -1 is "no limit" (accepted at the CRI edge): an update lifting a limit needs it.
+        if r.cpu_quota > 0 || r.cpu_quota == -1 {
             cpu = cpu.quota(r.cpu_quota);
         }
         if r.cpu_period > 0 {
@@ -775,7 +771,7 @@ fn resources(
         b = b.cpu(cpu.build()?);
         if r.memory_limit_in_bytes > 0 {
             let mut mem = LinuxMemoryBuilder::default().limit(r.memory_limit_in_bytes);
-            if r.memory_swap_limit_in_bytes > 0 {
+            if r.memory_swap_limit_in_bytes > 0 || r.memory_swap_limit_in_bytes == -1 {
                 mem = mem.swap(r.memory_swap_limit_in_bytes);
             }
             b = b.memory(mem.build()?);
@@ -886,24 +882,17 @@ fn cri_devices(
             host_path: d.host_path.clone(),
             message,
         };
+        // Paths and permissions were checked at the CRI edge.
         let perms = if d.permissions.is_empty() {
             "rwm"
         } else {
             d.permissions.as_str()
         };
-        if !perms.chars().all(|c| "rwm".contains(c)) {
-            return Err(err(format!(
-                "permissions {perms:?} are not a subset of \"rwm\""
-            )));
-        }
         let inside = if d.container_path.is_empty() {
             &d.host_path
         } else {
             &d.container_path
         };
-        if !inside.starts_with('/') {
-            return Err(err(format!("container path {inside:?} is not absolute")));
-        }
         let node = device_node(Path::new(&d.host_path), Path::new(inside), true)
             .ok_or_else(|| err("not a character or block device on this host".into()))?;
         rules.push(
@@ -1553,6 +1542,22 @@ mod tests {
     }
 
     #[test]
+    fn minus_one_lifts_the_cpu_quota_and_swap_limit() {
+        let linux = LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                cpu_quota: -1,
+                memory_limit_in_bytes: 64 << 20,
+                memory_swap_limit_in_bytes: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let update = resources_json(&linux).expect("resources");
+        assert_eq!(update["cpu"]["quota"], -1, "{update}");
+        assert_eq!(update["memory"]["swap"], -1, "{update}");
+    }
+
+    #[test]
     fn hugepage_limits_reach_the_oci_spec_as_runc_reads_them() {
         let f = fixture();
         let mut c = container(&["/bin/true"], &[]);
@@ -1623,12 +1628,6 @@ mod tests {
             && r.access().as_deref() == Some("rw")));
 
         c.devices[0].host_path = "/etc/hostname".into();
-        assert!(matches!(
-            build(&c, None, f.rootfs.path(), &f.pod, &f.node),
-            Err(SpecError::Device { .. })
-        ));
-        c.devices[0].host_path = "/dev/null".into();
-        c.devices[0].permissions = "rwx".into();
         assert!(matches!(
             build(&c, None, f.rootfs.path(), &f.pod, &f.node),
             Err(SpecError::Device { .. })

@@ -22,27 +22,6 @@ pub fn render_resolv_conf(dns: Option<&DnsConfig>, host_resolv_conf: &str) -> St
     out
 }
 
-/// Checks DnsConfig entries for things that would corrupt the file (newlines, blanks).
-pub fn validate_dns(dns: &DnsConfig) -> Result<(), String> {
-    for (what, list) in [
-        ("server", &dns.servers),
-        ("search", &dns.searches),
-        ("option", &dns.options),
-    ] {
-        for v in list {
-            if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(format!("invalid DNS {what} {v:?}"));
-            }
-        }
-    }
-    for s in &dns.servers {
-        if s.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!("DNS server {s:?} is not an IP address"));
-        }
-    }
-    Ok(())
-}
-
 /// /etc/hosts for a pod with its own network: localhost entries plus the pod's own IPs.
 pub fn render_hosts(hostname: &str, ips: &[String]) -> String {
     let mut out = String::from(
@@ -57,22 +36,6 @@ pub fn render_hosts(hostname: &str, ips: &[String]) -> String {
         out.push_str(&format!("{ip}\t{hostname}\n"));
     }
     out
-}
-
-/// A hostname the kernel and resolvers accept: 1..=64 bytes of letters, digits, '-', '.'.
-pub fn validate_hostname(h: &str) -> Result<(), String> {
-    if h.is_empty() || h.len() > 64 {
-        return Err(format!("hostname {h:?} must be 1 to 64 characters"));
-    }
-    if !h
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    {
-        return Err(format!(
-            "hostname {h:?} has characters other than a-z, 0-9, '-', '.'"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -104,31 +67,9 @@ mod tests {
     }
 
     #[test]
-    fn dns_validation() {
-        let mut d = DnsConfig {
-            servers: vec!["10.0.0.1".into()],
-            ..Default::default()
-        };
-        assert!(validate_dns(&d).is_ok());
-        d.searches = vec!["a\nnameserver 6.6.6.6".into()];
-        assert!(validate_dns(&d).is_err());
-        d.searches.clear();
-        d.servers = vec!["not-an-ip".into()];
-        assert!(validate_dns(&d).is_err());
-    }
-
-    #[test]
     fn hosts_has_localhost_and_pod_ip() {
         let h = render_hosts("web-0", &["10.88.0.7".into()]);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(h.ends_with("10.88.0.7\tweb-0\n"));
-    }
-
-    #[test]
-    fn hostname_validation() {
-        assert!(validate_hostname("web-0.example").is_ok());
-        assert!(validate_hostname("").is_err());
-        assert!(validate_hostname("a b").is_err());
-        assert!(validate_hostname(&"x".repeat(65)).is_err());
     }
 }

@@ -147,7 +147,7 @@ impl PodSandboxes {
                 let mut names = inner.names.lock().unwrap_or_else(|p| p.into_inner());
                 match &result {
                     Ok(id) if tx.is_closed() => {
-                        tracing::info!(pod = %id, name = %key, "pod created after its caller left; kept for a retry");
+                        tracing::info!(pod = %id, name = ?key, "pod created after its caller left; kept for a retry");
                         names.insert(
                             key.clone(),
                             Reservation::Unclaimed {
@@ -194,14 +194,9 @@ impl Drop for ReleaseName {
     }
 }
 
-/// Checks everything that can be checked before touching the node.
+/// Checks what needs the node's configuration before touching it; what needs only
+/// the request (names, paths, modes, ports, DNS, hostname) the CRI edge has checked.
 fn validate(inner: &Inner, spec: &PodSpec) -> Result<()> {
-    let m = &spec.metadata;
-    if m.name.is_empty() || m.namespace.is_empty() || m.uid.is_empty() {
-        return Err(Error::InvalidArgument(
-            "pod sandbox metadata needs name, namespace and uid".into(),
-        ));
-    }
     if inner.config.handler(&spec.runtime_handler).is_none() {
         return Err(Error::InvalidArgument(format!(
             "unknown runtime handler {:?} (configured: {})",
@@ -216,19 +211,6 @@ fn validate(inner: &Inner, spec: &PodSpec) -> Result<()> {
         )));
     }
     let ns = &spec.namespaces;
-    for (what, mode) in [("network", ns.network), ("ipc", ns.ipc)] {
-        if !matches!(mode, NamespaceMode::Pod | NamespaceMode::Node) {
-            return Err(Error::InvalidArgument(format!(
-                "{what} namespace mode {mode:?} is not supported for a pod (POD or NODE)"
-            )));
-        }
-    }
-    if !spec.hostname.is_empty() {
-        files::validate_hostname(&spec.hostname).map_err(Error::InvalidArgument)?;
-    }
-    if let Some(dns) = &spec.dns {
-        files::validate_dns(dns).map_err(Error::InvalidArgument)?;
-    }
     for (k, v) in &spec.sysctls {
         sysctl::validate(
             k,
@@ -237,20 +219,6 @@ fn validate(inner: &Inner, spec: &PodSpec) -> Result<()> {
             ns.ipc == NamespaceMode::Node,
         )
         .map_err(Error::InvalidArgument)?;
-    }
-    for p in &spec.port_mappings {
-        if !(1..=65535).contains(&p.container_port) || !(0..=65535).contains(&p.host_port) {
-            return Err(Error::InvalidArgument(format!(
-                "invalid port mapping {}:{}",
-                p.host_port, p.container_port
-            )));
-        }
-        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(Error::InvalidArgument(format!(
-                "invalid host IP {:?} in a port mapping",
-                p.host_ip
-            )));
-        }
     }
     cgroup::pod_cgroup_path(inner.cgroup_driver, &spec.cgroup_parent, &"0".repeat(64))
         .map_err(Error::InvalidArgument)?;
@@ -265,11 +233,11 @@ async fn create(inner: &Arc<Inner>, id: &str, spec: &PodSpec) -> Result<String> 
                 rollback(inner, undo).await;
                 return Err(e);
             }
-            tracing::info!(pod = %id, name = %spec.metadata.key(), "pod sandbox ready");
+            tracing::info!(pod = %id, name = ?spec.metadata.key(), "pod sandbox ready");
             Ok(id.to_string())
         }
         Err(e) => {
-            tracing::warn!(pod = %id, name = %spec.metadata.key(), error = %e, "RunPodSandbox failed; rolling back");
+            tracing::warn!(pod = %id, name = ?spec.metadata.key(), error = %e.to_string().escape_debug(), "RunPodSandbox failed; rolling back");
             rollback(inner, undo).await;
             Err(e)
         }

@@ -1,0 +1,3 @@
+module crust/hack/tarshapes
+
+go 1.19

@@ -1,0 +1,372 @@
+//! The remote-command protocol over SPDY (client-go's `tools/remotecommand`, the
+//! kubelet's `remotecommand` server): the client opens one stream per channel, each
+//! named by its `streamtype` header — `error`, `stdin`, `stdout`, `stderr`, and
+//! `resize` with a TTY from v3 on — and the server runs the process once every
+//! expected stream is there.
+//!
+//! The error stream carries the result when the process is over: from
+//! `v4.channel.k8s.io` a Kubernetes `Status` (`Success`, or `Failure` with reason
+//! `NonZeroExitCode` and the exit code as cause `ExitCode`, as client-go parses it);
+//! before v4 the error text, and nothing on success. A client that goes away ends
+//! its process.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use crate::spdy::{Conn, Stream, StreamWriter};
+
+pub const V4: &str = "v4.channel.k8s.io";
+pub const V3: &str = "v3.channel.k8s.io";
+pub const V2: &str = "v2.channel.k8s.io";
+pub const V1: &str = "channel.k8s.io";
+/// The protocols served over SPDY, preferred first.
+pub const SPDY_PROTOCOLS: &[&str] = &[V4, V3, V2, V1];
+
+/// How long the client has to open its streams once upgraded (as the kubelet).
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long output may still be sent after the process ended.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
+
+/// Which channels a session has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// A process's output: `read` returns 0 once the process is over and all it wrote
+/// was read.
+#[async_trait]
+pub trait Output: Send {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// A process's input.
+#[async_trait]
+pub trait Input: Send {
+    async fn write(&mut self, data: &[u8]) -> io::Result<()>;
+    /// The client closed its stdin: the process reads an end of file.
+    async fn close(&mut self) -> io::Result<()>;
+}
+
+/// What a session does to its process besides its stdio.
+#[async_trait]
+pub trait Control: Send + Sync {
+    async fn resize(&self, width: u16, height: u16) -> io::Result<()>;
+    /// Waits for the process to end: its exit code, or why it could not be had.
+    async fn wait(&self) -> Result<i32, String>;
+    /// Ends the process (the client went away).
+    async fn kill(&self);
+}
+
+/// A process a backend started for a session.
+pub struct Process {
+    pub stdin: Option<Box<dyn Input>>,
+    pub stdout: Option<Box<dyn Output>>,
+    pub stderr: Option<Box<dyn Output>>,
+    pub control: Arc<dyn Control>,
+}
+
+/// The streams of one session, by channel.
+#[derive(Default)]
+struct Channels {
+    error: Option<Stream>,
+    stdin: Option<Stream>,
+    stdout: Option<Stream>,
+    stderr: Option<Stream>,
+    resize: Option<Stream>,
+}
+
+impl Channels {
+    fn complete(&self, opts: ExecOptions, protocol: &str) -> bool {
+        self.error.is_some()
+            && (!opts.stdin || self.stdin.is_some())
+            && (!opts.stdout || self.stdout.is_some())
+            && (!opts.stderr || self.stderr.is_some())
+            && (!resizes(opts, protocol) || self.resize.is_some())
+    }
+}
+
+/// Whether the client opens a resize stream: with a TTY, from v3 on.
+fn resizes(opts: ExecOptions, protocol: &str) -> bool {
+    opts.tty && matches!(protocol, V3 | V4)
+}
+
+/// Serves one session on an upgraded SPDY connection: waits for the streams, starts
+/// the process with `start`, copies its stdio, reports its result and closes.
+pub async fn serve_spdy<F, Fut>(mut conn: Conn, protocol: &str, opts: ExecOptions, start: F)
+where
+    F: FnOnce(Option<TermSize>) -> Fut,
+    Fut: Future<Output = Result<Process, String>>,
+{
+    let mut ch = Channels::default();
+    let gathered = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
+        while !ch.complete(opts, protocol) {
+            let Some(s) = conn.accept().await else {
+                return false;
+            };
+            let slot = match s.header("streamtype") {
+                Some("error") => &mut ch.error,
+                Some("stdin") => &mut ch.stdin,
+                Some("stdout") => &mut ch.stdout,
+                Some("stderr") => &mut ch.stderr,
+                Some("resize") => &mut ch.resize,
+                other => {
+                    debug!(stream = s.id, "unexpected stream type {other:?}");
+                    let _ = s
+                        .writer()
+                        .reset(crate::spdy::frame::rst::REFUSED_STREAM)
+                        .await;
+                    continue;
+                }
+            };
+            *slot = Some(s);
+        }
+        true
+    })
+    .await;
+    if gathered != Ok(true) {
+        tracing::info!(
+            "streaming session ended before its streams were opened: {}",
+            if gathered.is_err() {
+                "timed out"
+            } else {
+                "client left"
+            }
+        );
+        conn.close().await;
+        return;
+    }
+    let error = ch.error.take().expect("complete").writer();
+    // Clients send the terminal's size as soon as the streams are open: the process
+    // gets its terminal at that size from the start, not a moment later.
+    let mut resize_pending = Vec::new();
+    let mut size = None;
+    if let Some(s) = ch.resize.as_mut() {
+        (size, resize_pending) = first_size(s).await;
+    }
+    let process = match start(size).await {
+        Ok(p) => p,
+        Err(e) => {
+            report(&error, protocol, Err(e)).await;
+            conn.close().await;
+            return;
+        }
+    };
+    let control = process.control.clone();
+    let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+    for (out, stream) in [
+        (process.stdout, ch.stdout.take()),
+        (process.stderr, ch.stderr.take()),
+    ] {
+        match (out, stream) {
+            (Some(out), Some(s)) => pumps.push(tokio::spawn(pump_out(out, s.writer()))),
+            (Some(mut out), None) => {
+                // Nobody to send it to: read it so the process never blocks.
+                pumps.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    while matches!(out.read(&mut buf).await, Ok(n) if n > 0) {}
+                }))
+            }
+            _ => {}
+        }
+    }
+    let stdin = match (process.stdin, ch.stdin.take()) {
+        (Some(input), Some(s)) => Some(tokio::spawn(pump_in(input, s))),
+        _ => None,
+    };
+    let resize = ch
+        .resize
+        .take()
+        .map(|s| tokio::spawn(pump_resize(s, resize_pending, control.clone())));
+    let result = tokio::select! {
+        r = control.wait() => Some(r),
+        why = conn.closed() => {
+            tracing::info!("streaming client left ({why}): ending its process");
+            control.kill().await;
+            let _ = control.wait().await;
+            None
+        }
+    };
+    for t in [stdin, resize].into_iter().flatten() {
+        t.abort();
+    }
+    let drained = tokio::time::timeout(OUTPUT_DRAIN, async {
+        for p in pumps.iter_mut() {
+            let _ = p.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        for p in &pumps {
+            p.abort();
+        }
+    }
+    if let Some(r) = result {
+        report(&error, protocol, r).await;
+    }
+    conn.close().await;
+}
+
+async fn pump_out(mut out: Box<dyn Output>, to: StreamWriter) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match out.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write(&buf[..n]).await.is_err() {
+                    // The client is gone; keep reading so the process never blocks.
+                    while matches!(out.read(&mut buf).await, Ok(n) if n > 0) {}
+                    return;
+                }
+            }
+        }
+    }
+    let _ = to.close().await;
+}
+
+async fn pump_in(mut input: Box<dyn Input>, mut from: Stream) {
+    while let Some(data) = from.read().await {
+        if input.write(&data).await.is_err() {
+            break;
+        }
+    }
+    let _ = input.close().await;
+}
+
+/// client-go's `TerminalSize`, one JSON object after another.
+#[derive(Deserialize)]
+struct TerminalSize {
+    #[serde(rename = "Width")]
+    width: u16,
+    #[serde(rename = "Height")]
+    height: u16,
+}
+
+/// A terminal's size: width (columns) and height (rows).
+pub type TermSize = (u16, u16);
+
+/// How long the first size may take to come before the process starts anyway.
+const FIRST_SIZE_WAIT: Duration = Duration::from_millis(500);
+
+/// The first size on a resize stream, if it comes soon, and the bytes after it.
+async fn first_size(from: &mut Stream) -> (Option<TermSize>, Vec<u8>) {
+    let mut pending = Vec::new();
+    let deadline = tokio::time::Instant::now() + FIRST_SIZE_WAIT;
+    while let Ok(Some(data)) = tokio::time::timeout_at(deadline, from.read()).await {
+        pending.extend_from_slice(&data);
+        let mut sizes = serde_json::Deserializer::from_slice(&pending).into_iter::<TerminalSize>();
+        match sizes.next() {
+            Some(Ok(s)) => {
+                let used = sizes.byte_offset();
+                pending.drain(..used);
+                return (Some((s.width, s.height)), pending);
+            }
+            Some(Err(e)) if e.is_eof() && pending.len() < 4096 => {}
+            _ => return (None, Vec::new()),
+        }
+    }
+    (None, pending)
+}
+
+async fn pump_resize(mut from: Stream, mut pending: Vec<u8>, control: Arc<dyn Control>) {
+    loop {
+        let mut sizes = serde_json::Deserializer::from_slice(&pending).into_iter::<TerminalSize>();
+        let mut used = 0;
+        while let Some(size) = sizes.next() {
+            match size {
+                Ok(s) => {
+                    used = sizes.byte_offset();
+                    if let Err(e) = control.resize(s.width, s.height).await {
+                        debug!("resize: {e}");
+                    }
+                }
+                Err(e) if e.is_eof() => break,
+                Err(e) => {
+                    debug!("bad resize message: {e}");
+                    return;
+                }
+            }
+        }
+        pending.drain(..used);
+        if pending.len() > 4096 {
+            return;
+        }
+        match from.read().await {
+            Some(data) => pending.extend_from_slice(&data),
+            None => return,
+        }
+    }
+}
+
+/// The error stream's message for a result, as `protocol` has it.
+pub fn status_message(protocol: &str, result: &Result<i32, String>) -> Option<Vec<u8>> {
+    let v4 = protocol == V4;
+    let json = |v: serde_json::Value| Some(v.to_string().into_bytes());
+    match result {
+        Ok(0) if v4 => json(serde_json::json!({"metadata": {}, "status": "Success"})),
+        Ok(0) => None,
+        Ok(code) => {
+            let message = format!("command terminated with non-zero exit code: exit code {code}");
+            if v4 {
+                json(serde_json::json!({
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": message,
+                    "reason": "NonZeroExitCode",
+                    "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+                }))
+            } else {
+                Some(message.into_bytes())
+            }
+        }
+        Err(e) if v4 => json(serde_json::json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": e,
+            "reason": "InternalError",
+            "code": 500,
+        })),
+        Err(e) => Some(e.clone().into_bytes()),
+    }
+}
+
+async fn report(error: &StreamWriter, protocol: &str, result: Result<i32, String>) {
+    if let Some(msg) = status_message(protocol, &result) {
+        let _ = error.write(&msg).await;
+    }
+    let _ = error.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_status_is_what_client_go_parses() {
+        let ok: serde_json::Value =
+            serde_json::from_slice(&status_message(V4, &Ok(0)).unwrap()).unwrap();
+        assert_eq!(ok["status"], "Success");
+        let fail: serde_json::Value =
+            serde_json::from_slice(&status_message(V4, &Ok(3)).unwrap()).unwrap();
+        assert_eq!(fail["status"], "Failure");
+        assert_eq!(fail["reason"], "NonZeroExitCode");
+        assert_eq!(fail["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(fail["details"]["causes"][0]["message"], "3");
+        assert_eq!(status_message(V3, &Ok(0)), None);
+        assert!(
+            String::from_utf8(status_message(V2, &Ok(2)).unwrap())
+                .unwrap()
+                .contains("non-zero exit code")
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! The HTTP server behind the streaming URLs: `/<kind>/<token>`, upgraded to
+//! SPDY/3.1 with a remote-command subprotocol negotiated through
+//! `X-Stream-Protocol-Version`.
+//!
+//! A token is checked before anything runs: unknown, used or expired → 404. Sessions
+//! at once are capped (429 beyond); header sizes are hyper's (at most 100 headers,
+//! 64 KiB); frames and streams per connection are capped by [`Limits`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderValue, Request as HttpRequest, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::remotecommand::{self, ExecOptions, Process, TermSize};
+use crate::spdy::{Conn, Limits};
+use crate::tokens::{Request, TokenError, Tokens};
+
+const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+
+/// What the server needs from the node: processes to stream.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Starts `cmd` in container `container_id` with the channels `opts` asks for;
+    /// with a TTY, at terminal size `size` when the client told it.
+    async fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        opts: ExecOptions,
+        size: Option<TermSize>,
+    ) -> Result<Process, String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub address: SocketAddr,
+    /// Sessions served at once.
+    pub max_sessions: usize,
+    /// How long a URL may wait to be used.
+    pub token_ttl: Duration,
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_sessions: 256,
+            token_ttl: Duration::from_secs(60),
+            limits: Limits::default(),
+        }
+    }
+}
+
+struct State {
+    tokens: Tokens,
+    backend: Arc<dyn Backend>,
+    sessions: Arc<Semaphore>,
+    limits: Limits,
+}
+
+/// A running streaming server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    /// Binds `config.address` (port 0: one chosen now) and serves in the background.
+    pub async fn start(config: ServerConfig, backend: Arc<dyn Backend>) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(config.address).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            tokens: Tokens::new(config.token_ttl, 4096),
+            backend,
+            sessions: Arc::new(Semaphore::new(config.max_sessions)),
+            limits: config.limits,
+        });
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!("streaming server: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
+                    });
+                    let r = hyper::server::conn::http1::Builder::new()
+                        .max_buf_size(64 * 1024)
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                    if let Err(e) = r {
+                        debug!("streaming connection from {peer}: {e}");
+                    }
+                });
+            }
+        });
+        info!("streaming server listening on {addr}");
+        Ok(Server { addr, state, task })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL a client connects to for `req`.
+    pub fn url(&self, req: Request) -> Result<String, TokenError> {
+        let kind = req.kind();
+        let token = self.state.tokens.insert(req)?;
+        Ok(format!("http://{}/{kind}/{token}", self.addr))
+    }
+}
+
+fn reply(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The client's subprotocols, in its order (several headers or comma lists).
+fn client_protocols(req: &HttpRequest<Incoming>) -> Vec<String> {
+    req.headers()
+        .get_all(PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The first of ours the client offers; a client offering none speaks the first
+/// protocol (`channel.k8s.io`), as the kubelet assumes.
+fn negotiate(client: &[String], ours: &[&'static str]) -> Option<&'static str> {
+    if client.is_empty() {
+        return Some(remotecommand::V1);
+    }
+    ours.iter().copied().find(|p| client.iter().any(|c| c == p))
+}
+
+async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (Some(kind), Some(token)) = (parts.next(), parts.next()) else {
+        return reply(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let Some(request) = state.tokens.take(token) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "unknown, used or expired streaming token\n",
+        );
+    };
+    if request.kind() != kind {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "token is not for this kind of session\n",
+        );
+    }
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if upgrade != "spdy/3.1" {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            format!("unsupported upgrade {upgrade:?}: this server speaks SPDY/3.1\n"),
+        );
+    }
+    let offered = client_protocols(&req);
+    let Some(protocol) = negotiate(&offered, remotecommand::SPDY_PROTOCOLS) else {
+        return reply(
+            StatusCode::FORBIDDEN,
+            format!(
+                "no supported stream protocol in {offered:?}; supported: {:?}\n",
+                remotecommand::SPDY_PROTOCOLS
+            ),
+        );
+    };
+    let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
+        return reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many streaming sessions\n",
+        );
+    };
+    let upgraded = hyper::upgrade::on(&mut req);
+    let s = state.clone();
+    tokio::spawn(async move {
+        let io = match upgraded.await {
+            Ok(io) => TokioIo::new(io),
+            Err(e) => {
+                debug!("streaming upgrade failed: {e}");
+                return;
+            }
+        };
+        let conn = Conn::serve(io, s.limits.clone());
+        match request {
+            Request::Exec {
+                container_id,
+                cmd,
+                opts,
+            } => {
+                info!(container = %container_id, ?cmd, protocol, "exec session");
+                let backend = s.backend.clone();
+                remotecommand::serve_spdy(conn, protocol, opts, |size| async move {
+                    backend.exec(&container_id, &cmd, opts, size).await
+                })
+                .await;
+            }
+        }
+        drop(permit);
+    });
+    let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = r.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    h.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_prefers_ours_in_order() {
+        let c = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ours = remotecommand::SPDY_PROTOCOLS;
+        assert_eq!(
+            negotiate(
+                &c(&["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"]),
+                ours
+            ),
+            Some(remotecommand::V4)
+        );
+        assert_eq!(
+            negotiate(&c(&["v2.channel.k8s.io"]), ours),
+            Some(remotecommand::V2)
+        );
+        assert_eq!(negotiate(&c(&[]), ours), Some(remotecommand::V1));
+        assert_eq!(negotiate(&c(&["v9.channel.k8s.io"]), ours), None);
+    }
+}
