@@ -65,9 +65,7 @@ pub enum DaemonError {
 
 /// Runs crustd until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    for dir in [&config.root_dir, &config.state_dir] {
-        create_dir(dir, 0o711)?;
-    }
+    prepare_dirs(&config.root_dir, &config.state_dir)?;
     let _socket_lock = lock_socket(&config.socket)?;
     let listener = bind_socket(&config.socket)?;
 
@@ -238,14 +236,34 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-fn create_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
-    let err = |source| DaemonError::Dir {
-        path: dir.to_owned(),
-        source,
-    };
+/// Creates a missing directory (and its missing parents) 0700; an existing one keeps its
+/// mode here (it may be shared, like the socket's `/run`).
+fn create_dir(dir: &Path) -> Result<(), DaemonError> {
     if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        crust_state::private::create_dir(dir).map_err(|source| DaemonError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates root_dir and state_dir, and makes an older install's crust-owned paths private:
+/// the two dirs, what is directly in them, and the directories holding images, bundles and
+/// pods with their entries (each change is logged). Below them, crust creates everything
+/// owner-only.
+fn prepare_dirs(root_dir: &Path, state_dir: &Path) -> Result<(), DaemonError> {
+    for dir in [root_dir, state_dir] {
+        create_dir(dir)?;
+    }
+    for dir in [
+        root_dir.to_owned(),
+        root_dir.join("images"),
+        state_dir.to_owned(),
+        state_dir.join("containers"),
+        state_dir.join("pods"),
+    ] {
+        crust_state::private::tighten_dir_and_entries(&dir);
     }
     Ok(())
 }
@@ -254,19 +272,16 @@ fn create_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
 /// race where two crustds starting at once both find the socket stale.
 fn lock_socket(socket: &Path) -> Result<std::fs::File, DaemonError> {
     let parent = socket.parent().unwrap_or(Path::new("/"));
-    create_dir(parent, 0o711)?;
+    // Only root may use the socket (0660 root:root): its directory, if crust makes it, is
+    // root's alone too.
+    create_dir(parent)?;
     let mut lock_path = socket.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| DaemonError::Socket {
-            path: lock_path.clone(),
-            message: e.to_string(),
-        })?;
+    let file = crust_state::private::create_file(&lock_path).map_err(|e| DaemonError::Socket {
+        path: lock_path.clone(),
+        message: e.to_string(),
+    })?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(DaemonError::SocketInUse(socket.to_owned()));
@@ -304,4 +319,86 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     std::os::unix::fs::chown(path, Some(0), Some(0))
         .map_err(|e| sock_err(format!("chown: {e}")))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Log lines written while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn start_up_tightens_an_older_install_and_logs_it() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let state = d.path().join("state");
+        let bundle = state.join("containers/c1");
+        std::fs::create_dir_all(root.join("images")).unwrap();
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(root.join("state.redb"), "").unwrap();
+        for (p, m) in [
+            (&root, 0o755),
+            (&root.join("images"), 0o755),
+            (&root.join("state.redb"), 0o644),
+            (&state, 0o711),
+            (&state.join("containers"), 0o755),
+            (&bundle, 0o755),
+        ] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        let log = logged(|| prepare_dirs(&root, &state).unwrap());
+        for p in [
+            &root,
+            &root.join("images"),
+            &state,
+            &state.join("containers"),
+            &bundle,
+        ] {
+            assert_eq!(mode(p), 0o700, "{}", p.display());
+        }
+        assert_eq!(mode(&root.join("state.redb")), 0o600);
+        assert!(
+            log.contains(&format!("path={}", root.display())) && log.contains("0755 -> 0700"),
+            "{log}"
+        );
+        assert!(log.contains("0644 -> 0600"), "{log}");
+        // Nothing left to change: nothing logged the second time.
+        assert_eq!(logged(|| prepare_dirs(&root, &state).unwrap()), "");
+    }
+
+    #[test]
+    fn new_dirs_are_made_owner_only() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, state) = (d.path().join("a/root"), d.path().join("b/state"));
+        prepare_dirs(&root, &state).unwrap();
+        for p in [&root, &state, &d.path().join("a"), &d.path().join("b")] {
+            assert_eq!(mode(p), 0o700, "{}", p.display());
+        }
+    }
 }

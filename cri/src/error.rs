@@ -37,6 +37,7 @@ impl From<CriError> for Status {
             CriError::NotFound(_) => Code::NotFound,
             CriError::Internal(_) => Code::Internal,
             CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            CriError::Store(StoreError::State(e)) if e.is_no_space() => Code::ResourceExhausted,
             CriError::Store(_) => Code::Internal,
             CriError::Sandbox(e) => sandbox_code(e),
             CriError::Images(e) => images_code(e),
@@ -54,6 +55,8 @@ fn images_code(e: &crust_images::Error) -> Code {
         E::Unauthenticated(_) => Code::Unauthenticated,
         E::Unavailable(_) => Code::Unavailable,
         E::RateLimited(_) => Code::ResourceExhausted,
+        // The node's disk is full: kubelet's image GC and eviction free space, then retry.
+        E::NoSpace(_) => Code::ResourceExhausted,
         // Corrupt or hostile registry content: a digest mismatch, an escaping layer.
         E::BadContent(_) => Code::DataLoss,
         E::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -71,7 +74,9 @@ fn sandbox_code(e: &crust_sandbox::Error) -> Code {
         E::FailedPrecondition(_) => Code::FailedPrecondition,
         E::Cni(CniError::NoNetworkConfig { .. }) => Code::FailedPrecondition,
         E::DeadlineExceeded(_) => Code::DeadlineExceeded,
-        E::Cni(_) | E::Store(_) | E::Io(_) | E::Internal(_) => Code::Internal,
+        E::NoSpace(_) => Code::ResourceExhausted,
+        E::State(e) if e.is_no_space() => Code::ResourceExhausted,
+        E::Cni(_) | E::Store(_) | E::State(_) | E::Io(_) | E::Internal(_) => Code::Internal,
     }
 }
 
@@ -84,5 +89,31 @@ mod tests {
         let s = Status::from(CriError::Unimplemented("RunPodSandbox"));
         assert_eq!(s.code(), Code::Unimplemented);
         assert!(s.message().contains("RunPodSandbox"));
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_from_every_crate() {
+        let full = crust_state::NoSpace {
+            what: "write".into(),
+            path: "/r/containers/c/config.json".into(),
+            free: Some(0),
+        };
+        let errors = [
+            CriError::from(crust_sandbox::Error::NoSpace(full.to_string())),
+            CriError::from(crust_images::Error::NoSpace(full.to_string())),
+            CriError::from(StoreError::State(crust_state::StateError::NoSpace(
+                full.clone(),
+            ))),
+        ];
+        for e in errors {
+            let s = Status::from(e);
+            assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+            assert!(
+                s.message()
+                    .contains("/r/containers/c/config.json: no space left on device (0 bytes free"),
+                "{}",
+                s.message()
+            );
+        }
     }
 }

@@ -9,26 +9,34 @@ use crust_sandbox::container::Rootfs;
 /// A writable overlay snapshot per container on top of its image's layer chain.
 pub struct ImageRootfs(pub ImageStore);
 
+/// The sandbox crate's meaning of an images error: a full disk stays a full disk.
+fn sandbox_err(e: crust_images::Error) -> crust_sandbox::Error {
+    match e {
+        crust_images::Error::NoSpace(m) => crust_sandbox::Error::NoSpace(m),
+        e => crust_sandbox::Error::Internal(e.to_string()),
+    }
+}
+
 impl Rootfs for ImageRootfs {
-    fn mount(&self, key: &str, image_id: &str, target: &Path) -> Result<(), String> {
+    fn mount(&self, key: &str, image_id: &str, target: &Path) -> crust_sandbox::Result<()> {
         let image = self
             .0
             .status(image_id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("image {image_id} is gone"))?;
+            .map_err(sandbox_err)?
+            .ok_or_else(|| crust_sandbox::Error::Internal(format!("image {image_id} is gone")))?;
         let snapshots = self.0.snapshotter();
         let mounts = snapshots
             .prepare(key, image.chain_id.as_deref())
-            .map_err(|e| e.to_string())?;
+            .map_err(sandbox_err)?;
         if let Err(e) = crust_images::snapshot::mount(&mounts, target) {
             let _ = snapshots.remove(key);
-            return Err(e.to_string());
+            return Err(sandbox_err(e));
         }
         Ok(())
     }
 
-    fn remove(&self, key: &str) -> Result<(), String> {
-        self.0.snapshotter().remove(key).map_err(|e| e.to_string())
+    fn remove(&self, key: &str) -> crust_sandbox::Result<()> {
+        self.0.snapshotter().remove(key).map_err(sandbox_err)
     }
 
     fn keys(&self) -> Result<Vec<String>, String> {

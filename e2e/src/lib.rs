@@ -72,6 +72,11 @@ pub struct Options {
     pub sandbox_config: String,
     /// Extra `[images]` keys.
     pub images_config: String,
+    /// Mount a tmpfs of this size (`size=` option, e.g. "64m") on root_dir before crustd
+    /// starts; it goes with the rest of the temp dir's mounts on drop.
+    pub root_dir_tmpfs: Option<String>,
+    /// The same for state_dir.
+    pub state_dir_tmpfs: Option<String>,
 }
 
 /// A running crustd owned by one test.
@@ -121,6 +126,22 @@ impl Crustd {
             },
         );
         std::fs::write(&config_path, config)?;
+        for (dir, size) in [
+            (&root_dir, &opts.root_dir_tmpfs),
+            (&state_dir, &opts.state_dir_tmpfs),
+        ] {
+            if let Some(size) = size {
+                std::fs::create_dir_all(dir)?;
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    dir,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::empty(),
+                    Some(format!("size={size},mode=0700").as_str()),
+                )
+                .with_context(|| format!("tmpfs on {}", dir.display()))?;
+            }
+        }
         let log_path = base.join("crustd.log");
         let mut crustd = Crustd {
             child: None,

@@ -24,8 +24,13 @@ impl ContentStore {
     /// Opens (creating if needed) the store under `root` (`<images root>/content`).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for d in [root.join("blobs/sha256"), root.join("ingest")] {
-            fs::create_dir_all(&d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        for d in [
+            root.clone(),
+            root.join("blobs"),
+            root.join("blobs/sha256"),
+            root.join("ingest"),
+        ] {
+            crust_state::private::create_dir(&d).map_err(|e| Error::write("create", &d, e))?;
         }
         Ok(ContentStore { root })
     }
@@ -68,7 +73,7 @@ impl ContentStore {
         );
         let tmp = self.root.join("ingest").join(name);
         let file =
-            File::create(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+            crust_state::private::create_file(&tmp).map_err(|e| Error::write("create", &tmp, e))?;
         Ok(BlobWriter {
             file: Some(file),
             tmp,
@@ -88,7 +93,7 @@ impl ContentStore {
         }
         let mut w = self.writer(digest, Some(bytes.len() as u64))?;
         w.write_all(bytes)
-            .map_err(|e| Error::io(format!("write blob {digest}"), e))?;
+            .map_err(|e| Error::write("write", &w.tmp, e))?;
         w.commit()
     }
 
@@ -152,6 +157,11 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// The ingest file being written.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written
@@ -173,7 +183,7 @@ impl BlobWriter {
     pub fn sync(&mut self) -> Result<()> {
         if let Some(f) = &self.file {
             f.sync_all()
-                .map_err(|e| Error::io(format!("sync {}", self.tmp.display()), e))?;
+                .map_err(|e| Error::write("sync", &self.tmp, e))?;
             self.synced = true;
         }
         Ok(())
@@ -200,7 +210,7 @@ impl BlobWriter {
         if let Some(f) = file.filter(|_| !self.synced) {
             // Durable before it becomes visible: a blob in blobs/ is always complete.
             f.sync_all()
-                .map_err(|e| Error::io(format!("sync {}", self.tmp.display()), e))?;
+                .map_err(|e| Error::write("sync", &self.tmp, e))?;
         }
         fs::rename(&self.tmp, &self.final_path).map_err(|e| {
             Error::io(

@@ -31,6 +31,10 @@ pub enum Error {
     /// The operation is not possible in the current state (an image in use, a pinned image).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// A write failed because the filesystem is full; the message names the path (and
+    /// the space left when known).
+    #[error("{0}")]
+    NoSpace(String),
     /// Local failure: disk, database, kernel.
     #[error("internal: {0}")]
     Internal(String),
@@ -38,31 +42,45 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(context: impl std::fmt::Display, err: std::io::Error) -> Self {
+        if crust_state::is_no_space(&err) {
+            return Error::NoSpace(format!("{context}: {err}"));
+        }
         Error::Internal(format!("{context}: {err}"))
     }
-}
 
-impl From<redb::Error> for Error {
-    fn from(e: redb::Error) -> Self {
-        Error::Internal(format!("state store: {e}"))
+    /// An I/O error writing `path`: [`Error::NoSpace`] naming the path and the space left
+    /// on its filesystem when the filesystem is full.
+    pub(crate) fn write(what: &str, path: &std::path::Path, err: std::io::Error) -> Self {
+        match crust_state::NoSpace::from_io(what, path, &err) {
+            Some(n) => Error::NoSpace(n.to_string()),
+            None => Error::Internal(format!("{what} {}: {err}", path.display())),
+        }
+    }
+
+    /// Adds the space left on the filesystem of `dir` to a [`Error::NoSpace`] whose
+    /// context did not know it (a layer's files, written relative to their snapshot).
+    pub(crate) fn with_space_of(self, dir: &std::path::Path) -> Self {
+        match self {
+            Error::NoSpace(m) if !m.contains("bytes free") => {
+                let free = crust_state::free_bytes(dir).map_or_else(
+                    || "free space unknown".into(),
+                    |b| format!("{b} bytes free"),
+                );
+                Error::NoSpace(format!("{m} (in {}: {free})", dir.display()))
+            }
+            e => e,
+        }
     }
 }
 
-macro_rules! redb_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Internal(format!("state store: {e}"))
-            }
+impl From<crust_state::StateError> for Error {
+    fn from(e: crust_state::StateError) -> Self {
+        match e {
+            crust_state::StateError::NoSpace(n) => Error::NoSpace(n.to_string()),
+            e => Error::Internal(e.to_string()),
         }
-    )*};
+    }
 }
-redb_from!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -22,9 +22,10 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use crust_state::{StateDb, StateError};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -72,7 +73,11 @@ pub struct Snapshotter {
     /// deleted by a background thread, so RemoveImage does not wait for unlinking an
     /// image's worth of files. Whatever a crash leaves here goes at the next open.
     trash: PathBuf,
-    db: Arc<Database>,
+    db: Arc<StateDb>,
+    /// Active snapshots prepared by this process, key → id: `remove` finds the directory
+    /// even when the record is gone (a lazy commit lost when the state store was reopened
+    /// after a write error).
+    prepared: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 /// A directory a layer is being unpacked into. Removed on drop unless committed.
@@ -127,21 +132,25 @@ fn spread_subdirectories(dir: &Path) {
 
 impl Snapshotter {
     /// Opens the snapshot store at `root` (`<images root>/snapshots`).
-    pub fn open(root: impl Into<PathBuf>, db: Arc<Database>) -> Result<Self> {
+    pub fn open(root: impl Into<PathBuf>, db: Arc<StateDb>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(&root)
-            .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
-        let tx = db.begin_write()?;
-        tx.open_table(SNAPSHOTS)?;
-        tx.open_table(META)?;
-        tx.commit()?;
+        private_dir(&root)?;
+        db.write(|tx| {
+            tx.open_table(SNAPSHOTS)?;
+            tx.open_table(META)?;
+            Ok(())
+        })?;
         let trash = root
             .parent()
             .map_or_else(|| root.join(".trash"), |p| p.join("trash"));
-        fs::create_dir_all(&trash)
-            .map_err(|e| Error::io(format!("create {}", trash.display()), e))?;
+        private_dir(&trash)?;
         spread_subdirectories(&root);
-        let s = Snapshotter { root, trash, db };
+        let s = Snapshotter {
+            root,
+            trash,
+            db,
+            prepared: Arc::default(),
+        };
         s.empty_trash();
         Ok(s)
     }
@@ -152,43 +161,48 @@ impl Snapshotter {
     }
 
     fn alloc_id(&self) -> Result<u64> {
-        let tx = lazy_write(&self.db)?;
-        let id = {
+        // Not synced: see `commit`.
+        Ok(self.db.write_lazy(|tx| {
             let mut t = tx.open_table(META)?;
             let id = t.get(NEXT_ID)?.map_or(1, |v| v.value());
             t.insert(NEXT_ID, id + 1)?;
-            id
-        };
-        tx.commit()?;
-        Ok(id)
+            Ok(id)
+        })?)
     }
 
     fn record(&self, key: &str) -> Result<Option<Record>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(SNAPSHOTS)?;
-        let Some(v) = t.get(key)? else {
+        let raw = self.db.read(|tx| {
+            let t = tx.open_table(SNAPSHOTS)?;
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })?;
+        let Some(v) = raw else {
             return Ok(None);
         };
-        let r = serde_json::from_slice(v.value())
+        let r = serde_json::from_slice(&v)
             .map_err(|e| Error::Internal(format!("snapshot record {key}: {e}")))?;
         Ok(Some(r))
     }
 
     fn records(&self) -> Result<HashMap<String, Record>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(SNAPSHOTS)?;
-        let mut out = HashMap::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            let r: Record = serde_json::from_slice(v.value())
-                .map_err(|e| Error::Internal(format!("snapshot record {}: {e}", k.value())))?;
-            out.insert(k.value().to_string(), r);
-        }
-        Ok(out)
+        Ok(self
+            .db
+            .read(|tx| read_records(&tx.open_table(SNAPSHOTS)?))?)
     }
 
     fn dir(&self, id: u64) -> PathBuf {
         self.root.join(id.to_string())
+    }
+
+    /// The directory for a freshly allocated id. One that exists already has no record: its
+    /// id was handed out by a lazy commit that was lost (the state store reopened after a
+    /// write error, or a crash). It is garbage, and must not mix into the new snapshot.
+    fn fresh_dir(&self, id: u64) -> Result<PathBuf> {
+        let dir = self.dir(id);
+        if fs::symlink_metadata(&dir).is_ok() {
+            tracing::warn!(dir = %dir.display(), "snapshot directory without a record discarded");
+            self.discard(&dir)?;
+        }
+        Ok(dir)
     }
 
     /// Whether the committed snapshot `chain_id` exists.
@@ -201,38 +215,38 @@ impl Snapshotter {
     /// A fresh, empty directory to unpack one layer into.
     pub fn begin(&self) -> Result<Staging> {
         let id = self.alloc_id()?;
-        let dir = self.dir(id);
+        let dir = self.fresh_dir(id)?;
         let staging = Staging {
             id,
             dir: dir.clone(),
             done: false,
         };
-        fs::create_dir_all(dir.join("fs"))
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        // The snapshot's own directory is private; `fs` is the layer's root, whose mode the
+        // layer's `./` entry sets (and overlay shows as the container's `/`).
+        private_dir(&dir)?;
+        open_dir(&dir.join("fs"), 0o755)?;
         Ok(staging)
     }
 
     /// Publishes an unpacked layer as the committed snapshot `chain_id`. If another pull
     /// committed the same chain meanwhile, this one is discarded.
     pub fn commit(&self, mut staging: Staging, chain_id: &str, parent: Option<&str>) -> Result<()> {
-        let tx = lazy_write(&self.db)?;
-        let inserted = {
+        let r = Record {
+            version: RECORD_VERSION,
+            id: staging.id,
+            kind: Kind::Committed,
+            parent: parent.map(str::to_string),
+        };
+        let bytes = serde_json::to_vec(&r).map_err(|e| Error::Internal(e.to_string()))?;
+        // Not synced here: made durable by the image record's commit at the end of the pull.
+        let inserted = self.db.write_lazy(|tx| {
             let mut t = tx.open_table(SNAPSHOTS)?;
             if t.get(chain_id)?.is_some() {
-                false
-            } else {
-                let r = Record {
-                    version: RECORD_VERSION,
-                    id: staging.id,
-                    kind: Kind::Committed,
-                    parent: parent.map(str::to_string),
-                };
-                let bytes = serde_json::to_vec(&r).map_err(|e| Error::Internal(e.to_string()))?;
-                t.insert(chain_id, bytes.as_slice())?;
-                true
+                return Ok(false);
             }
-        };
-        tx.commit()?;
+            t.insert(chain_id, bytes.as_slice())?;
+            Ok(true)
+        })?;
         staging.done = inserted;
         Ok(())
     }
@@ -260,15 +274,21 @@ impl Snapshotter {
         // Not synced here: the caller's own record of what uses the snapshot (a
         // container's, committed durably next) makes it durable too. Lost in a crash
         // before that, it leaves a directory without a record, which gc removes.
-        let tx = lazy_write(&self.db)?;
-        {
+        let r = Record {
+            version: RECORD_VERSION,
+            id,
+            kind: Kind::Active,
+            parent: parent.map(str::to_string),
+        };
+        let bytes = serde_json::to_vec(&r).map_err(|e| Error::Internal(e.to_string()))?;
+        // The parent is checked in the same write transaction that records the child,
+        // and gc decides and deletes in one write transaction too, so gc can never take
+        // a parent that a container has just started to use.
+        self.db.write_lazy(|tx| {
             let mut t = tx.open_table(SNAPSHOTS)?;
             if t.get(full.as_str())?.is_some() {
-                return Err(Error::AlreadyExists(format!("snapshot {key}")));
+                return Ok(Err(Error::AlreadyExists(format!("snapshot {key}"))));
             }
-            // The parent is checked in the same write transaction that records the
-            // child, and gc decides and deletes in one write transaction too, so gc can
-            // never take a parent that a container has just started to use.
             if let Some(p) = parent {
                 let committed = match t.get(p)? {
                     Some(v) => serde_json::from_slice::<Record>(v.value())
@@ -276,24 +296,26 @@ impl Snapshotter {
                     None => false,
                 };
                 if !committed {
-                    return Err(Error::NotFound(format!("snapshot {p}")));
+                    return Ok(Err(Error::NotFound(format!("snapshot {p}"))));
                 }
             }
-            let r = Record {
-                version: RECORD_VERSION,
-                id,
-                kind: Kind::Active,
-                parent: parent.map(str::to_string),
-            };
-            let bytes = serde_json::to_vec(&r).map_err(|e| Error::Internal(e.to_string()))?;
             t.insert(full.as_str(), bytes.as_slice())?;
-        }
+            Ok(Ok(()))
+        })??;
         // Record first, directory second: gc lists directories before records, so it
         // never mistakes a directory being prepared for garbage.
-        tx.commit()?;
-        let dir = self.dir(id);
-        for d in [dir.join("fs"), dir.join("work")] {
-            fs::create_dir_all(&d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        self.lock_prepared().insert(key.to_string(), id);
+        let dir = self.fresh_dir(id)?;
+        // `fs` (the upper dir) is the container's `/`: 0755 as a fresh root would be.
+        let made = private_dir(&dir)
+            .and_then(|()| open_dir(&dir.join("fs"), 0o755))
+            .and_then(|()| open_dir(&dir.join("work"), 0o700));
+        if let Err(e) = made {
+            // Nothing of a failed prepare stays: neither the record nor the directory.
+            if let Err(undo) = self.remove(key) {
+                tracing::warn!(key, "removing the snapshot of a failed prepare: {undo}");
+            }
+            return Err(e);
         }
         self.mounts(key)
     }
@@ -341,15 +363,27 @@ impl Snapshotter {
     /// through gc.
     pub fn remove(&self, key: &str) -> Result<()> {
         let full = format!("{ACTIVE_PREFIX}{key}");
+        let prepared = self.lock_prepared().remove(key);
         let Some(r) = self.record(&full)? else {
+            if let Some(id) = prepared {
+                self.discard(&self.dir(id))?;
+                self.empty_trash();
+            }
             return Ok(());
         };
-        let tx = self.db.begin_write()?;
-        tx.open_table(SNAPSHOTS)?.remove(full.as_str())?;
-        tx.commit()?;
+        self.db.write(|tx| {
+            tx.open_table(SNAPSHOTS)?.remove(full.as_str())?;
+            Ok(())
+        })?;
         self.discard(&self.dir(r.id))?;
         self.empty_trash();
         Ok(())
+    }
+
+    fn lock_prepared(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keys of the active snapshots (for the containers side to reconcile).
@@ -374,40 +408,29 @@ impl Snapshotter {
                 Some((id, e.path()))
             })
             .collect();
-        let tx = self.db.begin_write()?;
-        let mut records: HashMap<String, Record> = HashMap::new();
-        {
-            let t = tx.open_table(SNAPSHOTS)?;
-            for item in t.iter()? {
-                let (k, v) = item?;
-                let r: Record = serde_json::from_slice(v.value())
-                    .map_err(|e| Error::Internal(format!("snapshot record {}: {e}", k.value())))?;
-                records.insert(k.value().to_string(), r);
+        let (records, live) = self.db.write(|tx| {
+            let records = read_records(&tx.open_table(SNAPSHOTS)?)?;
+            let mut live: HashSet<String> = HashSet::new();
+            let mut stack: Vec<String> = keep.iter().cloned().collect();
+            for (k, r) in &records {
+                if r.kind == Kind::Active {
+                    live.insert(k.clone());
+                    stack.extend(r.parent.clone());
+                }
             }
-        }
-        let mut live: HashSet<String> = HashSet::new();
-        let mut stack: Vec<String> = keep.iter().cloned().collect();
-        for (k, r) in &records {
-            if r.kind == Kind::Active {
-                live.insert(k.clone());
-                stack.extend(r.parent.clone());
+            while let Some(k) = stack.pop() {
+                if live.insert(k.clone())
+                    && let Some(p) = records.get(&k).and_then(|r| r.parent.clone())
+                {
+                    stack.push(p);
+                }
             }
-        }
-        while let Some(k) = stack.pop() {
-            if live.insert(k.clone())
-                && let Some(p) = records.get(&k).and_then(|r| r.parent.clone())
-            {
-                stack.push(p);
-            }
-        }
-        let dead: Vec<&String> = records.keys().filter(|k| !live.contains(*k)).collect();
-        {
             let mut t = tx.open_table(SNAPSHOTS)?;
-            for k in &dead {
+            for k in records.keys().filter(|k| !live.contains(*k)) {
                 t.remove(k.as_str())?;
             }
-        }
-        tx.commit()?;
+            Ok((records, live))
+        })?;
         let live_ids: HashSet<u64> = records
             .iter()
             .filter(|(k, _)| live.contains(*k))
@@ -463,15 +486,46 @@ impl Snapshotter {
     }
 }
 
-/// A write transaction that is not flushed to disk by itself, only by the next durable
-/// commit (the image record, at the end of a pull). Used for ids and committed layers:
-/// losing them in a crash only leaves a directory without a record, which gc removes at
-/// the next start.
-fn lazy_write(db: &Database) -> Result<redb::WriteTransaction> {
-    let mut tx = db.begin_write()?;
-    tx.set_durability(redb::Durability::None)
-        .map_err(|e| Error::Internal(format!("state store: {e}")))?;
-    Ok(tx)
+/// A directory (and its missing parents) only root can enter.
+fn private_dir(dir: &Path) -> Result<()> {
+    crust_state::private::create_dir(dir).map_err(|e| Error::write("create", dir, e))
+}
+
+/// A new directory with exactly `mode`, whatever the umask.
+fn open_dir(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(mode)))
+        .map_err(|e| Error::write("create", dir, e))
+}
+
+/// Whether the committed snapshot `chain_id` is recorded, read in `tx` (an image record's
+/// write: its layers' lazy commits may have been lost to a reopen of the state store).
+pub(crate) fn committed_in(
+    tx: &redb::WriteTransaction,
+    chain_id: &str,
+) -> Result<bool, StateError> {
+    let t = tx.open_table(SNAPSHOTS)?;
+    Ok(match t.get(chain_id)? {
+        Some(v) => {
+            serde_json::from_slice::<Record>(v.value()).is_ok_and(|r| r.kind == Kind::Committed)
+        }
+        None => false,
+    })
+}
+
+/// Every record of the snapshots table.
+fn read_records(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<HashMap<String, Record>, StateError> {
+    let mut out = HashMap::new();
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let r: Record = serde_json::from_slice(v.value())
+            .map_err(|e| StateError::record(format!("snapshot record {}: {e}", k.value())))?;
+        out.insert(k.value().to_string(), r);
+    }
+    Ok(out)
 }
 
 fn lowerdir_option(lowers: &[PathBuf]) -> String {
@@ -580,7 +634,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Snapshotter) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("state.redb")).unwrap());
+        let db = Arc::new(StateDb::open(&dir.path().join("state.redb")).unwrap());
         let s = Snapshotter::open(dir.path().join("snapshots"), db).unwrap();
         (dir, s)
     }

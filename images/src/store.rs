@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use crust_state::{StateDb, StateError};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedMutexGuard, OwnedRwLockWriteGuard, RwLock, Semaphore, mpsc};
 
@@ -122,7 +123,7 @@ struct Inner {
     root: PathBuf,
     config: Config,
     pinned: HashSet<String>,
-    db: Arc<Database>,
+    db: Arc<StateDb>,
     content: ContentStore,
     snapshots: Snapshotter,
     downloads: Arc<Semaphore>,
@@ -146,15 +147,14 @@ pub struct ImageStore {
 impl ImageStore {
     /// Opens the store under `root` (e.g. `/var/lib/crust/images`) with the state store
     /// `db`, and collects garbage left by a previous run (interrupted pulls).
-    pub async fn open(root: impl Into<PathBuf>, config: Config, db: Arc<Database>) -> Result<Self> {
+    pub async fn open(root: impl Into<PathBuf>, config: Config, db: Arc<StateDb>) -> Result<Self> {
         let root = root.into();
         let content = ContentStore::open(root.join("content"))?;
         let snapshots = Snapshotter::open(root.join("snapshots"), db.clone())?;
-        {
-            let tx = db.begin_write()?;
+        db.write(|tx| {
             tx.open_table(IMAGES)?;
-            tx.commit()?;
-        }
+            Ok(())
+        })?;
         let mut pinned = HashSet::new();
         for p in &config.pinned_images {
             let r = Reference::parse(p)?;
@@ -215,16 +215,17 @@ impl ImageStore {
     // ---- records -------------------------------------------------------------------
 
     fn records(&self) -> Result<Vec<ImageRecord>> {
-        let tx = self.inner.db.begin_read()?;
-        let t = tx.open_table(IMAGES)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            let r: ImageRecord = serde_json::from_slice(v.value())
-                .map_err(|e| Error::Internal(format!("image record {}: {e}", k.value())))?;
-            out.push(r);
-        }
-        Ok(out)
+        Ok(self.inner.db.read(|tx| {
+            let t = tx.open_table(IMAGES)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let r: ImageRecord = serde_json::from_slice(v.value())
+                    .map_err(|e| StateError::record(format!("image record {}: {e}", k.value())))?;
+                out.push(r);
+            }
+            Ok(out)
+        })?)
     }
 
     fn to_image(&self, r: &ImageRecord) -> Image {
@@ -314,9 +315,10 @@ impl ImageStore {
             return Ok(());
         };
         let id = records[i].id.clone();
-        let tx = self.inner.db.begin_write()?;
-        tx.open_table(IMAGES)?.remove(id.as_str())?;
-        tx.commit()?;
+        self.inner.db.write(|tx| {
+            tx.open_table(IMAGES)?.remove(id.as_str())?;
+            Ok(())
+        })?;
         // Collect now if no pull is running; otherwise the next gc will.
         if let Ok(guard) = self.inner.gc_lock.clone().try_write_owned() {
             self.gc_locked(guard).await?;
@@ -704,14 +706,27 @@ impl ImageStore {
     /// Stores `new`, merging with an existing record of the same id, and moves its tags
     /// away from any other image (an image left with no name is dropped).
     fn save(&self, new: ImageRecord) -> Result<()> {
-        let tx = self.inner.db.begin_write()?;
-        {
+        let encode = |r: &ImageRecord| {
+            serde_json::to_vec(r).map_err(|e| StateError::record(format!("image record: {e}")))
+        };
+        self.inner.db.write(|tx| {
+            // The layers' records are lazy commits: a write error that made the state
+            // store reopen meanwhile lost them, and the image must not name a chain
+            // that is not there.
+            if let Some(chain) = &new.chain_id
+                && !crate::snapshot::committed_in(tx, chain)?
+            {
+                return Ok(Err(Error::Unavailable(format!(
+                    "the layers of {} were lost when the state store was reopened after a write error; pull again",
+                    new.id
+                ))));
+            }
             let mut t = tx.open_table(IMAGES)?;
             let mut others = Vec::new();
             for item in t.iter()? {
                 let (k, v) = item?;
                 let rec: ImageRecord = serde_json::from_slice(v.value())
-                    .map_err(|e| Error::Internal(format!("image record {}: {e}", k.value())))?;
+                    .map_err(|e| StateError::record(format!("image record {}: {e}", k.value())))?;
                 others.push(rec);
             }
             let mut merged = new.clone();
@@ -735,17 +750,15 @@ impl ImageStore {
                     if o.repo_tags.is_empty() && o.repo_digests.is_empty() {
                         t.remove(o.id.as_str())?;
                     } else {
-                        let bytes =
-                            serde_json::to_vec(&o).map_err(|e| Error::Internal(e.to_string()))?;
+                        let bytes = encode(&o)?;
                         t.insert(o.id.as_str(), bytes.as_slice())?;
                     }
                 }
             }
-            let bytes = serde_json::to_vec(&merged).map_err(|e| Error::Internal(e.to_string()))?;
+            let bytes = encode(&merged)?;
             t.insert(merged.id.as_str(), bytes.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(Ok(()))
+        })?
     }
 
     /// Downloads layer `layer` into the content store, unpacking it into a staging
@@ -844,7 +857,7 @@ impl ImageStore {
                 let unpacked = tokio::task::spawn_blocking(move || {
                     let f = std::fs::File::open(&path)
                         .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-                    let unpacked = unpack_layer(f, &dest);
+                    let unpacked = unpack_layer(f, &dest).map_err(|e| e.with_space_of(&dest));
                     abandoned.clean_up(&dest)?;
                     unpacked
                 })
@@ -898,6 +911,7 @@ impl ImageStore {
         // writes, little enough that a slow disk does not buffer a layer in memory.
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
         let (abandon, abandoned) = Abandon::new();
+        let staging_dir = dest.clone();
         let unpack = tokio::task::spawn_blocking(move || {
             let tee = Tee {
                 rx,
@@ -923,6 +937,8 @@ impl ImageStore {
             match (unpacked, drained) {
                 (Ok(u), Ok(_)) => synced.and_then(|()| blob.commit()).map(|()| u),
                 (Ok(_), Err(e)) => Err(crate::unpack::io_to_error(e)),
+                // A full disk is not the registry's fault, whatever the digest says.
+                (Err(e @ Error::NoSpace(_)), _) => Err(e),
                 // A corrupt stream is best explained by its digest, if the whole
                 // blob arrived; the blob itself is never kept.
                 (Err(e), Ok(_)) if !blob.digest_matches() => Err(Error::BadContent(format!(
@@ -939,7 +955,8 @@ impl ImageStore {
         drop(tx);
         let unpacked = unpack
             .await
-            .map_err(|e| Error::Internal(format!("unpack task: {e}")))?;
+            .map_err(|e| Error::Internal(format!("unpack task: {e}")))?
+            .map_err(|e| e.with_space_of(&staging_dir));
         abandon.done();
         tracing::debug!(
             digest = %layer.digest,
@@ -1071,7 +1088,11 @@ impl std::io::Read for Tee {
                 Some(Err(e)) => return Err(std::io::Error::other(e)),
                 Some(Ok(b)) => {
                     if let Some(w) = self.blob.as_mut() {
-                        w.write_all(&b)?;
+                        // Our own error, so the unpacker reports it as it is (a full disk
+                        // is not bad content).
+                        w.write_all(&b).map_err(|e| {
+                            std::io::Error::other(Error::write("write", w.path(), e))
+                        })?;
                     }
                     self.cur = b;
                 }

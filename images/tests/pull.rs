@@ -656,12 +656,12 @@ fn add_image(
 
 struct Env {
     dir: tempfile::TempDir,
-    db: Arc<redb::Database>,
+    db: Arc<crust_state::StateDb>,
 }
 
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
+    let db = Arc::new(crust_state::StateDb::open(&dir.path().join("state.redb")).unwrap());
     Env { dir, db }
 }
 

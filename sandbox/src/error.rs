@@ -1,5 +1,7 @@
 //! The sandbox crate's errors, named by meaning so cri can map them to gRPC codes.
 
+use crust_state::{NoSpace, StateError};
+
 use crate::cni::CniError;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,34 +19,40 @@ pub enum Error {
     DeadlineExceeded(String),
     #[error(transparent)]
     Cni(#[from] CniError),
+    /// A record the state store holds that this crust cannot use.
     #[error("state store: {0}")]
     Store(String),
+    #[error(transparent)]
+    State(StateError),
+    /// A write failed because the filesystem is full (the state store's too).
+    #[error("{0}")]
+    NoSpace(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Internal(String),
 }
 
-impl From<redb::Error> for Error {
-    fn from(e: redb::Error) -> Self {
-        Error::Store(e.to_string())
+impl From<StateError> for Error {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::NoSpace(n) => Error::NoSpace(n.to_string()),
+            e => Error::State(e),
+        }
     }
 }
 
-macro_rules! store_error {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Store(e.to_string())
-            }
+impl Error {
+    /// An I/O error writing `path`: [`Error::NoSpace`] when the filesystem is full.
+    pub(crate) fn write(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+        match NoSpace::from_io(what, path, &e) {
+            Some(n) => Error::NoSpace(n.to_string()),
+            None => Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("{what} {}: {e}", path.display()),
+            )),
         }
-    )*};
+    }
 }
-store_error!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

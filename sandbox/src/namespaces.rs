@@ -48,7 +48,7 @@ fn errno(what: &str) -> io::Error {
 
 /// Creates the namespaces. On error everything made so far is undone.
 pub fn create(req: &NamespaceRequest) -> io::Result<PodNamespaces> {
-    std::fs::create_dir_all(&req.dir)?;
+    crust_state::private::create_dir(&req.dir)?;
     let req2 = req.clone();
     std::thread::Builder::new()
         .name("crust-pod-ns".into())

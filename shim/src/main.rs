@@ -66,7 +66,7 @@ impl Shim for CrustShim {
         let sock_path = address.trim_start_matches("unix://").to_string();
         // A shim for this pod already serving: reuse it.
         if std::os::unix::net::UnixStream::connect(&sock_path).is_ok() {
-            std::fs::write("address", &address).map_err(ioe)?;
+            write_private("address", &address).map_err(ioe)?;
             return Ok(address);
         }
         let _ = std::fs::remove_file(&sock_path);
@@ -77,6 +77,7 @@ impl Shim for CrustShim {
         let stderr = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open("shim.log")
             .map_err(ioe)?;
         let mut cmd = Command::new(exe);
@@ -114,8 +115,8 @@ impl Shim for CrustShim {
                     .unwrap_or_default()
             )));
         }
-        std::fs::write("address", &address).map_err(ioe)?;
-        std::fs::write("shim.pid", child.id().to_string()).map_err(ioe)?;
+        write_private("address", &address).map_err(ioe)?;
+        write_private("shim.pid", &child.id().to_string()).map_err(ioe)?;
         Ok(address)
     }
 
@@ -171,6 +172,18 @@ impl log::Log for FileLogger {
     fn flush(&self) {}
 }
 
+/// The shim's state files in the pod directory: root's alone, like everything crust keeps.
+fn write_private(name: &str, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(name)?;
+    f.write_all(text.as_bytes())
+}
+
 fn init_logger(debug: bool) {
     let file = OpenOptions::new()
         .write(true)
@@ -180,6 +193,7 @@ fn init_logger(debug: bool) {
             OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .custom_flags(libc::O_CLOEXEC)
                 .open("shim.log")
         });

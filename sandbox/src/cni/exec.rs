@@ -151,10 +151,10 @@ impl Cni {
     }
 
     fn write_cache(&self, c: &CachedAttachment) -> Result<(), CniError> {
-        std::fs::create_dir_all(&self.cache_dir)?;
+        crust_state::private::create_dir(&self.cache_dir)?;
         let path = self.cache_path(&c.runtime.container_id);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(c).unwrap_or_default())?;
+        crust_state::private::write_file(&tmp, &serde_json::to_vec(c).unwrap_or_default())?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
     }

@@ -156,7 +156,7 @@ impl Containers {
         }
         let exec_id = super::service::new_id()?[..16].to_string();
         let dir = rec.bundle.join("exec");
-        std::fs::create_dir_all(&dir)?;
+        crust_state::private::create_dir(&dir).map_err(|e| Error::write("create", &dir, e))?;
         let fifo = |suffix: &str, wanted: bool| -> Result<Option<PathBuf>> {
             if !wanted {
                 return Ok(None);

@@ -10,8 +10,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crust_state::StateDb;
 use k8s_cri::v1::ContainerConfig;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -93,29 +94,31 @@ pub fn name_key(pod_id: &str, name: &str, attempt: u32) -> String {
 /// The containers table.
 #[derive(Clone)]
 pub struct ContainerStore {
-    db: Arc<Database>,
-}
-
-fn store_err(e: impl std::fmt::Display) -> Error {
-    Error::Store(e.to_string())
+    db: Arc<StateDb>,
 }
 
 impl ContainerStore {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<StateDb>) -> Self {
         Self { db }
     }
 
     /// Calls `f` with the key and bytes of every record (none if the table is not made yet).
     fn each(&self, mut f: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
-        let tx = self.db.begin_read().map_err(store_err)?;
-        let table = match tx.open_table(CONTAINERS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(store_err(e)),
-        };
-        for entry in table.iter().map_err(store_err)? {
-            let (k, v) = entry.map_err(store_err)?;
-            f(k.value(), v.value())?;
+        let raw = self.db.read(|tx| {
+            let table = match tx.open_table(CONTAINERS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut raw = Vec::new();
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                raw.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(raw)
+        })?;
+        for (k, v) in raw {
+            f(&k, &v)?;
         }
         Ok(())
     }
@@ -152,23 +155,21 @@ impl ContainerStore {
     }
 
     pub fn put(&self, r: &ContainerRecord) -> Result<()> {
-        let bytes = serde_json::to_vec(r).map_err(store_err)?;
-        let tx = self.db.begin_write().map_err(store_err)?;
-        {
-            let mut t = tx.open_table(CONTAINERS).map_err(store_err)?;
-            t.insert(r.id.as_str(), bytes.as_slice())
-                .map_err(store_err)?;
-        }
-        tx.commit().map_err(store_err)
+        let bytes = serde_json::to_vec(r).map_err(|e| Error::Store(e.to_string()))?;
+        self.db.write(|tx| {
+            tx.open_table(CONTAINERS)?
+                .insert(r.id.as_str(), bytes.as_slice())?;
+            Ok(())
+        })?;
+        Ok(())
     }
 
     pub fn delete(&self, id: &str) -> Result<()> {
-        let tx = self.db.begin_write().map_err(store_err)?;
-        {
-            let mut t = tx.open_table(CONTAINERS).map_err(store_err)?;
-            t.remove(id).map_err(store_err)?;
-        }
-        tx.commit().map_err(store_err)
+        self.db.write(|tx| {
+            tx.open_table(CONTAINERS)?.remove(id)?;
+            Ok(())
+        })?;
+        Ok(())
     }
 }
 
@@ -211,7 +212,7 @@ mod tests {
     #[test]
     fn records_round_trip_through_the_store() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Arc::new(Database::create(dir.path().join("s.redb")).expect("db"));
+        let db = Arc::new(StateDb::open(&dir.path().join("s.redb")).expect("db"));
         let store = ContainerStore::new(db);
         assert!(store.load_all().expect("empty").is_empty());
         store.put(&record("a")).expect("put");

@@ -33,10 +33,11 @@ pub const STDIN_FIFO: &str = "stdin";
 /// mounted at a path, and its removal. Implemented by crustd over `crust-images`.
 /// Unmounting is done here, before `remove` is called.
 pub trait Rootfs: Send + Sync {
-    /// Prepares a writable snapshot `key` on top of `image_id` and mounts it at `target`.
-    fn mount(&self, key: &str, image_id: &str, target: &Path) -> std::result::Result<(), String>;
+    /// Prepares a writable snapshot `key` on top of `image_id` and mounts it at `target`
+    /// (a full disk is [`Error::NoSpace`]).
+    fn mount(&self, key: &str, image_id: &str, target: &Path) -> Result<()>;
     /// Removes snapshot `key` (already unmounted); absent is fine.
-    fn remove(&self, key: &str) -> std::result::Result<(), String>;
+    fn remove(&self, key: &str) -> Result<()>;
     /// Bytes and inodes the container has written (its snapshot's upper layer).
     fn usage(&self, key: &str) -> Option<(u64, u64)>;
     /// Keys of every writable snapshot there is (to find those no container owns).
@@ -110,7 +111,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Unmounts a container's rootfs and removes its snapshot; idempotent.
 fn release_rootfs(rootfs: &dyn Rootfs, key: &str, target: &Path) -> Result<()> {
     crate::namespaces::unmount(target)?;
-    rootfs.remove(key).map_err(Error::Internal)
+    rootfs.remove(key)
 }
 
 /// The image a container is created from, resolved by crustd.
@@ -235,7 +236,7 @@ impl Containers {
     /// running when crustd last stopped.
     pub async fn open(
         cfg: ContainersConfig,
-        db: Arc<redb::Database>,
+        db: Arc<crust_state::StateDb>,
         pods: PodSandboxes,
         rootfs: Arc<dyn Rootfs>,
     ) -> Result<Self> {
@@ -783,7 +784,7 @@ impl Containers {
         process["terminal"] = serde_json::json!(false);
         let exec_id = new_id()?[..16].to_string();
         let dir = rec.bundle.join("exec");
-        std::fs::create_dir_all(&dir)?;
+        crust_state::private::create_dir(&dir).map_err(|e| Error::write("create", &dir, e))?;
         let out_path = dir.join(format!("{exec_id}.out"));
         let err_path = dir.join(format!("{exec_id}.err"));
         let (done_tx, done_rx) = watch::channel(false);
@@ -900,7 +901,9 @@ impl Containers {
             }
         }
         let text = serde_json::to_vec_pretty(&oci).map_err(|e| Error::Internal(e.to_string()))?;
-        std::fs::write(rec.bundle.join("config.json"), text)?;
+        let spec_path = rec.bundle.join("config.json");
+        crust_state::private::write_file(&spec_path, &text)
+            .map_err(|e| Error::write("write", &spec_path, e))?;
         self.inner.update(&rec.id, |r| r.config = config)?;
         Ok(())
     }
@@ -1113,11 +1116,13 @@ impl Inner {
     ) -> Result<String> {
         let bundle = self.cfg.state_dir.join("containers").join(id);
         let rootfs = bundle.join("rootfs");
-        std::fs::create_dir_all(&rootfs)?;
         let t0 = std::time::Instant::now();
         let mut t_made = Duration::ZERO;
-        let made = self
-            .create_in(id, pod, config, image, &bundle, &rootfs)
+        // Owner-only from `containers/` down: the bundle holds the env (config.json) and
+        // the way into the container's files.
+        let made = crust_state::private::create_dir(&rootfs)
+            .map_err(|e| Error::write("create", &rootfs, e))
+            .and_then(|()| self.create_in(id, pod, config, image, &bundle, &rootfs))
             .and_then(|rec| {
                 t_made = t0.elapsed();
                 let mut records = self.lock();
@@ -1156,9 +1161,7 @@ impl Inner {
         bundle: &Path,
         rootfs: &Path,
     ) -> Result<ContainerRecord> {
-        self.rootfs
-            .mount(id, &image.id, rootfs)
-            .map_err(Error::Internal)?;
+        self.rootfs.mount(id, &image.id, rootfs)?;
         let handler = self
             .pods
             .config()
@@ -1216,7 +1219,9 @@ impl Inner {
         }
         let text = serde_json::to_vec_pretty(&built.spec)
             .map_err(|e| Error::Internal(format!("serializing the OCI spec: {e}")))?;
-        std::fs::write(bundle.join("config.json"), text)?;
+        let spec_path = bundle.join("config.json");
+        crust_state::private::write_file(&spec_path, &text)
+            .map_err(|e| Error::write("write", &spec_path, e))?;
 
         let log_path = if pod.spec.log_directory.is_empty() || config.log_path.is_empty() {
             None

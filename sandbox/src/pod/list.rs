@@ -40,11 +40,20 @@ impl PodSandboxes {
 impl Inner {
     /// A READY pod whose infra process (POD pid namespace) or shim died is NOTREADY, as a
     /// containerd pod is when its pause container exits: kubelet then recreates it.
+    ///
+    /// A pod whose op lock is held is not judged: StopPodSandbox kills the infra process
+    /// and only then records NOTREADY, and RemovePodSandbox shuts the shim down, both under
+    /// that lock; a status read in between would call an orderly stop a loss. The operation
+    /// settles the state itself; a real loss is seen at the next call after it.
     fn refresh_liveness(&self) {
+        let busy = self.pods_under_an_operation();
         let mut changed = false;
         {
             let mut pods = self.lock_pods();
-            for rec in pods.values_mut().filter(|r| r.state == PodState::Ready) {
+            for rec in pods
+                .values_mut()
+                .filter(|r| r.state == PodState::Ready && !busy.contains(&r.id))
+            {
                 let infra_dead = rec
                     .namespaces
                     .infra_pid
@@ -65,6 +74,19 @@ impl Inner {
         if changed {
             self.update_metrics();
         }
+    }
+}
+
+impl Inner {
+    /// Ids of the pods whose op lock someone holds right now.
+    fn pods_under_an_operation(&self) -> std::collections::HashSet<String> {
+        self.op_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, l)| l.try_lock().is_err())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 

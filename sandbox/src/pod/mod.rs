@@ -89,7 +89,7 @@ impl PodSandboxes {
     /// Opens the pod store (records written by an earlier crustd come back as they were).
     pub fn open(
         config: Config,
-        db: Arc<redb::Database>,
+        db: Arc<crust_state::StateDb>,
         paths: Paths,
         cgroup_driver: CgroupDriver,
     ) -> Result<Self> {
@@ -117,7 +117,7 @@ impl PodSandboxes {
     /// As [`open`](Self::open), with the process and cgroup seams given (tests).
     pub fn open_with(
         config: Config,
-        db: Arc<redb::Database>,
+        db: Arc<crust_state::StateDb>,
         paths: Paths,
         cgroup_driver: CgroupDriver,
         seams: Seams,

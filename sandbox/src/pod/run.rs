@@ -1,5 +1,6 @@
 //! RunPodSandbox: every step registers its undo, and a failing step undoes all before it.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -260,8 +261,11 @@ async fn create_steps(
 
     // 1. The pod's directory.
     let dir = inner.paths.state_dir.join("pods").join(id);
-    std::fs::create_dir_all(dir.parent().unwrap_or(Path::new("/")))?;
-    std::fs::create_dir(&dir)?;
+    // Owner-only (crust_state::private): shim state, namespace pins, the CNI netns path.
+    crust_state::private::create_dir(dir.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| Error::write("create", &dir, e))?;
+    std::fs::create_dir(&dir).map_err(|e| Error::write("create", &dir, e))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     undo.push(Undo::Dir(dir.clone()));
 
     // 2. The pod cgroup.
@@ -273,10 +277,9 @@ async fn create_steps(
         let cg = cgroup::create(h, &path, limits.as_ref())?;
         undo.push(Undo::Cgroup(cg.clone()));
         // Should crustd die before the record is written, start-up finds the cgroup here.
-        std::fs::write(
-            dir.join(super::gc::CGROUP_FILE),
-            serde_json::to_vec(&cg).unwrap_or_default(),
-        )?;
+        let path = dir.join(super::gc::CGROUP_FILE);
+        crust_state::private::write_file(&path, &serde_json::to_vec(&cg).unwrap_or_default())
+            .map_err(|e| Error::write("write", &path, e))?;
         pod_cgroup = Some(cg);
     }
 
@@ -361,19 +364,20 @@ async fn create_steps(
     let (network, ips, cni_result) = network_result?;
     tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "network and shim ready");
 
-    // 6. Files for the containers.
+    // 6. Files for the containers: bind-mounted in, so readable (0644) by any container
+    // user; the pod directory keeps them from the host's other users.
     let hostname_path = dir.join("hostname");
-    std::fs::write(&hostname_path, format!("{hostname}\n"))?;
+    container_file(&hostname_path, format!("{hostname}\n"))?;
     let hosts_path = dir.join("hosts");
     let hosts = if host_network {
         std::fs::read_to_string("/etc/hosts").unwrap_or_default()
     } else {
         files::render_hosts(&hostname, &ips)
     };
-    std::fs::write(&hosts_path, hosts)?;
+    container_file(&hosts_path, hosts)?;
     let resolv_conf_path = dir.join("resolv.conf");
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    std::fs::write(
+    container_file(
         &resolv_conf_path,
         files::render_resolv_conf(spec.dns.as_ref(), &host_resolv),
     )?;
@@ -453,4 +457,11 @@ fn node_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+
+/// Writes a file containers read through a bind mount: 0644 whatever the umask.
+fn container_file(path: &Path, text: String) -> Result<()> {
+    std::fs::write(path, text)
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)))
+        .map_err(|e| Error::write("write", path, e))
 }

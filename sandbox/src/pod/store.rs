@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use crust_state::StateDb;
+use redb::{ReadableTable, TableDefinition};
 
 use super::record::PodRecord;
 use crate::error::{Error, Result};
@@ -13,30 +14,35 @@ const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("sandbox_pods");
 pub const RECORD_VERSION: u32 = 1;
 
 pub struct PodStore {
-    db: Arc<Database>,
+    db: Arc<StateDb>,
 }
 
 impl PodStore {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<StateDb>) -> Self {
         Self { db }
     }
 
     pub fn load_all(&self) -> Result<Vec<PodRecord>> {
-        let txn = self.db.begin_read()?;
-        let table = match txn.open_table(PODS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let raw = self.db.read(|txn| {
+            let table = match txn.open_table(PODS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut raw = Vec::new();
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                raw.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(raw)
+        })?;
         let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            let rec: PodRecord = serde_json::from_slice(v.value())
-                .map_err(|e| Error::Store(format!("pod record {}: {e}", k.value())))?;
+        for (k, v) in raw {
+            let rec: PodRecord = serde_json::from_slice(&v)
+                .map_err(|e| Error::Store(format!("pod record {k}: {e}")))?;
             if rec.version > RECORD_VERSION {
                 return Err(Error::Store(format!(
-                    "pod record {} has version {} (this crust knows {RECORD_VERSION})",
-                    k.value(),
+                    "pod record {k} has version {} (this crust knows {RECORD_VERSION})",
                     rec.version
                 )));
             }
@@ -47,22 +53,19 @@ impl PodStore {
 
     pub fn put(&self, rec: &PodRecord) -> Result<()> {
         let bytes = serde_json::to_vec(rec).map_err(|e| Error::Internal(e.to_string()))?;
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(PODS)?;
-            t.insert(rec.id.as_str(), bytes.as_slice())?;
-        }
-        txn.commit()?;
+        self.db.write(|txn| {
+            txn.open_table(PODS)?
+                .insert(rec.id.as_str(), bytes.as_slice())?;
+            Ok(())
+        })?;
         Ok(())
     }
 
     pub fn delete(&self, id: &str) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(PODS)?;
-            t.remove(id)?;
-        }
-        txn.commit()?;
+        self.db.write(|txn| {
+            txn.open_table(PODS)?.remove(id)?;
+            Ok(())
+        })?;
         Ok(())
     }
 }
@@ -82,11 +85,11 @@ mod tests {
             ..PodRecord::for_test()
         };
         {
-            let s = PodStore::new(Arc::new(Database::create(&path).unwrap()));
+            let s = PodStore::new(Arc::new(StateDb::open(&path).unwrap()));
             assert!(s.load_all().unwrap().is_empty());
             s.put(&rec).unwrap();
         }
-        let s = PodStore::new(Arc::new(Database::create(&path).unwrap()));
+        let s = PodStore::new(Arc::new(StateDb::open(&path).unwrap()));
         assert_eq!(s.load_all().unwrap(), vec![rec.clone()]);
         s.delete(&rec.id).unwrap();
         s.delete(&rec.id).unwrap();
@@ -103,16 +106,15 @@ mod tests {
         let mut old = serde_json::to_value(&rec).unwrap();
         old.as_object_mut().unwrap().remove("cni_result");
         let d = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(d.path().join("s.redb")).unwrap());
-        let txn = db.begin_write().unwrap();
-        txn.open_table(PODS)
-            .unwrap()
-            .insert(
+        let db = Arc::new(StateDb::open(&d.path().join("s.redb")).unwrap());
+        db.write(|txn| {
+            txn.open_table(PODS)?.insert(
                 rec.id.as_str(),
                 serde_json::to_vec(&old).unwrap().as_slice(),
-            )
-            .unwrap();
-        txn.commit().unwrap();
+            )?;
+            Ok(())
+        })
+        .unwrap();
         let loaded = PodStore::new(db).load_all().unwrap();
         assert_eq!(
             loaded,
@@ -126,7 +128,7 @@ mod tests {
     #[test]
     fn newer_records_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        let s = PodStore::new(Arc::new(Database::create(d.path().join("s.redb")).unwrap()));
+        let s = PodStore::new(Arc::new(StateDb::open(&d.path().join("s.redb")).unwrap()));
         let rec = PodRecord {
             version: RECORD_VERSION + 1,
             ..PodRecord::for_test()

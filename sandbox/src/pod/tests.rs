@@ -60,7 +60,7 @@ impl PluginRunner for FakeCni {
 
 struct Env {
     dir: tempfile::TempDir,
-    db: Arc<redb::Database>,
+    db: Arc<crust_state::StateDb>,
     config: Config,
 }
 
@@ -84,7 +84,7 @@ impl Env {
         let plugin = bin.join("fakenet");
         std::fs::write(&plugin, "#!/bin/sh\nexit 1\n").unwrap();
         std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
+        let db = Arc::new(crust_state::StateDb::open(&dir.path().join("state.redb")).unwrap());
         let config = Config {
             cni_conf_dir: conf,
             cni_bin_dirs: vec![bin],
@@ -377,5 +377,50 @@ async fn a_retry_of_a_create_that_fails_tries_again_itself() {
         .filter(|c| c.ends_with("ADD"))
         .count();
     assert_eq!(adds, 2);
+    assert_eq!(env.pod_dirs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orderly_stop_is_not_taken_for_a_lost_infra_process() {
+    let Some(env) = Env::new() else { return };
+    let pods = env.pods(&FakeCni::default());
+    let in_pod_pid_ns = |name: &str| {
+        let mut s = spec(name);
+        s.namespaces.pid = NamespaceMode::Pod;
+        s
+    };
+    let kill_infra = |id: &str| {
+        let ns = pods.status(id).unwrap().namespaces;
+        assert!(
+            ns.infra_pid.is_some(),
+            "a POD pid namespace has an infra process"
+        );
+        crate::namespaces::kill_infra(&ns);
+        assert!(!crate::namespaces::running(
+            ns.infra_pid.unwrap(),
+            ns.infra_start_time
+        ));
+    };
+
+    // StopPodSandbox's window, made wide: under the pod's op lock the infra process is gone
+    // and the record still says READY. A status read then must not call it a loss.
+    let stopping = pods.run(in_pod_pid_ns("stopping")).await.unwrap();
+    let held = pods.inner.op_lock(&stopping).lock_owned().await;
+    kill_infra(&stopping);
+    assert_eq!(pods.status(&stopping).unwrap().state, PodState::Ready);
+    assert_eq!(pods.list(&PodFilter::default()).len(), 1);
+    assert_eq!(pods.status(&stopping).unwrap().state, PodState::Ready);
+    drop(held);
+
+    // Without an operation, a dead infra process is a lost pod.
+    let lost = pods.run(in_pod_pid_ns("lost")).await.unwrap();
+    kill_infra(&lost);
+    assert_eq!(pods.status(&lost).unwrap().state, PodState::NotReady);
+
+    for id in [&stopping, &lost] {
+        pods.stop(id).await.unwrap();
+        assert_eq!(pods.status(id).unwrap().state, PodState::NotReady);
+        pods.remove(id).await.unwrap();
+    }
     assert_eq!(env.pod_dirs(), 0);
 }

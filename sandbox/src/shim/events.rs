@@ -164,7 +164,7 @@ impl EventsServer {
     /// Listens on the unix socket `path` (replacing a stale one).
     pub async fn start(path: &Path) -> Result<(EventsServer, mpsc::UnboundedReceiver<ShimEvent>)> {
         if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
+            crust_state::private::create_dir(dir)?;
         }
         match tokio::fs::remove_file(path).await {
             Ok(()) => {}

@@ -62,7 +62,7 @@ impl ShimFlavour {
     pub(super) fn record(self, pod_dir: &Path) -> std::io::Result<()> {
         match self {
             ShimFlavour::Crust => Ok(()),
-            f => std::fs::write(pod_dir.join(FLAVOUR_FILE), f.name()),
+            f => crust_state::private::write_file(&pod_dir.join(FLAVOUR_FILE), f.name().as_bytes()),
         }
     }
 
@@ -92,7 +92,7 @@ impl ShimFlavour {
             "ociVersion": "1.0.2",
             "annotations": { SANDBOX_ID_ANNOTATION: pod_id },
         });
-        std::fs::write(pod_dir.join("config.json"), spec.to_string())
+        crust_state::private::write_file(&pod_dir.join("config.json"), spec.to_string().as_bytes())
     }
 }
 

@@ -85,7 +85,7 @@ pub(super) fn start(
     terminal: bool,
 ) -> io::Result<(PathBuf, Option<PathBuf>, Placeholders)> {
     let (out, err) = fifo_paths(bundle, terminal);
-    std::fs::create_dir_all(bundle.join("io"))?;
+    crust_state::private::create_dir(&bundle.join("io"))?;
     for p in std::iter::once(&out).chain(err.as_ref()) {
         mkfifo(p)?;
     }

@@ -311,7 +311,7 @@ impl ShimClient {
                 cfg.socket_dir.display()
             )));
         }
-        tokio::fs::create_dir_all(&cfg.socket_dir).await?;
+        crust_state::private::create_dir(&cfg.socket_dir)?;
         cfg.flavour.record(pod_dir)?;
         cfg.flavour.prepare_work_dir(pod_dir, pod_id)?;
         // A containerd-style shim's logger blocks on the `log` FIFO until it is read.
@@ -375,7 +375,10 @@ impl ShimClient {
             // (cleaning up after a crash, the pod record).
             let pid = answered?;
             if !pod_dir.join("shim.pid").exists() {
-                tokio::fs::write(pod_dir.join("shim.pid"), pid.to_string()).await?;
+                crust_state::private::write_file(
+                    &pod_dir.join("shim.pid"),
+                    pid.to_string().as_bytes(),
+                )?;
             }
         }
         Ok(client)
