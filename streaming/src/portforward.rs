@@ -89,6 +89,7 @@ where
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let upstream = async {
         while let Some(bytes) = from_client.read().await {
+            crate::metrics::bytes("portforward", "in", bytes.len());
             if tcp_w.write_all(&bytes).await.is_err() {
                 break;
             }
@@ -101,6 +102,7 @@ where
             match tcp_r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    crate::metrics::bytes("portforward", "out", n);
                     if to_client.write(&buf[..n]).await.is_err() {
                         break;
                     }

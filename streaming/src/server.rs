@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::metrics;
 use crate::portforward;
 use crate::remotecommand::{self, ExecOptions, Process, TermSize};
 use crate::spdy::{Conn, Limits};
@@ -96,6 +97,8 @@ impl Server {
     /// Binds `config.address` (port 0: one chosen now) and serves in the background.
     pub async fn start(config: ServerConfig, backend: Arc<dyn Backend>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.address).await?;
+        // Registered now, so that they are exported before the first session.
+        std::sync::LazyLock::force(&metrics::METRICS);
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             tokens: Tokens::new(config.token_ttl, 4096),
@@ -148,6 +151,10 @@ impl Server {
     }
 }
 
+fn refused(reason: &str) {
+    metrics::METRICS.refused.with_label_values(&[reason]).inc();
+}
+
 fn reply(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(msg.into())));
     *r.status_mut() = status;
@@ -187,6 +194,7 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
         return reply(StatusCode::NOT_FOUND, "not found\n");
     };
     let Some(request) = state.tokens.take(token) else {
+        refused("token");
         return reply(
             StatusCode::NOT_FOUND,
             "unknown, used or expired streaming token\n",
@@ -236,12 +244,14 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
         ),
     };
     let Some(protocol) = negotiate(&offered, ours, websocket.is_none()) else {
+        refused("protocol");
         return reply(
             StatusCode::FORBIDDEN,
             format!("no supported stream protocol in {offered:?}; supported: {ours:?}\n"),
         );
     };
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
+        refused("too_many");
         return reply(
             StatusCode::TOO_MANY_REQUESTS,
             "too many streaming sessions\n",
@@ -259,6 +269,7 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
             }
         };
         let transport = if over_websocket { "websocket" } else { "spdy" };
+        let _active = metrics::Active::start(request.kind(), transport);
         match request {
             Request::Exec {
                 container_id,
