@@ -19,8 +19,10 @@ use crate::spdy::{Conn, Stream};
 pub const PROTOCOL: &str = "portforward.k8s.io";
 /// The protocols served over SPDY.
 pub const SPDY_PROTOCOLS: &[&str] = &[PROTOCOL];
-/// Over WebSocket, client-go tunnels the same SPDY session through binary messages.
-pub const TUNNEL_PROTOCOLS: &[&str] = &["SPDY/3.1+portforward.k8s.io"];
+/// Over WebSocket: client-go tunnels the same SPDY session through binary
+/// messages; older clients speak kubelet's channel protocol (ports in the URL).
+pub const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+pub const WEBSOCKET_PROTOCOLS: &[&str] = &[TUNNEL, "v4.channel.k8s.io"];
 
 #[derive(Default)]
 struct Pair {

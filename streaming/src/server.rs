@@ -240,10 +240,15 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
         ),
         (Request::PortForward { .. }, true) => (
             client_protocols(&req, WS_PROTOCOL_HEADER),
-            portforward::TUNNEL_PROTOCOLS,
+            portforward::WEBSOCKET_PROTOCOLS,
         ),
     };
-    let Some(protocol) = negotiate(&offered, ours, websocket.is_none()) else {
+    // kubelet's WebSocket port-forward also serves a client naming no subprotocol.
+    let bare_port_forward =
+        websocket.is_some() && offered.is_empty() && matches!(request, Request::PortForward { .. });
+    let Some(protocol) =
+        negotiate(&offered, ours, websocket.is_none()).or_else(|| bare_port_forward.then_some(""))
+    else {
         refused("protocol");
         return reply(
             StatusCode::FORBIDDEN,
@@ -256,6 +261,15 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
             StatusCode::TOO_MANY_REQUESTS,
             "too many streaming sessions\n",
         );
+    };
+    // kubelet's WebSocket port-forward names its ports in the URL.
+    let channel_ports = websocket.is_some()
+        && matches!(request, Request::PortForward { .. })
+        && protocol != portforward::TUNNEL;
+    let ports = match query_ports(req.uri().query()) {
+        Ok(p) if !channel_ports || !p.is_empty() => p,
+        Ok(_) => return reply(StatusCode::BAD_REQUEST, "no port in the URL\n"),
+        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let upgraded = hyper::upgrade::on(&mut req);
     let s = state.clone();
@@ -299,8 +313,12 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
                 if over_websocket {
                     let ws =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-                    let conn = Conn::serve(websocket::tunnel(ws), s.limits.clone());
-                    portforward::serve_spdy(conn, connect).await;
+                    if protocol == portforward::TUNNEL {
+                        let conn = Conn::serve(websocket::tunnel(ws), s.limits.clone());
+                        portforward::serve_spdy(conn, connect).await;
+                    } else {
+                        websocket::serve_portforward(ws, ports, connect).await;
+                    }
                 } else {
                     let conn = Conn::serve(io, s.limits.clone());
                     portforward::serve_spdy(conn, connect).await;
@@ -323,10 +341,26 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
             if let Ok(v) = HeaderValue::from_str(&accept) {
                 h.insert("sec-websocket-accept", v);
             }
-            h.insert(WS_PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+            if !protocol.is_empty() {
+                h.insert(WS_PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+            }
         }
     }
     r
+}
+
+/// The `port` parameters of a query string.
+fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for pair in query.unwrap_or_default().split('&') {
+        if let Some(v) = pair.strip_prefix("port=") {
+            match v.parse::<u16>() {
+                Ok(p) if p > 0 && ports.len() < 64 => ports.push(p),
+                _ => return Err(format!("bad port parameter {v:?}")),
+            }
+        }
+    }
+    Ok(ports)
 }
 
 /// Bounds of a WebSocket: messages and frames of at most 1 MiB.
