@@ -349,6 +349,19 @@ impl Cri {
         Ok((r.url, d))
     }
 
+    /// Exec of `cmd` with stdout only: the streaming URL.
+    pub async fn exec(&self, id: &str, cmd: &[&str]) -> Result<(String, Duration), BenchError> {
+        let mut c = self.rt.clone();
+        let req = cri::ExecRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            stdout: true,
+            ..Default::default()
+        };
+        let (r, d) = self.timed("Exec", self.timeout, c.exec(req)).await?;
+        Ok((r.url, d))
+    }
+
     pub async fn exec_sync(
         &self,
         id: &str,

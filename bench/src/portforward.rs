@@ -130,8 +130,13 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame>, BenchError> {
 /// Opens the WebSocket of `url` for `port`; returns the stream and any bytes
 /// read past the handshake response.
 async fn connect(url: &str, port: u16) -> Result<(TcpStream, Vec<u8>), BenchError> {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    connect_ws(&format!("{url}{sep}port={port}")).await
+}
+
+/// Opens the WebSocket of `url` with the `v4.channel.k8s.io` subprotocol.
+async fn connect_ws(url: &str) -> Result<(TcpStream, Vec<u8>), BenchError> {
     let (host, path) = split_url(url)?;
-    let sep = if path.contains('?') { '&' } else { '?' };
     let mut s = TcpStream::connect(&host)
         .await
         .map_err(|e| io(&format!("connecting to {host}"), e))?;
@@ -141,7 +146,7 @@ async fn connect(url: &str, port: u16) -> Result<(TcpStream, Vec<u8>), BenchErro
     key[8..].copy_from_slice(&random_u64().to_le_bytes());
     let key = base64::engine::general_purpose::STANDARD.encode(key);
     let req = format!(
-        "GET {path}{sep}port={port} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
     );
@@ -253,6 +258,45 @@ pub async fn echo(url: &str, port: u16, total: usize) -> Result<Duration, BenchE
         .write_all(&encode_frame(0x8, &[0x03, 0xe8], [m[0], m[1], m[2], m[3]]))
         .await;
     Ok(took)
+}
+
+/// Runs the exec behind `url` (stdout only) over WebSocket to its end: returns
+/// once its result arrives on the error channel (3), an error unless it is
+/// `Success`.
+pub async fn exec(url: &str) -> Result<(), BenchError> {
+    let (mut s, mut pending) = connect_ws(url).await?;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut message: Vec<u8> = Vec::new();
+    loop {
+        while let Some((fin, opcode, payload, used)) = decode_frame(&pending)? {
+            pending.drain(..used);
+            match opcode {
+                0x8 => return Err(err("exec: closed before its result")),
+                0x9 | 0xA => continue,
+                _ => message.extend_from_slice(&payload),
+            }
+            if !fin {
+                continue;
+            }
+            let msg = std::mem::take(&mut message);
+            if let Some((3, status)) = msg.split_first() {
+                let status = String::from_utf8_lossy(status);
+                if !status.contains("\"Success\"") {
+                    return Err(err(format!("exec: {status}")));
+                }
+                let m = random_u64().to_le_bytes();
+                let _ = s
+                    .write_all(&encode_frame(0x8, &[0x03, 0xe8], [m[0], m[1], m[2], m[3]]))
+                    .await;
+                return Ok(());
+            }
+        }
+        let n = s.read(&mut chunk).await.map_err(|e| io("read", e))?;
+        if n == 0 {
+            return Err(err("exec: stream ended before its result"));
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    }
 }
 
 #[cfg(test)]

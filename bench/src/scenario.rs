@@ -682,8 +682,19 @@ impl Ctx {
                 self.rec.record("ExecSync", d);
             }
         }
+        // The same through the streaming server, as `kubectl exec` runs it: the Exec
+        // RPC, the WebSocket (v4.channel.k8s.io) and the process's result.
+        for i in 0..=self.s.count {
+            let begin = Instant::now();
+            let (url, _) = self.cri.exec(cid, &["true"]).await?;
+            crate::portforward::exec(&url).await?;
+            if i > 0 {
+                self.rec
+                    .record("Exec through the streaming server", begin.elapsed());
+            }
+        }
         self.teardown_all(&pods).await?;
-        self.keep_only(&["ExecSync"]);
+        self.keep_only(&["ExecSync", "Exec through the streaming server"]);
         Ok(())
     }
 
