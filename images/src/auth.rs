@@ -989,3 +989,107 @@ mod tests {
         assert!(!a.token_key.contains("hunter2") && !a.token_key.contains("refresh-xyz"));
     }
 }
+
+/// Property-based fuzzing of `WWW-Authenticate` parsing (docs/architecture.md, "Fuzzing").
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::config;
+    use proptest::prelude::*;
+
+    /// RFC 9110 token characters.
+    const TOKEN: &str = "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,10}";
+
+    #[derive(Debug, Clone)]
+    enum Value {
+        Token(String),
+        Quoted(String),
+    }
+
+    fn challenge() -> impl Strategy<Value = (String, Vec<(String, Value)>)> {
+        let value = prop_oneof![
+            TOKEN.prop_map(Value::Token),
+            ".{0,20}".prop_map(Value::Quoted),
+        ];
+        (
+            prop_oneof![
+                Just("Bearer".to_string()),
+                Just("basic".to_string()),
+                TOKEN.prop_map(String::from)
+            ],
+            prop::collection::vec(
+                (
+                    prop_oneof![Just("realm".to_string()), TOKEN.prop_map(String::from)],
+                    value,
+                ),
+                0..4,
+            ),
+        )
+    }
+
+    fn render(challenges: &[(String, Vec<(String, Value)>)], ws: &str) -> String {
+        challenges
+            .iter()
+            .map(|(scheme, params)| {
+                let params: Vec<String> = params
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::Token(t) => format!("{k}{ws}={ws}{t}"),
+                        Value::Quoted(q) => {
+                            let q = q.replace('\\', "\\\\").replace('"', "\\\"");
+                            format!("{k}{ws}={ws}\"{q}\"")
+                        }
+                    })
+                    .collect();
+                if params.is_empty() {
+                    scheme.clone()
+                } else {
+                    format!("{scheme} {}", params.join(&format!("{ws},{ws}")))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(&format!("{ws},{ws}"))
+    }
+
+    proptest! {
+        #![proptest_config(config(3000))]
+
+        #[test]
+        fn arbitrary_header_values(s in ".{0,120}") {
+            let _ = parse_bearer_challenge(&s);
+            let _ = is_basic_challenge(&s);
+        }
+
+        #[test]
+        fn challenge_alphabet(s in "[A-Za-z =,\"\\\\\t]{0,80}") {
+            let _ = parse_challenges(&s);
+        }
+
+        #[test]
+        fn well_formed_challenges_parse(
+            challenges in prop::collection::vec(challenge(), 1..4),
+            ws in prop_oneof![Just(""), Just(" "), Just(" \t ")],
+        ) {
+            let header = render(&challenges, ws);
+            let got = parse_challenges(&header);
+            prop_assert_eq!(got.len(), challenges.len(), "{}", header);
+            for ((scheme, params), (want_scheme, want)) in got.iter().zip(&challenges) {
+                prop_assert_eq!(scheme, &want_scheme.to_ascii_lowercase());
+                let mut expect = HashMap::new();
+                for (k, v) in want {
+                    let v = match v {
+                        Value::Token(t) | Value::Quoted(t) => t.clone(),
+                    };
+                    expect.insert(k.to_ascii_lowercase(), v);
+                }
+                prop_assert_eq!(params, &expect, "{}", header);
+            }
+            let bearer = challenges
+                .iter()
+                .zip(&got)
+                .filter(|((s, _), _)| s.eq_ignore_ascii_case("bearer"))
+                .find_map(|(_, (_, p))| p.get("realm").filter(|r| !r.is_empty()).cloned());
+            prop_assert_eq!(parse_bearer_challenge(&header).map(|c| c.realm), bearer);
+        }
+    }
+}
