@@ -165,6 +165,8 @@ mod unpack {
             Just("f"),
             Just(""),
             Just(".wh.a"),
+            Just(".wh.f"),
+            Just(".wh.sentinel"),
             Just(".wh..wh..opq"),
         ];
         (any::<bool>(), prop::collection::vec(part, 1..5)).prop_map(|(abs, parts)| {
