@@ -161,3 +161,56 @@ proptest! {
         }
     }
 }
+
+/// A reader that hands out its chunks one `read` at a time.
+struct Chunked(std::collections::VecDeque<Vec<u8>>);
+
+impl tokio::io::AsyncRead for Chunked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        while let Some(mut c) = self.0.pop_front() {
+            if c.is_empty() {
+                continue;
+            }
+            let n = c.len().min(buf.remaining());
+            buf.put_slice(&c[..n]);
+            if n < c.len() {
+                self.0.push_front(c.split_off(n));
+            }
+            break;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+proptest! {
+    #![proptest_config(config(200))]
+
+    /// What `copy_to_log` writes reads back, entry by entry, as the stream it copied.
+    #[test]
+    fn copied_streams_read_back(chunks in chunks()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let log = Arc::new(Mutex::new(LogFile::open(&path).unwrap()));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(copy_to_log(Chunked(chunks.clone().into()), Stream::Stderr, log));
+        let text = std::fs::read(&path).unwrap();
+        let input = chunks.concat();
+        let mut rebuilt = Vec::new();
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            let (_, _, stream, partial, t) = parse_entry(line).expect("an entry");
+            prop_assert_eq!(stream, Stream::Stderr);
+            rebuilt.extend_from_slice(t);
+            if !partial {
+                rebuilt.push(b'\n');
+            }
+        }
+        if !input.is_empty() && !input.ends_with(b"\n") {
+            prop_assert_eq!(rebuilt.pop(), Some(b'\n'));
+        }
+        prop_assert_eq!(rebuilt, input);
+    }
+}
