@@ -176,3 +176,120 @@ proptest! {
         }
     }
 }
+
+/// What a client sends: streams opened with real header blocks, data on them,
+/// any other frame, and raw bytes.
+#[derive(Debug, Clone)]
+enum Send {
+    Open(u32, Headers, bool),
+    Data(u32, Vec<u8>, bool),
+    Frame(Frame),
+    Raw(Vec<u8>),
+}
+
+fn send() -> impl Strategy<Value = Send> {
+    let id = prop_oneof![1u32..8, ID];
+    prop_oneof![
+        3 => (id.clone(), headers(), any::<bool>()).prop_map(|(s, h, fin)| Send::Open(s, h, fin)),
+        3 => (id, prop::collection::vec(any::<u8>(), 0..100), any::<bool>())
+            .prop_map(|(s, d, fin)| Send::Data(s, d, fin)),
+        2 => any_frame().prop_map(Send::Frame),
+        1 => prop::collection::vec(any::<u8>(), 0..24).prop_map(Send::Raw),
+    ]
+}
+
+thread_local! {
+    static PANICKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes a panic on this thread, where a current-thread runtime runs the
+/// connection's tasks too (a panicking task does not fail the test by itself).
+fn watch_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.with(|p| p.set(true));
+            previous(info);
+        }));
+    });
+    PANICKED.with(|p| p.set(false));
+}
+
+/// Serves a connection whose client sends `sends` and then closes its side; every
+/// stream is accepted and read. The connection must end, with a reason, and no
+/// task of it may panic.
+fn serve(sends: Vec<Send>) -> String {
+    watch_panics();
+    use super::conn::{Conn, Limits};
+    use tokio::io::AsyncWriteExt;
+    let mut z = Compressor::new();
+    let bytes: Vec<u8> = sends
+        .into_iter()
+        .flat_map(|s| match s {
+            Send::Open(stream, h, fin) => Frame::SynStream {
+                stream,
+                associated: 0,
+                priority: 0,
+                flags: if fin { frame::FLAG_FIN } else { 0 },
+                block: z.compress(&h).unwrap(),
+            }
+            .encode(),
+            Send::Data(stream, data, fin) => Frame::Data {
+                stream,
+                flags: if fin { frame::FLAG_FIN } else { 0 },
+                data,
+            }
+            .encode(),
+            Send::Frame(f) => f.encode(),
+            Send::Raw(b) => b,
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let why = rt.block_on(async move {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let limits = Limits {
+            max_frame: 4096,
+            max_streams: 8,
+            idle: std::time::Duration::from_secs(30),
+        };
+        let mut conn = Conn::serve(server, limits);
+        let (mut cr, mut cw) = tokio::io::split(client);
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut cr, &mut tokio::io::sink()).await;
+        });
+        tokio::spawn(async move {
+            let _ = cw.write_all(&bytes).await;
+            let _ = cw.shutdown().await;
+        });
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while let Some(s) = conn.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, _w) = s.split();
+                    while r.read().await.is_some() {}
+                });
+            }
+            conn.closed().await
+        })
+        .await;
+        ended.expect("the connection ends once the client has closed its side")
+    });
+    assert!(
+        !PANICKED.with(|p| p.get()),
+        "a task of the connection panicked"
+    );
+    why
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    #[test]
+    fn connections_end_whatever_the_client_sends(sends in prop::collection::vec(send(), 0..12)) {
+        let why = serve(sends);
+        prop_assert!(!why.is_empty());
+    }
+}
