@@ -68,6 +68,17 @@ pub fn pod_config(name: &str, net: &TestNet, log_dir: &std::path::Path) -> cri::
     }
 }
 
+/// The pod config's namespace options, made if absent (to set a mode on).
+pub fn namespaces(config: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+}
+
 pub async fn run_pod(rt: &mut Rt, config: &cri::PodSandboxConfig) -> String {
     rt.run_pod_sandbox(cri::RunPodSandboxRequest {
         config: Some(config.clone()),

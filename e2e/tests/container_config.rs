@@ -466,13 +466,7 @@ async fn containers_of_a_pod_in_pod_pid_mode_see_each_other() {
     pull(&crustd, &image).await;
     let mut rt = crustd.runtime().await.expect("client");
     let mut pc = pod_config("podpid", &net, &crustd.dir().join("logs"));
-    if let Some(l) = pc.linux.as_mut() {
-        l.security_context
-            .get_or_insert_with(Default::default)
-            .namespace_options
-            .get_or_insert_with(Default::default)
-            .pid = cri::NamespaceMode::Pod as i32;
-    }
+    crust_e2e::workload::namespaces(&mut pc).pid = cri::NamespaceMode::Pod as i32;
     let pod = run_pod(&mut rt, &pc).await;
     let mut ids = Vec::new();
     for (name, secs) in [("one", "1001"), ("two", "1002")] {

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crust_e2e::net::{TestNet, mounts_under};
+use crust_e2e::workload::namespaces;
 use crust_e2e::{Crustd, cri, free_port, metric_value};
 use tonic::Code;
 
@@ -344,16 +345,9 @@ async fn host_network_pod_skips_cni_and_uses_host_namespaces() {
     assert!(net.leases().is_empty(), "CNI was not called");
     // Net sysctls are refused for a host-network pod.
     let mut bad = pod_config("hostnet-sysctl", &net);
-    let linux = bad.linux.as_mut().unwrap();
-    linux
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .network = cri::NamespaceMode::Node as i32;
-    linux.sysctls = HashMap::from([("net.ipv4.ip_forward".into(), "1".into())]);
+    namespaces(&mut bad).network = cri::NamespaceMode::Node as i32;
+    bad.linux.as_mut().unwrap().sysctls =
+        HashMap::from([("net.ipv4.ip_forward".into(), "1".into())]);
     let err = run(&mut rt, bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     stop(&mut rt, &id).await;
@@ -362,16 +356,7 @@ async fn host_network_pod_skips_cni_and_uses_host_namespaces() {
 
     // hostIPC: the host's IPC namespace and /dev/shm, and no IPC sysctls.
     let mut config = pod_config("hostipc", &net);
-    let opts = config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
+    let opts = namespaces(&mut config);
     opts.ipc = cri::NamespaceMode::Node as i32;
     let mut bad = config.clone();
     bad.metadata.as_mut().unwrap().name = "hostipc-sysctl".into();
@@ -648,15 +633,8 @@ async fn pod_pid_namespace_cgroup_limits_and_shm() {
     let net = TestNet::new(&crustd, 18);
     let mut rt = crustd.runtime().await.expect("client");
     let mut config = pod_config("limits", &net);
+    namespaces(&mut config).pid = cri::NamespaceMode::Pod as i32;
     let linux = config.linux.as_mut().unwrap();
-    linux
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .pid = cri::NamespaceMode::Pod as i32;
     linux.resources = Some(cri::LinuxContainerResources {
         memory_limit_in_bytes: 64 << 20,
         cpu_shares: 512,

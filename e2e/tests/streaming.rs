@@ -62,6 +62,15 @@ fn crictl_exec_over(
     )
 }
 
+/// crustd's metrics text, read with a plain HTTP/1.0 GET.
+fn metrics_text(crustd: &crust_e2e::Crustd) -> String {
+    let mut s = std::net::TcpStream::connect(crustd.metrics_addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 /// Host pids whose command line is exactly `argv`.
 fn pids_running(argv: &[&str]) -> Vec<u32> {
     let want: Vec<u8> = argv
@@ -138,6 +147,35 @@ async fn crictl_exec_streams_output_input_and_exit_codes() {
             "{t}: terminal size not passed: {text:?}"
         );
     }
+
+    // What the sessions were, in crustd's metrics.
+    use crust_e2e::workload::counter;
+    for t in ["spdy", "websocket"] {
+        let l = [("kind", "exec"), ("transport", t)];
+        assert!(
+            counter(&crustd, "crust_streaming_sessions_total", &l).await >= 5.0,
+            "{t}"
+        );
+    }
+    let streamed_in = counter(
+        &crustd,
+        "crust_streaming_bytes_total",
+        &[("kind", "exec"), ("direction", "in")],
+    )
+    .await;
+    let input_len: usize = (0..200_000u32).map(|i| format!("{i}\n").len()).sum();
+    assert!(streamed_in >= 2.0 * input_len as f64, "{streamed_in}");
+    wait_for(
+        "no session to be left open",
+        Duration::from_secs(10),
+        || {
+            let text = metrics_text(&crustd);
+            !text
+                .lines()
+                .any(|l| l.starts_with("crust_streaming_sessions_active{") && !l.ends_with(" 0"))
+        },
+    )
+    .await;
 
     // Bad requests are refused before any URL exists.
     let refused = rt
@@ -256,6 +294,20 @@ fn http_get(port: u16) -> Result<String, String> {
     }
 }
 
+/// [`http_get`] until it answers (a forward's first connection may race its
+/// listener), at most 5 s.
+async fn http_get_soon(port: u16) -> Result<String, String> {
+    let mut body = Err(String::new());
+    for _ in 0..20 {
+        body = http_get(port);
+        if body.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    body
+}
+
 /// `crictl port-forward` of `mappings` to pod `pod`, left running; killed on drop.
 struct Forward(std::process::Child);
 
@@ -321,14 +373,7 @@ async fn crictl_port_forward_reaches_pod_and_host_network_pods() {
     for t in ["spdy", "websocket"] {
         let good = crust_e2e::free_port();
         let fwd = port_forward(t, &crustd.socket, &pod, &[format!("{good}:8080")]).await;
-        let mut body = Err(String::new());
-        for _ in 0..20 {
-            body = http_get(good);
-            if body.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let body = http_get_soon(good).await;
         assert_eq!(body.as_deref(), Ok("hello-from-the-pod\n"));
         // Concurrent connections through one session.
         let gets: Vec<_> = (0..8)
@@ -371,17 +416,7 @@ async fn crictl_port_forward_reaches_pod_and_host_network_pods() {
     // A host-network pod: the port is the node's.
     let mut host_pc =
         crust_e2e::workload::pod_config("stream-pf-host", &net, &crustd.dir().join("logs"));
-    host_pc
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .network = cri::NamespaceMode::Node as i32;
+    crust_e2e::workload::namespaces(&mut host_pc).network = cri::NamespaceMode::Node as i32;
     let host_pod = crust_e2e::workload::run_pod(&mut rt, &host_pc).await;
     let host_port = crust_e2e::free_port();
     serve_http(
@@ -401,14 +436,7 @@ async fn crictl_port_forward_reaches_pod_and_host_network_pods() {
         &[format!("{local}:{host_port}")],
     )
     .await;
-    let mut body = Err(String::new());
-    for _ in 0..20 {
-        body = http_get(local);
-        if body.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let body = http_get_soon(local).await;
     assert_eq!(body.as_deref(), Ok("hello-from-the-host\n"));
     remove_pod(&mut rt, &host_pod).await;
 }

@@ -465,6 +465,16 @@ impl Snapshotter {
         }
     }
 
+    /// Throws a staging directory away at once: renamed into the trash (an unpacked
+    /// layer takes a while to delete; the trash thread does that), so no snapshot
+    /// directory without a record outlives the call.
+    pub fn discard_staging(&self, mut staging: Staging) {
+        if self.discard(&staging.dir).is_ok() {
+            staging.done = true;
+            self.empty_trash();
+        }
+    }
+
     /// Deletes the trash in a background thread.
     fn empty_trash(&self) {
         let trash = self.trash.clone();

@@ -842,8 +842,7 @@ impl ImageStore {
         let snaps = &self.inner.snapshots;
         if snaps.exists(chain_id)? {
             if let Some(s) = staged {
-                // Removing an unpacked layer takes a while: off the async workers.
-                tokio::task::spawn_blocking(move || drop(s));
+                snaps.discard_staging(s.staging);
             }
             return Ok(());
         }

@@ -9,6 +9,7 @@
 //! - [`server`]: the HTTP server, the upgrade handshake, and the [`Backend`] seam
 //!   through which processes are started (crustd's is the pod's shim).
 
+pub mod metrics;
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;

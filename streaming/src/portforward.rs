@@ -19,8 +19,10 @@ use crate::spdy::{Conn, Stream};
 pub const PROTOCOL: &str = "portforward.k8s.io";
 /// The protocols served over SPDY.
 pub const SPDY_PROTOCOLS: &[&str] = &[PROTOCOL];
-/// Over WebSocket, client-go tunnels the same SPDY session through binary messages.
-pub const TUNNEL_PROTOCOLS: &[&str] = &["SPDY/3.1+portforward.k8s.io"];
+/// Over WebSocket: client-go tunnels the same SPDY session through binary
+/// messages; older clients speak kubelet's channel protocol (ports in the URL).
+pub const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+pub const WEBSOCKET_PROTOCOLS: &[&str] = &[TUNNEL, "v4.channel.k8s.io"];
 
 #[derive(Default)]
 struct Pair {
@@ -89,6 +91,7 @@ where
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let upstream = async {
         while let Some(bytes) = from_client.read().await {
+            crate::metrics::bytes("portforward", "in", bytes.len());
             if tcp_w.write_all(&bytes).await.is_err() {
                 break;
             }
@@ -101,6 +104,7 @@ where
             match tcp_r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    crate::metrics::bytes("portforward", "out", n);
                     if to_client.write(&buf[..n]).await.is_err() {
                         break;
                     }

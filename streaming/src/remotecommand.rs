@@ -298,6 +298,7 @@ async fn pump_out(mut out: Box<dyn Output>, to: Box<dyn ChannelOut>) {
         match out.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                crate::metrics::bytes("exec", "out", n);
                 if to.send(&buf[..n]).await.is_err() {
                     // The client is gone; keep reading so the process never blocks.
                     while matches!(out.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -311,6 +312,7 @@ async fn pump_out(mut out: Box<dyn Output>, to: Box<dyn ChannelOut>) {
 
 async fn pump_in(mut input: Box<dyn Input>, mut from: Box<dyn ChannelIn>) {
     while let Some(data) = from.recv().await {
+        crate::metrics::bytes("exec", "in", data.len());
         if input.write(&data).await.is_err() {
             break;
         }

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::metrics;
 use crate::portforward;
 use crate::remotecommand::{self, ExecOptions, Process, TermSize};
 use crate::spdy::{Conn, Limits};
@@ -96,6 +97,8 @@ impl Server {
     /// Binds `config.address` (port 0: one chosen now) and serves in the background.
     pub async fn start(config: ServerConfig, backend: Arc<dyn Backend>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.address).await?;
+        // Registered now, so that they are exported before the first session.
+        std::sync::LazyLock::force(&metrics::METRICS);
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             tokens: Tokens::new(config.token_ttl, 4096),
@@ -148,6 +151,10 @@ impl Server {
     }
 }
 
+fn refused(reason: &str) {
+    metrics::METRICS.refused.with_label_values(&[reason]).inc();
+}
+
 fn reply(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(msg.into())));
     *r.status_mut() = status;
@@ -187,6 +194,7 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
         return reply(StatusCode::NOT_FOUND, "not found\n");
     };
     let Some(request) = state.tokens.take(token) else {
+        refused("token");
         return reply(
             StatusCode::NOT_FOUND,
             "unknown, used or expired streaming token\n",
@@ -232,20 +240,36 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
         ),
         (Request::PortForward { .. }, true) => (
             client_protocols(&req, WS_PROTOCOL_HEADER),
-            portforward::TUNNEL_PROTOCOLS,
+            portforward::WEBSOCKET_PROTOCOLS,
         ),
     };
-    let Some(protocol) = negotiate(&offered, ours, websocket.is_none()) else {
+    // kubelet's WebSocket port-forward also serves a client naming no subprotocol.
+    let bare_port_forward =
+        websocket.is_some() && offered.is_empty() && matches!(request, Request::PortForward { .. });
+    let Some(protocol) =
+        negotiate(&offered, ours, websocket.is_none()).or_else(|| bare_port_forward.then_some(""))
+    else {
+        refused("protocol");
         return reply(
             StatusCode::FORBIDDEN,
             format!("no supported stream protocol in {offered:?}; supported: {ours:?}\n"),
         );
     };
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
+        refused("too_many");
         return reply(
             StatusCode::TOO_MANY_REQUESTS,
             "too many streaming sessions\n",
         );
+    };
+    // kubelet's WebSocket port-forward names its ports in the URL.
+    let channel_ports = websocket.is_some()
+        && matches!(request, Request::PortForward { .. })
+        && protocol != portforward::TUNNEL;
+    let ports = match query_ports(req.uri().query()) {
+        Ok(p) if !channel_ports || !p.is_empty() => p,
+        Ok(_) => return reply(StatusCode::BAD_REQUEST, "no port in the URL\n"),
+        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let upgraded = hyper::upgrade::on(&mut req);
     let s = state.clone();
@@ -259,6 +283,7 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
             }
         };
         let transport = if over_websocket { "websocket" } else { "spdy" };
+        let _active = metrics::Active::start(request.kind(), transport);
         match request {
             Request::Exec {
                 container_id,
@@ -288,8 +313,12 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
                 if over_websocket {
                     let ws =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-                    let conn = Conn::serve(websocket::tunnel(ws), s.limits.clone());
-                    portforward::serve_spdy(conn, connect).await;
+                    if protocol == portforward::TUNNEL {
+                        let conn = Conn::serve(websocket::tunnel(ws), s.limits.clone());
+                        portforward::serve_spdy(conn, connect).await;
+                    } else {
+                        websocket::serve_portforward(ws, ports, connect).await;
+                    }
                 } else {
                     let conn = Conn::serve(io, s.limits.clone());
                     portforward::serve_spdy(conn, connect).await;
@@ -312,10 +341,26 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
             if let Ok(v) = HeaderValue::from_str(&accept) {
                 h.insert("sec-websocket-accept", v);
             }
-            h.insert(WS_PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+            if !protocol.is_empty() {
+                h.insert(WS_PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+            }
         }
     }
     r
+}
+
+/// The `port` parameters of a query string.
+fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for pair in query.unwrap_or_default().split('&') {
+        if let Some(v) = pair.strip_prefix("port=") {
+            match v.parse::<u16>() {
+                Ok(p) if p > 0 && ports.len() < 64 => ports.push(p),
+                _ => return Err(format!("bad port parameter {v:?}")),
+            }
+        }
+    }
+    Ok(ports)
 }
 
 /// Bounds of a WebSocket: messages and frames of at most 1 MiB.

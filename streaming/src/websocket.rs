@@ -177,3 +177,102 @@ where
     });
     ours
 }
+
+/// kubelet's port-forward over WebSocket without tunnelling (`v4.channel.k8s.io`, or
+/// no subprotocol; what older clients and `hack/bench` speak): the ports are the
+/// URL's `port` parameters; port `i` has data channel `2i` and error channel
+/// `2i + 1`, and the server first sends the port (2 bytes, little-endian) on both.
+/// Each port gets one connection for the session.
+pub async fn serve_portforward<S, C, Fut>(ws: WebSocketStream<S>, ports: Vec<u16>, connect: C)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Fn(u16) -> Fut,
+    Fut: Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sink, mut incoming) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let send = |ch: u8, data: &[u8]| {
+        let mut m = Vec::with_capacity(data.len() + 1);
+        m.push(ch);
+        m.extend_from_slice(data);
+        Message::Binary(m.into())
+    };
+    let mut to_ports = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for ch in [data_ch, err_ch] {
+            let _ = out_tx.send(send(ch, &port.to_le_bytes())).await;
+        }
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+        to_ports.push(tx);
+        let out = out_tx.clone();
+        let connecting = connect(port);
+        tasks.push(tokio::spawn(async move {
+            let tcp = match connecting.await {
+                Ok(t) => t,
+                Err(e) => {
+                    let msg = format!("error forwarding port {port} to pod: {e}");
+                    let _ = out.send(send(err_ch, msg.as_bytes())).await;
+                    return;
+                }
+            };
+            let (mut r, mut w) = tcp.into_split();
+            let upstream = async {
+                while let Some(data) = rx.recv().await {
+                    crate::metrics::bytes("portforward", "in", data.len());
+                    if w.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = w.shutdown().await;
+            };
+            let downstream = async {
+                let mut buf = vec![0u8; CHUNK];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    crate::metrics::bytes("portforward", "out", n);
+                    if out.send(send(data_ch, &buf[..n])).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::join!(upstream, downstream);
+        }));
+    }
+    while let Some(Ok(m)) = incoming.next().await {
+        match m {
+            Message::Binary(b) => {
+                let Some((&ch, data)) = b.split_first() else {
+                    continue;
+                };
+                // Data channels only; what comes on an error channel is ignored.
+                if ch % 2 == 0
+                    && let Some(tx) = to_ports.get(usize::from(ch / 2))
+                    && !data.is_empty()
+                {
+                    let _ = tx.send(data.to_vec()).await;
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    drop(to_ports);
+    for t in tasks {
+        t.abort();
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
