@@ -323,3 +323,128 @@ mod tests {
         assert!(err.to_string().contains("crust.toml:2"), "{err}");
     }
 }
+
+/// Property-based fuzzing of config parsing (docs/architecture.md, "Fuzzing").
+/// `PROPTEST_CASES` overrides the bounded CI number of cases, e.g.
+/// `PROPTEST_CASES=100000 cargo test -p crust-cri --lib fuzz`. Failures are not
+/// persisted: each becomes a plain regression test.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::Config as ProptestConfig;
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(cases),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Parses `text`; an error must name a line of it (1-based; a text ending in a
+    /// newline has an empty last line).
+    fn check(text: &str) -> Result<Config, (usize, String)> {
+        match Config::parse(text, Path::new("/etc/crust/crust.toml")) {
+            Ok(c) => Ok(c),
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => {
+                let lines = text.matches('\n').count() + 1;
+                assert!(
+                    (1..=lines).contains(&line),
+                    "line {line} of {lines}: {message}"
+                );
+                Err((line, key))
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    /// Values complete on their line (no open arrays or multi-line strings).
+    fn one_line_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("\"str\"".to_string()),
+            Just("-1".to_string()),
+            Just("true".to_string()),
+            Just("[1, 2]".to_string()),
+            Just("{ a = 1 }".to_string()),
+            Just("1.5".to_string()),
+            Just("x".to_string()),
+            Just("\"é\u{1F600}\"".to_string()),
+            Just("\"".to_string()),
+            Just("18446744073709551616".to_string()),
+            "[a-z0-9.:/ -]{0,8}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![one_line_value(), ".{0,8}"]
+    }
+
+    /// Lines of the default config, some dropped, changed or replaced.
+    fn toml_ish() -> impl Strategy<Value = String> {
+        let lines: Vec<String> = commented_default().lines().map(String::from).collect();
+        let n = lines.len();
+        prop::collection::vec((0..n, 0..5u8, value(), ".{0,12}"), 0..5).prop_map(move |edits| {
+            let mut l = lines.clone();
+            for (at, op, v, junk) in edits {
+                let at = at % l.len().max(1);
+                if l.is_empty() {
+                    break;
+                }
+                match op {
+                    0 => {
+                        l.remove(at);
+                    }
+                    1 => {
+                        if let Some((k, _)) = l[at].split_once('=') {
+                            l[at] = format!("{k}= {v}");
+                        }
+                    }
+                    2 => l.insert(at, junk),
+                    3 => l[at] = format!("{}{junk}", l[at]),
+                    _ => l.insert(at, format!("[{junk}]")),
+                }
+            }
+            l.join("\n")
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(3000))]
+
+        #[test]
+        fn arbitrary_text(text in ".{0,200}") {
+            let _ = check(&text);
+        }
+
+        #[test]
+        fn arbitrary_toml_alphabet(text in "[a-z_ =\"'\\[\\]{}.,#0-9\n\\\\é]{0,200}") {
+            let _ = check(&text);
+        }
+
+        #[test]
+        fn edited_defaults(text in toml_ish()) {
+            let _ = check(&text);
+        }
+
+        /// A wrong value on one line of the default config is reported at that line.
+        #[test]
+        fn wrong_value_is_reported_at_its_line(at in any::<prop::sample::Index>(), v in one_line_value()) {
+            let mut lines: Vec<String> = commented_default().lines().map(String::from).collect();
+            let keys: Vec<usize> = (0..lines.len())
+                .filter(|&i| !lines[i].starts_with('#') && lines[i].contains('='))
+                .collect();
+            let i = keys[at.index(keys.len())];
+            let (k, _) = lines[i].split_once('=').unwrap();
+            lines[i] = format!("{k}= {v}");
+            if let Err((line, _)) = check(&lines.join("\n")) {
+                prop_assert_eq!(line, i + 1, "{}", lines[i]);
+            }
+        }
+    }
+}

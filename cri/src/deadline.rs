@@ -267,3 +267,52 @@ mod tests {
         assert_eq!(quick, Some(7));
     }
 }
+
+/// Property-based fuzzing of `grpc-timeout` parsing (docs/architecture.md,
+/// "Fuzzing"); `PROPTEST_CASES` overrides the bounded number of cases.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(cases),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(3000))]
+
+        #[test]
+        fn arbitrary_values(v in prop::collection::vec(any::<u8>(), 0..12)) {
+            let _ = parse_grpc_timeout(&v);
+        }
+
+        #[test]
+        fn well_formed_values(n in 0u64..100_000_000, unit in prop::sample::select(&b"HMSmun"[..])) {
+            let v = format!("{n}{}", unit as char);
+            let d = parse_grpc_timeout(v.as_bytes()).unwrap();
+            let want = match unit {
+                b'H' => Duration::from_secs(n * 3600),
+                b'M' => Duration::from_secs(n * 60),
+                b'S' => Duration::from_secs(n),
+                b'm' => Duration::from_millis(n),
+                b'u' => Duration::from_micros(n),
+                _ => Duration::from_nanos(n),
+            };
+            prop_assert_eq!(d, want);
+        }
+
+        #[test]
+        fn nine_digits_are_refused(n in 100_000_000u64..1_000_000_000, unit in prop::sample::select(&b"HMSmun"[..])) {
+            let v = format!("{n}{}", unit as char);
+            prop_assert!(parse_grpc_timeout(v.as_bytes()).is_err());
+        }
+    }
+}

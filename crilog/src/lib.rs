@@ -207,6 +207,9 @@ pub async fn copy_to_log(
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

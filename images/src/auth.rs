@@ -805,6 +805,9 @@ impl Authenticator {
 /// The token of a token service's answer and how long to use it: ¾ of its lifetime
 /// (`expires_in`, 60 s by default and at least, as the token spec says and
 /// containers/image does; a token refused before that gets a 401 and is fetched again).
+/// Longest life of a token taken from its `expires_in`.
+const MAX_TOKEN_LIFE_SECS: u64 = 365 * 24 * 3600;
+
 fn answer_token(t: TokenAnswer, realm: &str) -> Result<(String, Duration)> {
     let token = t
         .access_token
@@ -812,7 +815,10 @@ fn answer_token(t: TokenAnswer, realm: &str) -> Result<(String, Duration)> {
         .or(t.token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::Unauthenticated(format!("token service {realm}: no token")))?;
-    let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(60)) * 3 / 4;
+    // At least a minute; at most a year, so that neither `* 3` nor `now + life`
+    // overflows whatever `expires_in` a token service sends.
+    let secs = t.expires_in.unwrap_or(60).clamp(60, MAX_TOKEN_LIFE_SECS);
+    let life = Duration::from_secs(secs) * 3 / 4;
     Ok((token, life))
 }
 
@@ -890,6 +896,12 @@ mod tests {
         assert_eq!((tok.as_str(), life), ("b", Duration::from_secs(45)));
         let (_, life) = t(r#"{"token":"a","expires_in":1}"#).unwrap();
         assert_eq!(life, Duration::from_secs(45), "60 s at least");
+        // Found by fuzzing: `expires_in` past u64::MAX / 3 overflowed `Duration * 3`
+        // (a panic in the pull); a year at most now.
+        let (_, life) = t(r#"{"token":"a","expires_in":6148914691236517206}"#).unwrap();
+        assert_eq!(life, Duration::from_secs(MAX_TOKEN_LIFE_SECS) * 3 / 4);
+        let (_, life) = t(r#"{"token":"a","expires_in":18446744073709551615}"#).unwrap();
+        assert!(Instant::now().checked_add(life).is_some());
         assert!(matches!(
             t(r#"{"token":""}"#),
             Err(Error::Unauthenticated(_))
@@ -987,5 +999,158 @@ mod tests {
         .unwrap();
         assert!(!format!("{a:?}").contains("hunter2"));
         assert!(!a.token_key.contains("hunter2") && !a.token_key.contains("refresh-xyz"));
+    }
+}
+
+/// Property-based fuzzing of `WWW-Authenticate` parsing (docs/architecture.md, "Fuzzing").
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::config;
+    use proptest::prelude::*;
+
+    /// RFC 9110 token characters.
+    const TOKEN: &str = "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,10}";
+
+    #[derive(Debug, Clone)]
+    enum Value {
+        Token(String),
+        Quoted(String),
+    }
+
+    fn challenge() -> impl Strategy<Value = (String, Vec<(String, Value)>)> {
+        let value = prop_oneof![
+            TOKEN.prop_map(Value::Token),
+            ".{0,20}".prop_map(Value::Quoted),
+        ];
+        (
+            prop_oneof![
+                Just("Bearer".to_string()),
+                Just("basic".to_string()),
+                TOKEN.prop_map(String::from)
+            ],
+            prop::collection::vec(
+                (
+                    prop_oneof![Just("realm".to_string()), TOKEN.prop_map(String::from)],
+                    value,
+                ),
+                0..4,
+            ),
+        )
+    }
+
+    fn render(challenges: &[(String, Vec<(String, Value)>)], ws: &str) -> String {
+        challenges
+            .iter()
+            .map(|(scheme, params)| {
+                let params: Vec<String> = params
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::Token(t) => format!("{k}{ws}={ws}{t}"),
+                        Value::Quoted(q) => {
+                            let q = q.replace('\\', "\\\\").replace('"', "\\\"");
+                            format!("{k}{ws}={ws}\"{q}\"")
+                        }
+                    })
+                    .collect();
+                if params.is_empty() {
+                    scheme.clone()
+                } else {
+                    format!("{scheme} {}", params.join(&format!("{ws},{ws}")))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(&format!("{ws},{ws}"))
+    }
+
+    /// A token service's answer, as JSON of roughly its shape.
+    fn token_answer() -> impl Strategy<Value = String> {
+        let n = prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            (0u64..1000).prop_map(|n| n.to_string()),
+            Just("-1".to_string()),
+            Just("1.5".to_string()),
+            Just("\"60\"".to_string()),
+        ];
+        let s = prop_oneof![
+            Just("\"\"".to_string()),
+            "\"[a-z]{0,5}\"",
+            Just("null".to_string())
+        ];
+        (
+            prop::option::of(s.clone()),
+            prop::option::of(s.clone()),
+            prop::option::of(n),
+            prop::option::of(s),
+        )
+            .prop_map(|(a, t, e, r)| {
+                let mut fields = Vec::new();
+                for (k, v) in [
+                    ("access_token", a),
+                    ("token", t),
+                    ("expires_in", e),
+                    ("refresh_token", r),
+                ] {
+                    if let Some(v) = v {
+                        fields.push(format!("\"{k}\":{v}"));
+                    }
+                }
+                format!("{{{}}}", fields.join(","))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config(3000))]
+
+        /// Whatever a token service answers, the token's life can be added to now.
+        #[test]
+        fn token_answers(json in token_answer()) {
+            if let Ok(t) = serde_json::from_str::<TokenAnswer>(&json)
+                && let Ok((token, life)) = answer_token(t, "r")
+            {
+                prop_assert!(!token.is_empty());
+                prop_assert!(life >= Duration::from_secs(45));
+                prop_assert!(Instant::now().checked_add(life).is_some(), "{}", json);
+            }
+        }
+
+        #[test]
+        fn arbitrary_header_values(s in ".{0,120}") {
+            let _ = parse_bearer_challenge(&s);
+            let _ = is_basic_challenge(&s);
+        }
+
+        #[test]
+        fn challenge_alphabet(s in "[A-Za-z =,\"\\\\\t]{0,80}") {
+            let _ = parse_challenges(&s);
+        }
+
+        #[test]
+        fn well_formed_challenges_parse(
+            challenges in prop::collection::vec(challenge(), 1..4),
+            ws in prop_oneof![Just(""), Just(" "), Just(" \t ")],
+        ) {
+            let header = render(&challenges, ws);
+            let got = parse_challenges(&header);
+            prop_assert_eq!(got.len(), challenges.len(), "{}", header);
+            for ((scheme, params), (want_scheme, want)) in got.iter().zip(&challenges) {
+                prop_assert_eq!(scheme, &want_scheme.to_ascii_lowercase());
+                let mut expect = HashMap::new();
+                for (k, v) in want {
+                    let v = match v {
+                        Value::Token(t) | Value::Quoted(t) => t.clone(),
+                    };
+                    expect.insert(k.to_ascii_lowercase(), v);
+                }
+                prop_assert_eq!(params, &expect, "{}", header);
+            }
+            let bearer = challenges
+                .iter()
+                .zip(&got)
+                .filter(|((s, _), _)| s.eq_ignore_ascii_case("bearer"))
+                .find_map(|(_, (_, p))| p.get("realm").filter(|r| !r.is_empty()).cloned());
+            prop_assert_eq!(parse_bearer_challenge(&header).map(|c| c.realm), bearer);
+        }
     }
 }

@@ -21,6 +21,9 @@ pub mod store;
 pub mod tar_reader;
 pub mod unpack;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use config::{Config, RegistryConfig, commented_default};
 pub use error::{Error, Result};
 pub use reference::Reference;

@@ -1061,3 +1061,84 @@ mod tests {
         assert_eq!(pick_platform(&idx).unwrap().digest, "sha256:b");
     }
 }
+
+/// Property-based fuzzing of manifest and index decoding (docs/architecture.md, "Fuzzing").
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::config;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,10}".prop_map(Value::from),
+            prop_oneof![
+                Just("linux"),
+                Just("amd64"),
+                Just("arm64"),
+                Just("v8"),
+                Just("application/vnd.oci.image.index.v1+json"),
+                Just("sha256:0000000000000000000000000000000000000000000000000000000000000000"),
+            ]
+            .prop_map(Value::from),
+        ];
+        let key = prop_oneof![
+            Just("schemaVersion"),
+            Just("mediaType"),
+            Just("config"),
+            Just("layers"),
+            Just("manifests"),
+            Just("digest"),
+            Just("size"),
+            Just("platform"),
+            Just("os"),
+            Just("architecture"),
+            Just("variant"),
+            Just("x"),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(key.clone().prop_map(String::from), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn decode(bytes: &[u8]) {
+        if let Ok(m) = serde_json::from_slice::<Manifest>(bytes) {
+            let _ = m.is_index();
+            let _ = pick_platform(&m);
+            for d in m.layers.iter().chain(&m.manifests).chain(&m.config) {
+                let _ = crate::reference::validate_digest(&d.digest);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(2000))]
+
+        #[test]
+        fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_json(v in json_value()) {
+            decode(&serde_json::to_vec(&v).unwrap());
+        }
+
+        #[test]
+        fn mutated_json(v in json_value(), at in any::<usize>(), b in any::<u8>()) {
+            let mut bytes = serde_json::to_vec(&v).unwrap();
+            let n = bytes.len();
+            bytes[at % n] = b;
+            decode(&bytes);
+        }
+    }
+}

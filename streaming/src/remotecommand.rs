@@ -452,3 +452,112 @@ mod tests {
         );
     }
 }
+
+/// Property-based fuzzing of the resize stream's parsing (docs/architecture.md,
+/// "Fuzzing"): `TerminalSize` objects back to back, cut at arbitrary points, and
+/// arbitrary bytes. `PROPTEST_CASES` overrides the bounded number of cases.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(cases),
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    struct Chunks(VecDeque<Vec<u8>>);
+
+    #[async_trait]
+    impl ChannelIn for Chunks {
+        async fn recv(&mut self) -> Option<Vec<u8>> {
+            self.0.pop_front()
+        }
+    }
+
+    #[derive(Default)]
+    struct Sizes(Mutex<Vec<TermSize>>);
+
+    #[async_trait]
+    impl Control for Sizes {
+        async fn resize(&self, width: u16, height: u16) -> io::Result<()> {
+            self.0.lock().unwrap().push((width, height));
+            Ok(())
+        }
+        async fn wait(&self) -> Result<i32, String> {
+            Ok(0)
+        }
+        async fn kill(&self) {}
+    }
+
+    /// The sizes the session applies from a resize stream delivered in `chunks`.
+    fn resizes(chunks: Vec<Vec<u8>>) -> Vec<TermSize> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut from = Chunks(chunks.into());
+            let (first, pending) = first_size(&mut from).await;
+            let sizes = Arc::new(Sizes::default());
+            pump_resize(Box::new(from), pending, sizes.clone()).await;
+            let mut all: Vec<TermSize> = first.into_iter().collect();
+            all.extend(sizes.0.lock().unwrap().iter());
+            all
+        })
+    }
+
+    /// Splits `bytes` at the given points.
+    fn split(bytes: &[u8], mut cuts: Vec<usize>) -> Vec<Vec<u8>> {
+        cuts.iter_mut().for_each(|c| *c %= bytes.len() + 1);
+        cuts.sort();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for c in cuts.into_iter().chain([bytes.len()]) {
+            out.push(bytes[at..c].to_vec());
+            at = c;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        #[test]
+        fn sizes_cut_anywhere_all_arrive(
+            sizes in prop::collection::vec((any::<u16>(), any::<u16>()), 1..6),
+            ws in prop_oneof![Just(""), Just("\n"), Just(" ")],
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let text: String = sizes
+                .iter()
+                .map(|(w, h)| format!("{{\"Width\":{w},\"Height\":{h}}}{ws}"))
+                .collect();
+            prop_assert_eq!(resizes(split(text.as_bytes(), cuts)), sizes);
+        }
+
+        #[test]
+        fn arbitrary_resize_streams(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..5),
+        ) {
+            let _ = resizes(chunks);
+        }
+
+        #[test]
+        fn json_shaped_resize_streams(
+            text in "[{}\":, 0-9WidthHeg\\-e.]{0,80}",
+            cuts in prop::collection::vec(any::<usize>(), 0..4),
+        ) {
+            let _ = resizes(split(text.as_bytes(), cuts));
+        }
+    }
+}

@@ -393,3 +393,48 @@ mod tests {
         assert_eq!(negotiate(&c(&[]), websocket::PROTOCOLS, false), None);
     }
 }
+
+/// Property-based fuzzing of the port-forward URL's query (docs/architecture.md,
+/// "Fuzzing"); `PROPTEST_CASES` overrides the bounded number of cases.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(cases),
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(3000))]
+
+        #[test]
+        fn arbitrary_queries(q in prop::option::of("[a-z0-9=&%+-]{0,60}|.{0,40}")) {
+            if let Ok(ports) = query_ports(q.as_deref()) {
+                // At most 64: every port takes two of the 256 channel numbers.
+                prop_assert!(ports.len() <= 64 && ports.iter().all(|&p| p > 0));
+            }
+        }
+
+        #[test]
+        fn port_parameters_in_order(
+            ports in prop::collection::vec(1u16.., 0..64),
+            other in prop::collection::vec("[a-oq-z]{1,5}=[a-z0-9]{0,5}", 0..3),
+        ) {
+            let mut pairs: Vec<String> = ports.iter().map(|p| format!("port={p}")).collect();
+            pairs.extend(other);
+            let q = pairs.join("&");
+            prop_assert_eq!(query_ports(Some(&q)).unwrap(), ports.clone());
+            let more = format!("{q}&port=1");
+            prop_assert_eq!(query_ports(Some(&more)).is_ok(), ports.len() < 64);
+        }
+    }
+}

@@ -22,6 +22,8 @@
 //!
 //! Names are returned as stored; cleaning them is the unpacker's job.
 
+#[cfg(test)]
+mod fuzz;
 mod header;
 mod pax;
 mod sparse;

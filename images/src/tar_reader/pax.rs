@@ -108,8 +108,12 @@ pub(super) fn time(value: &[u8]) -> io::Result<(i64, u32)> {
         nanos = nanos * 10 + frac.get(i).map_or(0, |d| u32::from(d - b'0'));
     }
     if nanos > 0 && secs.first() == Some(&b'-') {
-        // "-1.5" is 1.5 s before the epoch.
-        return Ok((s - 1, 1_000_000_000 - nanos));
+        // "-1.5" is 1.5 s before the epoch. Before the earliest time there is,
+        // that time (Go wraps around to the latest instead).
+        return Ok(match s.checked_sub(1) {
+            Some(s) => (s, 1_000_000_000 - nanos),
+            None => (i64::MIN, 0),
+        });
     }
     Ok((s, nanos))
 }
@@ -168,6 +172,14 @@ pub(super) mod tests {
         assert_eq!(time(b"-1.5").unwrap(), (-2, 500_000_000));
         assert_eq!(time(b"-3").unwrap(), (-3, 0));
         assert!(time(b"1.2x").is_err());
+        // Found by fuzzing: the second before i64::MIN overflowed (a panic in debug
+        // builds, i64::MAX in release ones).
+        assert_eq!(time(b"-9223372036854775808.5").unwrap(), (i64::MIN, 0));
+        assert_eq!(time(b"-9223372036854775808").unwrap(), (i64::MIN, 0));
+        assert_eq!(
+            time(b"-9223372036854775807.5").unwrap(),
+            (i64::MIN, 500_000_000)
+        );
         assert!(time(b"").is_err());
     }
 

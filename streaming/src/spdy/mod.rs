@@ -7,6 +7,8 @@
 
 pub mod conn;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 pub mod headers;
 
 pub use conn::{Conn, Limits, Stream, StreamReader, StreamWriter};
