@@ -11,11 +11,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crust_sandbox::PodSandboxes;
 use crust_sandbox::container::Containers;
+use crust_sandbox::container::attach::{AttachTarget, LogFollower, no_log};
 use crust_sandbox::container::exec_stream::{ExecHandle, OutputReader, StreamOptions};
 use crust_streaming::{
     Backend, Control, ExecOptions, Input, Output, Process, Server, ServerConfig, TermSize,
 };
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, watch};
 
 use crate::config::StreamingConfig;
 
@@ -111,6 +113,70 @@ impl Backend for NodeBackend {
         })
     }
 
+    async fn attach(
+        &self,
+        container_id: &str,
+        opts: ExecOptions,
+        size: Option<TermSize>,
+    ) -> Result<Process, String> {
+        let t = self
+            .containers
+            .attach_target(container_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let (true, Some((w, h))) = (t.tty, size) {
+            let _ = t.resize(w, h).await;
+        }
+        let (done_tx, done_rx) = watch::channel(false);
+        let log = |stdout, stderr| -> Result<Box<dyn Output>, String> {
+            let path = t
+                .log_path
+                .clone()
+                .ok_or_else(|| no_log(&t.id).to_string())?;
+            Ok(Box::new(LogOut {
+                follower: LogFollower::new(path, stdout, stderr),
+                pending: Vec::new(),
+                done: done_rx.clone(),
+            }))
+        };
+        // With a TTY the terminal's output is all in the log's stdout stream.
+        let stdout = if opts.stdout {
+            Some(log(true, t.tty)?)
+        } else {
+            None
+        };
+        let stderr = if opts.stderr && !t.tty {
+            Some(log(false, true)?)
+        } else {
+            None
+        };
+        let stdin = match (&t.stdin_fifo, opts.stdin) {
+            (Some(fifo), true) => Some(
+                tokio::net::unix::pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_sender(fifo)
+                    .map_err(|e| format!("opening the container's stdin: {e}"))?,
+            ),
+            _ => None,
+        };
+        let target = Arc::new(t);
+        Ok(Process {
+            stdin: stdin.map(|tx| {
+                Box::new(AttachStdin {
+                    tx,
+                    target: target.clone(),
+                }) as Box<dyn Input>
+            }),
+            stdout,
+            stderr,
+            control: Arc::new(AttachCtl {
+                target,
+                done: done_tx,
+                detached: Notify::new(),
+            }),
+        })
+    }
+
     async fn connect(&self, pod_id: &str, port: u16) -> io::Result<tokio::net::TcpStream> {
         let pod = self
             .pods
@@ -165,5 +231,99 @@ impl Control for Ctl {
 
     async fn kill(&self) {
         self.0.kill().await
+    }
+}
+
+/// How often an attach looks for new lines in the container's log.
+const LOG_POLL: Duration = Duration::from_millis(25);
+
+/// An attached container's output, read from its CRI log.
+struct LogOut {
+    follower: LogFollower,
+    pending: Vec<u8>,
+    /// Set when the container has ended or the client detached.
+    done: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl Output for LogOut {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pending.is_empty() {
+                let ended = *self.done.borrow();
+                self.follower.poll(&mut self.pending)?;
+                if self.pending.is_empty() {
+                    if ended {
+                        return Ok(0);
+                    }
+                    let _ = tokio::time::timeout(LOG_POLL, self.done.changed()).await;
+                    continue;
+                }
+            }
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            return Ok(n);
+        }
+    }
+}
+
+struct AttachStdin {
+    tx: tokio::net::unix::pipe::Sender,
+    target: Arc<AttachTarget>,
+}
+
+#[async_trait]
+impl Input for AttachStdin {
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.tx.write_all(data).await
+    }
+
+    /// The client closed its stdin: the container's closes too with `stdin_once`;
+    /// otherwise it stays open for the next attach.
+    async fn close(&mut self) -> io::Result<()> {
+        if self.target.stdin_once {
+            self.target
+                .close_stdin()
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+struct AttachCtl {
+    target: Arc<AttachTarget>,
+    done: watch::Sender<bool>,
+    detached: Notify,
+}
+
+#[async_trait]
+impl Control for AttachCtl {
+    async fn resize(&self, width: u16, height: u16) -> io::Result<()> {
+        self.target
+            .resize(width, height)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Until the container ends (an attach reports success then, as containerd's
+    /// does) or the client detaches.
+    async fn wait(&self) -> Result<i32, String> {
+        let r = tokio::select! {
+            r = self.target.wait() => r.map(|_| 0).map_err(|e| e.to_string()),
+            _ = self.detached.notified() => Ok(0),
+        };
+        self.done.send_replace(true);
+        r
+    }
+
+    /// The client left: detach, never stop the container; `stdin_once` closes its
+    /// stdin.
+    async fn kill(&self) {
+        if self.target.stdin_once && self.target.stdin_fifo.is_some() {
+            let _ = self.target.close_stdin().await;
+        }
+        self.detached.notify_one();
     }
 }

@@ -79,6 +79,25 @@ pub fn format_entry(time: SystemTime, stream: Stream, partial: bool, text: &[u8]
     out
 }
 
+/// The parts of one entry (a line of a CRI log without its newline), as
+/// [`format_entry`] writes them: stream, whether it is partial, and the text.
+/// `None` for a line that is not an entry.
+pub fn parse_entry(line: &[u8]) -> Option<(Stream, bool, &[u8])> {
+    let mut parts = line.splitn(4, |&b| b == b' ');
+    let _time = parts.next().filter(|t| !t.is_empty())?;
+    let stream = match parts.next()? {
+        b"stdout" => Stream::Stdout,
+        b"stderr" => Stream::Stderr,
+        _ => return None,
+    };
+    let partial = match parts.next()? {
+        b"P" => true,
+        b"F" => false,
+        _ => return None,
+    };
+    Some((stream, partial, parts.next().unwrap_or_default()))
+}
+
 /// Cuts one stream's bytes into log entries.
 #[derive(Debug)]
 pub struct LineSplitter {
@@ -208,6 +227,28 @@ pub async fn copy_to_log(
 
 #[cfg(test)]
 mod fuzz;
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_back() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        for (stream, partial, text) in [
+            (Stream::Stdout, false, &b"hello world"[..]),
+            (Stream::Stderr, true, b"  spaces  kept "),
+            (Stream::Stdout, false, b""),
+        ] {
+            let e = format_entry(t, stream, partial, text);
+            let line = &e[..e.len() - 1];
+            assert_eq!(parse_entry(line), Some((stream, partial, text)));
+        }
+        assert_eq!(parse_entry(b"garbage"), None);
+        assert_eq!(parse_entry(b"2020 stdin F x"), None);
+        assert_eq!(parse_entry(b"2020 stdout X x"), None);
+    }
+}
 
 #[cfg(test)]
 mod tests {

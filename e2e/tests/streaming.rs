@@ -440,3 +440,115 @@ async fn crictl_port_forward_reaches_pod_and_host_network_pods() {
     assert_eq!(body.as_deref(), Ok("hello-from-the-host\n"));
     remove_pod(&mut rt, &host_pod).await;
 }
+
+/// `crictl attach` with `args` over `transport`, left running with its stdout and
+/// stdin piped.
+fn crictl_attach(transport: &str, socket: &std::path::Path, args: &[&str]) -> std::process::Child {
+    Command::new(crictl())
+        .arg("--config")
+        .arg(crictl_config(socket))
+        .args(["attach", "--transport", transport])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crictl runs")
+}
+
+#[tokio::test]
+async fn crictl_attach_follows_output_and_feeds_stdin() {
+    let (_registry, crustd, _net, image, mut rt, pc, pod) = scene(246, "stream-attach").await;
+    let ticker = crust_e2e::workload::create_ticker(&mut rt, &pod, &pc, &image).await;
+    start(&mut rt, &ticker).await;
+    for t in ["spdy", "websocket"] {
+        // Output as it comes: new ticks, in order, and detaching leaves the
+        // container running.
+        let mut child = crictl_attach(t, &crustd.socket, &[&ticker]);
+        let mut out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut buf = [0u8; 4096];
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < until && text.matches("tick").count() < 8 {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            text
+        });
+        let text = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let ticks: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("tick ")?.trim().parse().ok())
+            .collect();
+        assert!(ticks.len() >= 5, "{t}: attached output {text:?}");
+        assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{t}: {ticks:?}");
+        let st = crust_e2e::workload::status(&mut rt, &ticker).await;
+        assert_eq!(
+            st.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{t}"
+        );
+    }
+
+    // Stdin: a container reading one line; stdin_once closes it after the attach.
+    for t in ["spdy", "websocket"] {
+        let mut config = crust_e2e::workload::container_config(
+            &format!("reader-{t}"),
+            &image,
+            &[
+                "sh",
+                "-c",
+                "read line; echo got:$line; read more || echo stdin-closed",
+            ],
+        );
+        config.stdin = true;
+        config.stdin_once = true;
+        let id = crust_e2e::workload::create(&mut rt, &pod, &pc, config)
+            .await
+            .expect("create reader");
+        start(&mut rt, &id).await;
+        let mut child = crictl_attach(t, &crustd.socket, &["-i", &id]);
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"hello attach\n")
+            .unwrap();
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("got:hello attach"),
+            "{t}: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st = crust_e2e::workload::wait_exited(&mut rt, &id, Duration::from_secs(10)).await;
+        assert_eq!(st.exit_code, 0, "{t}");
+        let log = std::fs::read_to_string(st.log_path).unwrap_or_default();
+        assert!(
+            log.contains("stdin-closed"),
+            "{t}: stdin_once closed stdin: {log:?}"
+        );
+    }
+
+    // Stdin is refused for a container made without it.
+    let refused = rt
+        .attach(cri::AttachRequest {
+            container_id: ticker.clone(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    remove_pod(&mut rt, &pod).await;
+}

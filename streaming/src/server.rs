@@ -47,6 +47,16 @@ pub trait Backend: Send + Sync + 'static {
         size: Option<TermSize>,
     ) -> Result<Process, String>;
 
+    /// Attaches to the running container `container_id`'s own stdio, with the
+    /// channels `opts` asks for. Ending the session detaches; it never stops the
+    /// container.
+    async fn attach(
+        &self,
+        container_id: &str,
+        opts: ExecOptions,
+        size: Option<TermSize>,
+    ) -> Result<Process, String>;
+
     /// A connection to `port` in the network of pod `pod_id` (its own network
     /// namespace, or the node's for a host-network pod).
     async fn connect(&self, pod_id: &str, port: u16) -> std::io::Result<tokio::net::TcpStream>;
@@ -226,7 +236,7 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
         }
     };
     let (offered, ours) = match (&request, websocket.is_some()) {
-        (Request::Exec { .. }, false) => (
+        (Request::Exec { .. } | Request::Attach { .. }, false) => (
             client_protocols(&req, PROTOCOL_HEADER),
             remotecommand::SPDY_PROTOCOLS,
         ),
@@ -234,7 +244,7 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
             client_protocols(&req, PROTOCOL_HEADER),
             portforward::SPDY_PROTOCOLS,
         ),
-        (Request::Exec { .. }, true) => (
+        (Request::Exec { .. } | Request::Attach { .. }, true) => (
             client_protocols(&req, WS_PROTOCOL_HEADER),
             websocket::PROTOCOLS,
         ),
@@ -294,6 +304,19 @@ async fn handle(state: &Arc<State>, mut req: HttpRequest<Incoming>) -> Response<
                 let backend = s.backend.clone();
                 let start =
                     |size| async move { backend.exec(&container_id, &cmd, opts, size).await };
+                if over_websocket {
+                    let ws =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+                    websocket::serve_exec(ws, protocol, opts, start).await;
+                } else {
+                    let conn = Conn::serve(io, s.limits.clone());
+                    remotecommand::serve_spdy(conn, protocol, opts, start).await;
+                }
+            }
+            Request::Attach { container_id, opts } => {
+                info!(container = %container_id, protocol, transport, "attach session");
+                let backend = s.backend.clone();
+                let start = |size| async move { backend.attach(&container_id, opts, size).await };
                 if over_websocket {
                     let ws =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;

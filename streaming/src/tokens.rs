@@ -18,6 +18,10 @@ pub enum Request {
         cmd: Vec<String>,
         opts: ExecOptions,
     },
+    Attach {
+        container_id: String,
+        opts: ExecOptions,
+    },
     PortForward {
         pod_id: String,
     },
@@ -28,6 +32,7 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Request::Exec { .. } => "exec",
+            Request::Attach { .. } => "attach",
             Request::PortForward { .. } => "portforward",
         }
     }

@@ -34,10 +34,36 @@ pub async fn exec(cri: &Cri, req: ExecRequest) -> CriResult<ExecResponse> {
     Ok(ExecResponse { url })
 }
 
-/// Attach: the request is checked, the streaming server is not built yet.
-pub async fn attach(_cri: &Cri, req: AttachRequest) -> CriResult<AttachResponse> {
+/// Attach: the request is checked (`validate::streaming`), the container must be
+/// running, have a CRI log for its output and, for stdin, have been created with
+/// stdin. A single-use URL comes back. The streams are the ones the client asked
+/// for (it opens them); what feeds them follows the container (with a TTY all of its
+/// output is stdout).
+pub async fn attach(cri: &Cri, req: AttachRequest) -> CriResult<AttachResponse> {
     crate::validate::streaming::attach(&req)?;
-    Err(CriError::Unimplemented("Attach"))
+    let t = cri.containers.attach_target(&req.container_id).await?;
+    if req.stdin && t.stdin_fifo.is_none() {
+        return Err(CriError::InvalidArgument(format!(
+            "stdin: container {} was not created with stdin",
+            t.id
+        )));
+    }
+    if (req.stdout || req.stderr) && t.log_path.is_none() {
+        return Err(crust_sandbox::container::attach::no_log(&t.id).into());
+    }
+    let url = cri
+        .streaming
+        .url(Request::Attach {
+            container_id: t.id.clone(),
+            opts: ExecOptions {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: req.tty,
+            },
+        })
+        .map_err(|e| CriError::Internal(e.to_string()))?;
+    Ok(AttachResponse { url })
 }
 
 /// PortForward: the request is checked (`validate::streaming`), the pod must be

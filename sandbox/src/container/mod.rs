@@ -2,6 +2,7 @@
 //! they run as, and their seccomp and AppArmor profiles.
 
 pub mod apparmor;
+pub mod attach;
 pub mod exec_stream;
 pub mod metrics;
 pub mod record;

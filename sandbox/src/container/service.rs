@@ -25,8 +25,8 @@ use crate::shim::{CreateTask, Output, RuntimeOptions, ShimClient, ShimError, Tas
 
 /// The FIFO in a container's bundle that is its stdin when the config asks for one
 /// (`stdin: true`), made at start: the process reads what is written to it and waits,
-/// as with containerd, while nothing is; without it, stdin is /dev/null. Attach, which
-/// would write to it, is not built yet (and so neither is `stdin_once`).
+/// as with containerd, while nothing is; without it, stdin is /dev/null. Attach writes
+/// into it (`attach.rs`).
 pub const STDIN_FIFO: &str = "stdin";
 
 /// What crust needs from the image store: a writable snapshot of an image,
