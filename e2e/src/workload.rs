@@ -25,6 +25,11 @@ pub async fn setup(n: u8) -> (Registry, Crustd, TestNet) {
 }
 
 pub async fn pull(crustd: &Crustd, image: &str) -> String {
+    try_pull(crustd, image).await.expect("PullImage")
+}
+
+/// PullImage of `image`: its image ref, or the status it failed with.
+pub async fn try_pull(crustd: &Crustd, image: &str) -> Result<String, tonic::Status> {
     crustd
         .images()
         .await
@@ -37,9 +42,7 @@ pub async fn pull(crustd: &Crustd, image: &str) -> String {
             ..Default::default()
         })
         .await
-        .expect("PullImage")
-        .into_inner()
-        .image_ref
+        .map(|r| r.into_inner().image_ref)
 }
 
 pub fn pod_config(name: &str, net: &TestNet, log_dir: &std::path::Path) -> cri::PodSandboxConfig {

@@ -35,22 +35,6 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-async fn pull_result(crustd: &Crustd, image: &str) -> Result<String, tonic::Status> {
-    crustd
-        .images()
-        .await
-        .expect("image client")
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().image_ref)
-}
-
 fn assert_full(e: &tonic::Status, root: &Path, what: &str) {
     assert_eq!(e.code(), Code::ResourceExhausted, "{what}: {e:?}");
     let m = e.message();
@@ -110,7 +94,7 @@ async fn a_full_disk_is_resource_exhausted_and_heals_without_a_restart() {
         }
     }
     assert_eq!(failures, 2, "creates on a full disk fail");
-    let e = pull_result(&crustd, &registry.image("crust/config:latest"))
+    let e = crust_e2e::workload::try_pull(&crustd, &registry.image("crust/config:latest"))
         .await
         .expect_err("PullImage on a full disk");
     assert_full(&e, &root, "PullImage");
@@ -169,7 +153,7 @@ async fn a_full_disk_is_resource_exhausted_and_heals_without_a_restart() {
     remove_pod(&mut rt, &pod).await;
     let pod2 = run_pod(&mut rt, &pod_config("diskfull-again", &net, &log_dir)).await;
     remove_pod(&mut rt, &pod2).await;
-    pull_result(&crustd, &registry.image("crust/config:latest"))
+    crust_e2e::workload::try_pull(&crustd, &registry.image("crust/config:latest"))
         .await
         .expect("PullImage once space is back");
     assert_eq!(crustd.pid(), pid, "crustd was not restarted");
