@@ -8,23 +8,24 @@
 //! ```
 //! [`ImageStore`] is the API cri calls; [`Snapshotter`] is what containers use.
 
-pub mod auth;
-pub mod config;
-pub mod content;
+mod config;
+mod content;
 pub mod digest;
-pub mod error;
-pub mod metrics;
-pub mod reference;
-pub mod registry;
+mod error;
+mod keyed;
+mod metrics;
+mod reference;
+mod registry;
 pub mod snapshot;
-pub mod store;
-pub mod tar_reader;
-pub mod unpack;
+mod store;
+mod tar_reader;
+mod unpack;
 
 #[cfg(test)]
 mod fuzz;
 
 pub use config::{Config, RegistryConfig, commented_default};
+pub use content::{BlobWriter, ContentStore};
 pub use error::{Error, Result};
 pub use reference::Reference;
 pub use registry::Auth;
