@@ -47,6 +47,9 @@ pub struct Config {
     pub streaming: StreamingConfig,
     pub sandbox: crust_sandbox::Config,
     pub images: crust_images::Config,
+    /// The file this was loaded from (not a key of it): SIGHUP reloads it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The streaming server that Exec, Attach and PortForward URLs point at.
@@ -94,6 +97,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             sandbox: crust_sandbox::Config::default(),
             images: crust_images::Config::default(),
+            source: None,
         }
     }
 }
@@ -131,7 +135,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {

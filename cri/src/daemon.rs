@@ -103,6 +103,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     });
 
     let trimmer = tokio::spawn(crate::memory::trim_periodically(stopped(stop_rx.clone())));
+    let reloader = crate::reload::on_sighup(
+        cri.config.source.clone(),
+        cri.config.images.clone(),
+        cri.images.clone(),
+        stopped(stop_rx.clone()),
+    )
+    .map_err(DaemonError::Signals)?;
 
     let server = CriServer(cri.clone());
     let runtime = RuntimeServiceServer::new(server.clone())
@@ -175,6 +182,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     serve.abort();
     trimmer.abort();
+    reloader.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod instrument;
 pub mod memory;
 pub mod metrics;
+pub mod reload;
 pub mod rootfs;
 pub mod rpc;
 pub mod server;

@@ -165,12 +165,7 @@ mod tests {
 
     fn access(host: &str, http: bool, skip_verify: bool) -> Access {
         Access::new(
-            Endpoint {
-                host: host.into(),
-                http,
-                skip_verify,
-                mirror: false,
-            },
+            Endpoint::plain(host, http, skip_verify),
             "a/b",
             RegistryAuth::Basic("u".into(), "p".into()).into(),
             Duration::from_secs(1),

@@ -101,6 +101,19 @@ pub(super) async fn read_body(
     Ok(Bytes::from(out))
 }
 
+/// What to check when a TLS handshake failed: the host's CA and client certificate.
+fn tls_hint(why: &str, host: &str) -> String {
+    let tls = ["certificate", "UnknownIssuer", "alert", "handshake"];
+    if tls.iter().any(|w| why.contains(w)) {
+        format!(
+            " (TLS with {host} failed: check the CA certificates and the client certificate \
+             configured for it in [images.registries] or hosts_dir)"
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// Retry policy and timeouts for one pull.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -169,7 +182,11 @@ impl RegistryClient {
         let name = format!("{}/{repository}", endpoint.host);
         let access = Access::new(endpoint, repository, creds, policy.no_progress)?;
         Ok(RegistryClient {
-            base: format!("{}v2/{repository}", access.origin()),
+            base: format!(
+                "{}{}/{repository}",
+                access.origin().as_str().trim_end_matches('/'),
+                access.endpoint().path.trim_end_matches('/')
+            ),
             name,
             access,
             auth,
@@ -278,11 +295,16 @@ impl RegistryClient {
         for _ in 0..=MAX_REDIRECTS {
             left_origin = left_origin || !same_origin(&at, self.access.origin());
             let http = if left_origin {
-                self.auth.transport().http_for(self.endpoint(), &at)
+                self.auth.transport().http_for(self.endpoint(), &at)?
             } else {
-                self.auth.transport().http(self.endpoint())
+                self.auth.transport().http(self.endpoint())?
             };
             let mut req = http.get(at.clone());
+            if !left_origin {
+                for (k, v) in &self.endpoint().headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+            }
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
@@ -295,10 +317,11 @@ impl RegistryClient {
                 req = req.header(AUTHORIZATION, a);
             }
             let resp = req.send().await.map_err(|e| {
+                let why = chain(&e.without_url());
                 Error::Unavailable(format!(
-                    "{what}: GET {}: {}",
+                    "{what}: GET {}: {why}{}",
                     shown(&at),
-                    chain(&e.without_url())
+                    tls_hint(&why, &authority(&at))
                 ))
             })?;
             let status = resp.status();

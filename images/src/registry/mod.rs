@@ -2,6 +2,8 @@
 //! stack (each module imports only those listed before it):
 //!
 //! ```text
+//! tls          CA certificates, client certificate (files read and checked)
+//! hosts        containerd's and Docker's host directories (hosts.toml, certs.d)
 //! endpoint     where to go (mirrors in order, then the host) and how to connect
 //! credentials  what to authenticate with (request, config, credentials file)
 //! challenge    what a 401's WWW-Authenticate asks for
@@ -18,11 +20,13 @@ mod challenge;
 mod client;
 mod credentials;
 mod endpoint;
+mod hosts;
 mod manifest;
+mod tls;
 mod token;
 
 pub use authorize::Authorizer;
 pub use client::{Policy, RegistryClient};
 pub use credentials::{Auth, credentials};
-pub use endpoint::{Endpoint, Transport, endpoints};
+pub use endpoint::{Endpoint, Registries, Transport};
 pub use manifest::{Descriptor, Manifest, Resolved};

@@ -331,6 +331,12 @@ impl Tokens {
         realm: &str,
         timeout: Duration,
     ) -> Result<Answer> {
+        let net = |e: reqwest::Error| {
+            Error::Unavailable(format!(
+                "token service {realm}: {}",
+                chain(&e.without_url())
+            ))
+        };
         let exchange = async {
             let origin = match &request {
                 TokenRequest::Post(u, _) | TokenRequest::Get(u, _) => u.clone(),
@@ -340,7 +346,7 @@ impl Tokens {
             let mut hops = 0;
             let mut resp = loop {
                 left = left || !same_origin(&at, &origin);
-                let http = self.transport.http_for(&a.endpoint, &at);
+                let http = self.transport.http_for(&a.endpoint, &at)?;
                 let req = match &request {
                     TokenRequest::Post(_, body) => http
                         .post(at.clone())
@@ -354,7 +360,7 @@ impl Tokens {
                     }
                     TokenRequest::Get(..) => http.get(at.clone()),
                 };
-                let resp = req.send().await?;
+                let resp = req.send().await.map_err(net)?;
                 let redirect = matches!(request, TokenRequest::Get(..))
                     && matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308)
                     && hops < MAX_REDIRECTS;
@@ -377,25 +383,19 @@ impl Tokens {
             if resp.content_length().is_some_and(|n| n > MAX_TOKEN_ANSWER) {
                 return Ok((status, None));
             }
-            while let Some(c) = resp.chunk().await? {
+            while let Some(c) = resp.chunk().await.map_err(net)? {
                 if (body.len() + c.len()) as u64 > MAX_TOKEN_ANSWER {
                     return Ok((status, None));
                 }
                 body.extend_from_slice(&c);
             }
-            Ok::<_, reqwest::Error>((status, Some(body)))
+            Ok::<_, Error>((status, Some(body)))
         };
         let (status, body) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| {
                 Error::Unavailable(format!("token service {realm}: no answer in {timeout:?}"))
-            })?
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "token service {realm}: {}",
-                    chain(&e.without_url())
-                ))
-            })?;
+            })??;
         let body = body.ok_or_else(|| {
             Error::Unauthenticated(format!(
                 "token service {realm}: {status} answer larger than {MAX_TOKEN_ANSWER} bytes"
@@ -478,12 +478,7 @@ mod tests {
             identity_token: Some("refresh-xyz".into()),
         };
         let a = Access::new(
-            Endpoint {
-                host: "r.io".into(),
-                http: false,
-                skip_verify: false,
-                mirror: false,
-            },
+            Endpoint::plain("r.io", false, false),
             "a/b",
             c,
             Duration::from_secs(1),

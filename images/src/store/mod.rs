@@ -36,7 +36,7 @@ use crate::error::Result;
 use crate::keyed::KeyedLocks;
 use crate::metrics::METRICS;
 use crate::reference::Reference;
-use crate::registry::{Authorizer, Transport};
+use crate::registry::{Authorizer, Registries, Transport};
 use crate::snapshot::Snapshotter;
 
 pub use gc::GcReport;
@@ -60,6 +60,9 @@ struct Inner {
     /// The HTTP clients for registries (built once: TLS setup costs milliseconds) and
     /// what is known of their authorization (tokens, schemes), shared by all pulls.
     auth: Arc<Authorizer>,
+    /// The registry set-up: replaced whole by [`ImageStore::reload`]; a pull keeps the
+    /// one it started with.
+    registries: std::sync::RwLock<Arc<Registries>>,
 }
 
 /// The images of this node. Cheap to clone.
@@ -81,16 +84,10 @@ impl ImageStore {
             let r = Reference::parse(p)?;
             pinned.insert(r.to_string());
         }
-        let insecure = config.insecure_registries.iter().cloned().chain(
-            config
-                .registries
-                .iter()
-                .filter(|(_, r)| r.insecure)
-                .map(|(h, _)| h.clone()),
-        );
+        let registries = Registries::load(config.clone())?;
         let transport = Transport::new(
             Duration::from_secs(config.no_progress_timeout_secs.max(1)),
-            insecure,
+            registries.insecure_hosts(),
         )?;
         let auth = Arc::new(Authorizer::new(Arc::new(transport)));
         let store = ImageStore {
@@ -106,6 +103,7 @@ impl ImageStore {
                 gc_lock: Arc::new(RwLock::new(())),
                 http_hosts: Mutex::new(HashSet::new()),
                 auth,
+                registries: std::sync::RwLock::new(Arc::new(registries)),
             }),
         };
         let report = store.gc().await?;
@@ -132,5 +130,33 @@ impl ImageStore {
     /// Root directory of the store.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Replaces the registry set-up — `registries`, `insecure_registries`,
+    /// `credentials_file` and `hosts_dir` of `config`, and what the host directory and
+    /// the TLS files hold now — for the pulls that start from now on. Everything is read
+    /// and checked first: on an error (InvalidArgument naming the file) nothing changes.
+    /// The other settings of `config` take effect at the next start.
+    pub fn reload(&self, config: Config) -> Result<()> {
+        let new = Registries::load(config)?;
+        self.inner
+            .auth
+            .transport()
+            .set_insecure(new.insecure_hosts());
+        *self
+            .inner
+            .registries
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+
+    /// The registry set-up in force.
+    fn registries(&self) -> Arc<Registries> {
+        self.inner
+            .registries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

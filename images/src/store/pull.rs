@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::reference::Reference;
 use crate::registry::{
-    self, Auth, Descriptor, Endpoint, Manifest, Policy, RegistryClient, Resolved,
+    Auth, Descriptor, Endpoint, Manifest, Policy, Registries, RegistryClient, Resolved, credentials,
 };
 
 /// The endpoints a pull may fetch blobs from, in order.
@@ -29,6 +29,8 @@ pub(super) struct Sources<'a> {
     pub(super) rest: Vec<(Endpoint, Policy)>,
     r: &'a Reference,
     auth: Option<&'a Auth>,
+    /// The registry set-up the pull started with.
+    registries: &'a Registries,
 }
 
 /// What a pull needs of the image config.
@@ -101,13 +103,13 @@ impl ImageStore {
     /// The endpoints of `r`'s registry to try, in order, each with its retry policy:
     /// an insecure host known to speak plain HTTP loses its HTTPS probe, and HTTPS to
     /// an insecure host that may only speak HTTP gets one try, then HTTP.
-    fn plan(&self, r: &Reference) -> Vec<(Endpoint, Policy)> {
+    fn plan(&self, registries: &Registries, r: &Reference) -> Vec<(Endpoint, Policy)> {
         let cfg = &self.inner.config;
         let policy = Policy {
             retries: cfg.retries,
             no_progress: Duration::from_secs(cfg.no_progress_timeout_secs.max(1)),
         };
-        let mut endpoints = registry::endpoints(cfg, r.domain());
+        let mut endpoints = registries.endpoints(r.domain());
         {
             let http_hosts = self
                 .inner
@@ -150,9 +152,15 @@ impl ImageStore {
 
     async fn pull_locked(&self, r: &Reference, auth: Option<&Auth>) -> Result<String> {
         let mut last: Option<Error> = None;
-        let plan = self.plan(r);
+        let registries = self.registries();
+        let plan = self.plan(&registries, r);
+        // A tag is resolved where `resolve` is allowed; a digest where `pull` is.
+        let can_resolve = |ep: &Endpoint| ep.resolve || (ep.pull && r.digest().is_some());
         for (i, (ep, policy)) in plan.iter().enumerate() {
-            let client = self.client_for(r, ep, auth, *policy)?;
+            if !can_resolve(ep) {
+                continue;
+            }
+            let client = self.client_for(&registries, r, ep, auth, *policy)?;
             let t = Instant::now();
             let resolved = client.resolve(r).await;
             tracing::debug!(endpoint = %ep.host, http = ep.http, ms = t.elapsed().as_millis() as u64, ok = resolved.is_ok(), "resolve");
@@ -167,9 +175,14 @@ impl ImageStore {
                     }
                     let sources = Sources {
                         first: client,
-                        rest: plan[i + 1..].to_vec(),
+                        rest: plan[i + 1..]
+                            .iter()
+                            .filter(|(ep, _)| ep.pull)
+                            .cloned()
+                            .collect(),
                         r,
                         auth,
+                        registries: &registries,
                     };
                     return self.fetch(&sources, r, resolved).await;
                 }
@@ -187,12 +200,13 @@ impl ImageStore {
     /// A client for `r`'s repository at `ep`, with the credentials for that endpoint.
     fn client_for(
         &self,
+        registries: &Registries,
         r: &Reference,
         ep: &Endpoint,
         auth: Option<&Auth>,
         policy: Policy,
     ) -> Result<RegistryClient> {
-        let creds = registry::credentials(&self.inner.config, &ep.host, !ep.mirror, auth)?;
+        let creds = credentials(&registries.config, &ep.host, !ep.mirror, auth)?;
         RegistryClient::new(self.inner.auth.clone(), ep.clone(), r, creds, policy)
     }
 
@@ -203,7 +217,7 @@ impl ImageStore {
             None => Ok(sources.first.clone()),
             Some(j) => {
                 let (ep, policy) = &sources.rest[j];
-                self.client_for(sources.r, ep, sources.auth, *policy)
+                self.client_for(sources.registries, sources.r, ep, sources.auth, *policy)
             }
         }
     }
