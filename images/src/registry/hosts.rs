@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::tls::TlsFiles;
+use super::tls::{ClientPair, TlsFiles};
 use crate::error::{Error, Result};
 
 /// One place a host directory says to pull from.
@@ -213,37 +213,7 @@ fn entry(dir: &Path, url: &str, h: HostFile, mirror: bool) -> Result<HostEntry, 
             }
         }
     }
-    let abs = |p: &str| {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
-        }
-    };
-    let ca = match h.ca {
-        None => Vec::new(),
-        Some(Files::One(f)) => vec![abs(&f)],
-        Some(Files::Many(list)) => list
-            .into_iter()
-            .map(|f| match f {
-                ClientFiles::One(f) => Ok(abs(&f)),
-                ClientFiles::Pair(_) => Err("ca: a list of file names".to_string()),
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let client = match h.client {
-        None => Vec::new(),
-        Some(Files::One(f)) => vec![(abs(&f), None)],
-        Some(Files::Many(list)) => list
-            .into_iter()
-            .map(|f| match f {
-                ClientFiles::One(f) => Ok((abs(&f), None)),
-                ClientFiles::Pair(p) if p.len() == 2 => Ok((abs(&p[0]), Some(abs(&p[1])))),
-                ClientFiles::Pair(p) => Err(format!("client: {p:?} is not a [cert, key] pair")),
-            })
-            .collect::<Result<_, _>>()?,
-    };
+    let (ca, client) = tls_files(dir, h.ca, h.client)?;
     let mut headers = Vec::new();
     for (k, v) in h.header {
         match v {
@@ -265,6 +235,46 @@ fn entry(dir: &Path, url: &str, h: HostFile, mirror: bool) -> Result<HostEntry, 
         headers,
         mirror,
     })
+}
+
+/// The `ca` and `client` files of a host, relative to its directory `dir`.
+fn tls_files(
+    dir: &Path,
+    ca: Option<Files>,
+    client: Option<Files>,
+) -> Result<(Vec<PathBuf>, Vec<ClientPair>), String> {
+    let abs = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+    let ca = match ca {
+        None => Vec::new(),
+        Some(Files::One(f)) => vec![abs(&f)],
+        Some(Files::Many(list)) => list
+            .into_iter()
+            .map(|f| match f {
+                ClientFiles::One(f) => Ok(abs(&f)),
+                ClientFiles::Pair(_) => Err("ca: a list of file names".to_string()),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let client = match client {
+        None => Vec::new(),
+        Some(Files::One(f)) => vec![(abs(&f), None)],
+        Some(Files::Many(list)) => list
+            .into_iter()
+            .map(|f| match f {
+                ClientFiles::One(f) => Ok((abs(&f), None)),
+                ClientFiles::Pair(p) if p.len() == 2 => Ok((abs(&p[0]), Some(abs(&p[1])))),
+                ClientFiles::Pair(p) => Err(format!("client: {p:?} is not a [cert, key] pair")),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok((ca, client))
 }
 
 /// Docker's layout: `*.crt` CA certificates, `*.cert` client certificates with their

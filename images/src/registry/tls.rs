@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// A client certificate file and its key's file (none when the certificate's file holds
+/// the key too).
+pub type ClientPair = (PathBuf, Option<PathBuf>);
+
 /// The TLS files of an endpoint, as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TlsFiles {
@@ -15,7 +19,7 @@ pub struct TlsFiles {
     pub ca: Vec<PathBuf>,
     /// Client certificate and key files; no key file when the certificate file holds
     /// the key too. The first pair is used.
-    pub client: Vec<(PathBuf, Option<PathBuf>)>,
+    pub client: Vec<ClientPair>,
     /// Do not verify the server's certificate.
     pub skip_verify: bool,
 }

@@ -142,6 +142,13 @@ enum TokenRequest {
     Get(reqwest::Url, Option<String>),
 }
 
+/// What the refresh-token grant came to.
+enum Grant {
+    Token((String, Duration)),
+    /// Make the GET token request; the grant's refusal (a 401), if it was one.
+    Get(Option<String>),
+}
+
 /// What a token service said.
 enum Answer {
     Token(TokenAnswer),
@@ -237,57 +244,12 @@ impl Tokens {
             .map_err(|e| Error::Unauthenticated(format!("{host}: token realm {realm:?}: {e}")))?;
         let mut refused_post = None;
         if let Some(identity) = a.creds.identity_token.as_deref() {
-            let refresh_key = crate::digest::sha256(
-                format!(
-                    "{realm}\0{}\0{identity}",
-                    ch.service.as_deref().unwrap_or("")
-                )
-                .as_bytes(),
-            );
-            let rotated = locked(&self.refresh).get(&refresh_key).cloned();
-            let refresh = rotated.as_deref().unwrap_or(identity);
-            let scope = scopes.join(" ");
-            let mut fields = vec![
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh),
-                ("client_id", CLIENT_ID),
-                ("scope", scope.as_str()),
-            ];
-            if let Some(s) = ch.service.as_deref() {
-                fields.push(("service", s));
-            }
-            let req = TokenRequest::Post(realm_url.clone(), form(&fields));
-            match self.ask(a, req, realm, a.timeout).await? {
-                Answer::Token(t) => {
-                    if let Some(r) = t.refresh_token.as_deref().filter(|r| !r.is_empty())
-                        && r != refresh
-                    {
-                        tracing::debug!(%realm, "token service rotated the refresh token");
-                        let mut refreshed = locked(&self.refresh);
-                        if refreshed.len() >= LIMIT {
-                            refreshed.clear();
-                        }
-                        refreshed.insert(refresh_key, r.to_string());
-                    }
-                    return answer_token(t, realm);
-                }
-                // No OAuth2 here (404, 405), or this grant refused (401, as Artifactory
-                // answers): the GET token request of the token spec instead.
-                Answer::Refused(status, body) if matches!(status.as_u16(), 401 | 404 | 405) => {
-                    tracing::debug!(%realm, %status, "refresh-token grant not taken, using GET");
-                    if rotated.is_some() {
-                        // Next time, start again from the identity token we were given.
-                        locked(&self.refresh).remove(&refresh_key);
-                    }
-                    if status == StatusCode::UNAUTHORIZED {
-                        refused_post = Some(format!("{status}: {body}"));
-                    }
-                }
-                Answer::Refused(status, body) => {
-                    return Err(Error::Unauthenticated(format!(
-                        "{host}: identity token refused by token service {realm}: {status}: {body}"
-                    )));
-                }
+            match self
+                .refresh_grant(a, ch, &realm_url, &scopes, identity)
+                .await?
+            {
+                Grant::Token(t) => return Ok(t),
+                Grant::Get(refused) => refused_post = refused,
             }
         }
         let mut url = realm_url;
@@ -317,6 +279,71 @@ impl Tokens {
                     "{host}: token service {realm} refused an anonymous token: {status}: {body}"
                 ),
             })),
+        }
+    }
+
+    /// The OAuth2 refresh-token grant with `identity` (or the refresh token that
+    /// replaced it): a token, or the GET token request to make instead (with the
+    /// refusal of the grant, if it was one).
+    async fn refresh_grant(
+        &self,
+        a: &Access,
+        ch: &Challenge,
+        realm_url: &reqwest::Url,
+        scopes: &[&str],
+        identity: &str,
+    ) -> Result<Grant> {
+        let host = &a.endpoint.host;
+        let realm = &ch.realm;
+        let refresh_key = crate::digest::sha256(
+            format!(
+                "{realm}\0{}\0{identity}",
+                ch.service.as_deref().unwrap_or("")
+            )
+            .as_bytes(),
+        );
+        let rotated = locked(&self.refresh).get(&refresh_key).cloned();
+        let refresh = rotated.as_deref().unwrap_or(identity);
+        let scope = scopes.join(" ");
+        let mut fields = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", CLIENT_ID),
+            ("scope", scope.as_str()),
+        ];
+        if let Some(s) = ch.service.as_deref() {
+            fields.push(("service", s));
+        }
+        let req = TokenRequest::Post(realm_url.clone(), form(&fields));
+        match self.ask(a, req, realm, a.timeout).await? {
+            Answer::Token(t) => {
+                if let Some(r) = t.refresh_token.as_deref().filter(|r| !r.is_empty())
+                    && r != refresh
+                {
+                    tracing::debug!(%realm, "token service rotated the refresh token");
+                    let mut refreshed = locked(&self.refresh);
+                    if refreshed.len() >= LIMIT {
+                        refreshed.clear();
+                    }
+                    refreshed.insert(refresh_key, r.to_string());
+                }
+                answer_token(t, realm).map(Grant::Token)
+            }
+            // No OAuth2 here (404, 405), or this grant refused (401, as Artifactory
+            // answers): the GET token request of the token spec instead.
+            Answer::Refused(status, body) if matches!(status.as_u16(), 401 | 404 | 405) => {
+                tracing::debug!(%realm, %status, "refresh-token grant not taken, using GET");
+                if rotated.is_some() {
+                    // Next time, start again from the identity token we were given.
+                    locked(&self.refresh).remove(&refresh_key);
+                }
+                let refused =
+                    (status == StatusCode::UNAUTHORIZED).then(|| format!("{status}: {body}"));
+                Ok(Grant::Get(refused))
+            }
+            Answer::Refused(status, body) => Err(Error::Unauthenticated(format!(
+                "{host}: identity token refused by token service {realm}: {status}: {body}"
+            ))),
         }
     }
 
