@@ -147,7 +147,8 @@ impl Registries {
                     host: host.to_string(),
                     http: e.http,
                     skip_verify: e.tls.skip_verify,
-                    mirror: e.mirror,
+                    // A `[host]` entry naming the registry itself is no mirror.
+                    mirror: e.mirror && host != domain,
                     path: e.path.clone(),
                     resolve: e.resolve,
                     pull: e.pull,
