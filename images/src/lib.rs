@@ -6,7 +6,11 @@
 //! <root>/snapshots/<n>/fs             one unpacked layer per chain ID (snapshot.rs)
 //! state.redb: images.images, images.snapshots, images.meta
 //! ```
-//! [`ImageStore`] is the API cri calls; [`Snapshotter`] is what containers use.
+//! [`ImageStore`] is the API cri calls (pull, list, status, remove, gc, fs info, and
+//! [`ImageStore::reload`] of the registry set-up on SIGHUP); [`Snapshotter`] and
+//! [`snapshot::mount`] are what containers use; [`Config`] is the `[images]` section.
+//! The registry client (`registry/`), the pull (`store/`) and the layer unpacker
+//! (`unpack/`, `tar_reader/`) are private: docs/architecture.md maps them.
 
 mod config;
 mod content;

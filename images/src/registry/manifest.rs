@@ -1,7 +1,7 @@
 //! Manifests and indexes (OCI and Docker schema2): fetched with the accepted media
 //! types in `Accept`, at most 4 MiB, known by the sha256 of the bytes received (which
 //! must equal a digest reference's digest and the `Docker-Content-Digest` header); an
-//! index resolves to linux/<this arch>, preferring no variant or v8.
+//! index resolves to `linux/<this arch>`, preferring no variant or v8.
 
 use bytes::Bytes;
 use serde::Deserialize;

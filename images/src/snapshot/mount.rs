@@ -19,7 +19,7 @@ pub struct Mount {
     pub options: Vec<String>,
 }
 
-/// Mounts `mounts` (as returned by [`Snapshotter::prepare`]) at `target`.
+/// Mounts `mounts` (as returned by [`super::Snapshotter::prepare`]) at `target`.
 ///
 /// Overlay goes through the new mount API, one `lowerdir+` per layer (Linux 6.8+), so
 /// no lowerdir list ever meets the one-page limit of mount(2) options; older kernels get
