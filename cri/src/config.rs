@@ -2,7 +2,7 @@
 //!
 //! `Config::default()` is what crustd runs with when no file is given, and
 //! `commented_default()` prints exactly that as TOML with a comment per key, so
-//! `crustd config default > /etc/crust/crust.toml` is a complete starting point.
+//! `crustd config default > /etc/crust/config.toml` is a complete starting point.
 //! Unknown keys, bad values and bad TOML are refused with the file, line and key.
 
 use std::net::SocketAddr;
