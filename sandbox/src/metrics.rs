@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
     // Registering twice (several services in one test binary) is harmless: keep the first.
@@ -62,8 +62,21 @@ pub(crate) fn observe_cni(op: &str, took: Duration, ok: bool) {
 }
 
 /// Makes sure every metric is registered (so /metrics lists them before the first pod).
+/// `crust_shims`: pod shims alive (one per pod, from RunPodSandbox to RemovePodSandbox),
+/// as of the last change of a pod or check of their liveness.
+pub static SHIMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "crust_shims",
+            "Pod shims alive (one per pod until it is removed)",
+        )
+        .expect("metric definition"),
+    )
+});
+
 pub fn init() {
     LazyLock::force(&PODS);
+    LazyLock::force(&SHIMS);
     LazyLock::force(&CNI_DURATION);
     LazyLock::force(&CNI_ERRORS);
     for s in ["ready", "notready"] {
