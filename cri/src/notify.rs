@@ -36,7 +36,7 @@ pub async fn ready_when_answering(socket: PathBuf) {
             Err(_) => tracing::debug!("readiness probe: no answer within 5s"),
         }
         tries += 1;
-        if tries % 100 == 0 {
+        if tries.is_multiple_of(100) {
             tracing::warn!(
                 tries,
                 "the CRI socket does not answer yet; systemd is not told READY"

@@ -280,9 +280,7 @@ impl Drop for Installed {
         }
         let _ = std::fs::remove_dir("/etc/crust");
         // `man crustd`, run by systemd-analyze, caches a formatted page.
-        for p in ["/var/cache/man/cat8/crustd.8.gz"] {
-            let _ = std::fs::remove_file(p);
-        }
+        let _ = std::fs::remove_file("/var/cache/man/cat8/crustd.8.gz");
     }
 }
 
