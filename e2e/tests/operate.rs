@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crust_e2e::workload::{
     create_sleeper, pod_config, remove_pod, run_pod, scene, start, try_pull,
 };
-use crust_e2e::{Crustd, Options, binary, cri, http_get, net::TestNet, require_root};
+use crust_e2e::{Crustd, Options, binary, cri, http_get, metric_value, net::TestNet, require_root};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -341,6 +341,11 @@ async fn json_logs_on_stderr_when_journal_stream_names_another_file() {
     })
     .await
     .expect("crustd starts");
+    // The server may answer the harness's Version call before the line is written.
+    crust_e2e::workload::wait_for("the serving line", Duration::from_secs(10), || {
+        crustd.log().contains("crustd is serving CRI")
+    })
+    .await;
     let log = crustd.log();
     let records: Vec<serde_json::Value> = log
         .lines()
@@ -635,7 +640,10 @@ async fn dashboard_queries_name_only_what_crustd_exports() {
     .unwrap();
     crust_e2e::workload::wait_exited(&mut rt, &ctr, Duration::from_secs(20)).await;
     let scrape = crustd.metrics().await.unwrap();
+    assert_eq!(metric_value(&scrape, "crust_shims "), Some(1.0), "{scrape}");
     remove_pod(&mut rt, &pod).await;
+    let after = crustd.metrics().await.unwrap();
+    assert_eq!(metric_value(&after, "crust_shims "), Some(0.0), "{after}");
 
     let wrong = unknown_names(&dashboard, &scrape);
     assert!(

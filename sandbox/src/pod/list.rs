@@ -47,7 +47,6 @@ impl Inner {
     /// settles the state itself; a real loss is seen at the next call after it.
     fn refresh_liveness(&self) {
         let busy = self.pods_under_an_operation();
-        let mut changed = false;
         {
             let mut pods = self.lock_pods();
             for rec in pods
@@ -67,13 +66,11 @@ impl Inner {
                     if let Err(e) = self.store.put(rec) {
                         tracing::warn!(pod = %rec.id, error = %e, "saving NOTREADY");
                     }
-                    changed = true;
                 }
             }
         }
-        if changed {
-            self.update_metrics();
-        }
+        // Also when no state changed: a stopped pod's shim may have gone (crust_shims).
+        self.update_metrics();
     }
 }
 
