@@ -62,13 +62,13 @@ pub(crate) fn observe_cni(op: &str, took: Duration, ok: bool) {
 }
 
 /// Makes sure every metric is registered (so /metrics lists them before the first pod).
-/// `crust_shims`: pod shims alive (one per pod, from RunPodSandbox to RemovePodSandbox),
-/// as of the last change of a pod or check of their liveness.
+/// `crust_shims`: pod shims crust runs, one per pod from RunPodSandbox to RemovePodSandbox
+/// (a shim that died meanwhile makes its pod NOTREADY and is counted until the removal).
 pub static SHIMS: LazyLock<IntGauge> = LazyLock::new(|| {
     register(
         IntGauge::new(
             "crust_shims",
-            "Pod shims alive (one per pod until it is removed)",
+            "Pod shims crust runs (one per pod until the pod is removed)",
         )
         .expect("metric definition"),
     )
