@@ -2,7 +2,7 @@
 //!
 //! `Config::default()` is what crustd runs with when no file is given, and
 //! `commented_default()` prints exactly that as TOML with a comment per key, so
-//! `crustd config default > /etc/crust/crust.toml` is a complete starting point.
+//! `crustd config default > /etc/crust/config.toml` is a complete starting point.
 //! Unknown keys, bad values and bad TOML are refused with the file, line and key.
 
 use std::net::SocketAddr;
@@ -28,6 +28,27 @@ impl CgroupDriver {
     }
 }
 
+/// How crustd writes its log to stderr. Under systemd, when stderr is the journal,
+/// crustd sends its records to journald natively instead (see `logging.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, spans).
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -43,6 +64,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     pub log_level: String,
+    /// "text" or "json" on stderr; ignored when logging to journald.
+    pub log_format: LogFormat,
     pub metrics: MetricsConfig,
     pub streaming: StreamingConfig,
     pub sandbox: crust_sandbox::Config,
@@ -115,6 +138,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             shutdown_timeout_secs: 10,
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
             metrics: MetricsConfig::default(),
             streaming: StreamingConfig::default(),
             sandbox: crust_sandbox::Config::default(),
@@ -244,6 +268,9 @@ cgroup_driver = "{driver}"
 shutdown_timeout_secs = {shutdown}
 # Log filter in tracing EnvFilter syntax ("info", "crust_cri=debug,info"); RUST_LOG overrides it.
 log_level = {log}
+# Log format on stderr: "text" or "json" (one object per line). Under systemd, when stderr
+# is the journal, crustd logs to journald natively (fields and priorities) instead.
+log_format = "{logfmt}"
 
 [metrics]
 # Serve Prometheus metrics.
@@ -275,6 +302,7 @@ tls_key_file = {skey}
         driver = d.cgroup_driver.as_str(),
         shutdown = d.shutdown_timeout_secs,
         log = toml_str(&d.log_level),
+        logfmt = d.log_format.as_str(),
         menabled = d.metrics.enabled,
         maddr = d.metrics.address,
         saddr = d.streaming.address,
@@ -397,6 +425,17 @@ mod tests {
         let err = parse("cgroup_driver = \"cgroupv3\"\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(":1: key `cgroup_driver`"), "{msg}");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(parse("").unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            parse("log_format = \"json\"\n").unwrap().log_format,
+            LogFormat::Json
+        );
+        let err = parse("log_format = \"xml\"\n").unwrap_err().to_string();
+        assert!(err.contains(":1: key `log_format`"), "{err}");
     }
 
     #[test]

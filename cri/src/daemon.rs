@@ -134,6 +134,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         version = crate::RUNTIME_VERSION,
         "crustd is serving CRI"
     );
+    let ready = tokio::spawn(crate::notify::ready_when_answering(socket_path.clone()));
 
     let result = tokio::select! {
         r = &mut serve => {
@@ -153,6 +154,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 signal,
                 "shutting down: no new calls, finishing in-flight ones"
             );
+            crate::notify::stopping();
             let _ = stop_tx.send(true);
             // The server stops accepting at once; it is done when every
             // connection has closed or, since clients may keep idle
@@ -181,6 +183,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Err(e) => Err(e),
     };
     serve.abort();
+    ready.abort();
     trimmer.abort();
     reloader.abort();
     if let Some(t) = metrics_task {
