@@ -8,6 +8,7 @@ mod error;
 pub mod metrics;
 pub mod mountinfo;
 pub mod namespaces;
+pub mod netstats;
 pub mod pod;
 pub mod shim;
 pub mod sysctl;

@@ -1,15 +1,15 @@
 use super::mounts::{HostPropagation, add_cri_mounts};
 use super::security::apparmor_profile;
-use std::collections::HashSet;
-use k8s_cri::v1::{MountPropagation, security_profile::ProfileType};
-use oci_spec::runtime::{Capability, LinuxNamespaceType};
 use super::*;
 use k8s_cri::v1::{
     Capability as CriCapability, ContainerMetadata, HugepageLimit, Int64Value, KeyValue,
     LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     Mount as CriMount, SecurityProfile,
 };
+use k8s_cri::v1::{MountPropagation, security_profile::ProfileType};
 use oci_spec::image::ConfigBuilder;
+use oci_spec::runtime::{Capability, LinuxNamespaceType};
+use std::collections::HashSet;
 
 struct Fixture {
     rootfs: tempfile::TempDir,
