@@ -36,10 +36,14 @@ pub const CRI_SCENARIOS: &[&str] = &[
     "list",
     "status-verbose",
     "stats",
+    "pod-metrics",
     "exec",
     "port-forward",
     "cleanup",
 ];
+
+/// ListPodSandboxMetrics calls over which `pod-metrics` watches the daemon's RSS.
+const RSS_CALLS: usize = 1000;
 
 /// Scenarios that measure the machine itself, with no runtime.
 pub const FLOOR_SCENARIOS: &[&str] = &["floor-unshare", "floor-runc"];
@@ -247,6 +251,7 @@ impl Ctx {
             "list" => self.list().await,
             "status-verbose" => self.status_verbose().await,
             "stats" => self.stats().await,
+            "pod-metrics" => self.pod_metrics().await,
             "exec" => self.exec().await,
             "port-forward" => self.port_forward().await,
             "cleanup" => self.remove_everything().await,
@@ -660,6 +665,61 @@ impl Ctx {
             .figure("containers", "containers", containers.len() as f64);
         self.teardown_all(&pods).await?;
         self.keep_only(&["ListContainerStats", "ContainerStats"]);
+        Ok(())
+    }
+
+    /// ListPodSandboxStats and ListPodSandboxMetrics with `pods` pods of one
+    /// running container each, then the daemon's RSS over 1,000 more
+    /// ListPodSandboxMetrics calls. A runtime without the metrics RPCs still
+    /// gets its ListPodSandboxStats measured.
+    async fn pod_metrics(&self) -> Result<(), BenchError> {
+        self.cri.list_pod_sandbox_stats().await?;
+        let metrics = match self.cri.list_pod_sandbox_metrics().await {
+            Ok(_) => true,
+            Err(BenchError::Unsupported { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        let (pods, _) = self.populate(self.s.pods).await?;
+        self.rec.clear();
+        for _ in 0..self.s.count {
+            let (n, d) = self.cri.list_pod_sandbox_stats().await?;
+            if n < pods.len() {
+                return Err(BenchError::Invalid(format!(
+                    "ListPodSandboxStats returned {n} pods, {} run",
+                    pods.len()
+                )));
+            }
+            self.rec.record("ListPodSandboxStats", d);
+            if metrics {
+                let (n, m, d) = self.cri.list_pod_sandbox_metrics().await?;
+                if n < pods.len() || m == 0 {
+                    return Err(BenchError::Invalid(format!(
+                        "ListPodSandboxMetrics returned {n} pods and {m} metrics, {} pods run",
+                        pods.len()
+                    )));
+                }
+                self.rec.record("ListPodSandboxMetrics", d);
+            }
+        }
+        self.rec.figure("pods", "pods", pods.len() as f64);
+        if metrics && let Some(before) = self.daemon_rss_kib() {
+            for _ in 0..RSS_CALLS {
+                self.cri.list_pod_sandbox_metrics().await?;
+            }
+            if let Some(after) = self.daemon_rss_kib() {
+                self.rec
+                    .figure("daemon_rss_before_1000_metrics", "KiB", before as f64);
+                self.rec
+                    .figure("daemon_rss_after_1000_metrics", "KiB", after as f64);
+                self.rec.figure(
+                    "daemon_rss_growth_1000_metrics",
+                    "KiB",
+                    after as f64 - before as f64,
+                );
+            }
+        }
+        self.teardown_all(&pods).await?;
+        self.keep_only(&["ListPodSandboxStats", "ListPodSandboxMetrics"]);
         Ok(())
     }
 
