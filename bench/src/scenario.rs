@@ -42,6 +42,27 @@ pub const CRI_SCENARIOS: &[&str] = &[
     "cleanup",
 ];
 
+/// The cgroup parent `pod-metrics` gives pod `i`, as kubelet gives each pod one.
+fn pod_cgroup_parent(run_id: &str, i: usize) -> String {
+    format!("/crust/bench-{run_id}-{i}")
+}
+
+/// Removes the (empty) cgroup parents of `pod-metrics` from every v1 hierarchy
+/// and a v2 mount: the runtimes remove what they made below them, kubelet
+/// its own parents, and here the bench stands in for kubelet.
+fn remove_cgroup_parents(run_id: &str, pods: usize) {
+    let Ok(mounts) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mounts: Vec<PathBuf> = mounts.flatten().map(|e| e.path()).collect();
+    for i in 0..pods {
+        let rel = pod_cgroup_parent(run_id, i);
+        for m in mounts.iter().chain([&PathBuf::from("/sys/fs/cgroup")]) {
+            let _ = std::fs::remove_dir(m.join(rel.trim_start_matches('/')));
+        }
+    }
+}
+
 /// ListPodSandboxMetrics calls over which `pod-metrics` watches the daemon's RSS.
 const RSS_CALLS: usize = 1000;
 
@@ -327,7 +348,13 @@ impl Ctx {
     // ----- pods and containers -----
 
     async fn start_pod(&self, i: usize) -> Result<Pod, BenchError> {
-        let config = pod_config(&self.s.run_id, i, &self.log_root());
+        let mut config = pod_config(&self.s.run_id, i, &self.log_root());
+        if self.s.scenario == "pod-metrics"
+            && let Some(l) = config.linux.as_mut()
+        {
+            // containerd has no pod stats without a pod cgroup parent (kubelet always gives one).
+            l.cgroup_parent = pod_cgroup_parent(&self.s.run_id, i);
+        }
         std::fs::create_dir_all(&config.log_directory).map_err(|source| BenchError::Io {
             what: format!("creating {}", config.log_directory),
             source,
@@ -719,6 +746,7 @@ impl Ctx {
             }
         }
         self.teardown_all(&pods).await?;
+        remove_cgroup_parents(&self.s.run_id, self.s.pods);
         self.keep_only(&["ListPodSandboxStats", "ListPodSandboxMetrics"]);
         Ok(())
     }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crust_sandbox::container::user::process_ids;
 use crust_sandbox::container::{
     ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo,
 };
@@ -214,24 +215,39 @@ pub async fn container_status(
     })
 }
 
-/// The CRI status of a container; `spec` (its config.json) gives the user it runs as.
-pub(crate) fn status_of(
-    r: &ContainerRecord,
-    spec: Option<&serde_json::Value>,
-) -> cri::ContainerStatus {
-    let user = spec.map(|s| {
-        let u = &s["process"]["user"];
-        cri::ContainerUser {
-            linux: Some(cri::LinuxContainerUser {
+/// Who the container runs as: the effective ids of its running init process
+/// (`/proc/<pid>/status`), else the user of its spec (config.json).
+fn user_of(r: &ContainerRecord, spec: Option<&serde_json::Value>) -> Option<cri::ContainerUser> {
+    let linux = match (r.state == ContainerState::Running && r.pid > 0)
+        .then(|| process_ids(r.pid))
+        .flatten()
+    {
+        Some(p) => cri::LinuxContainerUser {
+            uid: p.uid.into(),
+            gid: p.gid.into(),
+            supplemental_groups: p.groups.into_iter().map(i64::from).collect(),
+        },
+        None => {
+            let u = &spec?["process"]["user"];
+            cri::LinuxContainerUser {
                 uid: u["uid"].as_i64().unwrap_or(0),
                 gid: u["gid"].as_i64().unwrap_or(0),
                 supplemental_groups: u["additionalGids"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
                     .unwrap_or_default(),
-            }),
+            }
         }
-    });
+    };
+    Some(cri::ContainerUser { linux: Some(linux) })
+}
+
+/// The CRI status of a container; `spec` (its config.json) gives the user it runs as.
+pub(crate) fn status_of(
+    r: &ContainerRecord,
+    spec: Option<&serde_json::Value>,
+) -> cri::ContainerStatus {
+    let user = user_of(r, spec);
     cri::ContainerStatus {
         id: r.id.clone(),
         metadata: r.config.metadata.clone(),

@@ -68,7 +68,10 @@ pub async fn status(cri: &Cri, req: StatusRequest) -> CriResult<StatusResponse> 
         }),
         info,
         runtime_handlers,
-        features: None,
+        // Strict and Merge are both honoured, and ContainerStatus reports the user.
+        features: Some(k8s_cri::v1::RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
     })
 }
 

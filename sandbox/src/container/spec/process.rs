@@ -237,6 +237,8 @@ fn resolve_user(
                 .map(|g| *g as u32)
                 .collect::<Vec<_>>(),
             image_user: image.and_then(|i| i.user().as_deref()).unwrap_or(""),
+            strict_groups: sc.supplemental_groups_policy
+                == k8s_cri::v1::SupplementalGroupsPolicy::Strict as i32,
         },
         &passwd,
         &group,
