@@ -22,7 +22,9 @@ fn app(name: &str, image: &str, policy: cri::SupplementalGroupsPolicy) -> cri::C
 }
 
 async fn groups_seen(rt: &mut Rt, id: &str) -> String {
-    let out = exec(rt, id, &["/bin/sh", "-c", "id -G"], 10).await.expect("exec");
+    let out = exec(rt, id, &["/bin/sh", "-c", "id -G"], 10)
+        .await
+        .expect("exec");
     assert_eq!(out.exit_code, 0);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -36,7 +38,9 @@ async fn strict_gives_only_the_named_groups_and_status_reports_the_process_user(
         .expect("Status")
         .into_inner();
     assert_eq!(
-        runtime_status.features.map(|f| f.supplemental_groups_policy),
+        runtime_status
+            .features
+            .map(|f| f.supplemental_groups_policy),
         Some(true)
     );
 

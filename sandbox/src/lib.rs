@@ -5,6 +5,7 @@ pub mod cni;
 mod config;
 pub mod container;
 mod error;
+pub mod features;
 pub mod metrics;
 pub mod mountinfo;
 pub mod namespaces;

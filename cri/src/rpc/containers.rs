@@ -85,6 +85,16 @@ pub async fn create_container(
         None => pod.spec.privileged,
     };
     validate::container::in_pod(&config, pod_privileged, &pod.spec.log_directory)?;
+    if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
+        let handler = cri.config.sandbox.handler(&pod.runtime_handler);
+        if !handler.is_some_and(|(_, h)| crust_sandbox::features::recursive_read_only(h)) {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {:?}: recursive read-only mounts are not supported by runtime handler {:?} \
+                 (its OCI runtime or the kernel lacks them)",
+                m.container_path, pod.runtime_handler
+            )));
+        }
+    }
     let image_name = config
         .image
         .as_ref()

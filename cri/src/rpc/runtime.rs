@@ -53,11 +53,11 @@ pub async fn status(cri: &Cri, req: StatusRequest) -> CriResult<StatusResponse> 
         .config
         .sandbox
         .runtime_handlers
-        .keys()
-        .map(|name| RuntimeHandler {
+        .iter()
+        .map(|(name, handler)| RuntimeHandler {
             name: name.clone(),
             features: Some(RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: crust_sandbox::features::recursive_read_only(handler),
                 user_namespaces: false,
             }),
         })

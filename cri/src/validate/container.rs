@@ -141,17 +141,12 @@ fn mount(field: &str, m: &Mount) -> CriResult<()> {
             "uid and gid mappings (idmapped mounts) are not supported by crust yet",
         ));
     }
-    if m.recursive_read_only {
-        if !m.readonly || propagation != MountPropagation::PropagationPrivate {
-            return Err(invalid(
-                format!("{field}.recursive_read_only"),
-                "needs readonly and PRIVATE propagation",
-            ));
-        }
+    // The CRI API: RRO only with readonly and private propagation.
+    if m.recursive_read_only && (!m.readonly || propagation != MountPropagation::PropagationPrivate)
+    {
         return Err(invalid(
             format!("{field}.recursive_read_only"),
-            "recursive read-only mounts are not supported by crust (its runtime handlers \
-             say so)",
+            "needs readonly and PRIVATE propagation",
         ));
     }
     Ok(())
@@ -301,6 +296,10 @@ mod tests {
     #[test]
     fn what_kubelet_sends_passes() {
         config(&kubelet()).expect("kubelet's container");
+        let mut rro = kubelet();
+        rro.mounts[0].readonly = true;
+        rro.mounts[0].recursive_read_only = true;
+        config(&rro).expect("a recursive read-only mount");
         let mut c = kubelet();
         c.metadata.as_mut().unwrap().name = "x".repeat(63);
         c.working_dir.clear();
@@ -380,8 +379,14 @@ mod tests {
         assert!(
             refused(|c| c.mounts[0].uid_mappings.push(Default::default())).contains("mappings")
         );
-        let m = refused(|c| c.mounts[0].recursive_read_only = true);
-        assert!(m.contains("not supported"), "{m}");
+        assert!(
+            refused(|c| {
+                c.mounts[0].recursive_read_only = true;
+                c.mounts[0].readonly = true;
+                c.mounts[0].propagation = MountPropagation::PropagationHostToContainer as i32;
+            })
+            .contains("needs readonly and PRIVATE")
+        );
         assert!(
             refused(|c| {
                 c.mounts[0].recursive_read_only = true;

@@ -203,11 +203,16 @@ pub(super) fn add_cri_mounts(
                 "rshared"
             }
         };
-        let opts = vec![
+        let mut opts = vec![
             "rbind".to_string(),
             propagation.to_string(),
             if m.readonly { "ro" } else { "rw" }.to_string(),
         ];
+        // Read-only below too: runc makes every submount read-only (mount_setattr
+        // with AT_RECURSIVE). Only with ro and private propagation (checked at the edge).
+        if m.recursive_read_only {
+            opts.push("rro".to_string());
+        }
         // A later mount over the same destination replaces a default one.
         mounts.retain(|x| x.destination() != Path::new(&m.container_path));
         mounts.push(

@@ -642,3 +642,26 @@ fn devices_get_a_node_and_a_cgroup_rule_and_non_devices_are_refused() {
         Err(SpecError::Device { .. })
     ));
 }
+
+#[test]
+fn a_recursive_read_only_mount_gets_rro() {
+    let host = tempfile::tempdir().expect("host dir");
+    let mount = |recursive_read_only| CriMount {
+        container_path: "/data".into(),
+        host_path: host.path().display().to_string(),
+        readonly: true,
+        recursive_read_only,
+        ..Default::default()
+    };
+    let opts = |m: CriMount| {
+        let c = ContainerConfig {
+            mounts: vec![m],
+            ..Default::default()
+        };
+        let mut mounts = Vec::new();
+        add_cri_mounts(&mut mounts, &c, &|_| Ok(HostPropagation::Private)).expect("mounts");
+        mounts[0].options().clone().expect("options")
+    };
+    assert_eq!(opts(mount(true)), ["rbind", "rprivate", "ro", "rro"]);
+    assert_eq!(opts(mount(false)), ["rbind", "rprivate", "ro"]);
+}
