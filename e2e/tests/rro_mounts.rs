@@ -38,7 +38,7 @@ async fn a_submount_below_a_recursive_read_only_volume_is_read_only() {
         .iter()
         .find(|h| h.name == "runc")
         .or(status.runtime_handlers.first())
-        .and_then(|h| h.features.clone())
+        .and_then(|h| h.features)
         .expect("handler features");
     assert!(default.recursive_read_only_mounts);
 
