@@ -314,7 +314,7 @@ pub fn describe(scenario: &str) -> &'static str {
         "status-verbose" => "PodSandboxStatus with verbose (crictl inspectp) of running pods",
         "stats" => "ListContainerStats and ContainerStats with the containers running",
         "pod-metrics" => {
-            "ListPodSandboxStats and ListPodSandboxMetrics with the pods running, then the daemon's RSS over 1,000 ListPodSandboxMetrics"
+            "ListPodSandboxStats and ListPodSandboxMetrics with the pods running, then the daemon's RSS over two rounds of 1,000 ListPodSandboxMetrics"
         }
         "exec" => "ExecSync of `true` in a running container",
         "port-forward" => {
