@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crust_sandbox::container::checkpoint::{self, Criu};
 use crust_sandbox::container::user::process_ids;
 use crust_sandbox::container::{
     ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo,
@@ -328,11 +329,38 @@ pub async fn exec_sync(cri: &Cri, req: ExecSyncRequest) -> CriResult<ExecSyncRes
 }
 
 /// CheckpointContainer: not built yet.
+fn precondition(message: String) -> CriError {
+    CriError::Sandbox(crust_sandbox::Error::FailedPrecondition(message))
+}
+
+/// CheckpointContainer: refused with FailedPrecondition unless the container runs
+/// and CRIU works on this node (`criu check`), carrying CRIU's own error. The dump
+/// itself (runc checkpoint through the shim, the archive layout of CRI-O and
+/// containerd) is not built: with a working CRIU the answer is Unimplemented.
 pub async fn checkpoint_container(
-    _cri: &Cri,
-    _req: CheckpointContainerRequest,
+    cri: &Cri,
+    req: CheckpointContainerRequest,
 ) -> CriResult<CheckpointContainerResponse> {
-    Err(CriError::Unimplemented("CheckpointContainer"))
+    validate::container::checkpoint(&req)?;
+    let r = cri.containers.get(&req.container_id)?;
+    if r.state != ContainerState::Running {
+        return Err(precondition(format!(
+            "container {} is not running: only a running container can be checkpointed",
+            r.id
+        )));
+    }
+    let criu = tokio::task::spawn_blocking(checkpoint::criu)
+        .await
+        .map_err(|e| CriError::Internal(format!("criu check task: {e}")))?;
+    match criu {
+        Criu::Missing => Err(precondition(
+            "cannot checkpoint: criu is not installed on this node".to_string(),
+        )),
+        Criu::Unusable(e) => Err(precondition(format!(
+            "cannot checkpoint: criu does not work on this node: {e}"
+        ))),
+        Criu::Usable => Err(CriError::Unimplemented("CheckpointContainer")),
+    }
 }
 
 /// GetContainerEvents: every container event from now on, each with the

@@ -121,6 +121,18 @@ fn env(e: &KeyValue) -> CriResult<()> {
     no_nul(&format!("envs[{}]", shown(&e.key)), &e.value)
 }
 
+/// CheckpointContainer: a container id and an absolute archive path.
+pub fn checkpoint(req: &k8s_cri::v1::CheckpointContainerRequest) -> CriResult<()> {
+    if req.container_id.is_empty() {
+        return Err(invalid("container_id", "is empty"));
+    }
+    absolute_path("location", &req.location)?;
+    if req.timeout < 0 {
+        return Err(invalid("timeout", format!("{} is negative", req.timeout)));
+    }
+    Ok(())
+}
+
 fn mount(field: &str, m: &Mount) -> CriResult<()> {
     absolute_path(format!("{field}.container_path"), &m.container_path)?;
     let propagation: MountPropagation = known(format!("{field}.propagation"), m.propagation)?;
