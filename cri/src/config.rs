@@ -60,6 +60,26 @@ pub struct StreamingConfig {
     pub max_sessions: usize,
     /// Seconds a returned URL stays usable.
     pub token_ttl_secs: u64,
+    /// PEM certificate chain for HTTPS; empty: plain HTTP. Set with `tls_key_file`.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
+}
+
+impl StreamingConfig {
+    /// The TLS files, when both are set; one without the other is a config error.
+    pub fn tls(&self) -> Result<Option<crust_streaming::TlsFiles>, String> {
+        let (cert, key) = (&self.tls_cert_file, &self.tls_key_file);
+        match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some(crust_streaming::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (false, true) => Err("tls_cert_file is set but tls_key_file is not".into()),
+            (true, false) => Err("tls_key_file is set but tls_cert_file is not".into()),
+        }
+    }
 }
 
 impl Default for StreamingConfig {
@@ -68,6 +88,8 @@ impl Default for StreamingConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_sessions: 256,
             token_ttl_secs: 60,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -135,6 +157,24 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = Config::parse_toml(text, path)?;
+        if let Err(message) = config.streaming.tls() {
+            let key = if config.streaming.tls_cert_file.as_os_str().is_empty() {
+                "tls_key_file"
+            } else {
+                "tls_cert_file"
+            };
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line: line_of_key(text, key),
+                key: format!("key `{key}`: "),
+                message,
+            });
+        }
+        Ok(config)
+    }
+
+    fn parse_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let (line, key) = match e.span() {
                 Some(span) => locate(text, span.start),
@@ -148,6 +188,16 @@ impl Config {
             }
         })
     }
+}
+
+/// The 1-based line where `key` is assigned (1 when it is not found).
+fn line_of_key(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        })
+        .map_or(1, |i| i + 1)
 }
 
 /// The 1-based line of byte offset `at`, and the key assigned on that line, if any.
@@ -203,6 +253,11 @@ address = "{saddr}"
 max_sessions = {smax}
 # Seconds a URL returned by Exec, Attach or PortForward stays usable (once).
 token_ttl_secs = {sttl}
+# Serve HTTPS with this PEM certificate chain and the key below (both or neither);
+# empty: plain HTTP. Use it whenever the address is not loopback.
+tls_cert_file = {scert}
+# The PEM private key of tls_cert_file.
+tls_key_file = {skey}
 
 [sandbox]
 {sandbox}
@@ -219,6 +274,8 @@ token_ttl_secs = {sttl}
         saddr = d.streaming.address,
         smax = d.streaming.max_sessions,
         sttl = d.streaming.token_ttl_secs,
+        scert = q(&d.streaming.tls_cert_file),
+        skey = q(&d.streaming.tls_key_file),
         sandbox = crust_sandbox::commented_default(),
         images = crust_images::commented_default(),
     )
@@ -280,6 +337,25 @@ mod tests {
                 "key {k} missing from the commented default"
             );
         }
+    }
+
+    #[test]
+    fn streaming_tls_needs_both_files() {
+        let c = parse("[streaming]\ntls_cert_file = \"/a.crt\"\ntls_key_file = \"/a.key\"\n")
+            .expect("both files parse");
+        let tls = c.streaming.tls().unwrap().expect("tls on");
+        assert_eq!(tls.cert, Path::new("/a.crt"));
+        assert_eq!(tls.key, Path::new("/a.key"));
+        assert_eq!(Config::default().streaming.tls().unwrap(), None);
+
+        let err = parse("[streaming]\nmax_sessions = 4\ntls_cert_file = \"/a.crt\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(":3: key `tls_cert_file`") && msg.contains("tls_key_file is not"),
+            "{msg}"
+        );
+        let err = parse("[streaming]\ntls_key_file = \"/a.key\"\n").unwrap_err();
+        assert!(err.to_string().contains(":2: key `tls_key_file`"), "{err}");
     }
 
     #[test]
