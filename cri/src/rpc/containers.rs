@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crust_sandbox::container::checkpoint::{self, Criu};
+use crust_sandbox::container::user::process_ids;
 use crust_sandbox::container::{
     ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo,
 };
@@ -84,6 +86,16 @@ pub async fn create_container(
         None => pod.spec.privileged,
     };
     validate::container::in_pod(&config, pod_privileged, &pod.spec.log_directory)?;
+    if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
+        let handler = cri.config.sandbox.handler(&pod.runtime_handler);
+        if !handler.is_some_and(|(_, h)| crust_sandbox::features::recursive_read_only(h)) {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {:?}: recursive read-only mounts are not supported by runtime handler {:?} \
+                 (its OCI runtime or the kernel lacks them)",
+                m.container_path, pod.runtime_handler
+            )));
+        }
+    }
     let image_name = config
         .image
         .as_ref()
@@ -214,24 +226,39 @@ pub async fn container_status(
     })
 }
 
-/// The CRI status of a container; `spec` (its config.json) gives the user it runs as.
-pub(crate) fn status_of(
-    r: &ContainerRecord,
-    spec: Option<&serde_json::Value>,
-) -> cri::ContainerStatus {
-    let user = spec.map(|s| {
-        let u = &s["process"]["user"];
-        cri::ContainerUser {
-            linux: Some(cri::LinuxContainerUser {
+/// Who the container runs as: the effective ids of its running init process
+/// (`/proc/<pid>/status`), else the user of its spec (config.json).
+fn user_of(r: &ContainerRecord, spec: Option<&serde_json::Value>) -> Option<cri::ContainerUser> {
+    let linux = match (r.state == ContainerState::Running && r.pid > 0)
+        .then(|| process_ids(r.pid))
+        .flatten()
+    {
+        Some(p) => cri::LinuxContainerUser {
+            uid: p.uid.into(),
+            gid: p.gid.into(),
+            supplemental_groups: p.groups.into_iter().map(i64::from).collect(),
+        },
+        None => {
+            let u = &spec?["process"]["user"];
+            cri::LinuxContainerUser {
                 uid: u["uid"].as_i64().unwrap_or(0),
                 gid: u["gid"].as_i64().unwrap_or(0),
                 supplemental_groups: u["additionalGids"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
                     .unwrap_or_default(),
-            }),
+            }
         }
-    });
+    };
+    Some(cri::ContainerUser { linux: Some(linux) })
+}
+
+/// The CRI status of a container; `spec` (its config.json) gives the user it runs as.
+pub(crate) fn status_of(
+    r: &ContainerRecord,
+    spec: Option<&serde_json::Value>,
+) -> cri::ContainerStatus {
+    let user = user_of(r, spec);
     cri::ContainerStatus {
         id: r.id.clone(),
         metadata: r.config.metadata.clone(),
@@ -302,11 +329,38 @@ pub async fn exec_sync(cri: &Cri, req: ExecSyncRequest) -> CriResult<ExecSyncRes
 }
 
 /// CheckpointContainer: not built yet.
+fn precondition(message: String) -> CriError {
+    CriError::Sandbox(crust_sandbox::Error::FailedPrecondition(message))
+}
+
+/// CheckpointContainer: refused with FailedPrecondition unless the container runs
+/// and CRIU works on this node (`criu check`), carrying CRIU's own error. The dump
+/// itself (runc checkpoint through the shim, the archive layout of CRI-O and
+/// containerd) is not built: with a working CRIU the answer is Unimplemented.
 pub async fn checkpoint_container(
-    _cri: &Cri,
-    _req: CheckpointContainerRequest,
+    cri: &Cri,
+    req: CheckpointContainerRequest,
 ) -> CriResult<CheckpointContainerResponse> {
-    Err(CriError::Unimplemented("CheckpointContainer"))
+    validate::container::checkpoint(&req)?;
+    let r = cri.containers.get(&req.container_id)?;
+    if r.state != ContainerState::Running {
+        return Err(precondition(format!(
+            "container {} is not running: only a running container can be checkpointed",
+            r.id
+        )));
+    }
+    let criu = tokio::task::spawn_blocking(checkpoint::criu)
+        .await
+        .map_err(|e| CriError::Internal(format!("criu check task: {e}")))?;
+    match criu {
+        Criu::Missing => Err(precondition(
+            "cannot checkpoint: criu is not installed on this node".to_string(),
+        )),
+        Criu::Unusable(e) => Err(precondition(format!(
+            "cannot checkpoint: criu does not work on this node: {e}"
+        ))),
+        Criu::Usable => Err(CriError::Unimplemented("CheckpointContainer")),
+    }
 }
 
 /// GetContainerEvents: every container event from now on, each with the

@@ -3,6 +3,7 @@
 
 pub mod apparmor;
 pub mod attach;
+pub mod checkpoint;
 pub mod exec_stream;
 pub mod metrics;
 pub mod record;
