@@ -11,7 +11,11 @@ use crust_e2e::chaos::{self, Plan};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_with_kills_keeps_every_invariant() {
     let plan = Plan::from_env(Duration::from_secs(90), 100).expect("chaos plan");
-    let figures = chaos::run(&plan).await.expect("chaos run");
+    // Bounded whatever happens: the churn, then at most ten minutes of checks and cleanup.
+    let figures = tokio::time::timeout(plan.duration + Duration::from_secs(600), chaos::run(&plan))
+        .await
+        .unwrap_or_else(|_| panic!("chaos seed {} did not end", plan.seed))
+        .expect("chaos run");
     println!("{}", figures.summary());
     assert!(
         figures.violations.is_empty(),

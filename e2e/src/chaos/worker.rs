@@ -109,6 +109,11 @@ impl Worker {
         });
         let running = ids(&|c| c.states.contains(RUNNING));
         let stoppable = ids(&|c| c.states.contains(RUNNING) || c.states.contains(UNKNOWN));
+        // What kubelet does first when a pod's sandbox is lost: stop its containers.
+        let orphaned = ids(&|c| {
+            (c.states.contains(RUNNING) || c.states.contains(UNKNOWN))
+                && pods.iter().any(|p| p.id == c.pod && !healthy(p))
+        });
         let all = ids(&|_| true);
         let exited = ids(&|c| c.states == States::of(&[EXITED]));
         let pod_ids: Vec<String> = pods.iter().map(|p| p.id.clone()).collect();
@@ -123,7 +128,7 @@ impl Worker {
             w(!roomy.is_empty(), 4),
             w(!startable.is_empty(), 5),
             w(!running.is_empty(), 3),
-            w(!stoppable.is_empty(), 2),
+            w(!stoppable.is_empty(), 2) + w(!orphaned.is_empty(), 6),
             w(!all.is_empty(), 1) + w(!exited.is_empty(), 3),
             w(!pod_ids.is_empty(), 1),
             w(!pod_ids.is_empty(), 1) + w(!unready.is_empty(), 4),
@@ -136,7 +141,13 @@ impl Worker {
             Some(2) => Op::Start(rng.pick(&startable).clone()),
             Some(3) => Op::Exec(rng.pick(&running).clone()),
             Some(4) => {
-                let id = rng.pick(&stoppable).clone();
+                let id = rng
+                    .pick(if orphaned.is_empty() {
+                        &stoppable
+                    } else {
+                        &orphaned
+                    })
+                    .clone();
                 Op::Stop(id, rng.below(3) as i64)
             }
             Some(5) => Op::Remove(
@@ -485,18 +496,24 @@ impl Worker {
     /// After a StopContainer or StopPodSandbox that answered OK no process of the
     /// containers is left (their cgroups are empty or gone).
     fn check_stopped(&self, what: &str, ids: &[String]) {
-        let m = self.sh.model();
-        for id in ids {
-            let Some(c) = m.ctrs.get(id) else { continue };
-            let rel = format!("crust-{}/{}", c.pod, c.id);
-            let left = cgroup_procs(&self.sh.node.cgroup_parent, &rel);
+        let ctrs: Vec<Ctr> = {
+            let m = self.sh.model();
+            ids.iter()
+                .filter_map(|id| m.ctrs.get(id).cloned())
+                .collect()
+        };
+        for c in ctrs {
+            let left = cgroup_procs(
+                &self.sh.node.cgroup_parent,
+                &format!("crust-{}/{}", c.pod, c.id),
+            );
             self.sh.checked();
             if !left.is_empty() {
                 self.sh.violation(
                     "stop",
                     format!(
                         "{what} answered OK and container {} ({}) still has processes {left:?}",
-                        short(id),
+                        short(&c.id),
                         c.name
                     ),
                 );
