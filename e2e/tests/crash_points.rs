@@ -1,5 +1,5 @@
-//! crustd SIGKILLed at a chosen moment inside an operation: each test here pins down
-//! something `hack/chaos` found by killing crustd at random moments.
+//! crustd or a shim SIGKILLed at a chosen moment: each test here pins down something
+//! `hack/chaos` found by killing them at random moments.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

@@ -253,8 +253,12 @@ fn processes(f: &Facts, o: &Owners, c: &mut Checker) {
         };
         c.check("processes", owned, || {
             format!(
-                "process {} ({}) in {:?} belongs to no listed pod or running container",
-                p.pid, p.cmdline, p.cgroups
+                "process {} ({}{}, parent {}) in {:?} belongs to no listed pod or running container",
+                p.pid,
+                p.cmdline,
+                if p.zombie { "zombie" } else { "" },
+                p.ppid,
+                p.cgroups
             )
         });
     }

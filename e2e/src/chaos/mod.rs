@@ -173,7 +173,6 @@ impl Shared {
     }
 
     pub fn violation(&self, invariant: &'static str, what: String) {
-        eprintln!("chaos: VIOLATION [{invariant}] {what}");
         self.model().violation(invariant, what);
     }
 

@@ -139,6 +139,7 @@ pub struct Model {
 
 impl Model {
     pub fn violation(&mut self, invariant: &'static str, what: String) {
+        eprintln!("chaos: VIOLATION [{invariant}] {what}");
         self.violations.push(Violation { invariant, what });
     }
 
