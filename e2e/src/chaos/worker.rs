@@ -455,7 +455,7 @@ impl Worker {
                     self.sh.violation(
                         "exec",
                         format!(
-                            "exec echo {token} in {}: exit {code}, stdout {stdout:?}",
+                            "exec ({via:?}) echo {token} in {}: exit {code}, stdout {stdout:?}",
                             short(id)
                         ),
                     );
