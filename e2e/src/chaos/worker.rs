@@ -451,7 +451,8 @@ impl Worker {
             Outcome::Done((stdout, code)) => {
                 // A streaming exec whose crustd died under it ends as if it succeeded
                 // (client-go takes an error stream closed without a status for success).
-                if (*stdout != format!("{token}\n") || *code != 0) && !self.disturbed(epoch) {
+                let wrong = *stdout != format!("{token}\n") || *code != 0;
+                if wrong && !self.disturbed(epoch) && !self.ended_under_exec(id, kind, &pod).await {
                     self.sh.violation(
                         "exec",
                         format!(
@@ -473,6 +474,20 @@ impl Worker {
             }
         }
         label(&out)
+    }
+
+    /// An exec's process dies with its container (137): a short container that ended, or
+    /// one whose shim is gone, may take an exec with it.
+    async fn ended_under_exec(&self, id: &str, kind: Option<Kind>, pod: &str) -> bool {
+        if !matches!(kind, Some(Kind::Short { .. })) && !self.shim_lost(pod) {
+            return false;
+        }
+        let Some(Some((status, _))) = self.retry(|| self.sh.client.container_status(id)).await
+        else {
+            return false;
+        };
+        self.sh.model().observe_ctr(id, &status, "after an exec");
+        status.state == EXITED || status.state == UNKNOWN
     }
 
     async fn stop(&mut self, via: Via, id: &str, timeout: i64, epoch: u64) -> &'static str {
