@@ -13,8 +13,10 @@
 //!   server cancels a dead client's calls), so the shim will never know the container
 //!   (its output pipes are gone with the request). After a short grace in which the shim
 //!   may still take it, `runc delete --force` ends it, again until runc's state is gone
-//!   (runc may still be running the start); the container stays CREATED and a new
-//!   StartContainer starts it. Without runc state, the start never reached the runtime.
+//!   (runc may still be running the start), and it is a failed start: EXITED, reason
+//!   `StartError`. Not CREATED: its process ran, and a second start would run it again
+//!   into the same log (chaos saw a short container's lines twice). Without runc state,
+//!   the start never reached the runtime: CREATED.
 
 use super::*;
 
@@ -73,7 +75,7 @@ impl Inner {
                     tracing::warn!(container = %rec.id, "runc began a start cut by a restart and the shim does not know it: deleting it with the runtime");
                     self.force_delete(rec).await;
                     if !began() {
-                        return;
+                        return self.start_failed_before_restart(rec);
                     }
                 }
                 _ => {
@@ -82,6 +84,22 @@ impl Inner {
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn start_failed_before_restart(&self, rec: &ContainerRecord) {
+        let failed = self.update(&rec.id, |r| {
+            r.state = ContainerState::Exited;
+            r.finished_at_ns = now_ns();
+            r.exit_code = 128;
+            r.reason = "StartError".into();
+            r.message = "its start was cut by a crustd restart; the runtime ended it".into();
+        });
+        match failed {
+            Ok(rec) => self.emit(&rec, ContainerEventKind::Stopped),
+            Err(e) => {
+                tracing::warn!(container = %rec.id, error = %e, "recording a start cut by a restart")
+            }
         }
     }
 
