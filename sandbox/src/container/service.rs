@@ -23,6 +23,8 @@ use crate::error::{Error, Result};
 use crate::pod::{NamespaceMode, PodRecord, PodSandboxes, PodState};
 use crate::shim::{CreateTask, Output, RuntimeOptions, ShimClient, ShimError, TaskIo, TaskStatus};
 
+mod recover;
+
 /// The FIFO in a container's bundle that is its stdin when the config asks for one
 /// (`stdin: true`), made at start: the process reads what is written to it and waits,
 /// as with containerd, while nothing is; without it, stdin is /dev/null. Attach writes
@@ -287,6 +289,7 @@ impl Containers {
         for id in running {
             c.inner.clone().watch_exit(id);
         }
+        c.inner.settle_interrupted_starts().await;
         c.inner.remove_orphans();
         c.inner.update_metrics();
         Ok(c)
