@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod deadline;
 pub mod error;
+pub mod image_volumes;
 pub mod instrument;
 pub mod logging;
 pub mod memory;

@@ -2,15 +2,18 @@
 //! sandbox crate through its `Rootfs` seam.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crust_images::ImageStore;
-use crust_sandbox::container::Rootfs;
+use crust_sandbox::container::{ImageVolumeSource, Rootfs};
+
+use crate::image_volumes::ImageVolumeLayers;
 
 /// A writable overlay snapshot per container on top of its image's layer chain.
 pub struct ImageRootfs(pub ImageStore);
 
 /// The sandbox crate's meaning of an images error: a full disk stays a full disk.
-fn sandbox_err(e: crust_images::Error) -> crust_sandbox::Error {
+pub(crate) fn sandbox_err(e: crust_images::Error) -> crust_sandbox::Error {
     match e {
         crust_images::Error::NoSpace(m) => crust_sandbox::Error::NoSpace(m),
         e => crust_sandbox::Error::Internal(e.to_string()),
@@ -44,6 +47,10 @@ impl Rootfs for ImageRootfs {
             .snapshotter()
             .active_keys()
             .map_err(|e| e.to_string())
+    }
+
+    fn image_volumes(&self) -> Option<Arc<dyn ImageVolumeSource>> {
+        Some(Arc::new(ImageVolumeLayers(self.0.clone())))
     }
 
     fn usage(&self, key: &str) -> Option<(u64, u64)> {

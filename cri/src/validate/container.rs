@@ -136,17 +136,15 @@ pub fn checkpoint(req: &k8s_cri::v1::CheckpointContainerRequest) -> CriResult<()
 fn mount(field: &str, m: &Mount) -> CriResult<()> {
     absolute_path(format!("{field}.container_path"), &m.container_path)?;
     let propagation: MountPropagation = known(format!("{field}.propagation"), m.propagation)?;
-    if m.image.is_some() {
-        return Err(invalid(
-            format!("{field}.image"),
-            "image volumes are not supported by crust yet",
-        ));
+    if let Some(image) = &m.image {
+        image_volume(field, m, &image.image)?;
+    } else {
+        // A relative host path would be taken from crustd's working directory.
+        if m.host_path.is_empty() {
+            return Err(invalid(format!("{field}.host_path"), "is empty"));
+        }
+        absolute_path(format!("{field}.host_path"), &m.host_path)?;
     }
-    // A relative host path would be taken from crustd's working directory.
-    if m.host_path.is_empty() {
-        return Err(invalid(format!("{field}.host_path"), "is empty"));
-    }
-    absolute_path(format!("{field}.host_path"), &m.host_path)?;
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(invalid(
             field,
@@ -159,6 +157,36 @@ fn mount(field: &str, m: &Mount) -> CriResult<()> {
         return Err(invalid(
             format!("{field}.recursive_read_only"),
             "needs readonly and PRIVATE propagation",
+        ));
+    }
+    Ok(())
+}
+
+/// An image volume (`Mount.image`): the image it names, no host path (the CRI API: the
+/// two are exclusive) and read-only, as containerd requires ("readonly must be true
+/// while mount image"; CRI-O mounts it read-only whatever the flag says).
+fn image_volume(field: &str, m: &Mount, image: &str) -> CriResult<()> {
+    let image_field = format!("{field}.image.image");
+    no_control(&image_field, image)?;
+    if image.trim().is_empty() {
+        return Err(invalid(
+            image_field,
+            "is empty: an image volume names an image",
+        ));
+    }
+    if !m.host_path.is_empty() {
+        return Err(invalid(
+            format!("{field}.host_path"),
+            format!(
+                "{} is set: an image volume has no host path",
+                shown(&m.host_path)
+            ),
+        ));
+    }
+    if !m.readonly {
+        return Err(invalid(
+            format!("{field}.readonly"),
+            "is false: an image volume is read-only",
         ));
     }
     Ok(())
@@ -384,10 +412,52 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_requests_are_refused_not_ignored() {
+    fn image_volumes_name_an_image_have_no_host_path_and_are_read_only() {
+        // As kubelet sends one: the image_ref PullImage answered, read-only.
+        let volume = |c: &mut ContainerConfig| {
+            c.mounts[0].host_path.clear();
+            c.mounts[0].readonly = true;
+            c.mounts[0].image = Some(ImageSpec {
+                image: "sha256:0123abcd".into(),
+                ..Default::default()
+            });
+        };
+        let mut ok = kubelet();
+        volume(&mut ok);
+        config(&ok).expect("an image volume as kubelet sends it");
+        let m = refused(|c| {
+            volume(c);
+            c.mounts[0].readonly = false;
+        });
         assert!(
-            refused(|c| c.mounts[0].image = Some(ImageSpec::default())).contains("image volumes")
+            m.starts_with("mounts[0].readonly:") && m.contains("read-only"),
+            "{m}"
         );
+        let m = refused(|c| {
+            volume(c);
+            c.mounts[0].host_path = "/data".into();
+        });
+        assert!(
+            m.starts_with("mounts[0].host_path:") && m.contains("no host path"),
+            "{m}"
+        );
+        let m = refused(|c| {
+            volume(c);
+            c.mounts[0].image = Some(ImageSpec::default());
+        });
+        assert!(
+            m.starts_with("mounts[0].image.image:") && m.contains("empty"),
+            "{m}"
+        );
+        let m = refused(|c| {
+            volume(c);
+            c.mounts[0].image.as_mut().unwrap().image = "a\nb".into();
+        });
+        assert!(m.starts_with("mounts[0].image.image:"), "{m}");
+    }
+
+    #[test]
+    fn unsupported_requests_are_refused_not_ignored() {
         assert!(
             refused(|c| c.mounts[0].uid_mappings.push(Default::default())).contains("mappings")
         );

@@ -110,3 +110,46 @@ fn overlay_mount_through_new_api() {
         .unwrap();
     assert_eq!(fs::read(Path::new(upper).join("c")).unwrap(), b"c");
 }
+
+#[test]
+fn a_view_holds_its_chain_read_only_until_removed() {
+    let (_d, s) = open();
+    layer(&s, "c1", None, "a");
+    layer(&s, "c2", Some("c1"), "b");
+    assert!(matches!(s.view("v", "nope"), Err(Error::NotFound(_))));
+    assert!(
+        s.view_keys().unwrap().is_empty(),
+        "a refused view leaves no record"
+    );
+
+    let m = s.view("v", "c2").unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].fstype, "overlay");
+    assert!(m[0].options.iter().any(|o| o == "ro"));
+    assert!(!m[0].options.iter().any(|o| o.starts_with("upperdir=")));
+    // Holding it again for the same chain is fine; for another chain it is not.
+    assert_eq!(s.view("v", "c2").unwrap(), m);
+    assert!(matches!(s.view("v", "c1"), Err(Error::AlreadyExists(_))));
+    assert_eq!(s.view_mounts("v").unwrap(), m);
+    // A one-layer view is a read-only bind of that layer.
+    let one = s.view("w", "c1").unwrap();
+    assert_eq!(one[0].fstype, "bind");
+    assert!(one[0].options.iter().any(|o| o == "ro"));
+
+    // No image keeps the chain: the views do. They are not container snapshots.
+    assert_eq!(s.gc(&HashSet::new()).unwrap(), 0);
+    assert!(s.exists("c1").unwrap() && s.exists("c2").unwrap());
+    assert!(s.active_keys().unwrap().is_empty());
+    let mut keys = s.view_keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, vec!["v".to_string(), "w".to_string()]);
+
+    s.remove_view("v").unwrap();
+    s.remove_view("v").unwrap();
+    assert!(matches!(s.view_mounts("v"), Err(Error::NotFound(_))));
+    assert_eq!(s.gc(&HashSet::new()).unwrap(), 1, "c2 went, w keeps c1");
+    assert!(s.exists("c1").unwrap() && !s.exists("c2").unwrap());
+    s.remove_view("w").unwrap();
+    assert_eq!(s.gc(&HashSet::new()).unwrap(), 1);
+    assert!(!s.exists("c1").unwrap());
+}

@@ -5,6 +5,7 @@ pub mod apparmor;
 pub mod attach;
 pub mod checkpoint;
 pub mod exec_stream;
+pub mod image_volumes;
 pub mod metrics;
 pub mod record;
 pub mod seccomp;
@@ -13,6 +14,7 @@ pub mod spec;
 pub mod stats;
 pub mod user;
 
+pub use image_volumes::ImageVolumeSource;
 pub use record::{ContainerRecord, ContainerState};
 pub use service::{
     ContainerEvent, ContainerEventKind, ContainerFilter, ContainerUsage, Containers,

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_cri::v1::ContainerConfig;
 use tokio::sync::{oneshot, watch};
 
+use super::image_volumes::{ImageVolumeSource, ImageVolumes};
 use super::record::{ContainerRecord, ContainerState, ContainerStore, RECORD_VERSION, name_key};
 use super::spec::{self, NodeContext, PidNamespace, PodContext, SpecError};
 use super::stats::{CgroupUsage, nano_cores, read_cgroup};
@@ -44,6 +45,10 @@ pub trait Rootfs: Send + Sync {
     fn usage(&self, key: &str) -> Option<(u64, u64)>;
     /// Keys of every writable snapshot there is (to find those no container owns).
     fn keys(&self) -> std::result::Result<Vec<String>, String>;
+    /// Where image volumes come from (`image_volumes.rs`); None: this node has none.
+    fn image_volumes(&self) -> Option<Arc<dyn ImageVolumeSource>> {
+        None
+    }
 }
 
 /// A container's resource usage, for the stats RPCs.
@@ -163,6 +168,7 @@ struct Inner {
     pods: PodSandboxes,
     rootfs: Arc<dyn Rootfs>,
     store: ContainerStore,
+    volumes: ImageVolumes,
     node: NodeContext,
     /// Every container by id. A std Mutex: never held across an await.
     records: Mutex<HashMap<String, ContainerRecord>>,
@@ -242,6 +248,7 @@ impl Containers {
         pods: PodSandboxes,
         rootfs: Arc<dyn Rootfs>,
     ) -> Result<Self> {
+        let volumes = ImageVolumes::new(&cfg.state_dir, db.clone(), rootfs.image_volumes());
         let store = ContainerStore::new(db);
         let records: HashMap<String, ContainerRecord> = store
             .load_all()?
@@ -271,6 +278,7 @@ impl Containers {
                 pods,
                 rootfs,
                 store,
+                volumes,
                 records: Mutex::new(records),
                 names: Mutex::new(Names::default()),
                 exits: Mutex::new(HashMap::new()),
@@ -291,6 +299,7 @@ impl Containers {
         }
         c.inner.settle_interrupted_starts().await;
         c.inner.remove_orphans();
+        c.inner.reconcile_image_volumes();
         c.inner.update_metrics();
         Ok(c)
     }
@@ -621,6 +630,7 @@ impl Containers {
             &rec.id,
             &rec.bundle.join("rootfs"),
         )?;
+        self.inner.volumes.detach(&rec.id)?;
         let t_rootfs = t0.elapsed();
         match std::fs::remove_dir_all(&rec.bundle) {
             Ok(()) => {}
@@ -1149,6 +1159,9 @@ impl Inner {
                 if let Err(u) = release_rootfs(self.rootfs.as_ref(), id, &rootfs) {
                     tracing::error!(container = id, error = %u, "undoing rootfs");
                 }
+                if let Err(u) = self.volumes.detach(id) {
+                    tracing::error!(container = id, error = %u, "undoing image volumes");
+                }
                 let _ = std::fs::remove_dir_all(&bundle);
                 Err(e)
             }
@@ -1164,6 +1177,10 @@ impl Inner {
         bundle: &Path,
         rootfs: &Path,
     ) -> Result<ContainerRecord> {
+        // Image volumes first (an absent image fails before anything is mounted). Their
+        // mounts get the volume's path as host path, for the spec only: the record keeps
+        // the request as it came (a retry is compared with it).
+        let volumes = self.volumes.attach(id, &pod.id, &config)?;
         self.rootfs.mount(id, &image.id, rootfs)?;
         let handler = self
             .pods
@@ -1206,7 +1223,8 @@ impl Inner {
             shm: pod.shm.clone(),
             cgroups_path: cgroups_path.clone(),
         };
-        let built = spec::build(&config, image.config.as_ref(), rootfs, &ctx, &self.node)?;
+        let spec_config = volumes.as_ref().unwrap_or(&config);
+        let built = spec::build(spec_config, image.config.as_ref(), rootfs, &ctx, &self.node)?;
         let profile = built
             .spec
             .process()
@@ -1257,6 +1275,19 @@ impl Inner {
             runtime_binary,
             runtime_root: Some(self.runtime_root(pod)),
         })
+    }
+
+    /// Image volumes whose users are containers the store no longer holds go.
+    fn reconcile_image_volumes(&self) {
+        let mut known: HashSet<String> = self.lock().keys().cloned().collect();
+        match self.store.ids() {
+            Ok(ids) => known.extend(ids),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing container records; no image volume reconciled");
+                return;
+            }
+        }
+        self.volumes.reconcile(&known);
     }
 
     /// Removes what a create cut short by a crash left without a record: a

@@ -203,11 +203,17 @@ pub(super) fn add_cri_mounts(
                 "rshared"
             }
         };
+        // An image volume (`container/image_volumes.rs`, its host path is the volume's
+        // mount) is read-only whatever the request says, and nosuid, nodev, noexec.
+        let image = m.image.is_some();
         let mut opts = vec![
             "rbind".to_string(),
             propagation.to_string(),
-            if m.readonly { "ro" } else { "rw" }.to_string(),
+            if m.readonly || image { "ro" } else { "rw" }.to_string(),
         ];
+        if image {
+            opts.extend(["nosuid", "nodev", "noexec"].map(String::from));
+        }
         // Read-only below too: runc makes every submount read-only (mount_setattr
         // with AT_RECURSIVE). Only with ro and private propagation (checked at the edge).
         if m.recursive_read_only {

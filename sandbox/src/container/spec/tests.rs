@@ -677,3 +677,29 @@ fn a_recursive_read_only_mount_gets_rro() {
     assert_eq!(opts(mount(true)), ["rbind", "rprivate", "ro", "rro"]);
     assert_eq!(opts(mount(false)), ["rbind", "rprivate", "ro"]);
 }
+
+#[test]
+fn an_image_volume_is_bound_read_only_nosuid_nodev_noexec() {
+    // Its host path is the volume's mount, set by container/image_volumes.rs.
+    let volume = tempfile::tempdir().expect("volume dir");
+    let c = ContainerConfig {
+        mounts: vec![CriMount {
+            container_path: "/data".into(),
+            host_path: volume.path().display().to_string(),
+            readonly: false,
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: "sha256:0123".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut mounts = Vec::new();
+    add_cri_mounts(&mut mounts, &c, &|_| Ok(HostPropagation::Private)).expect("mounts");
+    assert_eq!(mounts[0].source().as_deref(), Some(volume.path()));
+    assert_eq!(
+        mounts[0].options().clone().expect("options"),
+        ["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"]
+    );
+}
