@@ -327,18 +327,20 @@ async fn image_volumes_survive_a_crustd_kill_and_leave_nothing_behind() {
     let out = sh(&mut rt, &b, "cat /d/dir/sub/deeper.txt").await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "two levels down\n");
 
-    // Removed image, then both containers: after the next gc (crustd's start) the
-    // image's layers are gone too — the volume's hold on them was released.
+    // Removed image, then the pod with both containers: the volume goes with them, and
+    // after the next gc (crustd's start) the image's layers too — the hold was released.
     remove_image(&crustd, &data).await;
-    remove(&mut rt, &a).await;
-    remove(&mut rt, &b).await;
+    assert!(
+        layers.iter().all(|l| l.exists()),
+        "layers kept for the volume"
+    );
+    remove_pod(&mut rt, &pod).await;
     assert!(volume_mounts(&crustd).is_empty());
+    assert!(!crustd.state_dir.join("image-volumes").join(&pod).exists());
     assert_eq!(entries(&crustd.state_dir.join("image-volumes")), 0);
     crustd.restart().await.expect("restart");
     assert!(
         layers.iter().all(|l| !l.exists()),
         "layers collected: {layers:?}"
     );
-    let mut rt = crustd.runtime().await.expect("client");
-    remove_pod(&mut rt, &pod).await;
 }
