@@ -107,6 +107,30 @@ async fn lower_dirs(crustd: &Crustd, image: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// CreateContainer of `config`, which must succeed.
+async fn create_with(
+    rt: &mut Rt,
+    pod: &str,
+    pc: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    create(rt, pod, pc, config).await.expect("CreateContainer")
+}
+
+/// CreateContainer of `config` fails with `code`, its message naming `names`.
+async fn refused(
+    rt: &mut Rt,
+    pod: &str,
+    pc: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+    code: tonic::Code,
+    names: &str,
+) {
+    let err = create(rt, pod, pc, config).await.expect_err("refused");
+    assert_eq!(err.code(), code, "{err:?}");
+    assert!(err.message().contains(names), "{}", err.message());
+}
+
 async fn remove(rt: &mut Rt, id: &str) {
     rt.remove_container(cri::RemoveContainerRequest {
         container_id: id.into(),
@@ -143,26 +167,14 @@ async fn an_image_volume_is_shared_read_only_noexec_and_released_with_its_last_u
     let plain = create_sleeper(&mut rt, &pod, &pc, &busybox).await;
     let t_plain = t.elapsed();
     let t = std::time::Instant::now();
-    let a = create(
-        &mut rt,
-        &pod,
-        &pc,
-        with_volume("a", &busybox, volume("/data", &data)),
-    )
-    .await
-    .expect("create a");
+    let a = with_volume("a", &busybox, volume("/data", &data));
+    let a = create_with(&mut rt, &pod, &pc, a).await;
     let t_a = t.elapsed();
     // The same image by name in the second container: one volume.
     let by_name = registry.image("crust/data:latest");
     let t = std::time::Instant::now();
-    let b = create(
-        &mut rt,
-        &pod,
-        &pc,
-        with_volume("b", &busybox, volume("/vol", &by_name)),
-    )
-    .await
-    .expect("create b");
+    let b = with_volume("b", &busybox, volume("/vol", &by_name));
+    let b = create_with(&mut rt, &pod, &pc, b).await;
     eprintln!(
         "CreateContainer: plain {t_plain:?}, mounting the volume {t_a:?}, sharing it {:?}",
         t.elapsed()
@@ -222,32 +234,22 @@ async fn an_image_volume_is_shared_read_only_noexec_and_released_with_its_last_u
 
     // An absent image: NotFound naming it, and nothing made.
     let absent = registry.image("crust/data:absent");
-    let err = create(
+    let c = with_volume("c", &busybox, volume("/data", &absent));
+    refused(
         &mut rt,
         &pod,
         &pc,
-        with_volume("c", &busybox, volume("/data", &absent)),
+        c,
+        tonic::Code::NotFound,
+        "crust/data:absent",
     )
-    .await
-    .expect_err("an absent image");
-    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
-    assert!(
-        err.message().contains("crust/data:absent"),
-        "{}",
-        err.message()
-    );
+    .await;
     // A writable image volume: InvalidArgument, as containerd refuses it.
     let mut rw = volume("/data", &data);
     rw.readonly = false;
-    let err = create(&mut rt, &pod, &pc, with_volume("d", &busybox, rw))
-        .await
-        .expect_err("a writable image volume");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message().contains("mounts[0].readonly"),
-        "{}",
-        err.message()
-    );
+    let d = with_volume("d", &busybox, rw);
+    let code = tonic::Code::InvalidArgument;
+    refused(&mut rt, &pod, &pc, d, code, "mounts[0].readonly").await;
     let listed = rt
         .list_containers(cri::ListContainersRequest::default())
         .await
@@ -261,15 +263,8 @@ async fn an_image_volume_is_shared_read_only_noexec_and_released_with_its_last_u
     // RemoveImage while containers use it: the image goes (as with containerd), its
     // layers stay and the volume keeps working.
     remove_image(&crustd, &data).await;
-    let err = create(
-        &mut rt,
-        &pod,
-        &pc,
-        with_volume("e", &busybox, volume("/data", &data)),
-    )
-    .await
-    .expect_err("a removed image");
-    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let e = with_volume("e", &busybox, volume("/data", &data));
+    refused(&mut rt, &pod, &pc, e, tonic::Code::NotFound, &data).await;
     assert!(
         layers.iter().all(|l| l.exists()),
         "layers kept for the volume"
@@ -293,14 +288,8 @@ async fn image_volumes_survive_a_crustd_kill_and_leave_nothing_behind() {
     let (registry, mut crustd, _net, busybox, mut rt, pc, pod) = scene(46, "imgvol-kill").await;
     let data = pull(&crustd, &registry.image("crust/data:latest")).await;
     let layers = lower_dirs(&crustd, &data).await;
-    let a = create(
-        &mut rt,
-        &pod,
-        &pc,
-        with_volume("a", &busybox, volume("/data", &data)),
-    )
-    .await
-    .expect("create a");
+    let a = with_volume("a", &busybox, volume("/data", &data));
+    let a = create_with(&mut rt, &pod, &pc, a).await;
     start(&mut rt, &a).await;
     let mounts = volume_mounts(&crustd);
     assert_eq!(mounts.len(), 1);
@@ -314,14 +303,8 @@ async fn image_volumes_survive_a_crustd_kill_and_leave_nothing_behind() {
         String::from_utf8_lossy(&out.stdout),
         "hello from an image volume\n"
     );
-    let b = create(
-        &mut rt,
-        &pod,
-        &pc,
-        with_volume("b", &busybox, volume("/d", &data)),
-    )
-    .await
-    .expect("create b");
+    let b = with_volume("b", &busybox, volume("/d", &data));
+    let b = create_with(&mut rt, &pod, &pc, b).await;
     start(&mut rt, &b).await;
     assert_eq!(volume_mounts(&crustd), mounts, "still one mount");
     let out = sh(&mut rt, &b, "cat /d/dir/sub/deeper.txt").await;

@@ -287,15 +287,10 @@ impl Snapshotter {
             if t.get(full.as_str())?.is_some() {
                 return Ok(Err(Error::AlreadyExists(format!("snapshot {key}"))));
             }
-            if let Some(p) = parent {
-                let committed = match t.get(p)? {
-                    Some(v) => serde_json::from_slice::<Record>(v.value())
-                        .is_ok_and(|r| r.kind == Kind::Committed),
-                    None => false,
-                };
-                if !committed {
-                    return Ok(Err(Error::NotFound(format!("snapshot {p}"))));
-                }
+            if let Some(p) = parent
+                && !committed(&t, p)?
+            {
+                return Ok(Err(Error::NotFound(format!("snapshot {p}"))));
             }
             t.insert(full.as_str(), bytes.as_slice())?;
             Ok(Ok(()))
@@ -406,12 +401,7 @@ impl Snapshotter {
                     Err(Error::AlreadyExists(format!("view {key} of another chain")))
                 });
             }
-            let committed = match t.get(chain_id)? {
-                Some(v) => serde_json::from_slice::<Record>(v.value())
-                    .is_ok_and(|r| r.kind == Kind::Committed),
-                None => false,
-            };
-            if !committed {
+            if !committed(&t, chain_id)? {
                 return Ok(Err(Error::NotFound(format!("snapshot {chain_id}"))));
             }
             t.insert(full.as_str(), bytes.as_slice())?;
@@ -584,7 +574,14 @@ pub(crate) fn committed_in(
     tx: &redb::WriteTransaction,
     chain_id: &str,
 ) -> Result<bool, StateError> {
-    let t = tx.open_table(SNAPSHOTS)?;
+    committed(&tx.open_table(SNAPSHOTS)?, chain_id)
+}
+
+/// Whether `t` records `chain_id` as a committed snapshot.
+fn committed(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    chain_id: &str,
+) -> Result<bool, StateError> {
     Ok(match t.get(chain_id)? {
         Some(v) => {
             serde_json::from_slice::<Record>(v.value()).is_ok_and(|r| r.kind == Kind::Committed)
