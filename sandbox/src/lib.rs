@@ -9,8 +9,10 @@ pub mod metrics;
 pub mod mountinfo;
 pub mod namespaces;
 pub mod pod;
+pub mod registry;
 pub mod shim;
 pub mod sysctl;
+pub mod task;
 
 pub use cgroup::CgroupDriver;
 pub use config::{

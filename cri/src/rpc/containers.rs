@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crust_sandbox::container::{
-    ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo,
+    ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo, RunAs,
 };
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::{
@@ -193,9 +193,9 @@ pub async fn container_status(
     let r = cri
         .containers
         .get(require_id(&req.container_id, "ContainerStatus")?)?;
-    let spec = cri.containers.oci_spec(&r.id).ok();
     let mut info = HashMap::new();
     if req.verbose {
+        let spec = cri.containers.oci_spec(&r.id).ok();
         let details = serde_json::json!({
             "pid": r.pid,
             "sandboxID": r.pod_id,
@@ -209,28 +209,19 @@ pub async fn container_status(
         info.insert("info".to_string(), details.to_string());
     }
     Ok(ContainerStatusResponse {
-        status: Some(status_of(&r, spec.as_ref())),
+        status: Some(status_of(&r, cri.containers.run_as(&r))),
         info,
     })
 }
 
-/// The CRI status of a container; `spec` (its config.json) gives the user it runs as.
-pub(crate) fn status_of(
-    r: &ContainerRecord,
-    spec: Option<&serde_json::Value>,
-) -> cri::ContainerStatus {
-    let user = spec.map(|s| {
-        let u = &s["process"]["user"];
-        cri::ContainerUser {
-            linux: Some(cri::LinuxContainerUser {
-                uid: u["uid"].as_i64().unwrap_or(0),
-                gid: u["gid"].as_i64().unwrap_or(0),
-                supplemental_groups: u["additionalGids"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
-                    .unwrap_or_default(),
-            }),
-        }
+/// The CRI status of a container, running as `user`.
+pub(crate) fn status_of(r: &ContainerRecord, user: Option<RunAs>) -> cri::ContainerStatus {
+    let user = user.map(|u| cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: i64::from(u.uid),
+            gid: i64::from(u.gid),
+            supplemental_groups: u.additional_gids.into_iter().map(i64::from).collect(),
+        }),
     });
     cri::ContainerStatus {
         id: r.id.clone(),
@@ -342,7 +333,7 @@ pub async fn get_container_events(cri: Arc<Cri>, _req: GetEventsRequest) -> CriR
             })
             .unwrap_or_default()
             .iter()
-            .map(|r| status_of(r, cri.containers.oci_spec(&r.id).ok().as_ref()))
+            .map(|r| status_of(r, cri.containers.run_as(r)))
             .collect();
         Some(Ok(cri::ContainerEventResponse {
             container_id: e.id,

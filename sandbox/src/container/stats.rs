@@ -87,6 +87,29 @@ pub fn nano_cores(prev: (i64, u64), now: (i64, u64)) -> Option<u64> {
     Some((du * 1_000_000_000 / dt) as u64)
 }
 
+/// A container's cgroup as a path below each hierarchy's mount: the path
+/// itself, or for runc's systemd form `slice:prefix:name` the scope runc has
+/// systemd make, `<expanded slice>/<prefix>-<name>.scope`. None if malformed.
+pub fn cgroupfs_path(cgroups_path: &str) -> Option<String> {
+    let mut parts = cgroups_path.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(path), None, None, None) => Some(path.to_string()),
+        (Some(slice), Some(prefix), Some(name), None) => {
+            let slice = if slice.is_empty() {
+                "system.slice"
+            } else {
+                slice
+            };
+            let dir = crate::cgroup::expand_slice(slice).ok()?;
+            Some(format!(
+                "{}/{prefix}-{name}.scope",
+                dir.trim_end_matches('/')
+            ))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +170,23 @@ mod tests {
         );
         assert_eq!(nano_cores((5, 10), (5, 20)), None);
         assert_eq!(nano_cores((1, 20), (2, 10)), None);
+    }
+
+    #[test]
+    fn systemd_cgroups_paths_map_to_their_scope() {
+        assert_eq!(
+            cgroupfs_path("/crust/pod/c1").as_deref(),
+            Some("/crust/pod/c1")
+        );
+        assert_eq!(
+            cgroupfs_path("kubepods-pod1-crustp.slice:crust:c1").as_deref(),
+            Some("/kubepods.slice/kubepods-pod1.slice/kubepods-pod1-crustp.slice/crust-c1.scope")
+        );
+        assert_eq!(
+            cgroupfs_path(":crust:c1").as_deref(),
+            Some("/system.slice/crust-c1.scope")
+        );
+        assert_eq!(cgroupfs_path("a:b"), None);
+        assert_eq!(cgroupfs_path("bad:crust:c1"), None);
     }
 }

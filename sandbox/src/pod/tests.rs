@@ -106,6 +106,7 @@ impl Env {
                 cni_runner: Box::new(cni.clone()),
                 hierarchies: None,
                 spawn_shims: false,
+                connector: None,
             },
         )
         .unwrap()

@@ -1,0 +1,1 @@
+//! The container lifecycle against the fake task runtime.
