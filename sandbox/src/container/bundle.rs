@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use super::{Containers, RunAs, Rootfs};
+use super::{Containers, Rootfs, RunAs};
 use crate::error::{Error, Result};
 
 /// Where bundles live.

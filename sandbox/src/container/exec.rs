@@ -142,9 +142,9 @@ async fn exec_in(
                 .await;
             let _ = shim.wait(&rec.id, &exec_id).await;
             Err(match ended {
-                Ended::TimedOut => Error::DeadlineExceeded(format!(
-                    "command {cmd:?} timed out after {timeout:?}"
-                )),
+                Ended::TimedOut => {
+                    Error::DeadlineExceeded(format!("command {cmd:?} timed out after {timeout:?}"))
+                }
                 Ended::Abandoned => {
                     tracing::info!(container = %rec.id, exec = %exec_id, "exec killed: its caller went away");
                     Error::DeadlineExceeded(format!("command {cmd:?}: the caller went away"))

@@ -69,8 +69,7 @@ impl Containers {
             id.as_ref().is_none_or(|i| &r.id == i)
                 && pod_id.as_ref().is_none_or(|p| &r.pod_id == p)
                 && f.state.is_none_or(|s| r.state == s)
-                && f
-                    .labels
+                && f.labels
                     .iter()
                     .all(|(k, v)| r.config.labels.get(k) == Some(v))
         });

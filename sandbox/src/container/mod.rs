@@ -17,8 +17,8 @@ pub mod apparmor;
 pub mod attach;
 mod bundle;
 mod create;
-pub mod exec_stream;
 mod exec;
+pub mod exec_stream;
 mod exit;
 mod list;
 pub mod metrics;
@@ -223,7 +223,11 @@ impl Containers {
                 cleanups: Mutex::new(Vec::new()),
             }),
         };
-        for rec in c.inner.records.filter(|r| r.state == ContainerState::Running) {
+        for rec in c
+            .inner
+            .records
+            .filter(|r| r.state == ContainerState::Running)
+        {
             c.inner.clone().watch_exit(rec.id);
         }
         c.inner.remove_orphans();

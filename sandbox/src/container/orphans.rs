@@ -13,7 +13,12 @@ impl Inner {
         self.empty_trash();
         // Every id the store holds, also a record it could not read: such a
         // container may well be running on its rootfs.
-        let mut known: HashSet<String> = self.records.filter(|_| true).into_iter().map(|r| r.id).collect();
+        let mut known: HashSet<String> = self
+            .records
+            .filter(|_| true)
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         match self.records.table().keys() {
             Ok(ids) => known.extend(ids),
             Err(e) => {
@@ -39,7 +44,9 @@ impl Inner {
                     Err(e) => {
                         tracing::warn!(container = %id, error = %e, "removing an orphan bundle")
                     }
-                    Ok(()) => tracing::info!(container = %id, "removed what a cut-short create left"),
+                    Ok(()) => {
+                        tracing::info!(container = %id, "removed what a cut-short create left")
+                    }
                 },
                 Err(e) => tracing::warn!(container = %id, error = %e, "releasing an orphan rootfs"),
             }

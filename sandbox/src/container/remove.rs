@@ -50,7 +50,9 @@ impl Containers {
             let rec = rec.clone();
             move || clean_up(rootfs.as_ref(), &rec.id, &trashed, &rec.cgroups_path)
         });
-        self.inner.cleanups_lock().push((rec.pod_id.clone(), cleanup));
+        self.inner
+            .cleanups_lock()
+            .push((rec.pod_id.clone(), cleanup));
         drop(timer);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
@@ -135,7 +137,9 @@ impl Inner {
         self.exits_lock().remove(id);
     }
 
-    fn cleanups_lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, tokio::task::JoinHandle<()>)>> {
+    fn cleanups_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(String, tokio::task::JoinHandle<()>)>> {
         // Finished cleanups are dropped whenever the list is touched.
         let mut c = self.cleanups.lock().unwrap_or_else(|p| p.into_inner());
         c.retain(|(_, h)| !h.is_finished());

@@ -9,8 +9,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::record::{ContainerRecord, ContainerState};
 use super::Containers;
+use super::record::{ContainerRecord, ContainerState};
 use crate::error::{Error, Result};
 use crate::shim::{ShimError, TaskStatus};
 
@@ -98,7 +98,8 @@ impl Containers {
             // Its shim is gone, its process maybe not: the runtime kills
             // what is left; how it would have exited is not known.
             self.inner.force_delete(&rec).await;
-            self.inner.record_exit(&rec.id, 255, Some(SystemTime::now()));
+            self.inner
+                .record_exit(&rec.id, 255, Some(SystemTime::now()));
             let _ = self.inner.update(&rec.id, |r| r.reason = "Unknown".into());
             return Ok(None);
         }

@@ -16,7 +16,11 @@ use crate::error::{Error, Result};
 
 impl Containers {
     /// UpdateContainerResources on a running or created container.
-    pub async fn update_resources(&self, id: &str, resources: &LinuxContainerResources) -> Result<()> {
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: &LinuxContainerResources,
+    ) -> Result<()> {
         let rec = self.get(id)?;
         if !matches!(rec.state, ContainerState::Running | ContainerState::Created) {
             return Err(Error::FailedPrecondition(format!(
@@ -61,13 +65,13 @@ impl Containers {
 /// Every part `new` has replaces the old one, devices excepted.
 fn overlay(mut old: LinuxResources, new: LinuxResources) -> LinuxResources {
     if new.memory().is_some() {
-        old.set_memory(new.memory().clone());
+        old.set_memory(*new.memory());
     }
     if new.cpu().is_some() {
         old.set_cpu(new.cpu().clone());
     }
     if new.pids().is_some() {
-        old.set_pids(new.pids().clone());
+        old.set_pids(*new.pids());
     }
     if new.block_io().is_some() {
         old.set_block_io(new.block_io().clone());

@@ -26,11 +26,7 @@ impl Orphans {
     }
 }
 
-pub(super) fn find(
-    state_dir: &Path,
-    cni_cache: &Path,
-    pods: &HashSet<String>,
-) -> Orphans {
+pub(super) fn find(state_dir: &Path, cni_cache: &Path, pods: &HashSet<String>) -> Orphans {
     let names = |dir: &Path| -> Vec<(String, PathBuf)> {
         std::fs::read_dir(dir)
             .map(|d| {

@@ -41,9 +41,9 @@ impl Inner {
     /// settles the state itself; a real loss is seen at the next call after it.
     fn refresh_liveness(&self) {
         let busy = self.pods_under_an_operation();
-        let lost = self
-            .pods
-            .filter(|r| r.state == PodState::Ready && !busy.contains(&r.id) && losses(r) != (false, false));
+        let lost = self.pods.filter(|r| {
+            r.state == PodState::Ready && !busy.contains(&r.id) && losses(r) != (false, false)
+        });
         for rec in &lost {
             let (infra_dead, shim_dead) = losses(rec);
             tracing::warn!(pod = %rec.id, infra_dead, shim_dead, "pod lost its infra process or shim: NOTREADY");

@@ -72,10 +72,7 @@ impl PodSandboxes {
             if left && result.is_ok() {
                 tracing::info!(pod = %id, name = ?guard.key(), "pod created after its caller left; kept for a retry");
             }
-            guard.finish(
-                result.as_deref().map_err(|e| e.to_string()),
-                left,
-            );
+            guard.finish(result.as_deref().map_err(|e| e.to_string()), left);
             let _ = tx.send(result);
         });
         rx.await

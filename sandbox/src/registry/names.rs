@@ -86,7 +86,9 @@ impl<S: PartialEq + Clone + Send + 'static> Names<S> {
         let what = self.what;
         let mut map = self.lock();
         match map.get(key) {
-            Some(Reservation::InFlight { request: r, done, .. }) if r == request => {
+            Some(Reservation::InFlight {
+                request: r, done, ..
+            }) if r == request => {
                 return Ok(Reserved::Wait(done.clone()));
             }
             Some(Reservation::Unclaimed { id, request: r }) if r == request => {
@@ -153,7 +155,10 @@ impl<S> Names<S> {
 /// Waits for the create a retry found running: `Some(id)` when it made the object, None when
 /// it failed (the name is free again: try anew), Internal when it ended without an outcome
 /// (it panicked; its guard freed the name).
-pub async fn wait_outcome(mut done: watch::Receiver<Outcome>, what: &str) -> Result<Option<String>> {
+pub async fn wait_outcome(
+    mut done: watch::Receiver<Outcome>,
+    what: &str,
+) -> Result<Option<String>> {
     match done.wait_for(Option::is_some).await {
         Ok(o) => Ok(o.clone().and_then(|r| r.ok())),
         Err(_) => Err(Error::Internal(format!(
@@ -285,7 +290,10 @@ mod tests {
         let g = fresh(names.reserve("a", &1, || None));
         let id = g.id().to_string();
         g.finish(Ok(&id), true);
-        assert!(matches!(names.reserve("a", &2, || None), Err(Error::AlreadyExists(_))));
+        assert!(matches!(
+            names.reserve("a", &2, || None),
+            Err(Error::AlreadyExists(_))
+        ));
         assert!(matches!(names.reserve("a", &1, || None), Ok(Reserved::Made(i)) if i == id));
         // Taken over: the name is the object's now.
         assert!(matches!(

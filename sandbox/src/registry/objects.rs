@@ -144,7 +144,14 @@ mod tests {
     fn reads_do_not_wait_for_a_commit_in_progress() {
         let d = tempfile::tempdir().unwrap();
         let db = Arc::new(StateDb::open(&d.path().join("s.redb")).unwrap());
-        let reg = Arc::new(Registry::open(Table::new(db.clone(), "recs", "rec"), "rec", Unreadable::Skip).unwrap());
+        let reg = Arc::new(
+            Registry::open(
+                Table::new(db.clone(), "recs", "rec"),
+                "rec",
+                Unreadable::Skip,
+            )
+            .unwrap(),
+        );
         reg.insert(rec("a")).unwrap();
         // Another writer holds the store's write transaction: the update below waits for it.
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
@@ -165,7 +172,9 @@ mod tests {
         let (read_tx, read_rx) = std::sync::mpsc::channel();
         let r = reg.clone();
         std::thread::spawn(move || {
-            read_tx.send((r.get("a").unwrap(), r.filter(|_| true).len())).unwrap();
+            read_tx
+                .send((r.get("a").unwrap(), r.filter(|_| true).len()))
+                .unwrap();
         });
         let read = read_rx.recv_timeout(std::time::Duration::from_secs(2));
         hold_tx.send(()).unwrap();
@@ -180,11 +189,24 @@ mod tests {
     fn writes_after_a_removal_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let db = Arc::new(StateDb::open(&d.path().join("s.redb")).unwrap());
-        let reg = Registry::open(Table::new(db.clone(), "recs", "rec"), "rec", Unreadable::Skip).unwrap();
+        let reg = Registry::open(
+            Table::new(db.clone(), "recs", "rec"),
+            "rec",
+            Unreadable::Skip,
+        )
+        .unwrap();
         reg.insert(rec("a")).unwrap();
         reg.remove("a").unwrap();
-        assert!(matches!(reg.update("a", |r| r.n = 2), Err(Error::NotFound(_))));
-        let reopened = Registry::open(Table::<Rec>::new(db, "recs", "rec"), "rec", Unreadable::Skip).unwrap();
+        assert!(matches!(
+            reg.update("a", |r| r.n = 2),
+            Err(Error::NotFound(_))
+        ));
+        let reopened = Registry::open(
+            Table::<Rec>::new(db, "recs", "rec"),
+            "rec",
+            Unreadable::Skip,
+        )
+        .unwrap();
         assert!(reopened.find("a").is_none());
         assert!(matches!(reopened.get("a"), Err(Error::NotFound(_))));
     }

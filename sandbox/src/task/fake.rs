@@ -72,7 +72,13 @@ impl FakeShim {
     }
 
     /// Runs `f` on the state after recording the call; Unavailable once the shim is lost.
-    fn call<T>(&self, what: &str, id: &str, exec_id: &str, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+    fn call<T>(
+        &self,
+        what: &str,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut State) -> Result<T>,
+    ) -> Result<T> {
         let r = {
             let mut s = self.lock();
             let name = if exec_id.is_empty() {
@@ -101,7 +107,13 @@ impl FakeShim {
             .lock()
             .tasks
             .keys()
-            .map(|(i, e)| if e.is_empty() { i.clone() } else { format!("{i}/{e}") })
+            .map(|(i, e)| {
+                if e.is_empty() {
+                    i.clone()
+                } else {
+                    format!("{i}/{e}")
+                }
+            })
             .collect();
         t.sort();
         t
@@ -181,7 +193,10 @@ impl TaskRuntime for FakeShim {
     async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
         self.call("start", id, exec_id, |s| {
             let code = s.exec_exit;
-            let t = s.tasks.get_mut(&key(id, exec_id)).ok_or_else(|| missing(id, exec_id))?;
+            let t = s
+                .tasks
+                .get_mut(&key(id, exec_id))
+                .ok_or_else(|| missing(id, exec_id))?;
             t.status = TaskStatus::Running;
             if !exec_id.is_empty() {
                 end(t, code);
@@ -193,7 +208,10 @@ impl TaskRuntime for FakeShim {
     async fn kill(&self, id: &str, exec_id: &str, signal: u32, _all: bool) -> Result<()> {
         self.call("kill", id, exec_id, |s| {
             let ignore = s.ignore_term && signal == libc::SIGTERM as u32;
-            let t = s.tasks.get_mut(&key(id, exec_id)).ok_or_else(|| missing(id, exec_id))?;
+            let t = s
+                .tasks
+                .get_mut(&key(id, exec_id))
+                .ok_or_else(|| missing(id, exec_id))?;
             if !ignore {
                 end(t, 128 + signal);
             }
@@ -224,7 +242,10 @@ impl TaskRuntime for FakeShim {
 
     async fn delete(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         self.call("delete", id, exec_id, |s| {
-            let t = s.tasks.get(&key(id, exec_id)).ok_or_else(|| missing(id, exec_id))?;
+            let t = s
+                .tasks
+                .get(&key(id, exec_id))
+                .ok_or_else(|| missing(id, exec_id))?;
             if t.status == TaskStatus::Running {
                 return Err(ShimError::FailedPrecondition(format!("{id} is running")));
             }
@@ -236,7 +257,10 @@ impl TaskRuntime for FakeShim {
 
     async fn state(&self, id: &str, exec_id: &str) -> Result<TaskState> {
         self.call("state", id, exec_id, |s| {
-            let t = s.tasks.get(&key(id, exec_id)).ok_or_else(|| missing(id, exec_id))?;
+            let t = s
+                .tasks
+                .get(&key(id, exec_id))
+                .ok_or_else(|| missing(id, exec_id))?;
             Ok(TaskState {
                 id: id.to_string(),
                 exec_id: exec_id.to_string(),
@@ -272,13 +296,19 @@ impl TaskRuntime for FakeShim {
 
     async fn update(&self, id: &str, _resources: &LinuxResources) -> Result<()> {
         self.call("update", id, "", |s| {
-            s.tasks.get(&key(id, "")).map(|_| ()).ok_or_else(|| missing(id, ""))
+            s.tasks
+                .get(&key(id, ""))
+                .map(|_| ())
+                .ok_or_else(|| missing(id, ""))
         })
     }
 
     async fn reopen_log(&self, id: &str) -> Result<()> {
         self.call("reopen_log", id, "", |s| {
-            s.tasks.get(&key(id, "")).map(|_| ()).ok_or_else(|| missing(id, ""))
+            s.tasks
+                .get(&key(id, ""))
+                .map(|_| ())
+                .ok_or_else(|| missing(id, ""))
         })
     }
 
