@@ -64,12 +64,17 @@ impl Inner {
             shim.follow_output(&id, &rec.bundle, rec.log_path.as_deref());
             match shim.wait(&id, "").await {
                 Ok(exit) => {
+                    // Held until the task is deleted: a removal that follows the exit
+                    // waits for this delete (in its background part) instead of sending
+                    // its own.
+                    let deleted = self.task_deleted.get(&id);
+                    let mut deleted = deleted.lock().await;
                     self.record_exit(&id, exit.exit_status as i32, exit.exited_at);
                     // As containerd does: once the exit is recorded the task
                     // goes from the shim (runc delete), so RemoveContainer
                     // has only crust's own parts left to remove.
                     match shim.delete(&id, "").await {
-                        Ok(_) | Err(ShimError::NotFound(_)) => {}
+                        Ok(_) | Err(ShimError::NotFound(_)) => *deleted = true,
                         Err(e) => {
                             tracing::debug!(container = %id, error = %e, "deleting the exited task")
                         }
@@ -120,26 +125,7 @@ impl Inner {
 /// Whether the kernel OOM-killed a process in this cgroup (v1 `memory.oom_control`
 /// or v2 `memory.events`).
 fn oom_killed(cgroups_path: &str) -> bool {
-    let Some(path) = cgroupfs_path(cgroups_path) else {
-        return false;
-    };
-    let rel = path.trim_start_matches('/');
-    let count = |path: std::path::PathBuf, key: &str| {
-        std::fs::read_to_string(path).ok().and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-    };
-    let v1 = count(
-        Path::new("/sys/fs/cgroup/memory")
-            .join(rel)
-            .join("memory.oom_control"),
-        "oom_kill ",
-    );
-    let v2 = count(
-        Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
-        "oom_kill ",
-    );
-    v1.or(v2).is_some_and(|n| n > 0)
+    cgroupfs_path(cgroups_path)
+        .and_then(|p| crust_cgroups::oom::kills(Path::new(crust_cgroups::ROOT), &p))
+        .is_some_and(|n| n > 0)
 }

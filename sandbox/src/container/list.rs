@@ -15,9 +15,6 @@ use crate::error::{Error, Result};
 use crate::pod::PodRecord;
 use crate::task::TaskRuntime;
 
-/// Where cgroup hierarchies are mounted on a real node.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
 /// ListContainers filter; every set field must match.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerFilter {
@@ -139,7 +136,7 @@ impl Inner {
     /// Reads a cgroup and works out its CPU rate from the previous sample.
     fn cgroup_usage(&self, key: &str, cgroups_path: &str, now: i64) -> Option<CgroupUsage> {
         let path = cgroupfs_path(cgroups_path)?;
-        let mut u = read_cgroup(Path::new(CGROUP_ROOT), &path, now);
+        let mut u = read_cgroup(Path::new(crust_cgroups::ROOT), &path, now);
         if let Some(cpu) = u.cpu_usage_ns {
             let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(prev) = samples.insert(key.to_string(), (now, cpu)) {

@@ -50,7 +50,7 @@ pub use stop::parse_signal;
 
 use crate::error::{Error, Result};
 use crate::pod::PodSandboxes;
-use crate::registry::{Names, Registry, Unreadable};
+use crate::registry::{KeyedLocks, Names, Registry, Unreadable};
 use crate::shim::ShimError;
 
 /// The FIFO in a container's bundle that is its stdin when the config asks for one
@@ -130,6 +130,8 @@ struct Inner {
     /// The previous CPU sample of each cgroup (time, usage), for nano cores.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     events: broadcast::Sender<ContainerEvent>,
+    /// Per container: true once its task was deleted from the shim (`exit.rs`, `remove.rs`).
+    task_deleted: KeyedLocks<tokio::sync::Mutex<bool>>,
     /// Background cleanups of removed containers, with their pod (`remove.rs`).
     cleanups: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
 }
@@ -220,6 +222,7 @@ impl Containers {
                 exits: Mutex::new(HashMap::new()),
                 cpu_samples: Mutex::new(HashMap::new()),
                 events: broadcast::channel(EVENT_BACKLOG).0,
+                task_deleted: KeyedLocks::default(),
                 cleanups: Mutex::new(Vec::new()),
             }),
         };

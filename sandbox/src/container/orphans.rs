@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use super::Inner;
 use super::bundle::{bundles_dir, read_spec, release_rootfs, remove_tree};
-use super::remove::{clean_up, trash_dir};
+use super::record::ContainerRecord;
+use super::remove::{REMOVED_RECORD, clean_up, trash_dir};
 
 impl Inner {
     pub(super) fn remove_orphans(&self) {
@@ -68,6 +69,13 @@ impl Inner {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
             tracing::info!(container = %id, "finishing a removal cut short");
+            // Its task may still be in the shim (and runc's state with it).
+            if let Some(rec) = std::fs::read(bundle.join(REMOVED_RECORD))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok())
+            {
+                self.force_delete_blocking(&rec);
+            }
             clean_up(self.rootfs.as_ref(), &id, &bundle, &cgroups_path);
         }
     }

@@ -14,7 +14,7 @@ use crust_state::StateDb;
 use k8s_cri::v1::ContainerConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{Table, Versioned};
+use crate::registry::Table;
 
 pub const RECORD_VERSION: u32 = 1;
 
@@ -111,15 +111,7 @@ pub fn name_key(pod_id: &str, name: &str, attempt: u32) -> String {
     format!("{pod_id}/{name}/{attempt}")
 }
 
-impl Versioned for ContainerRecord {
-    const VERSION: u32 = RECORD_VERSION;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn key(&self) -> &str {
-        &self.id
-    }
-}
+crate::versioned_record!(ContainerRecord, RECORD_VERSION);
 
 /// The containers table.
 pub fn table(db: Arc<StateDb>) -> Table<ContainerRecord> {

@@ -1,15 +1,17 @@
 //! RemoveContainer: in any state (a running one is killed first); idempotent, an unknown id
 //! is success.
 //!
-//! On the request path: the task is deleted in the shim if it is still there (or, when the
-//! shim is gone, `runc delete --force` with the state root kept in the record), the record
-//! is deleted (the one durable commit) and the bundle is renamed into
-//! `<state_dir>/containers-trash/`. What takes time — unmounting the rootfs (overlayfs syncs
-//! its upper layer), removing the snapshot, the cgroups runc left and the bundle's tree —
-//! is done by a background task; RemovePodSandbox waits for those of its pod
+//! On the request path: the record is written into the bundle (`removed.json`), deleted
+//! from the store (the one durable commit) and the bundle is renamed into
+//! `<state_dir>/containers-trash/`. The rest is a background task: the task deleted in the
+//! shim unless the exit watch did already (it holds `task_deleted` while it deletes, so the
+//! two never both send one; when the shim is gone, `runc delete --force` with the state
+//! root kept in the record), then the rootfs unmounted, the snapshot, the cgroups runc left
+//! and the bundle's tree removed. RemovePodSandbox waits for those of its pod
 //! ([`Containers::remove_all_of_pod`]), so the pod's own cgroup and directory can go. A
 //! crash before the background task finished leaves the bundle in the trash, which the next
-//! start empties before anything else (`orphans.rs`).
+//! start finishes before anything else (`orphans.rs`), `removed.json` telling it what to
+//! delete with runc.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,6 +21,9 @@ use super::record::{ContainerRecord, ContainerState};
 use super::{ContainerEventKind, Containers, Inner, Rootfs};
 use crate::error::Result;
 use crate::shim::ShimError;
+
+/// The record of a removed container, kept in its bundle in the trash.
+pub(super) const REMOVED_RECORD: &str = "removed.json";
 
 /// Where removed bundles wait for their background cleanup.
 pub(super) fn trash_dir(state_dir: &Path) -> PathBuf {
@@ -37,27 +42,39 @@ impl Containers {
         };
         let timer = super::metrics::OpTimer::new("remove");
         let t0 = Instant::now();
-        self.delete_task(&rec).await;
-        let t_task = t0.elapsed();
+        // What the next start needs should a crash cut the cleanup short.
+        let _ = std::fs::write(
+            rec.bundle.join(REMOVED_RECORD),
+            serde_json::to_vec(&rec).unwrap_or_default(),
+        );
         self.inner.records.remove(&rec.id)?;
         let t_record = t0.elapsed();
         let trashed = self.inner.trash(&rec);
+        let deleted = self.inner.task_deleted.get(&rec.id);
         self.inner.emit(&rec, ContainerEventKind::Deleted);
         self.inner.forget(&rec.id);
         self.inner.update_metrics();
-        let cleanup = tokio::task::spawn_blocking({
-            let rootfs = self.inner.rootfs.clone();
-            let rec = rec.clone();
-            move || clean_up(rootfs.as_ref(), &rec.id, &trashed, &rec.cgroups_path)
+        let this = self.clone();
+        let pod_id = rec.pod_id.clone();
+        let cleanup = tokio::spawn(async move {
+            {
+                let mut deleted = deleted.lock().await;
+                if !*deleted {
+                    this.delete_task(&rec).await;
+                    *deleted = true;
+                }
+            }
+            let rootfs = this.inner.rootfs.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                clean_up(rootfs.as_ref(), &rec.id, &trashed, &rec.cgroups_path)
+            })
+            .await;
         });
-        self.inner
-            .cleanups_lock()
-            .push((rec.pod_id.clone(), cleanup));
+        self.inner.cleanups_lock().push((pod_id, cleanup));
         drop(timer);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
-            container = %rec.id,
-            task_ms = ms(t_task),
+            container = %full,
             record_ms = ms(t_record),
             total_ms = ms(t0.elapsed()),
             "removed"
@@ -135,6 +152,7 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         self.exits_lock().remove(id);
+        self.task_deleted.forget(id);
     }
 
     fn cleanups_lock(
@@ -149,6 +167,18 @@ impl Inner {
     /// `runc delete --force` with the container's runtime and state root: kills
     /// whatever is left of a container whose shim is gone.
     pub(super) async fn force_delete(&self, rec: &ContainerRecord) {
+        let out = tokio::process::Command::from(self.runc_delete(rec))
+            .output()
+            .await;
+        log_force_delete(&rec.id, out);
+    }
+
+    /// The same, blocking (at start).
+    pub(super) fn force_delete_blocking(&self, rec: &ContainerRecord) {
+        log_force_delete(&rec.id, self.runc_delete(rec).output());
+    }
+
+    fn runc_delete(&self, rec: &ContainerRecord) -> std::process::Command {
         let root = match &rec.runtime_root {
             Some(root) => root.clone(),
             // Records made before the root was kept: from the pod, while it is there.
@@ -157,23 +187,25 @@ impl Inner {
                 Err(_) => self.cfg.state_dir.join("runc"),
             },
         };
-        let out = tokio::process::Command::new(&rec.runtime_binary)
-            .arg("--root")
+        let mut cmd = std::process::Command::new(&rec.runtime_binary);
+        cmd.arg("--root")
             .arg(root)
-            .args(["delete", "--force", &rec.id])
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => {
-                tracing::info!(container = %rec.id, "deleted with runc; its shim was gone")
-            }
-            Ok(o) => tracing::debug!(
-                container = %rec.id,
-                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
-                "runc delete --force"
-            ),
-            Err(e) => tracing::warn!(container = %rec.id, error = %e, "running runc delete"),
+            .args(["delete", "--force", &rec.id]);
+        cmd
+    }
+}
+
+fn log_force_delete(id: &str, out: std::io::Result<std::process::Output>) {
+    match out {
+        Ok(o) if o.status.success() => {
+            tracing::info!(container = %id, "deleted with runc; its shim was gone")
         }
+        Ok(o) => tracing::debug!(
+            container = %id,
+            stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+            "runc delete --force"
+        ),
+        Err(e) => tracing::warn!(container = %id, error = %e, "running runc delete"),
     }
 }
 

@@ -135,6 +135,22 @@ impl Env {
         }
         out
     }
+
+    /// No bundle (also none in the trash) and no snapshot is left.
+    fn assert_nothing_left(&self) {
+        assert!(self.bundles().is_empty(), "{:?}", self.bundles());
+        assert!(self.rootfs.snapshots.lock().unwrap().is_empty());
+    }
+}
+
+/// A container created and started.
+async fn running(env: &Env, c: &Containers) -> String {
+    let id = c
+        .create(&env.pod, config("web", &["sleep"]), image())
+        .await
+        .unwrap();
+    c.start(&id).await.unwrap();
+    id
 }
 
 fn config(name: &str, command: &[&str]) -> ContainerConfig {
@@ -193,8 +209,7 @@ async fn concurrent_identical_creates_make_one_container() {
         other => panic!("{other:?}"),
     }
     c.remove_all_of_pod(&env.pod).await.unwrap();
-    assert!(env.bundles().is_empty());
-    assert!(env.rootfs.snapshots.lock().unwrap().is_empty());
+    env.assert_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +222,7 @@ async fn a_create_failing_half_way_leaves_nothing_and_frees_the_name() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
-    assert!(env.bundles().is_empty());
-    assert!(env.rootfs.snapshots.lock().unwrap().is_empty());
+    env.assert_nothing_left();
     c.create(&env.pod, config("web", &["sleep"]), image())
         .await
         .unwrap();
@@ -241,11 +255,7 @@ async fn a_create_that_panics_frees_its_name() {
 async fn an_unknown_container_whose_shim_is_gone_stops_as_exited() {
     let Some(env) = Env::new().await else { return };
     let c = env.containers().await;
-    let id = c
-        .create(&env.pod, config("web", &["sleep"]), image())
-        .await
-        .unwrap();
-    c.start(&id).await.unwrap();
+    let id = running(&env, &c).await;
     assert_eq!(c.get(&id).unwrap().state, ContainerState::Running);
     // The shim dies: the exit watch turns the container UNKNOWN.
     env.runtime.unreachable.store(true, Ordering::SeqCst);
@@ -265,11 +275,7 @@ async fn an_unknown_container_whose_shim_is_gone_stops_as_exited() {
 async fn an_unknown_container_its_shim_still_runs_is_stopped_gracefully() {
     let Some(env) = Env::new().await else { return };
     let c = env.containers().await;
-    let id = c
-        .create(&env.pod, config("web", &["sleep"]), image())
-        .await
-        .unwrap();
-    c.start(&id).await.unwrap();
+    let id = running(&env, &c).await;
     c.inner.mark_unknown(&id, "a passing error");
     assert_eq!(c.get(&id).unwrap().state, ContainerState::Unknown);
     c.stop(&id, Duration::from_secs(5)).await.unwrap();
@@ -281,11 +287,7 @@ async fn an_unknown_container_its_shim_still_runs_is_stopped_gracefully() {
 async fn a_removal_racing_a_stop_leaves_nothing() {
     let Some(env) = Env::new().await else { return };
     let c = env.containers().await;
-    let id = c
-        .create(&env.pod, config("web", &["sleep"]), image())
-        .await
-        .unwrap();
-    c.start(&id).await.unwrap();
+    let id = running(&env, &c).await;
     env.runtime.shim.ignore_sigterm();
     let (stopped, removed) = tokio::join!(c.stop(&id, Duration::from_secs(2)), async {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -300,22 +302,13 @@ async fn a_removal_racing_a_stop_leaves_nothing() {
         "{:?}",
         env.runtime.shim.tasks()
     );
-    assert!(env.bundles().is_empty());
-    assert!(env.rootfs.snapshots.lock().unwrap().is_empty());
+    env.assert_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exit_while_crustd_was_down_is_recorded_after_the_restart() {
     let Some(env) = Env::new().await else { return };
-    let id = {
-        let c = env.containers().await;
-        let id = c
-            .create(&env.pod, config("web", &["sleep"]), image())
-            .await
-            .unwrap();
-        c.start(&id).await.unwrap();
-        id
-    };
+    let id = running(&env, &env.containers().await).await;
     // crustd is gone; the shim's container exits meanwhile.
     env.runtime.shim.exit(&id, 3);
     let c = env.containers().await;
@@ -338,8 +331,7 @@ async fn a_removal_cut_short_is_finished_at_the_next_start() {
     c.inner.records.remove(&id).unwrap();
     std::fs::rename(&rec.bundle, trash.join(&id)).unwrap();
     let _c = env.containers().await;
-    assert!(env.bundles().is_empty(), "{:?}", env.bundles());
-    assert!(env.rootfs.snapshots.lock().unwrap().is_empty());
+    env.assert_nothing_left();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,29 +64,20 @@ impl Containers {
 
 /// Every part `new` has replaces the old one, devices excepted.
 fn overlay(mut old: LinuxResources, new: LinuxResources) -> LinuxResources {
+    macro_rules! take {
+        ($($get:ident => $set:ident),*) => {$(
+            if new.$get().is_some() {
+                old.$set(new.$get().clone());
+            }
+        )*};
+    }
+    take!(cpu => set_cpu, block_io => set_block_io, hugepage_limits => set_hugepage_limits,
+        network => set_network, rdma => set_rdma, unified => set_unified);
     if new.memory().is_some() {
         old.set_memory(*new.memory());
     }
-    if new.cpu().is_some() {
-        old.set_cpu(new.cpu().clone());
-    }
     if new.pids().is_some() {
         old.set_pids(*new.pids());
-    }
-    if new.block_io().is_some() {
-        old.set_block_io(new.block_io().clone());
-    }
-    if new.hugepage_limits().is_some() {
-        old.set_hugepage_limits(new.hugepage_limits().clone());
-    }
-    if new.network().is_some() {
-        old.set_network(new.network().clone());
-    }
-    if new.rdma().is_some() {
-        old.set_rdma(new.rdma().clone());
-    }
-    if new.unified().is_some() {
-        old.set_unified(new.unified().clone());
     }
     old
 }

@@ -5,20 +5,12 @@ use std::sync::Arc;
 use crust_state::StateDb;
 
 use super::record::PodRecord;
-use crate::registry::{Table, Versioned};
+use crate::registry::Table;
 
 /// The version this code writes; records from a newer crust are refused.
 pub const RECORD_VERSION: u32 = 1;
 
-impl Versioned for PodRecord {
-    const VERSION: u32 = RECORD_VERSION;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn key(&self) -> &str {
-        &self.id
-    }
-}
+crate::versioned_record!(PodRecord, RECORD_VERSION);
 
 /// The pods table.
 pub fn table(db: Arc<StateDb>) -> Table<PodRecord> {

@@ -52,6 +52,35 @@ pub fn new_id() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// A record for the registry's own tests.
+#[cfg(test)]
+mod test_record {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Rec {
+        pub version: u32,
+        pub id: String,
+        pub n: u32,
+    }
+
+    impl super::Versioned for Rec {
+        const VERSION: u32 = 2;
+        fn version(&self) -> u32 {
+            self.version
+        }
+        fn key(&self) -> &str {
+            &self.id
+        }
+    }
+
+    pub fn rec(id: &str) -> Rec {
+        Rec {
+            version: 1,
+            id: id.into(),
+            n: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

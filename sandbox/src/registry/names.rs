@@ -233,14 +233,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn identical_requests_wait_and_others_are_refused() {
+    /// A name reserved for request 1, and an identical request waiting for it.
+    fn reserved_and_waited_for() -> (Arc<Names<u32>>, NameGuard<u32>, watch::Receiver<Outcome>) {
         let names = Names::<u32>::new("thing");
         let g = fresh(names.reserve("a", &1, || None));
-        let id = g.id().to_string();
         let Ok(Reserved::Wait(rx)) = names.reserve("a", &1, || None) else {
             panic!("an identical request waits");
         };
+        (names, g, rx)
+    }
+
+    #[tokio::test]
+    async fn identical_requests_wait_and_others_are_refused() {
+        let (names, g, rx) = reserved_and_waited_for();
+        let id = g.id().to_string();
         match names.reserve("a", &2, || None) {
             Err(Error::AlreadyExists(m)) => assert!(m.contains(&id), "{m}"),
             _ => panic!("another request is refused"),
@@ -253,11 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_create_frees_the_name_for_the_waiter() {
-        let names = Names::<u32>::new("thing");
-        let g = fresh(names.reserve("a", &1, || None));
-        let Ok(Reserved::Wait(rx)) = names.reserve("a", &1, || None) else {
-            panic!("waits");
-        };
+        let (names, g, rx) = reserved_and_waited_for();
         g.finish(Err("boom".into()), false);
         assert_eq!(wait_outcome(rx, "thing").await.unwrap(), None);
         fresh(names.reserve("a", &1, || None));
@@ -265,11 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_guard_frees_the_name_and_tells_the_waiter() {
-        let names = Names::<u32>::new("thing");
-        let g = fresh(names.reserve("a", &1, || None));
-        let Ok(Reserved::Wait(rx)) = names.reserve("a", &1, || None) else {
-            panic!("waits");
-        };
+        let (names, g, rx) = reserved_and_waited_for();
         // A create that panics drops its guard while unwinding.
         let r = std::thread::spawn(move || {
             let _g = g;

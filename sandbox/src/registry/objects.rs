@@ -115,30 +115,7 @@ mod tests {
     use crust_state::StateDb;
     use std::sync::Arc;
 
-    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-    struct Rec {
-        version: u32,
-        id: String,
-        n: u32,
-    }
-
-    impl Versioned for Rec {
-        const VERSION: u32 = 1;
-        fn version(&self) -> u32 {
-            self.version
-        }
-        fn key(&self) -> &str {
-            &self.id
-        }
-    }
-
-    fn rec(id: &str) -> Rec {
-        Rec {
-            version: 1,
-            id: id.into(),
-            n: 0,
-        }
-    }
+    use crate::registry::test_record::{Rec, rec};
 
     #[test]
     fn reads_do_not_wait_for_a_commit_in_progress() {

@@ -19,6 +19,22 @@ pub trait Versioned: Serialize + DeserializeOwned {
     fn key(&self) -> &str;
 }
 
+/// Implements [`Versioned`] for a record with `version` and `id` fields.
+#[macro_export]
+macro_rules! versioned_record {
+    ($record:ty, $version:expr) => {
+        impl $crate::registry::Versioned for $record {
+            const VERSION: u32 = $version;
+            fn version(&self) -> u32 {
+                self.version
+            }
+            fn key(&self) -> &str {
+                &self.id
+            }
+        }
+    };
+}
+
 /// What loading does with a record that does not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreadable {
@@ -136,22 +152,7 @@ impl<R: Versioned> Table<R> {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-    struct Rec {
-        version: u32,
-        id: String,
-        n: u32,
-    }
-
-    impl Versioned for Rec {
-        const VERSION: u32 = 2;
-        fn version(&self) -> u32 {
-            self.version
-        }
-        fn key(&self) -> &str {
-            &self.id
-        }
-    }
+    use crate::registry::test_record::{Rec, rec};
 
     fn table(dir: &tempfile::TempDir) -> Table<Rec> {
         let db = Arc::new(StateDb::open(&dir.path().join("s.redb")).unwrap());
@@ -163,11 +164,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let t = table(&d);
         assert!(t.load_all(Unreadable::Refuse).unwrap().is_empty());
-        let a = Rec {
-            version: 1,
-            id: "a".into(),
-            n: 1,
-        };
+        let a = Rec { n: 1, ..rec("a") };
         t.put(&a).unwrap();
         t.put_raw("bad", b"{").unwrap();
         assert_eq!(t.load_all(Unreadable::Skip).unwrap(), vec![a.clone()]);
@@ -186,8 +183,7 @@ mod tests {
         let t = table(&d);
         t.put(&Rec {
             version: 3,
-            id: "a".into(),
-            n: 0,
+            ..rec("a")
         })
         .unwrap();
         assert!(matches!(

@@ -39,6 +39,16 @@ struct State {
     exec_exit: u32,
 }
 
+impl State {
+    /// Ok when the container's task is there.
+    fn exists(&self, id: &str) -> Result<()> {
+        match self.tasks.contains_key(&key(id, "")) {
+            true => Ok(()),
+            false => Err(missing(id, "")),
+        }
+    }
+}
+
 /// One pod's fake shim.
 pub struct FakeShim {
     state: Mutex<State>,
@@ -295,21 +305,11 @@ impl TaskRuntime for FakeShim {
     }
 
     async fn update(&self, id: &str, _resources: &LinuxResources) -> Result<()> {
-        self.call("update", id, "", |s| {
-            s.tasks
-                .get(&key(id, ""))
-                .map(|_| ())
-                .ok_or_else(|| missing(id, ""))
-        })
+        self.call("update", id, "", |s| s.exists(id))
     }
 
     async fn reopen_log(&self, id: &str) -> Result<()> {
-        self.call("reopen_log", id, "", |s| {
-            s.tasks
-                .get(&key(id, ""))
-                .map(|_| ())
-                .ok_or_else(|| missing(id, ""))
-        })
+        self.call("reopen_log", id, "", |s| s.exists(id))
     }
 
     async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
