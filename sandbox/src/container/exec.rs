@@ -58,6 +58,18 @@ pub(super) fn exec_process(rec: &ContainerRecord, args: Vec<String>, tty: bool) 
 }
 
 impl Containers {
+    /// The running container an exec of `cmd` (not empty) goes into, and its runtime.
+    pub(super) async fn exec_target(
+        &self,
+        id: &str,
+        cmd: &[String],
+    ) -> Result<(ContainerRecord, Arc<dyn TaskRuntime>)> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec command is empty".into()));
+        }
+        self.running(id).await
+    }
+
     /// ExecSync: runs `cmd` in the container, with its user, env and working
     /// dir; kills it after `timeout` (zero: no timeout).
     pub async fn exec_sync(
@@ -66,10 +78,7 @@ impl Containers {
         cmd: Vec<String>,
         timeout: Duration,
     ) -> Result<ExecOutput> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is empty".into()));
-        }
-        let (rec, shim) = self.running(id).await?;
+        let (rec, shim) = self.exec_target(id, &cmd).await?;
         // The exec runs in a task of its own, so that a caller going away (its
         // deadline passed, its connection closed: this future is dropped) still
         // has it cleaned up: dropping `_abandon` closes `abandoned`, and the task

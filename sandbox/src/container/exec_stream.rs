@@ -145,10 +145,7 @@ impl Containers {
         cmd: Vec<String>,
         opts: StreamOptions,
     ) -> Result<ExecStream> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is empty".into()));
-        }
-        let (rec, shim) = self.running(id).await?;
+        let (rec, shim) = self.exec_target(id, &cmd).await?;
         let mut process = exec_process(&rec, cmd, opts.tty)?;
         if let (true, Some((width, height))) = (opts.tty, opts.size) {
             // runc makes the exec's pty this size before the process starts.

@@ -108,6 +108,13 @@ impl Env {
         })
     }
 
+    /// An environment and its containers (None without root).
+    async fn with_containers() -> Option<(Env, Containers)> {
+        let env = Env::new().await?;
+        let c = env.containers().await;
+        Some((env, c))
+    }
+
     async fn containers(&self) -> Containers {
         Containers::open(
             ContainersConfig {
@@ -143,12 +150,16 @@ impl Env {
     }
 }
 
+/// A container created (CREATED).
+async fn created(env: &Env, c: &Containers) -> String {
+    c.create(&env.pod, config("web", &["sleep"]), image())
+        .await
+        .unwrap()
+}
+
 /// A container created and started.
 async fn running(env: &Env, c: &Containers) -> String {
-    let id = c
-        .create(&env.pod, config("web", &["sleep"]), image())
-        .await
-        .unwrap();
+    let id = created(env, c).await;
     c.start(&id).await.unwrap();
     id
 }
@@ -188,8 +199,9 @@ async fn state_of(c: &Containers, id: &str, want: ContainerState) -> ContainerRe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_creates_make_one_container() {
-    let Some(env) = Env::new().await else { return };
-    let c = env.containers().await;
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
     let (a, b) = tokio::join!(
         c.create(&env.pod, config("web", &["sleep"]), image()),
         c.create(&env.pod, config("web", &["sleep"]), image())
@@ -214,8 +226,9 @@ async fn concurrent_identical_creates_make_one_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_failing_half_way_leaves_nothing_and_frees_the_name() {
-    let Some(env) = Env::new().await else { return };
-    let c = env.containers().await;
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
     // The rootfs is mounted, then the spec cannot be built (no command).
     let err = c
         .create(&env.pod, config("web", &[]), image())
@@ -230,8 +243,9 @@ async fn a_create_failing_half_way_leaves_nothing_and_frees_the_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_that_panics_frees_its_name() {
-    let Some(env) = Env::new().await else { return };
-    let c = env.containers().await;
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
     env.rootfs.panic_once.store(true, Ordering::SeqCst);
     let first = tokio::time::timeout(
         Duration::from_secs(10),
@@ -253,8 +267,9 @@ async fn a_create_that_panics_frees_its_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_container_whose_shim_is_gone_stops_as_exited() {
-    let Some(env) = Env::new().await else { return };
-    let c = env.containers().await;
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
     let id = running(&env, &c).await;
     assert_eq!(c.get(&id).unwrap().state, ContainerState::Running);
     // The shim dies: the exit watch turns the container UNKNOWN.
@@ -273,8 +288,9 @@ async fn an_unknown_container_whose_shim_is_gone_stops_as_exited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_container_its_shim_still_runs_is_stopped_gracefully() {
-    let Some(env) = Env::new().await else { return };
-    let c = env.containers().await;
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
     let id = running(&env, &c).await;
     c.inner.mark_unknown(&id, "a passing error");
     assert_eq!(c.get(&id).unwrap().state, ContainerState::Unknown);
@@ -285,8 +301,9 @@ async fn an_unknown_container_its_shim_still_runs_is_stopped_gracefully() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_racing_a_stop_leaves_nothing() {
-    let Some(env) = Env::new().await else { return };
-    let c = env.containers().await;
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
     let id = running(&env, &c).await;
     env.runtime.shim.ignore_sigterm();
     let (stopped, removed) = tokio::join!(c.stop(&id, Duration::from_secs(2)), async {
@@ -318,12 +335,10 @@ async fn an_exit_while_crustd_was_down_is_recorded_after_the_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_cut_short_is_finished_at_the_next_start() {
-    let Some(env) = Env::new().await else { return };
-    let c = env.containers().await;
-    let id = c
-        .create(&env.pod, config("web", &["sleep"]), image())
-        .await
-        .unwrap();
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
+    let id = created(&env, &c).await;
     // As a crash after the bundle went to the trash, before its cleanup ran.
     let trash = env.dir.path().join("state/containers-trash");
     std::fs::create_dir_all(&trash).unwrap();
@@ -336,12 +351,10 @@ async fn a_removal_cut_short_is_finished_at_the_next_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_start_is_recorded_and_killed() {
-    let Some(env) = Env::new().await else { return };
-    let c = env.containers().await;
-    let id = c
-        .create(&env.pod, config("web", &["sleep"]), image())
-        .await
-        .unwrap();
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
+    let id = created(&env, &c).await;
     env.runtime.shim.fail_start("runc run failed");
     assert!(c.start(&id).await.is_err());
     let r = c.get(&id).unwrap();
@@ -353,4 +366,26 @@ async fn a_failed_start_is_recorded_and_killed() {
         env.runtime.shim.tasks().is_empty(),
         "the started process is gone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_after_the_exit_sends_the_shim_no_second_delete() {
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
+    let id = running(&env, &c).await;
+    env.runtime.shim.exit(&id, 0);
+    state_of(&c, &id, ContainerState::Exited).await;
+    c.remove(&id).await.unwrap();
+    c.remove_all_of_pod(&env.pod).await.unwrap();
+    let deletes = env
+        .runtime
+        .shim
+        .calls()
+        .iter()
+        .filter(|c| **c == format!("delete {id}"))
+        .count();
+    assert_eq!(deletes, 1, "{:?}", env.runtime.shim.calls());
+    assert!(env.runtime.shim.tasks().is_empty());
+    env.assert_nothing_left();
 }

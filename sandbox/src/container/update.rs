@@ -88,24 +88,21 @@ fn merge_resources(
     mut old: LinuxContainerResources,
     new: &LinuxContainerResources,
 ) -> LinuxContainerResources {
-    if new.cpu_period != 0 {
-        old.cpu_period = new.cpu_period;
+    macro_rules! set {
+        ($($field:ident),*) => {$(
+            if new.$field != 0 {
+                old.$field = new.$field;
+            }
+        )*};
     }
-    if new.cpu_quota != 0 {
-        old.cpu_quota = new.cpu_quota;
-    }
-    if new.cpu_shares != 0 {
-        old.cpu_shares = new.cpu_shares;
-    }
-    if new.memory_limit_in_bytes != 0 {
-        old.memory_limit_in_bytes = new.memory_limit_in_bytes;
-    }
-    if new.memory_swap_limit_in_bytes != 0 {
-        old.memory_swap_limit_in_bytes = new.memory_swap_limit_in_bytes;
-    }
-    if new.oom_score_adj != 0 {
-        old.oom_score_adj = new.oom_score_adj;
-    }
+    set!(
+        cpu_period,
+        cpu_quota,
+        cpu_shares,
+        memory_limit_in_bytes,
+        memory_swap_limit_in_bytes,
+        oom_score_adj
+    );
     if !new.cpuset_cpus.is_empty() {
         old.cpuset_cpus = new.cpuset_cpus.clone();
     }

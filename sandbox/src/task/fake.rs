@@ -40,12 +40,15 @@ struct State {
 }
 
 impl State {
+    fn task(&self, id: &str, exec_id: &str) -> Result<&Task> {
+        self.tasks
+            .get(&key(id, exec_id))
+            .ok_or_else(|| missing(id, exec_id))
+    }
+
     /// Ok when the container's task is there.
     fn exists(&self, id: &str) -> Result<()> {
-        match self.tasks.contains_key(&key(id, "")) {
-            true => Ok(()),
-            false => Err(missing(id, "")),
-        }
+        self.task(id, "").map(|_| ())
     }
 }
 
@@ -252,10 +255,7 @@ impl TaskRuntime for FakeShim {
 
     async fn delete(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         self.call("delete", id, exec_id, |s| {
-            let t = s
-                .tasks
-                .get(&key(id, exec_id))
-                .ok_or_else(|| missing(id, exec_id))?;
+            let t = s.task(id, exec_id)?;
             if t.status == TaskStatus::Running {
                 return Err(ShimError::FailedPrecondition(format!("{id} is running")));
             }
@@ -267,10 +267,7 @@ impl TaskRuntime for FakeShim {
 
     async fn state(&self, id: &str, exec_id: &str) -> Result<TaskState> {
         self.call("state", id, exec_id, |s| {
-            let t = s
-                .tasks
-                .get(&key(id, exec_id))
-                .ok_or_else(|| missing(id, exec_id))?;
+            let t = s.task(id, exec_id)?;
             Ok(TaskState {
                 id: id.to_string(),
                 exec_id: exec_id.to_string(),
