@@ -326,8 +326,18 @@ async fn a_removal_racing_a_stop_leaves_nothing() {
 async fn an_exit_while_crustd_was_down_is_recorded_after_the_restart() {
     let Some(env) = Env::new().await else { return };
     let id = running(&env, &env.containers().await).await;
-    // crustd is gone; the shim's container exits meanwhile.
+    // crustd is gone (its waits with it); the shim's container exits meanwhile.
+    env.runtime.shim.drop_client();
     env.runtime.shim.exit(&id, 3);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stored = record::table(env.db.clone())
+        .load_all(crate::registry::Unreadable::Skip)
+        .unwrap();
+    assert_eq!(
+        stored[0].state,
+        ContainerState::Running,
+        "nobody saw the exit yet"
+    );
     let c = env.containers().await;
     let r = state_of(&c, &id, ContainerState::Exited).await;
     assert_eq!((r.exit_code, r.reason.as_str()), (3, "Error"));

@@ -37,6 +37,8 @@ struct State {
     ignore_term: bool,
     /// Execs exit at once with this code.
     exec_exit: u32,
+    /// Bumped when the client goes away: the waits it had sent never answer.
+    epoch: u64,
 }
 
 impl State {
@@ -149,6 +151,12 @@ impl FakeShim {
         self.notify();
     }
 
+    /// The client (crustd) goes away: the waits it sent are never answered.
+    pub fn drop_client(&self) {
+        self.lock().epoch += 1;
+        self.notify();
+    }
+
     /// The container's process exits by itself with `code`.
     pub fn exit(&self, id: &str, code: u32) {
         if let Some(t) = self.lock().tasks.get_mut(&key(id, "")) {
@@ -234,18 +242,26 @@ impl TaskRuntime for FakeShim {
 
     async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         let mut changed = self.changed.subscribe();
+        let epoch = self.lock().epoch;
         loop {
-            {
+            let abandoned = {
                 let s = self.lock();
-                if s.lost {
+                if s.epoch != epoch {
+                    true
+                } else if s.lost {
                     return Err(ShimError::Unavailable("connection closed".into()));
+                } else {
+                    match s.tasks.get(&key(id, exec_id)) {
+                        None => return Err(missing(id, exec_id)),
+                        Some(t) if t.status == TaskStatus::Stopped => return Ok(exit_info(t)),
+                        Some(_) => {}
+                    }
+                    changed.borrow_and_update();
+                    false
                 }
-                match s.tasks.get(&key(id, exec_id)) {
-                    None => return Err(missing(id, exec_id)),
-                    Some(t) if t.status == TaskStatus::Stopped => return Ok(exit_info(t)),
-                    Some(_) => {}
-                }
-                changed.borrow_and_update();
+            };
+            if abandoned {
+                return std::future::pending().await;
             }
             if changed.changed().await.is_err() {
                 return Err(ShimError::Unavailable("fake dropped".into()));
