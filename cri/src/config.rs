@@ -2,7 +2,7 @@
 //!
 //! `Config::default()` is what crustd runs with when no file is given, and
 //! `commented_default()` prints exactly that as TOML with a comment per key, so
-//! `crustd config default > /etc/crust/crust.toml` is a complete starting point.
+//! `crustd config default > /etc/crust/config.toml` is a complete starting point.
 //! Unknown keys, bad values and bad TOML are refused with the file, line and key.
 
 use std::net::SocketAddr;
@@ -28,6 +28,27 @@ impl CgroupDriver {
     }
 }
 
+/// How crustd writes its log to stderr. Under systemd, when stderr is the journal,
+/// crustd sends its records to journald natively instead (see `logging.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, spans).
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -43,10 +64,15 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     pub log_level: String,
+    /// "text" or "json" on stderr; ignored when logging to journald.
+    pub log_format: LogFormat,
     pub metrics: MetricsConfig,
     pub streaming: StreamingConfig,
     pub sandbox: crust_sandbox::Config,
     pub images: crust_images::Config,
+    /// The file this was loaded from (not a key of it): SIGHUP reloads it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The streaming server that Exec, Attach and PortForward URLs point at.
@@ -60,6 +86,26 @@ pub struct StreamingConfig {
     pub max_sessions: usize,
     /// Seconds a returned URL stays usable.
     pub token_ttl_secs: u64,
+    /// PEM certificate chain for HTTPS; empty: plain HTTP. Set with `tls_key_file`.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
+}
+
+impl StreamingConfig {
+    /// The TLS files, when both are set; one without the other is a config error.
+    pub fn tls(&self) -> Result<Option<crust_streaming::TlsFiles>, String> {
+        let (cert, key) = (&self.tls_cert_file, &self.tls_key_file);
+        match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some(crust_streaming::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (false, true) => Err("tls_cert_file is set but tls_key_file is not".into()),
+            (true, false) => Err("tls_key_file is set but tls_cert_file is not".into()),
+        }
+    }
 }
 
 impl Default for StreamingConfig {
@@ -68,6 +114,8 @@ impl Default for StreamingConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_sessions: 256,
             token_ttl_secs: 60,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -90,10 +138,12 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             shutdown_timeout_secs: 10,
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
             metrics: MetricsConfig::default(),
             streaming: StreamingConfig::default(),
             sandbox: crust_sandbox::Config::default(),
             images: crust_images::Config::default(),
+            source: None,
         }
     }
 }
@@ -131,10 +181,30 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = Config::parse_toml(text, path)?;
+        if let Err(message) = config.streaming.tls() {
+            let key = if config.streaming.tls_cert_file.as_os_str().is_empty() {
+                "tls_key_file"
+            } else {
+                "tls_cert_file"
+            };
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line: line_of_key(text, key),
+                key: format!("key `{key}`: "),
+                message,
+            });
+        }
+        Ok(config)
+    }
+
+    fn parse_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let (line, key) = match e.span() {
                 Some(span) => locate(text, span.start),
@@ -148,6 +218,16 @@ impl Config {
             }
         })
     }
+}
+
+/// The 1-based line where `key` is assigned (1 when it is not found).
+fn line_of_key(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        })
+        .map_or(1, |i| i + 1)
 }
 
 /// The 1-based line of byte offset `at`, and the key assigned on that line, if any.
@@ -188,6 +268,9 @@ cgroup_driver = "{driver}"
 shutdown_timeout_secs = {shutdown}
 # Log filter in tracing EnvFilter syntax ("info", "crust_cri=debug,info"); RUST_LOG overrides it.
 log_level = {log}
+# Log format on stderr: "text" or "json" (one object per line). Under systemd, when stderr
+# is the journal, crustd logs to journald natively (fields and priorities) instead.
+log_format = "{logfmt}"
 
 [metrics]
 # Serve Prometheus metrics.
@@ -203,6 +286,11 @@ address = "{saddr}"
 max_sessions = {smax}
 # Seconds a URL returned by Exec, Attach or PortForward stays usable (once).
 token_ttl_secs = {sttl}
+# Serve HTTPS with this PEM certificate chain and the key below (both or neither);
+# empty: plain HTTP. Use it whenever the address is not loopback.
+tls_cert_file = {scert}
+# The PEM private key of tls_cert_file.
+tls_key_file = {skey}
 
 [sandbox]
 {sandbox}
@@ -214,11 +302,14 @@ token_ttl_secs = {sttl}
         driver = d.cgroup_driver.as_str(),
         shutdown = d.shutdown_timeout_secs,
         log = toml_str(&d.log_level),
+        logfmt = d.log_format.as_str(),
         menabled = d.metrics.enabled,
         maddr = d.metrics.address,
         saddr = d.streaming.address,
         smax = d.streaming.max_sessions,
         sttl = d.streaming.token_ttl_secs,
+        scert = q(&d.streaming.tls_cert_file),
+        skey = q(&d.streaming.tls_key_file),
         sandbox = crust_sandbox::commented_default(),
         images = crust_images::commented_default(),
     )
@@ -283,6 +374,25 @@ mod tests {
     }
 
     #[test]
+    fn streaming_tls_needs_both_files() {
+        let c = parse("[streaming]\ntls_cert_file = \"/a.crt\"\ntls_key_file = \"/a.key\"\n")
+            .expect("both files parse");
+        let tls = c.streaming.tls().unwrap().expect("tls on");
+        assert_eq!(tls.cert, Path::new("/a.crt"));
+        assert_eq!(tls.key, Path::new("/a.key"));
+        assert_eq!(Config::default().streaming.tls().unwrap(), None);
+
+        let err = parse("[streaming]\nmax_sessions = 4\ntls_cert_file = \"/a.crt\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(":3: key `tls_cert_file`") && msg.contains("tls_key_file is not"),
+            "{msg}"
+        );
+        let err = parse("[streaming]\ntls_key_file = \"/a.key\"\n").unwrap_err();
+        assert!(err.to_string().contains(":2: key `tls_key_file`"), "{err}");
+    }
+
+    #[test]
     fn empty_file_is_the_default() {
         assert_eq!(parse("").expect("empty parses"), Config::default());
     }
@@ -315,6 +425,17 @@ mod tests {
         let err = parse("cgroup_driver = \"cgroupv3\"\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(":1: key `cgroup_driver`"), "{msg}");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(parse("").unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            parse("log_format = \"json\"\n").unwrap().log_format,
+            LogFormat::Json
+        );
+        let err = parse("log_format = \"xml\"\n").unwrap_err().to_string();
+        assert!(err.contains(":1: key `log_format`"), "{err}");
     }
 
     #[test]

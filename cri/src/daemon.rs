@@ -103,6 +103,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     });
 
     let trimmer = tokio::spawn(crate::memory::trim_periodically(stopped(stop_rx.clone())));
+    let reloader = crate::reload::on_sighup(
+        cri.config.source.clone(),
+        cri.config.images.clone(),
+        cri.images.clone(),
+        stopped(stop_rx.clone()),
+    )
+    .map_err(DaemonError::Signals)?;
 
     let server = CriServer(cri.clone());
     let runtime = RuntimeServiceServer::new(server.clone())
@@ -127,6 +134,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         version = crate::RUNTIME_VERSION,
         "crustd is serving CRI"
     );
+    let ready = tokio::spawn(crate::notify::ready_when_answering(socket_path.clone()));
 
     let result = tokio::select! {
         r = &mut serve => {
@@ -146,6 +154,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 signal,
                 "shutting down: no new calls, finishing in-flight ones"
             );
+            crate::notify::stopping();
             let _ = stop_tx.send(true);
             // The server stops accepting at once; it is done when every
             // connection has closed or, since clients may keep idle
@@ -174,7 +183,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Err(e) => Err(e),
     };
     serve.abort();
+    ready.abort();
     trimmer.abort();
+    reloader.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -10,14 +10,18 @@ pub mod daemon;
 pub mod deadline;
 pub mod error;
 pub mod instrument;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod notify;
+pub mod reload;
 pub mod rootfs;
 pub mod rpc;
 pub mod server;
 pub mod store;
 pub mod streaming;
 pub mod validate;
+pub mod version;
 
 use std::pin::Pin;
 

@@ -27,10 +27,19 @@ pub async fn start(
     containers: Containers,
     pods: PodSandboxes,
 ) -> io::Result<Server> {
+    let tls = config.tls().map_err(io::Error::other)?;
+    if tls.is_none() && !config.address.ip().is_loopback() {
+        tracing::warn!(
+            "streaming server on {} without TLS: anyone who reaches it and holds a URL's \
+             token can exec into containers; set [streaming] tls_cert_file and tls_key_file",
+            config.address
+        );
+    }
     let server_config = ServerConfig {
         address: config.address,
         max_sessions: config.max_sessions,
         token_ttl: Duration::from_secs(config.token_ttl_secs),
+        tls,
         ..Default::default()
     };
     Server::start(server_config, Arc::new(NodeBackend { containers, pods })).await

@@ -77,6 +77,8 @@ pub struct Options {
     pub root_dir_tmpfs: Option<String>,
     /// The same for state_dir.
     pub state_dir_tmpfs: Option<String>,
+    /// Environment variables set for crustd (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running crustd owned by one test.
@@ -90,6 +92,7 @@ pub struct Crustd {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub metrics_addr: SocketAddr,
+    env: Vec<(String, String)>,
 }
 
 impl Crustd {
@@ -153,6 +156,7 @@ impl Crustd {
             config_path,
             log_path,
             metrics_addr,
+            env: opts.env,
         };
         // free_port() only finds a port that was free a moment ago: when
         // another process took it meanwhile, try again with another.
@@ -190,6 +194,7 @@ impl Crustd {
         let child = Command::new(binary("crustd"))
             .arg("--config")
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

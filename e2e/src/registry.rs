@@ -52,6 +52,16 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry; with `htpasswd`, it asks for that user and password.
     pub fn start(htpasswd: Option<(&str, &str)>) -> Result<Registry> {
+        Registry::start_with(htpasswd, None)
+    }
+
+    /// Starts a registry serving HTTPS with `tls`'s server certificate and requiring a
+    /// client certificate signed by its CA.
+    pub fn start_tls(tls: &Pki) -> Result<Registry> {
+        Registry::start_with(None, Some(tls))
+    }
+
+    fn start_with(htpasswd: Option<(&str, &str)>, tls: Option<&Pki>) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
         let auth = match htpasswd {
             None => String::new(),
@@ -76,8 +86,9 @@ impl Registry {
                 format!(
                     "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
                      storage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: true\n\
-                     http:\n  addr: {addr}\n  secret: crust-e2e\n{auth}",
-                    storage().display()
+                     http:\n  addr: {addr}\n  secret: crust-e2e\n{tls}{auth}",
+                    storage().display(),
+                    tls = tls.map(Pki::registry_yaml).unwrap_or_default(),
                 ),
             )?;
             let log = std::fs::File::create(dir.path().join("registry.log"))?;
@@ -119,6 +130,98 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A private CA made for a test with the openssl CLI, a server certificate for
+/// 127.0.0.1 and a client certificate, all signed by it (PEM files in a temp dir).
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// Makes the CA and both certificates.
+    pub fn new() -> Result<Pki> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        let openssl = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .context("openssl")?;
+            if !out.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=crust e2e CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])?;
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )?;
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+        for (name, cn) in [("server", "127.0.0.1"), ("client", "crust e2e client")] {
+            let subj = format!("/CN={cn}");
+            let (key, csr, pem, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            openssl(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subj, "-keyout", &key, "-out",
+                &csr,
+            ])?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ])?;
+        }
+        Ok(Pki { dir })
+    }
+
+    /// A file of this PKI: `ca.pem`, `client.pem`, `client.key`, `server.pem`, ...
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// docker-registry's `http.tls`: this server certificate, client certificates
+    /// required and verified against the CA.
+    fn registry_yaml(&self) -> String {
+        format!(
+            "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+            self.path("server.pem").display(),
+            self.path("server.key").display(),
+            self.path("ca.pem").display()
+        )
     }
 }
 

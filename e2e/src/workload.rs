@@ -13,10 +13,16 @@ pub type Rt = cri::runtime_service_client::RuntimeServiceClient<tonic::transport
 
 /// A crustd that may pull from `registry` over plain HTTP, with a pod network.
 pub async fn setup(n: u8) -> (Registry, Crustd, TestNet) {
+    setup_with(n, Options::default()).await
+}
+
+/// [`setup`] with more of crustd's options (the registry is added to theirs).
+pub async fn setup_with(n: u8, opts: Options) -> (Registry, Crustd, TestNet) {
     let registry = Registry::start(None).expect("registry");
+    let insecure = format!("insecure_registries = [\"{}\"]", registry.addr);
     let crustd = Crustd::start_with(Options {
-        images_config: format!("insecure_registries = [\"{}\"]", registry.addr),
-        ..Default::default()
+        images_config: format!("{insecure}\n{}", opts.images_config),
+        ..opts
     })
     .await
     .expect("crustd starts");
@@ -330,10 +336,13 @@ pub fn assert_no_cgroups_left(net: &TestNet) {
 /// What most container tests start from: `setup(n)`, the busybox fixture
 /// pulled, a CRI client and one READY pod named `name`. Bind the parts in this
 /// order (they drop in reverse: pod and client first, registry last).
-pub async fn scene(
-    n: u8,
-    name: &str,
-) -> (
+pub async fn scene(n: u8, name: &str) -> Scene {
+    scene_with(n, name, Options::default()).await
+}
+
+/// A fixture registry, a crustd, its test network, the busybox image pulled, a
+/// runtime client, a pod's config and the running pod's id.
+pub type Scene = (
     Registry,
     Crustd,
     TestNet,
@@ -341,8 +350,11 @@ pub async fn scene(
     Rt,
     cri::PodSandboxConfig,
     String,
-) {
-    let (registry, crustd, net) = setup(n).await;
+);
+
+/// [`scene`] with more of crustd's options.
+pub async fn scene_with(n: u8, name: &str, opts: Options) -> Scene {
+    let (registry, crustd, net) = setup_with(n, opts).await;
     let image = registry.image("crust/busybox:latest");
     pull(&crustd, &image).await;
     let mut rt = crustd.runtime().await.expect("client");

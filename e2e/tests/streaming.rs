@@ -552,3 +552,108 @@ async fn crictl_attach_follows_output_and_feeds_stdin() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     remove_pod(&mut rt, &pod).await;
 }
+
+/// A self-signed certificate for 127.0.0.1 and its key, made by openssl in `dir`.
+fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join("stream.crt"), dir.join("stream.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "openssl: {out:?}");
+    (crt, key)
+}
+
+#[tokio::test]
+async fn streaming_over_tls_from_configured_files() {
+    let certs = tempfile::tempdir().unwrap();
+    let (crt, key) = self_signed(certs.path());
+    let opts = crust_e2e::Options {
+        extra_config: format!("[streaming]\ntls_cert_file = {crt:?}\ntls_key_file = {key:?}\n"),
+        ..Default::default()
+    };
+    let (_registry, crustd, _net, image, mut rt, pc, pod) =
+        crust_e2e::workload::scene_with(247, "stream-tls", opts).await;
+    let id = create_sleeper(&mut rt, &pod, &pc, &image).await;
+    start(&mut rt, &id).await;
+
+    // The URL is https, and it serves the real client over both transports
+    // (crictl, like kubelet's proxy for a runtime, connects to it over TLS).
+    let url = rt
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    for t in ["spdy", "websocket"] {
+        let (code, out, err) = crictl_exec_over(
+            t,
+            &crustd.socket,
+            &["-i", &id, "sh", "-c", "cat; exit 4"],
+            b"tls\n",
+        );
+        assert_eq!(out, "tls\n", "{t}: stderr: {err}");
+        assert_ne!(code, 0);
+        assert!(err.contains("exit code 4"), "{t}: {err}");
+    }
+
+    // Plain HTTP to the TLS port gets no session: the handshake fails, and the
+    // refusal is counted.
+    let addr = url
+        .strip_prefix("https://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let plain = upgrade(&format!("http://{addr}/exec/sometoken"));
+    assert!(!plain.contains("101"), "plain HTTP was served: {plain:?}");
+    wait_for(
+        "the refused handshake counted",
+        Duration::from_secs(10),
+        || {
+            crust_e2e::metric_value(
+                &metrics_text(&crustd),
+                "crust_streaming_refused_total{reason=\"tls\"}",
+            )
+            .is_some_and(|v| v >= 1.0)
+        },
+    )
+    .await;
+    remove_pod(&mut rt, &pod).await;
+
+    // A key that does not fit its certificate stops crustd at start, naming the file.
+    let other = tempfile::tempdir().unwrap();
+    let (_, other_key) = self_signed(other.path());
+    let err = crust_e2e::Crustd::start_with(crust_e2e::Options {
+        extra_config: format!(
+            "[streaming]\ntls_cert_file = {crt:?}\ntls_key_file = {other_key:?}\n"
+        ),
+        ..Default::default()
+    })
+    .await
+    .err()
+    .expect("crustd refuses a key that does not fit");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("stream.key") && msg.contains("does not fit"),
+        "{msg}"
+    );
+}

@@ -13,6 +13,11 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     /// Hosts reached over plain HTTP, or over HTTPS without verifying the certificate.
     pub insecure_registries: Vec<String>,
+    /// A containerd-style host directory (`<dir>/<host>/hosts.toml`, or Docker's
+    /// `<dir>/<host>/{ca.crt,client.cert,client.key}`), e.g. `/etc/containerd/certs.d`;
+    /// empty for none. A host with a directory there (or `_default`) is pulled from as
+    /// it says, instead of by `registries`' mirrors.
+    pub hosts_dir: String,
     /// A Docker `config.json`-style credentials file (`{"auths": {"host": {"auth": ...}}}`);
     /// empty for none. Used when a pull request carries no credentials.
     pub credentials_file: String,
@@ -45,6 +50,14 @@ pub struct RegistryConfig {
     pub identity_token: String,
     /// A bearer token sent to the registry as is.
     pub registry_token: String,
+    /// PEM files of CA certificates trusted for this host, besides the system's.
+    pub ca: Vec<String>,
+    /// A PEM client certificate presented to this host (mTLS); it may hold the key too.
+    pub client_cert: String,
+    /// The PEM private key of `client_cert`, if it is in a file of its own.
+    pub client_key: String,
+    /// HTTPS without verifying this host's certificate (no plain HTTP fallback).
+    pub skip_verify: bool,
 }
 
 impl Default for Config {
@@ -52,6 +65,7 @@ impl Default for Config {
         Config {
             registries: BTreeMap::new(),
             insecure_registries: Vec::new(),
+            hosts_dir: String::new(),
             credentials_file: String::new(),
             pinned_images: vec!["registry.k8s.io/pause:3.9".to_string()],
             max_concurrent_downloads: 3,
@@ -72,9 +86,14 @@ pub fn commented_default() -> String {
     format!(
         r#"# Per registry host: mirrors tried in order before the host, insecure access, credentials.
 # Example: registries = {{ "registry.k8s.io" = {{ mirrors = ["http://127.0.0.1:5000"] }}, "myreg.local:5000" = {{ insecure = true, username = "u", password = "p" }} }}
+# TLS per host: ca = ["/etc/crust/certs/ca.pem"], client_cert = "client.pem", client_key = "client-key.pem",
+# skip_verify = true (HTTPS without verification). Reloaded on SIGHUP, with hosts_dir (docs/registries.md).
 registries = {{}}
 # Hosts reached over plain HTTP, or HTTPS without certificate verification.
 insecure_registries = {insecure}
+# containerd's host directory layout (<dir>/<host>/hosts.toml, or Docker's ca.crt/client.cert/client.key),
+# e.g. "/etc/containerd/certs.d"; "" = none. Re-read on SIGHUP.
+hosts_dir = {hosts_dir:?}
 # Docker config.json-style credentials file used when a pull carries no credentials ("" = none).
 credentials_file = {cred:?}
 # Images that garbage collection never removes (e.g. the pause image).
@@ -87,6 +106,7 @@ no_progress_timeout_secs = {timeout}
 retries = {retries}
 "#,
         insecure = list(&d.insecure_registries),
+        hosts_dir = d.hosts_dir,
         cred = d.credentials_file,
         pinned = list(&d.pinned_images),
         max = d.max_concurrent_downloads,

@@ -6,25 +6,30 @@
 //! <root>/snapshots/<n>/fs             one unpacked layer per chain ID (snapshot.rs)
 //! state.redb: images.images, images.snapshots, images.meta
 //! ```
-//! [`ImageStore`] is the API cri calls; [`Snapshotter`] is what containers use.
+//! [`ImageStore`] is the API cri calls (pull, list, status, remove, gc, fs info, and
+//! [`ImageStore::reload`] of the registry set-up on SIGHUP); [`Snapshotter`] and
+//! [`snapshot::mount`] are what containers use; [`Config`] is the `[images]` section.
+//! The registry client (`registry/`), the pull (`store/`) and the layer unpacker
+//! (`unpack/`, `tar_reader/`) are private: docs/architecture.md maps them.
 
-pub mod auth;
-pub mod config;
-pub mod content;
+mod config;
+mod content;
 pub mod digest;
-pub mod error;
-pub mod metrics;
-pub mod reference;
-pub mod registry;
+mod error;
+mod keyed;
+mod metrics;
+mod reference;
+mod registry;
 pub mod snapshot;
-pub mod store;
-pub mod tar_reader;
-pub mod unpack;
+mod store;
+mod tar_reader;
+mod unpack;
 
 #[cfg(test)]
 mod fuzz;
 
 pub use config::{Config, RegistryConfig, commented_default};
+pub use content::{BlobWriter, ContentStore};
 pub use error::{Error, Result};
 pub use reference::Reference;
 pub use registry::Auth;

@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
     // Registering twice (several services in one test binary) is harmless: keep the first.
@@ -62,8 +62,21 @@ pub(crate) fn observe_cni(op: &str, took: Duration, ok: bool) {
 }
 
 /// Makes sure every metric is registered (so /metrics lists them before the first pod).
+/// `crust_shims`: pod shims crust runs, one per pod from RunPodSandbox to RemovePodSandbox
+/// (a shim that died meanwhile makes its pod NOTREADY and is counted until the removal).
+pub static SHIMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "crust_shims",
+            "Pod shims crust runs (one per pod until the pod is removed)",
+        )
+        .expect("metric definition"),
+    )
+});
+
 pub fn init() {
     LazyLock::force(&PODS);
+    LazyLock::force(&SHIMS);
     LazyLock::force(&CNI_DURATION);
     LazyLock::force(&CNI_ERRORS);
     for s in ["ready", "notready"] {

@@ -17,14 +17,17 @@ use http::{HeaderValue, Request as HttpRequest, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::metrics;
 use crate::portforward;
 use crate::remotecommand::{self, ExecOptions, Process, TermSize};
 use crate::spdy::{Conn, Limits};
+use crate::tls::{self, TlsFiles};
 use crate::tokens::{Request, TokenError, Tokens};
 use crate::websocket;
 use tokio_tungstenite::WebSocketStream;
@@ -70,6 +73,8 @@ pub struct ServerConfig {
     /// How long a URL may wait to be used.
     pub token_ttl: Duration,
     pub limits: Limits,
+    /// Serve HTTPS with this certificate and key; plain HTTP when `None`.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +84,7 @@ impl Default for ServerConfig {
             max_sessions: 256,
             token_ttl: Duration::from_secs(60),
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -90,9 +96,13 @@ struct State {
     limits: Limits,
 }
 
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running streaming server.
 pub struct Server {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -104,8 +114,14 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Binds `config.address` (port 0: one chosen now) and serves in the background.
+    /// Binds `config.address` (port 0: one chosen now) and serves in the background,
+    /// over TLS when `config.tls` names the files (read now: an unusable file is an
+    /// error here, not at the first client).
     pub async fn start(config: ServerConfig, backend: Arc<dyn Backend>) -> std::io::Result<Server> {
+        let acceptor = match &config.tls {
+            Some(files) => Some(tls::acceptor(files).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let listener = TcpListener::bind(config.address).await?;
         // Registered now, so that they are exported before the first session.
         std::sync::LazyLock::force(&metrics::METRICS);
@@ -116,37 +132,15 @@ impl Server {
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             limits: config.limits,
         });
-        let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!("streaming server: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let s = s.clone();
-                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
-                    });
-                    let r = hyper::server::conn::http1::Builder::new()
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .with_upgrades()
-                        .await;
-                    if let Err(e) = r {
-                        debug!("streaming connection from {peer}: {e}");
-                    }
-                });
-            }
-        });
-        info!("streaming server listening on {addr}");
-        Ok(Server { addr, state, task })
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let task = tokio::spawn(accept_loop(listener, acceptor, state.clone()));
+        info!("streaming server listening on {scheme}://{addr}");
+        Ok(Server {
+            addr,
+            scheme,
+            state,
+            task,
+        })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -157,7 +151,60 @@ impl Server {
     pub fn url(&self, req: Request) -> Result<String, TokenError> {
         let kind = req.kind();
         let token = self.state.tokens.insert(req)?;
-        Ok(format!("http://{}/{kind}/{token}", self.addr))
+        Ok(format!("{}://{}/{kind}/{token}", self.scheme, self.addr))
+    }
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, state: Arc<State>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("streaming server: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Some(acceptor) = acceptor else {
+                return serve_connection(tcp, peer, state).await;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => serve_connection(tls, peer, state).await,
+                Ok(Err(e)) => {
+                    refused("tls");
+                    warn!("streaming connection from {peer}: TLS handshake: {e}");
+                }
+                Err(_) => {
+                    refused("tls");
+                    warn!(
+                        "streaming connection from {peer}: no TLS handshake within {HANDSHAKE_TIMEOUT:?}"
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// Serves one client connection (plain or TLS), its upgrades included.
+async fn serve_connection<I>(io: I, peer: SocketAddr, state: Arc<State>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let s = state.clone();
+        async move { Ok::<_, Infallible>(handle(&s, req).await) }
+    });
+    let r = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
+    if let Err(e) = r {
+        debug!("streaming connection from {peer}: {e}");
     }
 }
 

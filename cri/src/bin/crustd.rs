@@ -1,40 +1,40 @@
 //! crustd: the crust CRI daemon.
 
-use std::path::PathBuf;
+// Beside the binary, not in src/bin/ (where cargo would take it for a binary of its own).
+#[path = "crustd/cli.rs"]
+mod cli;
+
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use cli::{Cli, Command, ConfigAction};
 use crust_cri::config::{Config, commented_default};
-
-#[derive(Parser)]
-#[command(name = "crustd", version, about = "crust: a Kubernetes CRI runtime")]
-struct Cli {
-    /// Configuration file (TOML). Without it every setting has its built-in default.
-    #[arg(long, short = 'c', value_name = "FILE", global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Work with the configuration.
-    Config {
-        #[command(subcommand)]
-        action: ConfigAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum ConfigAction {
-    /// Print the full default configuration as TOML, a comment per key.
-    Default,
-    /// Check a configuration file (--config) and print the effective configuration.
-    Check,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that need no configuration do not read it.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            cli::completions(*shell);
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::ManPages { dir }) => {
+            return match cli::man_pages(dir) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("crustd: writing man pages into {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Config {
+            action: ConfigAction::Default,
+        }) => {
+            print!("{}", commented_default());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -45,37 +45,34 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    match cli.command {
-        Some(Command::Config {
-            action: ConfigAction::Default,
-        }) => {
-            print!("{}", commented_default());
-            return ExitCode::SUCCESS;
-        }
-        Some(Command::Config {
-            action: ConfigAction::Check,
-        }) => {
-            match toml::to_string_pretty(&config) {
-                Ok(t) => print!("{t}"),
-                Err(e) => {
-                    eprintln!("crustd: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-            return ExitCode::SUCCESS;
-        }
-        None => {}
+    if cli.version {
+        print!(
+            "{}",
+            crust_cri::version::report(&config, cli.config.as_deref())
+        );
+        return ExitCode::SUCCESS;
     }
+    if let Some(Command::Config {
+        action: ConfigAction::Check,
+    }) = cli.command
+    {
+        return match toml::to_string_pretty(&config) {
+            Ok(t) => {
+                print!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("crustd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    run(config)
+}
 
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
+/// The daemon itself, until SIGTERM or SIGINT.
+fn run(config: Config) -> ExitCode {
+    crust_cri::logging::init(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crustd")
@@ -83,6 +80,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
+            tracing::error!("starting the async runtime: {e}");
             eprintln!("crustd: starting the async runtime: {e}");
             return ExitCode::FAILURE;
         }

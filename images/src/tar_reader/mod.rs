@@ -218,6 +218,7 @@ impl<R: Read> Reader<R> {
         Ok((0, 0))
     }
 
+    #[cfg(test)]
     /// The stream after the archive's end (or wherever reading stopped).
     pub fn into_inner(self) -> R {
         self.r

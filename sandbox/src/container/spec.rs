@@ -311,13 +311,14 @@ pub fn build(
         )
         .no_new_privileges(sc.no_new_privs)
         .build()?;
-    if let Some(res) = &linux_cfg.resources
-        && res.oom_score_adj != 0
-    {
-        process.set_oom_score_adj(Some((res.oom_score_adj as i32).max(node.min_oom_score_adj)));
-    } else if node.min_oom_score_adj > 0 {
-        process.set_oom_score_adj(Some(node.min_oom_score_adj));
-    }
+    // Always written, 0 (unset) included, as containerd does: a process runc starts
+    // without one inherits the shim's, which is crustd's — -999 under crustd.service,
+    // where the OOM killer would all but never pick it.
+    let asked = linux_cfg
+        .resources
+        .as_ref()
+        .map_or(0, |r| r.oom_score_adj as i32);
+    process.set_oom_score_adj(Some(asked.max(node.min_oom_score_adj)));
     // The deprecated string fields still come from older kubelets.
     #[allow(deprecated)]
     let legacy = &sc.apparmor_profile;
@@ -1326,6 +1327,18 @@ mod tests {
             &None,
             "no hostname without a UTS namespace"
         );
+    }
+
+    #[test]
+    fn oom_score_adj_is_written_even_when_unset() {
+        // crustd under systemd runs at -999; a container that asks nothing must not
+        // inherit that through the shim and runc.
+        let mut f = fixture();
+        f.node.min_oom_score_adj = -999;
+        let c = container(&["/bin/true"], &[]);
+        let b = built(&c, None, &f);
+        let p = b.spec.process().as_ref().expect("process");
+        assert_eq!(p.oom_score_adj(), Some(0));
     }
 
     #[test]

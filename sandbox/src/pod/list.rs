@@ -9,7 +9,11 @@ use crate::namespaces;
 impl PodSandboxes {
     /// One pod by full id or unique prefix.
     pub fn status(&self, id: &str) -> Result<PodRecord> {
-        self.inner.refresh_liveness();
+        let full = self.inner.resolve(id)?;
+        // Only this pod is judged: a status poll costs the same with 1 or 1,000 pods.
+        if let Some(full) = &full {
+            self.inner.refresh_liveness(Some(full));
+        }
         self.inner.get(id)
     }
 
@@ -24,7 +28,7 @@ impl PodSandboxes {
 
     /// The pods that match every field the filter sets, oldest first.
     pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
-        self.inner.refresh_liveness();
+        self.inner.refresh_liveness(None);
         let mut out = self.inner.pods.filter(|p| matches(p, filter));
         out.sort_by(|a, b| a.created_at_ns.cmp(&b.created_at_ns).then(a.id.cmp(&b.id)));
         out
@@ -39,10 +43,15 @@ impl Inner {
     /// and only then records NOTREADY, and RemovePodSandbox shuts the shim down, both under
     /// that lock; a status read in between would call an orderly stop a loss. The operation
     /// settles the state itself; a real loss is seen at the next call after it.
-    fn refresh_liveness(&self) {
-        let busy = self.pods_under_an_operation();
+    ///
+    /// `only`: judge that pod alone (a full id), else every pod.
+    fn refresh_liveness(&self, only: Option<&str>) {
+        let busy = self.pods_under_an_operation(only);
         let lost = self.pods.filter(|r| {
-            r.state == PodState::Ready && !busy.contains(&r.id) && losses(r) != (false, false)
+            r.state == PodState::Ready
+                && only.is_none_or(|id| r.id == id)
+                && !busy.contains(&r.id)
+                && losses(r) != (false, false)
         });
         for rec in &lost {
             let (infra_dead, shim_dead) = losses(rec);
@@ -60,10 +69,10 @@ impl Inner {
 }
 
 impl Inner {
-    /// Ids of the pods whose op lock someone holds right now.
-    fn pods_under_an_operation(&self) -> std::collections::HashSet<String> {
+    /// Ids of the pods (of `only`, when given) whose op lock someone holds right now.
+    fn pods_under_an_operation(&self, only: Option<&str>) -> std::collections::HashSet<String> {
         self.op_locks
-            .keys_where(|l| l.try_lock().is_err())
+            .keys_where(|id, l| only.is_none_or(|o| o == id) && l.try_lock().is_err())
             .into_iter()
             .collect()
     }

@@ -277,6 +277,9 @@ impl Inner {
                 .with_label_values(&[state.as_str()])
                 .set(n as i64);
         }
+        // Counted from the records, not /proc: a status poll must stay O(1) in pods.
+        let shims = pods.values().filter(|p| p.shim_pid.is_some()).count();
+        metrics::SHIMS.set(shims as i64);
     }
 }
 

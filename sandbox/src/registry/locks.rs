@@ -28,10 +28,10 @@ impl<T: Default> KeyedLocks<T> {
     }
 
     /// The keys whose entry satisfies `f`.
-    pub fn keys_where(&self, f: impl Fn(&T) -> bool) -> Vec<String> {
+    pub fn keys_where(&self, f: impl Fn(&str, &T) -> bool) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, v)| f(v))
+            .filter(|(k, v)| f(k, v))
             .map(|(k, _)| k.clone())
             .collect()
     }

@@ -336,6 +336,10 @@ impl ShimClient {
             .args(["-namespace", &cfg.namespace, "-id", pod_id])
             .args(["-address", events_address])
             .env("TTRPC_ADDRESS", events_address)
+            // crustd's systemd notify socket is crustd's alone: the shim outlives it,
+            // and runc reads NOTIFY_SOCKET as the container's (it would bind it in and
+            // wait on it).
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -30,24 +30,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod mount;
+#[cfg(test)]
+mod tests;
+
+pub use mount::{Mount, mount};
+
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("images.snapshots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("images.meta");
 const NEXT_ID: &str = "next_snapshot_id";
 const RECORD_VERSION: u32 = 1;
 /// Active snapshot keys live beside chain IDs in one table; the prefix keeps them apart.
 const ACTIVE_PREFIX: &str = "active/";
-
-/// A mount, in the shape containerd's snapshotters return: enough for
-/// `mount -t <fstype> -o <options> <source> <target>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mount {
-    /// `overlay` or `bind`.
-    pub fstype: String,
-    /// `overlay`, or the directory to bind.
-    pub source: String,
-    /// Mount options (`lowerdir=…`, `upperdir=…`, `workdir=…`, `ro`, `rbind`).
-    pub options: Vec<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -549,205 +543,5 @@ fn remove_tree(path: &Path) -> Result<()> {
             Err(Error::io(format!("remove {}", path.display()), e))
         }
         _ => Ok(()),
-    }
-}
-
-/// Mounts `mounts` (as returned by [`Snapshotter::prepare`]) at `target`.
-///
-/// Overlay goes through the new mount API, one `lowerdir+` per layer (Linux 6.8+), so
-/// no lowerdir list ever meets the one-page limit of mount(2) options; older kernels get
-/// mount(2) with the joined list.
-pub fn mount(mounts: &[Mount], target: &Path) -> Result<()> {
-    use rustix::mount::{
-        FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, fsconfig_create,
-        fsconfig_set_string, fsmount, fsopen, move_mount,
-    };
-    let err = |what: &str, e: rustix::io::Errno| {
-        Error::Internal(format!("mount {} ({what}): {e}", target.display()))
-    };
-    for m in mounts {
-        let ro = m.options.iter().any(|o| o == "ro");
-        if m.fstype == "bind" {
-            rustix::mount::mount_bind_recursive(m.source.as_str(), target)
-                .map_err(|e| err("bind", e))?;
-            if ro {
-                let flags = MountFlags::BIND | MountFlags::RDONLY;
-                rustix::mount::mount_remount(target, flags, "")
-                    .map_err(|e| err("remount ro", e))?;
-            }
-            continue;
-        }
-        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err("fsopen", e))?;
-        let mut new_api = true;
-        for o in &m.options {
-            let (k, v) = o.split_once('=').unwrap_or((o.as_str(), ""));
-            match k {
-                "lowerdir" => {
-                    for l in v.split(':') {
-                        if fsconfig_set_string(&fs, "lowerdir+", l).is_err() {
-                            new_api = false;
-                            break;
-                        }
-                    }
-                }
-                "upperdir" | "workdir" => {
-                    fsconfig_set_string(&fs, k, v).map_err(|e| err(k, e))?;
-                }
-                _ => {}
-            }
-            if !new_api {
-                break;
-            }
-        }
-        if new_api {
-            fsconfig_create(&fs).map_err(|e| err("create", e))?;
-            let attrs = if ro {
-                MountAttrFlags::MOUNT_ATTR_RDONLY
-            } else {
-                MountAttrFlags::empty()
-            };
-            let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
-                .map_err(|e| err("fsmount", e))?;
-            move_mount(
-                &mnt,
-                "",
-                rustix::fs::CWD,
-                target,
-                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-            )
-            .map_err(|e| err("move_mount", e))?;
-        } else {
-            let opts = m
-                .options
-                .iter()
-                .filter(|o| *o != "ro")
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(",");
-            let flags = if ro {
-                MountFlags::RDONLY
-            } else {
-                MountFlags::empty()
-            };
-            let data = std::ffi::CString::new(opts)
-                .map_err(|_| Error::InvalidArgument("mount options contain NUL".into()))?;
-            rustix::mount::mount("overlay", target, "overlay", flags, data.as_c_str())
-                .map_err(|e| err("mount(2)", e))?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open() -> (tempfile::TempDir, Snapshotter) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(StateDb::open(&dir.path().join("state.redb")).unwrap());
-        let s = Snapshotter::open(dir.path().join("snapshots"), db).unwrap();
-        (dir, s)
-    }
-
-    #[test]
-    fn the_snapshot_root_spreads_its_subdirectories_on_ext4() {
-        let (_dir, s) = open();
-        let fs = rustix::fs::statfs(s.root()).unwrap();
-        // EXT2/3/4_SUPER_MAGIC; other filesystems do not have the flag.
-        if fs.f_type as u64 != 0xEF53 {
-            eprintln!("not ext4 ({:#x}): nothing to check", fs.f_type);
-            return;
-        }
-        let fd = rustix::fs::open(
-            s.root(),
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap();
-        let flags = rustix::fs::ioctl_getflags(&fd).unwrap();
-        assert!(flags.contains(rustix::fs::IFlags::TOPDIR), "{flags:?}");
-    }
-
-    fn layer(s: &Snapshotter, chain: &str, parent: Option<&str>, file: &str) {
-        let st = s.begin().unwrap();
-        fs::write(st.fs().join(file), file).unwrap();
-        s.commit(st, chain, parent).unwrap();
-    }
-
-    #[test]
-    fn chains_prepare_mount_and_gc() {
-        let (_d, s) = open();
-        layer(&s, "c1", None, "a");
-        layer(&s, "c2", Some("c1"), "b");
-        layer(&s, "x1", None, "x");
-        // an interrupted unpack
-        let st = s.begin().unwrap();
-        std::mem::forget(st);
-        assert_eq!(s.lowers("c2").unwrap().len(), 2);
-        let m = s.mounts("c1").unwrap();
-        assert_eq!(m[0].fstype, "bind");
-
-        let m = s.prepare("ctr1", Some("c2")).unwrap();
-        assert_eq!(m[0].fstype, "overlay");
-        assert!(m[0].options.iter().any(|o| o.starts_with("upperdir=")));
-        let lower = m[0]
-            .options
-            .iter()
-            .find(|o| o.starts_with("lowerdir="))
-            .unwrap();
-        assert_eq!(lower.matches(':').count(), 1);
-        assert!(matches!(
-            s.prepare("ctr1", Some("c2")),
-            Err(Error::AlreadyExists(_))
-        ));
-        assert!(matches!(
-            s.prepare("ctr2", Some("nope")),
-            Err(Error::NotFound(_))
-        ));
-
-        // No image keeps anything, but the container keeps c2 and c1.
-        let removed = s.gc(&HashSet::new()).unwrap();
-        assert_eq!(removed, 2, "x1 and the interrupted dir");
-        assert!(s.exists("c1").unwrap() && s.exists("c2").unwrap());
-        assert!(!s.exists("x1").unwrap());
-        assert_eq!(s.active_keys().unwrap(), vec!["ctr1".to_string()]);
-
-        s.remove("ctr1").unwrap();
-        s.remove("ctr1").unwrap();
-        s.gc(&HashSet::new()).unwrap();
-        assert!(!s.exists("c1").unwrap());
-        assert_eq!(fs::read_dir(s.root()).unwrap().count(), 0);
-        // Removed directories went to the trash, which empties in the background.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while fs::read_dir(&s.trash).unwrap().count() > 0 {
-            assert!(std::time::Instant::now() < deadline, "trash not emptied");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-
-    #[test]
-    fn overlay_mount_through_new_api() {
-        let (d, s) = open();
-        layer(&s, "c1", None, "a");
-        layer(&s, "c2", Some("c1"), "b");
-        let m = s.prepare("ctr", Some("c2")).unwrap();
-        let target = d.path().join("rootfs");
-        fs::create_dir(&target).unwrap();
-        if let Err(e) = mount(&m, &target) {
-            // Unprivileged test runs cannot mount; the e2e tests cover it as root.
-            eprintln!("skipping mount check: {e}");
-            return;
-        }
-        let ok = fs::read(target.join("a")).ok() == Some(b"a".to_vec())
-            && fs::read(target.join("b")).ok() == Some(b"b".to_vec());
-        fs::write(target.join("c"), b"c").unwrap();
-        rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH).unwrap();
-        assert!(ok, "both layers visible");
-        let upper = m[0]
-            .options
-            .iter()
-            .find_map(|o| o.strip_prefix("upperdir="))
-            .unwrap();
-        assert_eq!(fs::read(Path::new(upper).join("c")).unwrap(), b"c");
     }
 }
