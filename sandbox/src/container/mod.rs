@@ -263,15 +263,12 @@ impl Inner {
     }
 
     fn update_metrics(&self) {
-        let mut counts = [0i64; 4];
-        for r in self.records.filter(|_| true) {
-            counts[r.state as usize] += 1;
-        }
+        let n = |s: ContainerState| self.records.count(|r| r.state == s) as i64;
         metrics::set_containers(&[
-            ("created", counts[ContainerState::Created as usize]),
-            ("running", counts[ContainerState::Running as usize]),
-            ("exited", counts[ContainerState::Exited as usize]),
-            ("unknown", counts[ContainerState::Unknown as usize]),
+            ("created", n(ContainerState::Created)),
+            ("running", n(ContainerState::Running)),
+            ("exited", n(ContainerState::Exited)),
+            ("unknown", n(ContainerState::Unknown)),
         ]);
     }
 }

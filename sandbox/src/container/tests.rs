@@ -326,7 +326,11 @@ async fn a_removal_racing_a_stop_leaves_nothing() {
 async fn an_exit_while_crustd_was_down_is_recorded_after_the_restart() {
     let Some(env) = Env::new().await else { return };
     let id = running(&env, &env.containers().await).await;
-    // crustd is gone (its waits with it); the shim's container exits meanwhile.
+    // Its exit watch waits; then crustd is gone (its waits with it) and the container
+    // exits meanwhile.
+    while !env.runtime.shim.calls().contains(&format!("wait {id}/")) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     env.runtime.shim.drop_client();
     env.runtime.shim.exit(&id, 3);
     tokio::time::sleep(Duration::from_millis(50)).await;

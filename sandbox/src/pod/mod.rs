@@ -272,13 +272,13 @@ impl Inner {
 
     fn update_metrics(&self) {
         for state in [PodState::Ready, PodState::NotReady] {
-            let n = self.pods.filter(|p| p.state == state).len();
+            let n = self.pods.count(|p| p.state == state);
             metrics::PODS
                 .with_label_values(&[state.as_str()])
                 .set(n as i64);
         }
         // Counted from the records, not /proc: a status poll must stay O(1) in pods.
-        let shims = pods.values().filter(|p| p.shim_pid.is_some()).count();
+        let shims = self.pods.count(|p| p.shim_pid.is_some());
         metrics::SHIMS.set(shims as i64);
     }
 }

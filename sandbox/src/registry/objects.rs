@@ -66,6 +66,11 @@ impl<R: Versioned + Clone> Registry<R> {
         self.lock().values().filter(|r| f(r)).cloned().collect()
     }
 
+    /// How many records satisfy `f`.
+    pub fn count(&self, f: impl Fn(&R) -> bool) -> usize {
+        self.lock().values().filter(|r| f(r)).count()
+    }
+
     /// Whether any record satisfies `f`.
     pub fn any(&self, f: impl Fn(&R) -> bool) -> bool {
         self.lock().values().any(f)

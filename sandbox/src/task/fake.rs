@@ -242,7 +242,11 @@ impl TaskRuntime for FakeShim {
 
     async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         let mut changed = self.changed.subscribe();
-        let epoch = self.lock().epoch;
+        let epoch = {
+            let mut s = self.lock();
+            s.calls.push(format!("wait {id}/{exec_id}"));
+            s.epoch
+        };
         loop {
             let abandoned = {
                 let s = self.lock();
