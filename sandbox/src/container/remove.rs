@@ -42,10 +42,11 @@ impl Containers {
         };
         let timer = super::metrics::OpTimer::new("remove");
         let t0 = Instant::now();
-        // What the next start needs should a crash cut the cleanup short.
-        let _ = std::fs::write(
-            rec.bundle.join(REMOVED_RECORD),
-            serde_json::to_vec(&rec).unwrap_or_default(),
+        // What the next start needs should a crash cut the cleanup short (owner-only: the
+        // record holds the env).
+        let _ = crust_state::private::write_file(
+            &rec.bundle.join(REMOVED_RECORD),
+            &serde_json::to_vec(&rec).unwrap_or_default(),
         );
         self.inner.records.remove(&rec.id)?;
         let t_record = t0.elapsed();
