@@ -321,6 +321,45 @@ impl Cri {
         Ok((r.stats.len(), d))
     }
 
+    /// ListPodSandboxStats of every pod; (pods answered, round trip).
+    pub async fn list_pod_sandbox_stats(&self) -> Result<(usize, Duration), BenchError> {
+        let mut c = self.rt.clone();
+        let req = cri::ListPodSandboxStatsRequest { filter: None };
+        let (r, d) = self
+            .timed(
+                "ListPodSandboxStats",
+                self.timeout,
+                c.list_pod_sandbox_stats(req),
+            )
+            .await?;
+        Ok((r.stats.len(), d))
+    }
+
+    /// ListPodSandboxMetrics; (pods answered, metrics in all, round trip).
+    pub async fn list_pod_sandbox_metrics(&self) -> Result<(usize, usize, Duration), BenchError> {
+        let mut c = self.rt.clone();
+        let req = cri::ListPodSandboxMetricsRequest {};
+        let (r, d) = self
+            .timed(
+                "ListPodSandboxMetrics",
+                self.timeout,
+                c.list_pod_sandbox_metrics(req),
+            )
+            .await?;
+        let metrics = r
+            .pod_metrics
+            .iter()
+            .map(|p| {
+                p.metrics.len()
+                    + p.container_metrics
+                        .iter()
+                        .map(|c| c.metrics.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        Ok((r.pod_metrics.len(), metrics, d))
+    }
+
     pub async fn container_stats(&self, id: &str) -> Result<Duration, BenchError> {
         let mut c = self.rt.clone();
         let req = cri::ContainerStatsRequest {

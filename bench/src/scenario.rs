@@ -36,10 +36,35 @@ pub const CRI_SCENARIOS: &[&str] = &[
     "list",
     "status-verbose",
     "stats",
+    "pod-metrics",
     "exec",
     "port-forward",
     "cleanup",
 ];
+
+/// The cgroup parent `pod-metrics` gives pod `i`, as kubelet gives each pod one.
+fn pod_cgroup_parent(run_id: &str, i: usize) -> String {
+    format!("/crust/bench-{run_id}-{i}")
+}
+
+/// Removes the (empty) cgroup parents of `pod-metrics` from every v1 hierarchy
+/// and a v2 mount: the runtimes remove what they made below them, kubelet
+/// its own parents, and here the bench stands in for kubelet.
+fn remove_cgroup_parents(run_id: &str, pods: usize) {
+    let Ok(mounts) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mounts: Vec<PathBuf> = mounts.flatten().map(|e| e.path()).collect();
+    for i in 0..pods {
+        let rel = pod_cgroup_parent(run_id, i);
+        for m in mounts.iter().chain([&PathBuf::from("/sys/fs/cgroup")]) {
+            let _ = std::fs::remove_dir(m.join(rel.trim_start_matches('/')));
+        }
+    }
+}
+
+/// ListPodSandboxMetrics calls over which `pod-metrics` watches the daemon's RSS.
+const RSS_CALLS: usize = 1000;
 
 /// Scenarios that measure the machine itself, with no runtime.
 pub const FLOOR_SCENARIOS: &[&str] = &["floor-unshare", "floor-runc"];
@@ -247,6 +272,7 @@ impl Ctx {
             "list" => self.list().await,
             "status-verbose" => self.status_verbose().await,
             "stats" => self.stats().await,
+            "pod-metrics" => self.pod_metrics().await,
             "exec" => self.exec().await,
             "port-forward" => self.port_forward().await,
             "cleanup" => self.remove_everything().await,
@@ -322,7 +348,13 @@ impl Ctx {
     // ----- pods and containers -----
 
     async fn start_pod(&self, i: usize) -> Result<Pod, BenchError> {
-        let config = pod_config(&self.s.run_id, i, &self.log_root());
+        let mut config = pod_config(&self.s.run_id, i, &self.log_root());
+        if self.s.scenario == "pod-metrics"
+            && let Some(l) = config.linux.as_mut()
+        {
+            // containerd has no pod stats without a pod cgroup parent (kubelet always gives one).
+            l.cgroup_parent = pod_cgroup_parent(&self.s.run_id, i);
+        }
         std::fs::create_dir_all(&config.log_directory).map_err(|source| BenchError::Io {
             what: format!("creating {}", config.log_directory),
             source,
@@ -660,6 +692,65 @@ impl Ctx {
             .figure("containers", "containers", containers.len() as f64);
         self.teardown_all(&pods).await?;
         self.keep_only(&["ListContainerStats", "ContainerStats"]);
+        Ok(())
+    }
+
+    /// ListPodSandboxStats and ListPodSandboxMetrics with `pods` pods of one
+    /// running container each, then the daemon's RSS over two rounds of 1,000
+    /// more ListPodSandboxMetrics calls. A runtime without the metrics RPCs still
+    /// gets its ListPodSandboxStats measured.
+    async fn pod_metrics(&self) -> Result<(), BenchError> {
+        self.cri.list_pod_sandbox_stats().await?;
+        let metrics = match self.cri.list_pod_sandbox_metrics().await {
+            Ok(_) => true,
+            Err(BenchError::Unsupported { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        let (pods, _) = self.populate(self.s.pods).await?;
+        self.rec.clear();
+        for _ in 0..self.s.count {
+            let (n, d) = self.cri.list_pod_sandbox_stats().await?;
+            if n < pods.len() {
+                return Err(BenchError::Invalid(format!(
+                    "ListPodSandboxStats returned {n} pods, {} run",
+                    pods.len()
+                )));
+            }
+            self.rec.record("ListPodSandboxStats", d);
+            if metrics {
+                let (n, m, d) = self.cri.list_pod_sandbox_metrics().await?;
+                if n < pods.len() || m == 0 {
+                    return Err(BenchError::Invalid(format!(
+                        "ListPodSandboxMetrics returned {n} pods and {m} metrics, {} pods run",
+                        pods.len()
+                    )));
+                }
+                self.rec.record("ListPodSandboxMetrics", d);
+            }
+        }
+        self.rec.figure("pods", "pods", pods.len() as f64);
+        // Two rounds of calls: the first may still warm up allocator arenas
+        // and caches; a leak grows the second as much as the first.
+        if metrics && let Some(before) = self.daemon_rss_kib() {
+            let mut rss = vec![before as f64];
+            for _ in 0..2 {
+                for _ in 0..RSS_CALLS {
+                    self.cri.list_pod_sandbox_metrics().await?;
+                }
+                rss.extend(self.daemon_rss_kib().map(|r| r as f64));
+            }
+            if let [r0, r1, r2] = rss[..] {
+                self.rec
+                    .figure("daemon_rss_before_metrics_calls", "KiB", r0);
+                self.rec.figure("daemon_rss_after_1000_metrics", "KiB", r1);
+                self.rec.figure("daemon_rss_after_2000_metrics", "KiB", r2);
+                self.rec
+                    .figure("daemon_rss_growth_second_1000", "KiB", r2 - r1);
+            }
+        }
+        self.teardown_all(&pods).await?;
+        remove_cgroup_parents(&self.s.run_id, self.s.pods);
+        self.keep_only(&["ListPodSandboxStats", "ListPodSandboxMetrics"]);
         Ok(())
     }
 

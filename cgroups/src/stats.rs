@@ -21,7 +21,21 @@ pub struct CgroupUsage {
     pub page_faults: Option<u64>,
     pub major_page_faults: Option<u64>,
     pub processes: Option<u64>,
+    /// CPU time in user and in kernel mode (v1 counts these in USER_HZ ticks).
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_system_ns: Option<u64>,
+    /// Page cache (v1 `total_cache`, v2 `file`).
+    pub memory_cache_bytes: Option<u64>,
+    /// Times the usage hit the limit (v1 only).
+    pub memory_failcnt: Option<u64>,
+    /// Highest usage recorded (v1 `max_usage_in_bytes`, v2 `memory.peak`).
+    pub memory_max_usage_bytes: Option<u64>,
+    /// Processes the kernel OOM-killed in the cgroup.
+    pub oom_kills: Option<u64>,
 }
+
+/// The kernel's USER_HZ: v1 `cpuacct.stat` counts in these ticks.
+const NS_PER_TICK: u64 = 1_000_000_000 / 100;
 
 fn read_u64(p: PathBuf) -> Option<u64> {
     crate::files::read_u64(&p)
@@ -53,6 +67,14 @@ pub fn read_cgroup(root: &Path, cgroups_path: &str, now_ns: i64) -> CgroupUsage 
             .zip(u.memory_working_set_bytes)
             .map(|(l, w)| l.saturating_sub(w));
         u.processes = read_u64(root.join("pids").join(rel).join("pids.current"));
+        let cpu = std::fs::read_to_string(root.join("cpuacct").join(rel).join("cpuacct.stat"))
+            .unwrap_or_default();
+        u.cpu_user_ns = stat_field(&cpu, "user").map(|t| t * NS_PER_TICK);
+        u.cpu_system_ns = stat_field(&cpu, "system").map(|t| t * NS_PER_TICK);
+        u.memory_cache_bytes = stat_field(&stat, "total_cache");
+        u.memory_failcnt = read_u64(v1_memory.join("memory.failcnt"));
+        u.memory_max_usage_bytes = read_u64(v1_memory.join("memory.max_usage_in_bytes"));
+        u.oom_kills = crate::oom::kills_v1(&v1_memory);
     } else {
         let dir = root.join(rel);
         let cpu = std::fs::read_to_string(dir.join("cpu.stat")).unwrap_or_default();
@@ -71,6 +93,11 @@ pub fn read_cgroup(root: &Path, cgroups_path: &str, now_ns: i64) -> CgroupUsage 
             .zip(u.memory_working_set_bytes)
             .map(|(l, w)| l.saturating_sub(w));
         u.processes = read_u64(dir.join("pids.current"));
+        u.cpu_user_ns = stat_field(&cpu, "user_usec").map(|us| us * 1000);
+        u.cpu_system_ns = stat_field(&cpu, "system_usec").map(|us| us * 1000);
+        u.memory_cache_bytes = stat_field(&stat, "file");
+        u.memory_max_usage_bytes = read_u64(dir.join("memory.peak"));
+        u.oom_kills = crate::oom::kills_v2(&dir);
     }
     u
 }
@@ -101,11 +128,25 @@ mod tests {
         write(
             r,
             "memory/pod/c/memory.stat",
-            "cache 1\ntotal_rss 600000\ntotal_inactive_file 200000\ntotal_pgfault 42\ntotal_pgmajfault 3\n",
+            "cache 1\ntotal_cache 1\ntotal_rss 600000\ntotal_inactive_file 200000\ntotal_pgfault 42\ntotal_pgmajfault 3\n",
         );
         write(r, "memory/pod/c/memory.limit_in_bytes", "2000000\n");
         write(r, "pids/pod/c/pids.current", "2\n");
+        write(r, "cpuacct/pod/c/cpuacct.stat", "user 3\nsystem 2\n");
+        write(r, "memory/pod/c/memory.failcnt", "4\n");
+        write(r, "memory/pod/c/memory.max_usage_in_bytes", "1500000\n");
+        write(
+            r,
+            "memory/pod/c/memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        );
         let u = read_cgroup(r, "/pod/c", 7);
+        assert_eq!(u.cpu_user_ns, Some(30_000_000));
+        assert_eq!(u.cpu_system_ns, Some(20_000_000));
+        assert_eq!(u.memory_cache_bytes, Some(1));
+        assert_eq!(u.memory_failcnt, Some(4));
+        assert_eq!(u.memory_max_usage_bytes, Some(1_500_000));
+        assert_eq!(u.oom_kills, Some(1));
         assert_eq!(u.timestamp_ns, 7);
         assert_eq!(u.cpu_usage_ns, Some(5_000_000));
         assert_eq!(u.memory_working_set_bytes, Some(800_000));
@@ -119,7 +160,12 @@ mod tests {
     fn reads_cgroup_v2_files() {
         let d = tempfile::tempdir().expect("tempdir");
         let r = d.path();
-        write(r, "pod/c/cpu.stat", "usage_usec 1500\nuser_usec 1000\n");
+        write(
+            r,
+            "pod/c/cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+        );
+        write(r, "pod/c/memory.events", "low 0\noom 2\noom_kill 2\n");
         write(r, "pod/c/memory.current", "4096\n");
         write(
             r,
@@ -132,6 +178,12 @@ mod tests {
         assert_eq!(u.memory_working_set_bytes, Some(3096));
         assert_eq!(u.memory_available_bytes, None);
         assert_eq!(u.memory_rss_bytes, Some(1024));
+        assert_eq!(
+            (u.cpu_user_ns, u.cpu_system_ns),
+            (Some(1_000_000), Some(500_000))
+        );
+        assert_eq!(u.oom_kills, Some(2));
+        assert_eq!(u.memory_failcnt, None);
     }
 
     #[test]

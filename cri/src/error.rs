@@ -73,6 +73,7 @@ fn sandbox_code(e: &crust_sandbox::Error) -> Code {
         E::InvalidArgument(_) => Code::InvalidArgument,
         E::FailedPrecondition(_) => Code::FailedPrecondition,
         E::Cni(CniError::NoNetworkConfig { .. }) => Code::FailedPrecondition,
+        E::Cni(CniError::NoSpace(_)) => Code::ResourceExhausted,
         E::DeadlineExceeded(_) => Code::DeadlineExceeded,
         E::NoSpace(_) => Code::ResourceExhausted,
         E::State(e) if e.is_no_space() => Code::ResourceExhausted,
@@ -100,6 +101,9 @@ mod tests {
         };
         let errors = [
             CriError::from(crust_sandbox::Error::NoSpace(full.to_string())),
+            CriError::from(crust_sandbox::Error::Cni(
+                crust_sandbox::cni::CniError::NoSpace(full.clone()),
+            )),
             CriError::from(crust_images::Error::NoSpace(full.to_string())),
             CriError::from(StoreError::State(crust_state::StateError::NoSpace(
                 full.clone(),

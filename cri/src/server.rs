@@ -287,7 +287,7 @@ impl RuntimeService for CriServer {
         req: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         Ok(Response::new(
-            rpc::stats::list_metric_descriptors(&self.0, req.into_inner()).await?,
+            rpc::metrics::list_metric_descriptors(&self.0, req.into_inner()).await?,
         ))
     }
 
@@ -296,7 +296,7 @@ impl RuntimeService for CriServer {
         req: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         Ok(Response::new(
-            rpc::stats::list_pod_sandbox_metrics(&self.0, req.into_inner()).await?,
+            rpc::metrics::list_pod_sandbox_metrics(&self.0, req.into_inner()).await?,
         ))
     }
 

@@ -7,6 +7,8 @@
 //! The binary is taken from `$CRUSTD_BIN`, else next to the test executable's
 //! target dir (`target/<profile>/crustd`): `hack/test` builds it first.
 
+pub mod chaos;
+pub mod crictl;
 pub mod net;
 pub mod registry;
 pub mod tree;

@@ -218,3 +218,46 @@ async fn a_full_state_dir_fails_a_create_naming_its_bundle_and_keeps_nothing_of_
     start(&mut rt, &id).await;
     remove_pod(&mut rt, &pod).await;
 }
+
+#[tokio::test]
+async fn a_full_root_dir_fails_run_pod_sandbox_naming_the_cni_cache_and_keeps_nothing() {
+    let crustd = Crustd::start_with(Options {
+        root_dir_tmpfs: Some("16m".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("crustd starts");
+    let net = TestNet::new(&crustd, 101);
+    let mut rt = crustd.runtime().await.expect("client");
+    let pc = pod_config("cnifull", &net, &crustd.dir().join("logs"));
+    let cni_cache = crustd.root_dir.join("cni");
+    let pods = crustd.state_dir.join("pods");
+    let filler = fill(&crustd.root_dir);
+
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pc.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("RunPodSandbox with a full root_dir");
+    assert_full(&e, &cni_cache, "RunPodSandbox");
+    // The CNI cache entry is written before any plugin runs: no plugin ran, and
+    // nothing of the pod stays (pod dir, pins, cache entry or its temporary file,
+    // lease, cgroup).
+    assert_eq!(names(&cni_cache), Vec::<String>::new(), "CNI cache");
+    assert_eq!(names(&pods), Vec::<String>::new(), "pod dirs");
+    assert_eq!(mounts_under(&pods), Vec::<String>::new(), "mounts");
+    assert_eq!(net.leases(), Vec::<String>::new(), "IP leases");
+    assert_no_cgroups_left(&net);
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let pod = run_pod(&mut rt, &pc).await;
+    assert_eq!(
+        net.leases().len(),
+        1,
+        "the pod has its IP once space is back"
+    );
+    remove_pod(&mut rt, &pod).await;
+    assert_eq!(net.leases(), Vec::<String>::new(), "IP leases");
+}

@@ -163,9 +163,12 @@ async fn copy_stdin(
         tokio::select! {
             _ = &mut close => {
                 // What was written before CloseIO still belongs to the process:
-                // the writer finished writing before it asked to close.
-                while let Ok(n) = from.try_read(&mut buf) {
-                    if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                // the writer finished writing before it asked to close. Read with
+                // read(2) itself: tokio's try_read answers WouldBlock without reading
+                // while the FIFO's readiness has not come through epoll yet, which
+                // lost data written just before the close.
+                while let Some(n) = read_now(&from, &mut buf) {
+                    if to.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
                 }
@@ -175,6 +178,20 @@ async fn copy_stdin(
                 Ok(0) | Err(_) => break,
                 Ok(n) => if to.write_all(&buf[..n]).await.is_err() { break },
             },
+        }
+    }
+}
+
+/// What the (non-blocking) FIFO holds right now, read by read(2): None when it is
+/// empty, at end of file or on an error.
+fn read_now(from: &pipe::Receiver, buf: &mut [u8]) -> Option<usize> {
+    use std::os::fd::AsFd;
+    loop {
+        match nix::unistd::read(from.as_fd(), buf) {
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
         }
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crust_sandbox::container::checkpoint::{self, Criu};
 use crust_sandbox::container::{
     ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo, RunAs,
 };
@@ -84,6 +85,16 @@ pub async fn create_container(
         None => pod.spec.privileged,
     };
     validate::container::in_pod(&config, pod_privileged, &pod.spec.log_directory)?;
+    if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
+        let handler = cri.config.sandbox.handler(&pod.runtime_handler);
+        if !handler.is_some_and(|(_, h)| crust_sandbox::features::recursive_read_only(h)) {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {:?}: recursive read-only mounts are not supported by runtime handler {:?} \
+                 (its OCI runtime or the kernel lacks them)",
+                m.container_path, pod.runtime_handler
+            )));
+        }
+    }
     let image_name = config
         .image
         .as_ref()
@@ -293,11 +304,38 @@ pub async fn exec_sync(cri: &Cri, req: ExecSyncRequest) -> CriResult<ExecSyncRes
 }
 
 /// CheckpointContainer: not built yet.
+fn precondition(message: String) -> CriError {
+    CriError::Sandbox(crust_sandbox::Error::FailedPrecondition(message))
+}
+
+/// CheckpointContainer: refused with FailedPrecondition unless the container runs
+/// and CRIU works on this node (`criu check`), carrying CRIU's own error. The dump
+/// itself (runc checkpoint through the shim, the archive layout of CRI-O and
+/// containerd) is not built: with a working CRIU the answer is Unimplemented.
 pub async fn checkpoint_container(
-    _cri: &Cri,
-    _req: CheckpointContainerRequest,
+    cri: &Cri,
+    req: CheckpointContainerRequest,
 ) -> CriResult<CheckpointContainerResponse> {
-    Err(CriError::Unimplemented("CheckpointContainer"))
+    validate::container::checkpoint(&req)?;
+    let r = cri.containers.get(&req.container_id)?;
+    if r.state != ContainerState::Running {
+        return Err(precondition(format!(
+            "container {} is not running: only a running container can be checkpointed",
+            r.id
+        )));
+    }
+    let criu = tokio::task::spawn_blocking(checkpoint::criu)
+        .await
+        .map_err(|e| CriError::Internal(format!("criu check task: {e}")))?;
+    match criu {
+        Criu::Missing => Err(precondition(
+            "cannot checkpoint: criu is not installed on this node".to_string(),
+        )),
+        Criu::Unusable(e) => Err(precondition(format!(
+            "cannot checkpoint: criu does not work on this node: {e}"
+        ))),
+        Criu::Usable => Err(CriError::Unimplemented("CheckpointContainer")),
+    }
 }
 
 /// GetContainerEvents: every container event from now on, each with the

@@ -2,6 +2,7 @@
 
 pub mod containers;
 pub mod images;
+pub mod metrics;
 pub mod pods;
 pub mod runtime;
 pub mod stats;

@@ -53,11 +53,11 @@ pub async fn status(cri: &Cri, req: StatusRequest) -> CriResult<StatusResponse> 
         .config
         .sandbox
         .runtime_handlers
-        .keys()
-        .map(|name| RuntimeHandler {
+        .iter()
+        .map(|(name, handler)| RuntimeHandler {
             name: name.clone(),
             features: Some(RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: crust_sandbox::features::recursive_read_only(handler),
                 user_namespaces: false,
             }),
         })
@@ -68,7 +68,10 @@ pub async fn status(cri: &Cri, req: StatusRequest) -> CriResult<StatusResponse> 
         }),
         info,
         runtime_handlers,
-        features: None,
+        // Strict and Merge are both honoured, and ContainerStatus reports the user.
+        features: Some(k8s_cri::v1::RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
     })
 }
 

@@ -5,17 +5,24 @@ use std::collections::HashMap;
 use crust_sandbox::PodRecord;
 use crust_sandbox::container::stats::CgroupUsage;
 use crust_sandbox::container::{ContainerFilter, ContainerUsage};
-use crust_sandbox::pod::PodFilter;
+use crust_sandbox::netstats::{self, DEFAULT_INTERFACE, InterfaceStats};
+use crust_sandbox::pod::{PodFilter, PodState};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::{
     ContainerStatsRequest, ContainerStatsResponse, ListContainerStatsRequest,
-    ListContainerStatsResponse, ListMetricDescriptorsRequest, ListMetricDescriptorsResponse,
-    ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse, ListPodSandboxStatsRequest,
-    ListPodSandboxStatsResponse, PodSandboxStatsRequest, PodSandboxStatsResponse,
+    ListContainerStatsResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse,
+    PodSandboxStatsRequest, PodSandboxStatsResponse,
 };
 
 use crate::Cri;
 use crate::error::{CriError, CriResult};
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
 
 fn value(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
@@ -115,11 +122,50 @@ pub async fn list_container_stats(
     Ok(ListContainerStatsResponse { stats })
 }
 
-/// A pod's stats, with the usage of its containers.
+/// The network counters of each pod's namespace (None for a host-network pod,
+/// or when its namespace cannot be read: the stats go on without them).
+pub(crate) async fn pod_networks(pods: &[PodRecord]) -> Vec<Option<Vec<InterfaceStats>>> {
+    let ready: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.state == PodState::Ready)
+        .filter_map(|(i, p)| Some((i, p.namespaces.net.clone()?)))
+        .collect();
+    let read = netstats::read_namespaces(ready.iter().map(|(_, p)| p.clone()).collect()).await;
+    let mut out = vec![None; pods.len()];
+    for ((i, path), r) in ready.into_iter().zip(read) {
+        match r {
+            Ok(ifs) => out[i] = Some(ifs),
+            Err(e) => tracing::debug!(netns = %path.display(), error = %e, "pod network stats"),
+        }
+    }
+    out
+}
+
+/// CRI's NetworkUsage: the default interface (CNI's `eth0`) and the others.
+fn network(timestamp: i64, ifs: Vec<InterfaceStats>) -> cri::NetworkUsage {
+    let usage = |i: InterfaceStats| cri::NetworkInterfaceUsage {
+        name: i.name,
+        rx_bytes: value(Some(i.rx_bytes)),
+        rx_errors: value(Some(i.rx_errors)),
+        tx_bytes: value(Some(i.tx_bytes)),
+        tx_errors: value(Some(i.tx_errors)),
+    };
+    let (default, others): (Vec<_>, Vec<_>) =
+        ifs.into_iter().partition(|i| i.name == DEFAULT_INTERFACE);
+    cri::NetworkUsage {
+        timestamp,
+        default_interface: default.into_iter().next().map(usage),
+        interfaces: others.into_iter().map(usage).collect(),
+    }
+}
+
+/// A pod's stats, with the usage of its containers and its network.
 fn pod_stats_of(
     cri: &Cri,
     pod: &PodRecord,
     containers: Vec<ContainerUsage>,
+    net: Option<Vec<InterfaceStats>>,
 ) -> cri::PodSandboxStats {
     let usage = cri.containers.pod_usage(pod);
     let containers = containers
@@ -141,7 +187,13 @@ fn pod_stats_of(
         linux: Some(cri::LinuxPodSandboxStats {
             cpu: usage.as_ref().map(cpu),
             memory: usage.as_ref().map(memory),
-            network: None,
+            network: net.map(|ifs| {
+                let now = usage
+                    .as_ref()
+                    .map(|u| u.timestamp_ns)
+                    .unwrap_or_else(now_ns);
+                network(now, ifs)
+            }),
             process: usage.as_ref().map(|u| cri::ProcessUsage {
                 timestamp: u.timestamp_ns,
                 process_count: value(u.processes),
@@ -169,8 +221,12 @@ pub async fn pod_sandbox_stats(
             ..Default::default()
         })
         .await?;
+    let net = pod_networks(std::slice::from_ref(&pod))
+        .await
+        .pop()
+        .flatten();
     Ok(PodSandboxStatsResponse {
-        stats: Some(pod_stats_of(cri, &pod, containers)),
+        stats: Some(pod_stats_of(cri, &pod, containers, net)),
     })
 }
 
@@ -199,25 +255,11 @@ pub async fn list_pod_sandbox_stats(
     for u in cri.containers.stats(&filter).await? {
         by_pod.entry(u.record.pod_id.clone()).or_default().push(u);
     }
+    let nets = pod_networks(&pods).await;
     let stats = pods
         .iter()
-        .map(|p| pod_stats_of(cri, p, by_pod.remove(&p.id).unwrap_or_default()))
+        .zip(nets)
+        .map(|(p, net)| pod_stats_of(cri, p, by_pod.remove(&p.id).unwrap_or_default(), net))
         .collect();
     Ok(ListPodSandboxStatsResponse { stats })
-}
-
-/// ListMetricDescriptors: not built yet.
-pub async fn list_metric_descriptors(
-    _cri: &Cri,
-    _req: ListMetricDescriptorsRequest,
-) -> CriResult<ListMetricDescriptorsResponse> {
-    Err(CriError::Unimplemented("ListMetricDescriptors"))
-}
-
-/// ListPodSandboxMetrics: not built yet.
-pub async fn list_pod_sandbox_metrics(
-    _cri: &Cri,
-    _req: ListPodSandboxMetricsRequest,
-) -> CriResult<ListPodSandboxMetricsResponse> {
-    Err(CriError::Unimplemented("ListPodSandboxMetrics"))
 }

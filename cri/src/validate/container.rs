@@ -121,6 +121,18 @@ fn env(e: &KeyValue) -> CriResult<()> {
     no_nul(&format!("envs[{}]", shown(&e.key)), &e.value)
 }
 
+/// CheckpointContainer: a container id and an absolute archive path.
+pub fn checkpoint(req: &k8s_cri::v1::CheckpointContainerRequest) -> CriResult<()> {
+    if req.container_id.is_empty() {
+        return Err(invalid("container_id", "is empty"));
+    }
+    absolute_path("location", &req.location)?;
+    if req.timeout < 0 {
+        return Err(invalid("timeout", format!("{} is negative", req.timeout)));
+    }
+    Ok(())
+}
+
 fn mount(field: &str, m: &Mount) -> CriResult<()> {
     absolute_path(format!("{field}.container_path"), &m.container_path)?;
     let propagation: MountPropagation = known(format!("{field}.propagation"), m.propagation)?;
@@ -141,17 +153,12 @@ fn mount(field: &str, m: &Mount) -> CriResult<()> {
             "uid and gid mappings (idmapped mounts) are not supported by crust yet",
         ));
     }
-    if m.recursive_read_only {
-        if !m.readonly || propagation != MountPropagation::PropagationPrivate {
-            return Err(invalid(
-                format!("{field}.recursive_read_only"),
-                "needs readonly and PRIVATE propagation",
-            ));
-        }
+    // The CRI API: RRO only with readonly and private propagation.
+    if m.recursive_read_only && (!m.readonly || propagation != MountPropagation::PropagationPrivate)
+    {
         return Err(invalid(
             format!("{field}.recursive_read_only"),
-            "recursive read-only mounts are not supported by crust (its runtime handlers \
-             say so)",
+            "needs readonly and PRIVATE propagation",
         ));
     }
     Ok(())
@@ -301,6 +308,10 @@ mod tests {
     #[test]
     fn what_kubelet_sends_passes() {
         config(&kubelet()).expect("kubelet's container");
+        let mut rro = kubelet();
+        rro.mounts[0].readonly = true;
+        rro.mounts[0].recursive_read_only = true;
+        config(&rro).expect("a recursive read-only mount");
         let mut c = kubelet();
         c.metadata.as_mut().unwrap().name = "x".repeat(63);
         c.working_dir.clear();
@@ -380,8 +391,14 @@ mod tests {
         assert!(
             refused(|c| c.mounts[0].uid_mappings.push(Default::default())).contains("mappings")
         );
-        let m = refused(|c| c.mounts[0].recursive_read_only = true);
-        assert!(m.contains("not supported"), "{m}");
+        assert!(
+            refused(|c| {
+                c.mounts[0].recursive_read_only = true;
+                c.mounts[0].readonly = true;
+                c.mounts[0].propagation = MountPropagation::PropagationHostToContainer as i32;
+            })
+            .contains("needs readonly and PRIVATE")
+        );
         assert!(
             refused(|c| {
                 c.mounts[0].recursive_read_only = true;

@@ -48,17 +48,10 @@ pub(crate) fn ids(field: &str, ids: &Ids) -> CriResult<()> {
             "is set without run_as_user or run_as_username: the CRI API requires one of them",
         ));
     }
-    let policy: SupplementalGroupsPolicy = known(
+    let _: SupplementalGroupsPolicy = known(
         format!("{field}.supplemental_groups_policy"),
         ids.supplemental_groups_policy,
     )?;
-    if policy == SupplementalGroupsPolicy::Strict {
-        return Err(invalid(
-            format!("{field}.supplemental_groups_policy"),
-            "Strict is not supported by crust (it always merges the image's groups, \
-             and its RuntimeFeatures say so)",
-        ));
-    }
     Ok(())
 }
 
@@ -237,18 +230,26 @@ mod tests {
     }
 
     #[test]
-    fn strict_supplemental_groups_are_refused_not_ignored() {
-        let r = ids(
-            "sc",
-            &Ids {
-                run_as_user: None,
-                run_as_username: "",
-                run_as_group: None,
-                supplemental_groups: &[],
-                supplemental_groups_policy: SupplementalGroupsPolicy::Strict as i32,
-            },
+    fn supplemental_groups_policies_known_and_unknown() {
+        let with = |policy| {
+            ids(
+                "sc",
+                &Ids {
+                    run_as_user: None,
+                    run_as_username: "",
+                    run_as_group: None,
+                    supplemental_groups: &[],
+                    supplemental_groups_policy: policy,
+                },
+            )
+        };
+        assert!(with(SupplementalGroupsPolicy::Strict as i32).is_ok());
+        assert!(with(SupplementalGroupsPolicy::Merge as i32).is_ok());
+        let e = with(7).expect_err("unknown policy");
+        assert!(
+            format!("{e:?}").contains("sc.supplemental_groups_policy"),
+            "{e:?}"
         );
-        assert!(r.is_err());
     }
 
     fn ns(network: NamespaceMode, pid: NamespaceMode) -> NamespaceOption {

@@ -150,13 +150,29 @@ impl Cni {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Writes the entry aside and renames it into place, so a crash never leaves half of
+    /// one. A failed write leaves no temporary file; a full disk is [`CniError::NoSpace`].
     fn write_cache(&self, c: &CachedAttachment) -> Result<(), CniError> {
-        crust_state::private::create_dir(&self.cache_dir)?;
         let path = self.cache_path(&c.runtime.container_id);
         let tmp = path.with_extension("json.tmp");
-        crust_state::private::write_file(&tmp, &serde_json::to_vec(c).unwrap_or_default())?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        let written = crust_state::private::create_dir(&self.cache_dir)
+            .map_err(|e| (self.cache_dir.clone(), e))
+            .and_then(|()| {
+                let bytes = serde_json::to_vec(c).unwrap_or_default();
+                crust_state::private::write_file(&tmp, &bytes).map_err(|e| (tmp.clone(), e))
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| (path.clone(), e)));
+        let Err((at, e)) = written else {
+            return Ok(());
+        };
+        let _ = std::fs::remove_file(&tmp);
+        Err(match crust_state::NoSpace::from_io("write", &at, &e) {
+            Some(full) => CniError::NoSpace(full),
+            None => CniError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", at.display()),
+            )),
+        })
     }
 
     /// ADD: runs the plugins in order, each given the previous one's result. On failure the
@@ -497,6 +513,8 @@ mod tests {
     struct FakeRunner {
         calls: Arc<Mutex<Vec<Call>>>,
         fail: Option<(&'static str, &'static str)>,
+        /// Fills the filesystem of this directory when the last plugin's ADD runs.
+        fill_on_add: Arc<Mutex<Option<PathBuf>>>,
     }
 
     impl PluginRunner for FakeRunner {
@@ -529,6 +547,10 @@ mod tests {
                 }
                 if cmd == "DEL" {
                     return Ok(vec![]);
+                }
+                let fill_dir = self.fill_on_add.lock().unwrap().clone();
+                if let Some(dir) = fill_dir.filter(|_| name == "portmap") {
+                    fill(&dir);
                 }
                 // Chain: bridge makes the IP, portmap passes prevResult through.
                 let res = match conf.get("prevResult") {
@@ -698,6 +720,107 @@ mod tests {
         assert_eq!(calls.last().unwrap().0, "bridge");
         // Kept so that a later DEL can retry.
         assert!(cni.cached("abc").is_some());
+    }
+
+    /// A tmpfs on `dir` (the cache dir), unmounted on drop; None when not root.
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(dir: &Path) -> Option<Tmpfs> {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("not root: no tmpfs, nothing to check");
+                return None;
+            }
+            std::fs::create_dir_all(dir).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("size=256k,mode=0700"),
+            )
+            .unwrap();
+            Some(Tmpfs(dir.to_path_buf()))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// Fills the filesystem of `dir` with `dir/filler` until not one byte more fits.
+    fn fill(dir: &Path) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+        while f.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+        while f.write(&[0u8]).is_ok_and(|n| n == 1) {}
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn assert_no_space(err: &CniError, cache: &Path) {
+        assert!(matches!(err, CniError::NoSpace(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("{}/abc.json", cache.display()))
+                && msg.contains("no space left on device")
+                && msg.contains("bytes free on its filesystem"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_under_the_cache_is_no_space_and_leaves_no_entry() {
+        let runner = FakeRunner::default();
+        let (d, cni, net, rt) = setup(runner.clone());
+        let cache = d.path().join("cache");
+        let Some(_tmpfs) = Tmpfs::mount(&cache) else {
+            return;
+        };
+        fill(&cache);
+        let err = cni.add(&net, &rt).await.unwrap_err();
+        assert_no_space(&err, &cache);
+        assert!(runner.calls.lock().unwrap().is_empty(), "no plugin ran");
+        assert_eq!(names(&cache), vec!["filler"], "no entry, no temporary file");
+
+        std::fs::remove_file(cache.join("filler")).unwrap();
+        cni.add(&net, &rt).await.expect("ADD once space is back");
+        assert!(cni.cached("abc").unwrap().result.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_result_that_cannot_be_cached_is_no_space_and_the_add_undone() {
+        let runner = FakeRunner::default();
+        let (d, cni, net, rt) = setup(runner.clone());
+        let cache = d.path().join("cache");
+        let Some(_tmpfs) = Tmpfs::mount(&cache) else {
+            return;
+        };
+        *runner.fill_on_add.lock().unwrap() = Some(cache.clone());
+        let err = cni.add(&net, &rt).await.unwrap_err();
+        assert_no_space(&err, &cache);
+        let order: Vec<String> = runner
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| format!("{} {}", c.0, env(&c.1, "CNI_COMMAND")))
+            .collect();
+        assert_eq!(
+            order,
+            vec!["bridge ADD", "portmap ADD", "portmap DEL", "bridge DEL"],
+            "the lease and port mappings are released"
+        );
+        assert_eq!(names(&cache), vec!["filler"], "no entry, no temporary file");
     }
 
     #[tokio::test]

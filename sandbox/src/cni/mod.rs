@@ -27,6 +27,9 @@ pub enum CniError {
         command: String,
         message: String,
     },
+    /// Writing the result cache failed for lack of space: the path and the bytes left.
+    #[error("CNI result cache: {0}")]
+    NoSpace(crust_state::NoSpace),
     #[error("CNI I/O: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -48,9 +48,20 @@ impl Containers {
         read_spec(&self.get(id)?.bundle)
     }
 
-    /// The user the container's process runs as: from its record, or for a record of an
-    /// older crustd, from its `config.json`.
+    /// Who the container runs as (ContainerStatus.user): the effective ids of its running
+    /// init process (`/proc/<pid>/status`), else the user its spec was built with — from
+    /// its record, or for a record of an older crustd, from its `config.json`.
     pub fn run_as(&self, rec: &super::ContainerRecord) -> Option<RunAs> {
+        let running = (rec.state == super::ContainerState::Running && rec.pid > 0)
+            .then(|| super::user::process_ids(rec.pid))
+            .flatten();
+        if let Some(p) = running {
+            return Some(RunAs {
+                uid: p.uid,
+                gid: p.gid,
+                additional_gids: p.groups,
+            });
+        }
         rec.user.clone().or_else(|| {
             let spec = read_spec(&rec.bundle).ok()?;
             Some(RunAs::of(spec.process().as_ref()?.user()))

@@ -3,7 +3,8 @@
 //!
 //! [`Containers`] is wired here and does one thing per file: `create`, `start`, `stop`,
 //! `remove`, `exec`, `update` (resources, log reopening), `list` (status, list, stats),
-//! `exit` (exit watching), `orphans` (what a crash left), `bundle` (the bundle on disk).
+//! `exit` (exit watching), `recover` (starts a crash cut short), `orphans` (what a crash
+//! left), `bundle` (the bundle on disk).
 //! The state machine is drawn in `record.rs`. A pod's shim is reached through the task
 //! runtime seam ([`crate::task::TaskRuntime`]) the pod hands out.
 //!
@@ -16,6 +17,7 @@
 pub mod apparmor;
 pub mod attach;
 mod bundle;
+pub mod checkpoint;
 mod create;
 mod exec;
 pub mod exec_stream;
@@ -24,6 +26,7 @@ mod list;
 pub mod metrics;
 mod orphans;
 pub mod record;
+mod recover;
 mod remove;
 pub mod seccomp;
 pub mod spec;
@@ -233,6 +236,7 @@ impl Containers {
         {
             c.inner.clone().watch_exit(rec.id);
         }
+        c.inner.settle_interrupted_starts().await;
         c.inner.remove_orphans();
         c.inner.update_metrics();
         Ok(c)

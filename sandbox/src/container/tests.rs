@@ -1,6 +1,7 @@
 //! The container lifecycle against the fake task runtime (`task::fake`) and a fake rootfs:
 //! kubelet retries, a create failing half-way or panicking, UNKNOWN containers, a removal
-//! racing a stop, an exit seen while crustd was down. Needs root (the pod's namespaces).
+//! racing a stop, an exit seen while crustd was down, a start a crash cut short. Needs root
+//! (the pod's namespaces).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -402,4 +403,52 @@ async fn a_removal_after_the_exit_sends_the_shim_no_second_delete() {
     assert_eq!(deletes, 1, "{:?}", env.runtime.shim.calls());
     assert!(env.runtime.shim.tasks().is_empty());
     env.assert_nothing_left();
+}
+
+/// A start cut by a crustd crash: the shim ran the container, its record still says
+/// CREATED. The next start settles it (`recover.rs`).
+async fn started_behind_the_record(env: &Env, c: &Containers, id: &str) {
+    use crate::shim::CreateTask;
+    use crate::task::TaskRuntime;
+    let rec = c.get(id).unwrap();
+    env.runtime
+        .shim
+        .create_and_start(&CreateTask {
+            id: rec.id.clone(),
+            bundle: rec.bundle.clone(),
+            rootfs: Vec::new(),
+            io: Default::default(),
+            runtime: Default::default(),
+        })
+        .await
+        .unwrap();
+    env.runtime.shim.drop_client();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_the_shim_finished_before_a_crash_is_running_after_the_restart() {
+    let Some(env) = Env::new().await else { return };
+    let c = env.containers().await;
+    let id = created(&env, &c).await;
+    started_behind_the_record(&env, &c, &id).await;
+    drop(c);
+    let c = env.containers().await;
+    let r = c.get(&id).unwrap();
+    assert_eq!(r.state, ContainerState::Running, "{r:?}");
+    assert!(r.pid > 0 && r.started_at_ns > 0, "{r:?}");
+    // Its exit is watched, as for any start.
+    env.runtime.shim.exit(&id, 0);
+    let r = state_of(&c, &id, ContainerState::Exited).await;
+    assert_eq!((r.exit_code, r.reason.as_str()), (0, "Completed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_never_reached_the_runtime_stays_created_after_the_restart() {
+    let Some(env) = Env::new().await else { return };
+    let id = created(&env, &env.containers().await).await;
+    let c = env.containers().await;
+    assert_eq!(c.get(&id).unwrap().state, ContainerState::Created);
+    assert!(env.runtime.shim.tasks().is_empty());
+    c.start(&id).await.unwrap();
+    assert_eq!(c.get(&id).unwrap().state, ContainerState::Running);
 }

@@ -32,6 +32,9 @@ pub struct UserRequest<'a> {
     pub run_as_group: Option<u32>,
     pub supplemental_groups: &'a [u32],
     pub image_user: &'a str,
+    /// SupplementalGroupsPolicy Strict: only the groups the request names, none
+    /// merged from the image's /etc/group (Merge, the default, adds them).
+    pub strict_groups: bool,
 }
 
 struct PasswdEntry {
@@ -161,7 +164,7 @@ pub fn resolve(
     }
 
     let mut additional: Vec<u32> = Vec::new();
-    if let Some(n) = &name {
+    if let Some(n) = name.as_ref().filter(|_| !req.strict_groups) {
         for g in groups.iter().filter(|g| g.members.iter().any(|m| m == n)) {
             if g.gid != gid && !additional.contains(&g.gid) {
                 additional.push(g.gid);
@@ -184,6 +187,37 @@ pub fn resolve(
 enum UserPart {
     Uid(u32),
     Name(String),
+}
+
+/// The ids a running process has: its effective uid and gid and its
+/// supplemental groups (what ContainerStatus.user reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Parses `/proc/<pid>/status`: `Uid:`/`Gid:` carry real, effective, saved and
+/// filesystem ids; `Groups:` the supplemental ones.
+pub fn parse_process_ids(status: &str) -> Option<ProcessIds> {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.split_whitespace().filter_map(|x| x.parse::<u32>().ok()))
+    };
+    Some(ProcessIds {
+        uid: field("Uid:")?.nth(1)?,
+        gid: field("Gid:")?.nth(1)?,
+        groups: field("Groups:")?.collect(),
+    })
+}
+
+/// The ids process `pid` runs with, as the host's /proc shows them; None when
+/// it is gone.
+pub fn process_ids(pid: u32) -> Option<ProcessIds> {
+    parse_process_ids(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
 #[cfg(test)]
@@ -270,6 +304,41 @@ mod tests {
             }),
             Err(UserError::UnknownGroup("ghosts".into()))
         );
+    }
+
+    #[test]
+    fn strict_keeps_only_the_requested_groups() {
+        let req = |strict_groups| UserRequest {
+            image_user: "app",
+            supplemental_groups: &[7],
+            strict_groups,
+            ..Default::default()
+        };
+        // Merge: wheel (10) from /etc/group, then the request's.
+        assert_eq!(r(req(false)).expect("merge").additional_gids, vec![10, 7]);
+        let u = r(req(true)).expect("strict");
+        assert_eq!((u.uid, u.gid), (1000, 1000));
+        assert_eq!(u.additional_gids, vec![7]);
+    }
+
+    #[test]
+    fn process_ids_are_the_effective_ones() {
+        let status = "Name:\tsh\nUid:\t1000\t1001\t1000\t1001\nGid:\t5\t6\t5\t6\nGroups:\t7 10 \n";
+        assert_eq!(
+            parse_process_ids(status),
+            Some(ProcessIds {
+                uid: 1001,
+                gid: 6,
+                groups: vec![7, 10]
+            })
+        );
+        assert_eq!(
+            parse_process_ids("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n").map(|p| p.groups),
+            Some(vec![])
+        );
+        assert_eq!(parse_process_ids("Name: x\n"), None);
+        let me = process_ids(std::process::id()).expect("own ids");
+        assert_eq!(me.uid, nix::unistd::geteuid().as_raw());
     }
 
     #[test]
