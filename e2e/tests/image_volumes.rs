@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use crust_e2e::registry::fixtures;
 use crust_e2e::workload::*;
@@ -272,12 +273,22 @@ async fn an_image_volume_is_shared_read_only_noexec_and_released_with_its_last_u
     let out = sh(&mut rt, &b, "cat /vol/dir/more.txt").await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "second layer\n");
 
-    // The first removal keeps the shared mount, the last one takes it.
+    // The first removal keeps the shared mount, the last one takes it (in the removal's
+    // background cleanup, which has released the volume once the bundle left the trash).
+    let trash = crustd.state_dir.join("containers-trash");
     remove(&mut rt, &a).await;
+    wait_for("a's cleanup", Duration::from_secs(10), || {
+        entries(&trash) == 0
+    })
+    .await;
     assert_eq!(volume_mounts(&crustd), mounts);
     let out = sh(&mut rt, &b, "cat /vol/greeting.txt").await;
     assert_eq!(out.exit_code, 0, "{out:?}");
     remove(&mut rt, &b).await;
+    wait_for("b's cleanup", Duration::from_secs(10), || {
+        entries(&trash) == 0
+    })
+    .await;
     assert!(volume_mounts(&crustd).is_empty());
     assert_eq!(entries(&crustd.state_dir.join("image-volumes")), 0);
     remove_pod(&mut rt, &pod).await;

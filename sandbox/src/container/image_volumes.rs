@@ -31,12 +31,11 @@ use std::sync::{Arc, Mutex};
 
 use crust_state::StateDb;
 use k8s_cri::v1::ContainerConfig;
-use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::registry::{Table, Unreadable};
 
-const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandbox_image_volumes");
 const RECORD_VERSION: u32 = 1;
 
 /// What image volumes need from the image store. Implemented by crustd over
@@ -58,6 +57,8 @@ pub trait ImageVolumeSource: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct VolumeRecord {
     version: u32,
+    /// The volume's key, `<pod id>/<image hex>`.
+    id: String,
     pod_id: String,
     /// The image id (`sha256:<hex>`) the volume was mounted from.
     image_id: String,
@@ -65,10 +66,12 @@ struct VolumeRecord {
     users: BTreeSet<String>,
 }
 
+crate::versioned_record!(VolumeRecord, RECORD_VERSION);
+
 /// The image volumes of this node.
 pub(crate) struct ImageVolumes {
     dir: PathBuf,
-    db: Arc<StateDb>,
+    table: Table<VolumeRecord>,
     source: Option<Arc<dyn ImageVolumeSource>>,
     /// Serialises acquire, release and reconcile: a std Mutex, never held across an await.
     lock: Mutex<()>,
@@ -88,7 +91,7 @@ impl ImageVolumes {
     ) -> Self {
         ImageVolumes {
             dir: state_dir.join("image-volumes"),
-            db,
+            table: Table::new(db, "sandbox_image_volumes", "image volume"),
             source,
             lock: Mutex::new(()),
         }
@@ -163,6 +166,7 @@ impl ImageVolumes {
             Some(rec) => rec,
             None => VolumeRecord {
                 version: RECORD_VERSION,
+                id: key.to_string(),
                 pod_id: pod_id.to_string(),
                 image_id: image_id.to_string(),
                 users: BTreeSet::new(),
@@ -183,7 +187,7 @@ impl ImageVolumes {
             }
         }
         rec.users.insert(id.to_string());
-        if let Err(e) = self.put(key, &rec) {
+        if let Err(e) = self.table.put(&rec) {
             if fresh {
                 self.teardown(source, key, rec.users.len() == 1);
             }
@@ -215,7 +219,7 @@ impl ImageVolumes {
         };
         rec.users.remove(id);
         if !rec.users.is_empty() {
-            return self.put(key, &rec);
+            return self.table.put(&rec);
         }
         self.release(source, key)
     }
@@ -237,10 +241,7 @@ impl ImageVolumes {
             let _ = std::fs::remove_dir(pod_dir);
         }
         source.release(key)?;
-        self.db.write(|tx| {
-            tx.open_table(VOLUMES)?.remove(key)?;
-            Ok(())
-        })?;
+        self.table.delete(key)?;
         tracing::debug!(volume = key, "image volume released");
         Ok(())
     }
@@ -290,7 +291,7 @@ impl ImageVolumes {
                 self.ensure_mounted(source, &key)
                     .and_then(|()| match rec.users.len() == before {
                         true => Ok(()),
-                        false => self.put(&key, &rec),
+                        false => self.table.put(&rec),
                     })
             };
             if let Err(e) = outcome {
@@ -347,56 +348,22 @@ impl ImageVolumes {
     }
 
     fn get(&self, key: &str) -> Result<Option<VolumeRecord>> {
-        let raw = self.db.read(|tx| {
-            let t = match tx.open_table(VOLUMES) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(t.get(key)?.map(|v| v.value().to_vec()))
-        })?;
-        raw.map(|v| decode(key, &v)).transpose()
+        Ok(self
+            .all()?
+            .into_iter()
+            .find_map(|(k, r)| (k == key).then_some(r)))
     }
 
+    /// Every volume by key. One whose record cannot be read is skipped (logged): its
+    /// directory goes at the next start as a stray.
     fn all(&self) -> Result<Vec<(String, VolumeRecord)>> {
-        let raw = self.db.read(|tx| {
-            let t = match tx.open_table(VOLUMES) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            let mut out = Vec::new();
-            for entry in t.iter()? {
-                let (k, v) = entry?;
-                out.push((k.value().to_string(), v.value().to_vec()));
-            }
-            Ok(out)
-        })?;
-        raw.into_iter()
-            .map(|(k, v)| decode(&k, &v).map(|r| (k, r)))
-            .collect()
+        Ok(self
+            .table
+            .load_all(Unreadable::Skip)?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect())
     }
-
-    fn put(&self, key: &str, rec: &VolumeRecord) -> Result<()> {
-        let bytes = serde_json::to_vec(rec).map_err(|e| Error::Store(e.to_string()))?;
-        self.db.write(|tx| {
-            tx.open_table(VOLUMES)?.insert(key, bytes.as_slice())?;
-            Ok(())
-        })?;
-        Ok(())
-    }
-}
-
-fn decode(key: &str, bytes: &[u8]) -> Result<VolumeRecord> {
-    let rec: VolumeRecord = serde_json::from_slice(bytes)
-        .map_err(|e| Error::Store(format!("image volume {key}: {e}")))?;
-    if rec.version > RECORD_VERSION {
-        return Err(Error::Store(format!(
-            "image volume {key} has record version {}, newer than {RECORD_VERSION}",
-            rec.version
-        )));
-    }
-    Ok(rec)
 }
 
 /// Makes the mount at `target` read-only, nosuid, nodev and noexec (its own flags only:
