@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 mod mount;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use mount::{Mount, mount};
 
@@ -43,9 +44,6 @@ const NEXT_ID: &str = "next_snapshot_id";
 const RECORD_VERSION: u32 = 1;
 /// Active snapshot keys live beside chain IDs in one table; the prefix keeps them apart.
 const ACTIVE_PREFIX: &str = "active/";
-/// Views (read-only holds on a committed chain, for image volumes): recorded like an
-/// active snapshot, so gc keeps their chain, but with no directory of their own.
-const VIEW_PREFIX: &str = "view/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -371,72 +369,6 @@ impl Snapshotter {
         self.discard(&self.dir(r.id))?;
         self.empty_trash();
         Ok(())
-    }
-
-    /// Holds the committed chain `chain_id` for a read-only user (an image volume) under
-    /// `key` and returns its read-only mounts: a bind of the one layer, or an overlay of
-    /// lower dirs only. The chain stays safe from gc — also after its image is removed —
-    /// until `remove_view(key)`. Holding the same key again is fine when it holds the same
-    /// chain.
-    pub fn view(&self, key: &str, chain_id: &str) -> Result<Vec<Mount>> {
-        let full = format!("{VIEW_PREFIX}{key}");
-        let id = self.alloc_id()?;
-        let r = Record {
-            version: RECORD_VERSION,
-            id,
-            kind: Kind::Active,
-            parent: Some(chain_id.to_string()),
-        };
-        let bytes = serde_json::to_vec(&r).map_err(|e| Error::Internal(e.to_string()))?;
-        // Checked and recorded in one write transaction, as `prepare` does: gc cannot
-        // take the chain in between. Durable: the caller mounts it next.
-        self.db.write(|tx| {
-            let mut t = tx.open_table(SNAPSHOTS)?;
-            if let Some(v) = t.get(full.as_str())? {
-                let same = serde_json::from_slice::<Record>(v.value())
-                    .is_ok_and(|r| r.parent.as_deref() == Some(chain_id));
-                return Ok(if same {
-                    Ok(())
-                } else {
-                    Err(Error::AlreadyExists(format!("view {key} of another chain")))
-                });
-            }
-            if !committed(&t, chain_id)? {
-                return Ok(Err(Error::NotFound(format!("snapshot {chain_id}"))));
-            }
-            t.insert(full.as_str(), bytes.as_slice())?;
-            Ok(Ok(()))
-        })??;
-        self.view_mounts(key)
-    }
-
-    /// The read-only mounts of the view `key`.
-    pub fn view_mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let chain = self
-            .record(&format!("{VIEW_PREFIX}{key}"))?
-            .and_then(|r| r.parent)
-            .ok_or_else(|| Error::NotFound(format!("view {key}")))?;
-        self.mounts(&chain)
-    }
-
-    /// Drops the view `key` (already unmounted); absent is fine. Its chain goes with the
-    /// next gc if nothing else needs it.
-    pub fn remove_view(&self, key: &str) -> Result<()> {
-        let full = format!("{VIEW_PREFIX}{key}");
-        self.db.write(|tx| {
-            tx.open_table(SNAPSHOTS)?.remove(full.as_str())?;
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    /// Keys of the views (for the image volumes side to reconcile).
-    pub fn view_keys(&self) -> Result<Vec<String>> {
-        Ok(self
-            .records()?
-            .into_keys()
-            .filter_map(|k| k.strip_prefix(VIEW_PREFIX).map(str::to_string))
-            .collect())
     }
 
     fn lock_prepared(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
