@@ -6,8 +6,13 @@
 //! starts the daemon detached (own session), prints where it listens and exits.
 
 mod cgroup;
+mod container;
 mod io;
+mod oom;
+mod process;
 mod publisher;
+mod reaper;
+mod runtime;
 mod service;
 
 use std::{
