@@ -19,17 +19,12 @@ impl Hierarchies {
         Ok(Self::from_mountinfo(&mountinfo))
     }
 
+    /// The hierarchies of a mountinfo text: the v1 controllers' mounts when there are
+    /// any, else the v2 mount with the controllers it offers.
     pub fn from_mountinfo(mountinfo: &str) -> Self {
         let mut v1 = Vec::new();
         let mut v2 = None;
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mount_point = left.split(' ').nth(4).unwrap_or_default();
-            let mut r = right.split(' ');
-            let fstype = r.next().unwrap_or_default();
-            let super_opts = r.nth(1).unwrap_or_default();
+        for (mount_point, fstype, super_opts) in cgroup_mounts(mountinfo) {
             match fstype {
                 "cgroup" => {
                     let controllers: Vec<String> = super_opts
@@ -56,14 +51,12 @@ impl Hierarchies {
                         .map(str::to_string)
                         .collect();
                     if !controllers.is_empty()
-                        && !v1
-                            .iter()
-                            .any(|(m, _): &(PathBuf, _)| m == Path::new(mount_point))
+                        && !v1.iter().any(|(m, _): &(PathBuf, _)| *m == mount_point)
                     {
-                        v1.push((PathBuf::from(mount_point), controllers));
+                        v1.push((mount_point, controllers));
                     }
                 }
-                "cgroup2" => v2 = Some(PathBuf::from(mount_point)),
+                "cgroup2" => v2 = Some(mount_point),
                 _ => {}
             }
         }
@@ -96,6 +89,21 @@ impl Hierarchies {
     }
 }
 
+/// Every cgroup mount of a mountinfo text: (mount point, `cgroup` or `cgroup2`, super
+/// options), the named v1 hierarchies (`name=systemd`) included.
+pub fn cgroup_mounts(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split(' ');
+        let fstype = r.next().unwrap_or_default();
+        let super_opts = r.nth(1).unwrap_or_default();
+        matches!(fstype, "cgroup" | "cgroup2").then(|| {
+            let mount_point = left.split(' ').nth(4).unwrap_or_default();
+            (PathBuf::from(mount_point), fstype, super_opts)
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +116,10 @@ mod tests {
 32 25 0:28 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
 33 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
 34 25 0:30 / /proc rw - proc proc rw";
+        // Every cgroup mount, the named and the empty v2 one too (what removals sweep).
+        let all: Vec<PathBuf> = cgroup_mounts(mi).map(|(m, _, _)| m).collect();
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert_eq!(all[1], PathBuf::from("/sys/fs/cgroup/systemd"));
         let h = Hierarchies::from_mountinfo(mi);
         assert!(!h.unified);
         assert_eq!(h.mounts.len(), 2);

@@ -269,28 +269,16 @@ pub fn remove(cg: &PodCgroup) -> std::io::Result<()> {
     let mut first_err = None;
     for dir in cg.created.iter().rev() {
         let is_leaf = dir.to_string_lossy().ends_with(&format!("/{leaf}"));
-        let mut tries = 0;
-        loop {
-            match std::fs::remove_dir(dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e)
-                    if !is_leaf
-                        && matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) =>
-                {
-                    break;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => {
-                    first_err.get_or_insert(std::io::Error::new(
-                        e.kind(),
-                        format!("removing cgroup {}: {e}", dir.display()),
-                    ));
-                    break;
-                }
+        match remove_dir(dir, is_leaf) {
+            Ok(()) => {}
+            // A parent crust made that still holds other pods.
+            Err(e)
+                if !is_leaf && matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {}
+            Err(e) => {
+                first_err.get_or_insert(std::io::Error::new(
+                    e.kind(),
+                    format!("removing cgroup {}: {e}", dir.display()),
+                ));
             }
         }
     }
@@ -310,30 +298,27 @@ pub fn remove_everywhere(rel: &str) {
         return;
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let fstype = right.split(' ').next().unwrap_or_default();
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
-        }
-        let dir = Path::new(left.split(' ').nth(4).unwrap_or_default()).join(rel);
-        // A cgroup stays busy for a moment after its last process died.
-        for tries in 0.. {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "removing cgroup");
-                    break;
-                }
-            }
+    for (mount, _, _) in crate::hierarchy::cgroup_mounts(&mountinfo) {
+        let dir = mount.join(rel);
+        if let Err(e) = remove_dir(&dir, true) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing cgroup");
         }
     }
+}
+
+/// Removes an empty cgroup directory; absent is fine. With `wait_busy`, EBUSY is retried
+/// for up to half a second: a cgroup stays busy for a moment after its last process died.
+fn remove_dir(dir: &Path, wait_busy: bool) -> std::io::Result<()> {
+    for tries in 0.. {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if wait_busy && e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 #[cfg(test)]

@@ -72,6 +72,18 @@ impl Container {
             self.execs.get_mut(exec_id)
         }
     }
+
+    /// The init (`exec_id` empty) or exec `exec_id`; NotFound when there is none.
+    pub(crate) fn process(&self, exec_id: &str) -> TtrpcResult<&Proc> {
+        self.proc(exec_id).ok_or_else(|| not_found("exec", exec_id))
+    }
+
+    /// Exec `exec_id` (added, maybe not started); NotFound when there is none.
+    pub(crate) fn exec_mut(&mut self, exec_id: &str) -> TtrpcResult<&mut Proc> {
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| not_found("exec", exec_id))
+    }
 }
 
 impl Service {
@@ -210,10 +222,7 @@ impl Service {
     pub(crate) async fn start_init(&self, req: StartRequest) -> TtrpcResult<StartResponse> {
         let (runc, bundle) = self.runc_of(&req.id)?;
         {
-            let cs = lock(&self.0.containers);
-            let c = cs
-                .get(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?;
+            let c = self.container(&req.id)?;
             if c.init.status != Status::CREATED {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
@@ -225,10 +234,7 @@ impl Service {
             .await
             .map_err(|e| runc_error(&bundle, e))?;
         let pid = {
-            let mut cs = lock(&self.0.containers);
-            let c = cs
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?;
+            let mut c = self.container(&req.id)?;
             if c.init.status == Status::CREATED {
                 c.init.status = Status::RUNNING;
             }
@@ -245,10 +251,7 @@ impl Service {
     /// unmounting the rootfs the shim mounted.
     pub(crate) async fn delete_container(&self, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let (runc, bundle, st) = {
-            let cs = lock(&self.0.containers);
-            let c = cs
-                .get(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?;
+            let c = self.container(&req.id)?;
             (c.runc.clone(), c.bundle.clone(), c.init.status)
         };
         if st == Status::RUNNING {
@@ -319,10 +322,7 @@ impl Service {
     /// Reopens the CRI log (crust's annotation) and/or applies new resources (`runc update`).
     pub(crate) async fn update_container(&self, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
         if req.annotations.contains_key(REOPEN_LOG_ANNOTATION) {
-            let cs = lock(&self.0.containers);
-            let c = cs
-                .get(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?;
+            let c = self.container(&req.id)?;
             if c.init.status != Status::RUNNING {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
@@ -355,13 +355,7 @@ impl Service {
 
     /// The container's cgroup statistics as containerd's v1 `Metrics`.
     pub(crate) async fn container_stats(&self, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        let cg = {
-            let cs = lock(&self.0.containers);
-            cs.get(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?
-                .cgroups
-                .clone()
-        };
+        let cg = { self.container(&req.id)?.cgroups.clone() };
         let any = Any {
             type_url: "io.containerd.cgroups.v1.Metrics".to_string(),
             value: cg.metrics().write_to_bytes().map_err(internal)?,
@@ -388,8 +382,7 @@ impl Service {
     }
 
     pub(crate) fn runc_of(&self, id: &str) -> TtrpcResult<(Arc<runc::Runc>, PathBuf)> {
-        let cs = lock(&self.0.containers);
-        let c = cs.get(id).ok_or_else(|| not_found("container", id))?;
+        let c = self.container(id)?;
         Ok((c.runc.clone(), c.bundle.clone()))
     }
 }

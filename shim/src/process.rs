@@ -67,20 +67,14 @@ impl Service {
     pub(crate) async fn start_exec(&self, req: StartRequest) -> TtrpcResult<StartResponse> {
         let (runc, bundle) = self.runc_of(&req.id)?;
         let (spec, stdio) = {
-            let mut cs = lock(&self.0.containers);
-            let c = cs
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?;
+            let mut c = self.container(&req.id)?;
             if c.init.status != Status::RUNNING {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
                     format!("container {} is not running", req.id),
                 ));
             }
-            let p = c
-                .execs
-                .get_mut(&req.exec_id)
-                .ok_or_else(|| not_found("exec", &req.exec_id))?;
+            let p = c.exec_mut(&req.exec_id)?;
             let spec = p.spec.take().ok_or_else(|| {
                 status(
                     Code::FAILED_PRECONDITION,
@@ -141,14 +135,8 @@ impl Service {
 
     /// Deletes a finished (or never started) exec.
     pub(crate) async fn delete_exec(&self, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        let mut cs = lock(&self.0.containers);
-        let c = cs
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found("container", &req.id))?;
-        let p = c
-            .execs
-            .get(&req.exec_id)
-            .ok_or_else(|| not_found("exec", &req.exec_id))?;
+        let mut c = self.container(&req.id)?;
+        let p = c.exec_mut(&req.exec_id)?;
         if p.status == Status::RUNNING {
             return Err(status(
                 Code::FAILED_PRECONDITION,
@@ -172,10 +160,7 @@ impl Service {
         let spec: ProcessSpec = serde_json::from_slice(&req.spec.value)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("exec spec: {e}")))?;
         {
-            let mut cs = lock(&self.0.containers);
-            let c = cs
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?;
+            let mut c = self.container(&req.id)?;
             if req.exec_id.is_empty() || c.execs.contains_key(&req.exec_id) {
                 return Err(status(
                     Code::ALREADY_EXISTS,
@@ -207,13 +192,8 @@ impl Service {
     /// Signals the init (through runc; `all`: every process of the container) or an exec.
     pub(crate) async fn kill_process(&self, req: KillRequest) -> TtrpcResult<Empty> {
         let (runc, bundle, pid, st, exiting) = {
-            let cs = lock(&self.0.containers);
-            let c = cs
-                .get(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?;
-            let p = c
-                .proc(&req.exec_id)
-                .ok_or_else(|| not_found("exec", &req.exec_id))?;
+            let c = self.container(&req.id)?;
+            let p = c.process(&req.exec_id)?;
             (c.runc.clone(), c.bundle.clone(), p.pid, p.status, p.exiting)
         };
         // Reaped but not yet reported counts as finished: its pid may already be reused.
@@ -237,13 +217,8 @@ impl Service {
     }
 
     pub(crate) async fn resize_pty_of(&self, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        let cs = lock(&self.0.containers);
-        let c = cs
-            .get(&req.id)
-            .ok_or_else(|| not_found("container", &req.id))?;
-        let p = c
-            .proc(&req.exec_id)
-            .ok_or_else(|| not_found("exec", &req.exec_id))?;
+        let c = self.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
         let console =
             p.io.console
                 .as_ref()
@@ -254,10 +229,7 @@ impl Service {
     }
 
     pub(crate) async fn close_io_of(&self, req: CloseIORequest) -> TtrpcResult<Empty> {
-        let mut cs = lock(&self.0.containers);
-        let c = cs
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found("container", &req.id))?;
+        let mut c = self.container(&req.id)?;
         let p = c
             .proc_mut(&req.exec_id)
             .ok_or_else(|| not_found("exec", &req.exec_id))?;
@@ -270,14 +242,8 @@ impl Service {
     /// Waits until the process exited.
     pub(crate) async fn wait_process(&self, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let mut rx = {
-            let cs = lock(&self.0.containers);
-            let c = cs
-                .get(&req.id)
-                .ok_or_else(|| not_found("container", &req.id))?;
-            c.proc(&req.exec_id)
-                .ok_or_else(|| not_found("exec", &req.exec_id))?
-                .done
-                .subscribe()
+            let c = self.container(&req.id)?;
+            c.process(&req.exec_id)?.done.subscribe()
         };
         let _ = rx.wait_for(|d| *d).await;
         let cs = lock(&self.0.containers);
@@ -293,13 +259,8 @@ impl Service {
     }
 
     pub(crate) async fn process_state(&self, req: StateRequest) -> TtrpcResult<StateResponse> {
-        let cs = lock(&self.0.containers);
-        let c = cs
-            .get(&req.id)
-            .ok_or_else(|| not_found("container", &req.id))?;
-        let p = c
-            .proc(&req.exec_id)
-            .ok_or_else(|| not_found("exec", &req.exec_id))?;
+        let c = self.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
         Ok(StateResponse {
             id: req.id.clone(),
             exec_id: req.exec_id.clone(),

@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
 };
 
@@ -86,6 +86,39 @@ impl Service {
 
     pub(crate) fn publish(&self, topic: &'static str, type_url: &'static str, ev: &impl Message) {
         self.0.publisher.publish(topic, type_url, ev);
+    }
+
+    /// Container `id`, the containers locked while it is held; NotFound when there is none.
+    pub(crate) fn container(&self, id: &str) -> TtrpcResult<Locked<'_>> {
+        let map = lock(&self.0.containers);
+        if !map.contains_key(id) {
+            return Err(not_found("container", id));
+        }
+        Ok(Locked {
+            map,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// One container of the locked map (see [`Service::container`]).
+pub(crate) struct Locked<'a> {
+    map: MutexGuard<'a, HashMap<String, Container>>,
+    id: String,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        &self.map[&self.id]
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Container {
+        self.map
+            .get_mut(&self.id)
+            .expect("looked up under this lock")
     }
 }
 
