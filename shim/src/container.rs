@@ -107,15 +107,7 @@ impl Service {
         // runc will move the container's init into its cgroups: start that lock's wait now.
         crate::cgroup::prime_migration_lock();
         let bundle = PathBuf::from(&req.bundle);
-        let opts = match req.options.as_ref() {
-            Some(any) if !any.value.is_empty() => Options::parse_from_bytes(&any.value)
-                .map_err(|e| status(Code::INVALID_ARGUMENT, format!("options: {e}")))?,
-            _ => Options::new(),
-        };
-        let start_now = req
-            .options
-            .as_ref()
-            .is_some_and(|any| any.type_url == CREATE_AND_START_OPTIONS);
+        let (opts, start_now) = create_options(&req)?;
         let runc = Arc::new(crate::runtime::build(&self.0.reaper, &opts, &bundle)?);
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
@@ -385,6 +377,21 @@ impl Service {
         let c = self.container(id)?;
         Ok((c.runc.clone(), c.bundle.clone()))
     }
+}
+
+/// The runc options of a create request, and whether it asks to start at once (crust's
+/// create-and-start options type).
+fn create_options(req: &CreateTaskRequest) -> TtrpcResult<(Options, bool)> {
+    let opts = match req.options.as_ref() {
+        Some(any) if !any.value.is_empty() => Options::parse_from_bytes(&any.value)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("options: {e}")))?,
+        _ => Options::new(),
+    };
+    let start_now = req
+        .options
+        .as_ref()
+        .is_some_and(|any| any.type_url == CREATE_AND_START_OPTIONS);
+    Ok((opts, start_now))
 }
 
 /// Mounts the rootfs the create request names (none: crustd mounted it) at
