@@ -7,6 +7,7 @@
 
 mod cgroup;
 mod io;
+mod nexec;
 mod publisher;
 mod service;
 

@@ -82,6 +82,13 @@ pub struct Reaper {
 }
 
 impl Reaper {
+    /// The exit code of `pid`, once the framework reaps it.
+    pub fn watch(&self, pid: i32) -> oneshot::Receiver<i32> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(pid, tx);
+        rx
+    }
+
     fn claim_waiter(&self, pid: i32, code: i32) -> bool {
         match lock(&self.waiters).remove(&pid) {
             Some(tx) => {
@@ -185,6 +192,8 @@ struct Container {
     runc: Arc<runc::Runc>,
     init: Proc,
     execs: HashMap<String, Proc>,
+    /// Created with `no_new_keyring` (execs then keep the shim's session keyring).
+    no_new_keyring: bool,
     /// Root filesystem the shim mounted from the create request.
     mounted_rootfs: Option<PathBuf>,
     cgroups: Cgroups,
@@ -496,6 +505,43 @@ async fn launch(
     .map_err(|e| runc_error(bundle, e))
 }
 
+/// `runc exec` of `spec`: the process's pid (its pty master, with a terminal, wired to `shim_io`).
+async fn runc_exec(
+    runc: &runc::Runc,
+    req: &StartRequest,
+    bundle: &Path,
+    spec: &ProcessSpec,
+    stdio: &StdioSpec,
+    (child_io, shim_io): (pio::ChildIo, &mut ShimIo),
+) -> TtrpcResult<u32> {
+    let pid_file = bundle.join(format!("exec-{}.pid", req.exec_id));
+    let mut eopts = ExecOpts::new()
+        .pid_file(&pid_file)
+        .detach(true)
+        .io(Arc::new(child_io));
+    let result = if stdio.terminal {
+        let sock = ConsoleSocket::new().map_err(|e| internal(format!("console: {e}")))?;
+        eopts = eopts.console_socket(&sock.path);
+        let run = async {
+            runc.exec(&req.id, spec, Some(&eopts))
+                .await
+                .map_err(|e| runc_error(bundle, e))
+        };
+        with_console(sock, run).await.and_then(|(_, master)| {
+            pio::attach_console(stdio, master, shim_io)
+                .map_err(|e| internal(format!("console: {e}")))
+        })
+    } else {
+        runc.exec(&req.id, spec, Some(&eopts))
+            .await
+            .map_err(|e| runc_error(bundle, e))
+    };
+    drop(eopts);
+    let pid = result.and_then(|()| read_pid(&pid_file));
+    let _ = std::fs::remove_file(&pid_file);
+    pid
+}
+
 /// Runs runc create/exec with a console socket, returning the pty master.
 async fn with_console<F, T>(sock: ConsoleSocket, run: F) -> TtrpcResult<(T, std::os::fd::OwnedFd)>
 where
@@ -637,6 +683,7 @@ impl Task for Service {
             runc,
             init,
             execs: HashMap::new(),
+            no_new_keyring: opts.no_new_keyring,
             mounted_rootfs: mounted,
             // A process started at once (run --detach) may be gone already:
             // its cgroup is then the one the spec names.
@@ -730,17 +777,18 @@ impl Task for Service {
         }
 
         // An exec process.
-        let (spec, stdio) = {
+        let (spec, stdio, init_pid, no_new_keyring) = {
             let mut cs = lock(&self.0.containers);
             let c = cs
                 .get_mut(&req.id)
                 .ok_or_else(|| not_found("container", &req.id))?;
-            if c.init.status != Status::RUNNING {
+            if c.init.status != Status::RUNNING || c.init.exiting {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
                     format!("container {} is not running", req.id),
                 ));
             }
+            let (init_pid, nnk) = (c.init.pid, c.no_new_keyring);
             let p = c
                 .execs
                 .get_mut(&req.exec_id)
@@ -751,44 +799,38 @@ impl Task for Service {
                     format!("exec {} already started", req.exec_id),
                 )
             })?;
-            (spec, p.stdio.clone())
+            (spec, p.stdio.clone(), init_pid, nnk)
         };
-        // runc exec moves the process into the container's cgroups (see `prime_migration_lock`).
+        // Moving the process into the container's cgroups waits for the migration lock.
         crate::cgroup::prime_migration_lock();
-        let pid_file = bundle.join(format!("exec-{}.pid", req.exec_id));
         let since = Instant::now();
         let (child_io, mut shim_io) = if stdio.terminal {
             (pio::ChildIo::default(), ShimIo::default())
         } else {
             pio::prepare(&stdio).map_err(|e| internal(format!("stdio: {e}")))?
         };
-        let mut eopts = ExecOpts::new()
-            .pid_file(&pid_file)
-            .detach(true)
-            .io(Arc::new(child_io));
-        let result = if stdio.terminal {
-            let sock = ConsoleSocket::new().map_err(|e| internal(format!("console: {e}")))?;
-            eopts = eopts.console_socket(&sock.path);
-            let run = async {
-                runc.exec(&req.id, &spec, Some(&eopts))
-                    .await
-                    .map_err(|e| runc_error(&bundle, e))
-            };
-            with_console(sock, run).await.and_then(|(_, master)| {
-                pio::attach_console(&stdio, master, &mut shim_io)
-                    .map_err(|e| internal(format!("console: {e}")))
-            })
-        } else {
-            runc.exec(&req.id, &spec, Some(&eopts))
-                .await
-                .map_err(|e| runc_error(&bundle, e))
+        let native = crate::nexec::Request {
+            container_id: &req.id,
+            bundle: &bundle,
+            init_pid,
+            no_new_keyring,
+            process: &spec,
+            stdio: child_io.raw_fds(),
         };
-        drop(eopts);
-        let pid = match result {
-            Ok(()) => read_pid(&pid_file),
-            Err(e) => Err(e),
+        let reaper = self.0.reaper.clone();
+        let pid = match crate::nexec::start(&native, |pid| reaper.watch(pid)).await {
+            Ok(Some(started)) => match started.console {
+                Some(master) => pio::attach_console(&stdio, master, &mut shim_io)
+                    .map(|()| started.pid)
+                    .map_err(|e| internal(format!("console: {e}"))),
+                None => Ok(started.pid),
+            },
+            Ok(None) => {
+                let io = (child_io, &mut shim_io);
+                runc_exec(&runc, &req, &bundle, &spec, &stdio, io).await
+            }
+            Err(e) => Err(internal(e)),
         };
-        let _ = std::fs::remove_file(&pid_file);
         let pid = match pid {
             Ok(pid) => pid,
             Err(e) => {
