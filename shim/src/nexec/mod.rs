@@ -174,6 +174,7 @@ pub async fn start(
     req: &Request<'_>,
     watch: impl FnOnce(i32) -> oneshot::Receiver<i32>,
 ) -> Result<Option<Started>, String> {
+    let began = std::time::Instant::now();
     let (plan, last_cap, namespaces, cgroups) = match prepare(req) {
         Ok(x) => x,
         Err(why) => {
@@ -195,6 +196,7 @@ pub async fn start(
     } else {
         None
     };
+    let prepared_ms = began.elapsed().as_secs_f64() * 1e3;
     let exited = {
         let prepared = Prepared {
             plan: &plan,
@@ -237,7 +239,11 @@ pub async fn start(
         ),
         None => None,
     };
-    debug!("exec in {} natively: pid {pid}", req.container_id);
+    debug!(
+        "exec in {} natively: pid {pid} ({prepared_ms:.1} ms to prepare, {:.1} ms in all)",
+        req.container_id,
+        began.elapsed().as_secs_f64() * 1e3
+    );
     Ok(Some(Started {
         pid: pid as u32,
         console,
