@@ -816,6 +816,7 @@ impl Task for Service {
             no_new_keyring,
             process: &spec,
             stdio: child_io.raw_fds(),
+            terminal: stdio.terminal,
         };
         let reaper = self.0.reaper.clone();
         let pid = match crate::nexec::start(&native, |pid| reaper.watch(pid)).await {

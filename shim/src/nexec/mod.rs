@@ -38,6 +38,8 @@ pub struct Request<'a> {
     pub process: &'a oci_spec::runtime::Process,
     /// The process's stdio without a terminal (-1: none).
     pub stdio: [RawFd; 3],
+    /// Whether the exec request asked for a terminal.
+    pub terminal: bool,
 }
 
 /// A started native exec.
@@ -73,6 +75,9 @@ fn prepare(req: &Request) -> Result<Prepare, String> {
         passwd: &passwd,
     };
     let plan = plan::build(&process, &container, &ctx).map_err(|f| f.0)?;
+    if plan.terminal != req.terminal {
+        return Err("process.terminal differs from the request's terminal".into());
+    }
     let namespaces = host::namespaces(req.init_pid)?;
     let cgroups = host::cgroups(req.init_pid)?;
     Ok((plan, last_cap, namespaces, cgroups))
@@ -127,15 +132,16 @@ fn fork(
     }
 }
 
-/// The reports the children wrote until both closed the pipe.
-async fn read_reports(r: OwnedFd) -> Result<Vec<Report>, String> {
+/// The reports the children wrote until both closed the pipe, and whether they took
+/// longer than [`REPORT_LIMIT`] (what came by then is returned).
+async fn read_reports(r: OwnedFd) -> Result<(Vec<Report>, bool), String> {
     let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    tokio::time::timeout(REPORT_LIMIT, rx.read_to_end(&mut buf))
-        .await
-        .map_err(|_| "the exec process did not start in time".to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok(buf
+    let timed_out = match tokio::time::timeout(REPORT_LIMIT, rx.read_to_end(&mut buf)).await {
+        Ok(read) => read.map(|_| false).map_err(|e| e.to_string())?,
+        Err(_) => true,
+    };
+    let reports = buf
         .chunks_exact(std::mem::size_of::<Report>())
         .map(|c| {
             let w = |i: usize| [c[i], c[i + 1], c[i + 2], c[i + 3]];
@@ -145,7 +151,8 @@ async fn read_reports(r: OwnedFd) -> Result<Vec<Report>, String> {
                 value: i32::from_ne_bytes(w(8)),
             }
         })
-        .collect())
+        .collect();
+    Ok((reports, timed_out))
 }
 
 /// Errors of a `$PATH` search that Go's LookPath reports as "not found".
@@ -214,20 +221,29 @@ pub async fn start(
             last_cap,
             oom_score_adj: plan.oom_score_adj.map(child::decimal),
         };
-        fork(&prepared, watch).map_err(io)?.1
+        fork(&prepared, watch).map_err(io)?
     };
+    let (intermediate, exited) = exited;
     drop(report_w);
     let console = console.map(|(ours, theirs)| {
         drop(theirs);
         ours
     });
     drop((namespaces, cgroups, devnull));
-    let reports = read_reports(report_r).await?;
-    let _ = exited.await;
+    let (reports, timed_out) = read_reports(report_r).await?;
     let pid = reports
         .iter()
         .find(|r| r.kind == REPORT_PID)
         .map(|r| r.value);
+    if timed_out {
+        // Stuck before execve (a cgroup write, say): nothing of it may stay behind.
+        for p in std::iter::once(intermediate).chain(pid) {
+            // SAFETY: kill(2) of our own child or of the process it reported.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        return Err("the exec process did not start within 10 s".into());
+    }
+    let _ = exited.await;
     if let Some(f) = reports.iter().find(|r| r.kind == REPORT_FAILED) {
         return Err(failure(&plan.program, f.stage, f.value));
     }
