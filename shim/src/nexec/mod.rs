@@ -265,3 +265,35 @@ pub async fn start(
         console,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_runc_writes_them() {
+        let prefix = "exec failed: unable to start container process: ";
+        assert_eq!(
+            failure("nope", Stage::Exec as u32, libc::ENOENT),
+            format!("{prefix}exec: \"nope\": executable file not found in $PATH")
+        );
+        // Go's LookPath skips a file it may not execute: still "not found".
+        assert!(failure("nope", Stage::Exec as u32, libc::EACCES).contains("not found in $PATH"));
+        assert_eq!(
+            failure("/x/nope", Stage::Exec as u32, libc::ENOENT),
+            format!("{prefix}exec: \"/x/nope\": stat /x/nope: no such file or directory")
+        );
+        assert!(
+            failure("/x", Stage::Exec as u32, libc::EACCES)
+                .ends_with("Permission denied (os error 13)")
+        );
+        assert!(failure("sh", Stage::Chdir as u32, libc::ENOENT).contains("Chdir: No such file"));
+        assert!(failure("sh", 999, libc::EPERM).contains("stage 999"));
+    }
+
+    #[test]
+    fn oom_score_adj_is_written_in_decimal() {
+        let (buf, len) = child::decimal(-998);
+        assert_eq!(&buf[..len], b"-998");
+    }
+}
