@@ -97,6 +97,22 @@ async fn confinement(rt: &mut Rt, id: &str) -> (String, String) {
     (mine, init.to_string())
 }
 
+fn crictl() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bin/crictl")
+}
+
+/// A crictl config file next to `socket` naming it.
+fn crictl_config(socket: &std::path::Path) -> std::path::PathBuf {
+    let path = socket.with_extension("crictl.yaml");
+    let endpoint = format!("unix://{}", socket.display());
+    std::fs::write(
+        &path,
+        format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\n"),
+    )
+    .unwrap();
+    path
+}
+
 /// The shim's log of the test's pods.
 fn shim_logs(crustd: &crust_e2e::Crustd) -> String {
     let mut text = String::new();
@@ -213,6 +229,29 @@ async fn native_exec_confines_as_the_init_and_as_runc_exec() {
         let e2 = exec(&mut rt, &by_runc, &["nope"], 10).await.unwrap_err();
         assert_eq!(e.code(), e2.code());
     }
+
+    // crictl exec -it (script gives crictl a terminal): the pty the shim opened in the
+    // container, at crictl's size, and no exec of the native container went to runc.
+    let script = format!(
+        "stty cols 91 rows 27; {} --config {} exec -it {native} sh -c 'tty; stty size; id -u'",
+        crictl().display(),
+        crictl_config(&crustd.socket).display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &script, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tty exec: {text}");
+    for want in ["/dev/pts/", "27 91", "1000"] {
+        assert!(text.contains(want), "{want} in {text:?}");
+    }
+    let logs = shim_logs(&crustd);
+    assert!(
+        !logs.contains(&format!("exec in {native} through runc")),
+        "{logs}"
+    );
 
     // Many execs leave no zombie and no descriptor behind in the shim.
     let init_pid = pid_of(&mut rt, &native).await;
