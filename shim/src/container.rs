@@ -41,6 +41,8 @@ pub(crate) struct Container {
     pub(crate) runc: Arc<runc::Runc>,
     pub(crate) init: Proc,
     pub(crate) execs: HashMap<String, Proc>,
+    /// Created with `no_new_keyring` (execs then keep the shim's session keyring).
+    pub(crate) no_new_keyring: bool,
     /// Root filesystem the shim mounted from the create request.
     pub(crate) mounted_rootfs: Option<PathBuf>,
     pub(crate) cgroups: Cgroups,
@@ -145,6 +147,7 @@ impl Service {
                 runc,
                 init,
                 execs: HashMap::new(),
+                no_new_keyring: opts.no_new_keyring,
                 mounted_rootfs: mounted,
                 // A process started at once (run --detach) may be gone already:
                 // its cgroup is then the one the spec names.

@@ -18,6 +18,7 @@
 mod cgroup;
 mod container;
 mod io;
+mod nexec;
 mod oom;
 mod process;
 mod publisher;

@@ -66,14 +66,15 @@ impl Service {
     /// exited (255).
     pub(crate) async fn start_exec(&self, req: StartRequest) -> TtrpcResult<StartResponse> {
         let (runc, bundle) = self.runc_of(&req.id)?;
-        let (spec, stdio) = {
+        let (spec, stdio, init_pid, no_new_keyring) = {
             let mut c = self.container(&req.id)?;
-            if c.init.status != Status::RUNNING {
+            if c.init.status != Status::RUNNING || c.init.exiting {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
                     format!("container {} is not running", req.id),
                 ));
             }
+            let (init_pid, nnk) = (c.init.pid, c.no_new_keyring);
             let p = c.exec_mut(&req.exec_id)?;
             let spec = p.spec.take().ok_or_else(|| {
                 status(
@@ -81,12 +82,17 @@ impl Service {
                     format!("exec {} already started", req.exec_id),
                 )
             })?;
-            (spec, p.stdio.clone())
+            (spec, p.stdio.clone(), init_pid, nnk)
         };
         let since = Instant::now();
-        let pid_file = bundle.join(format!("exec-{}.pid", req.exec_id));
-        let ran = run_exec(&runc, &bundle, &req.id, &spec, &stdio, &pid_file).await;
-        let _ = std::fs::remove_file(&pid_file);
+        let target = ExecTarget {
+            id: &req.id,
+            exec_id: &req.exec_id,
+            bundle: &bundle,
+            init_pid,
+            no_new_keyring,
+        };
+        let ran = self.run_exec(&runc, &target, &spec, &stdio).await;
         let (pid, shim_io) = match ran {
             Ok(ran) => ran,
             Err(e) => {
@@ -278,23 +284,72 @@ impl Service {
     }
 }
 
-/// `runc exec --detach` of `spec` in container `id`, with its stdio (a pty when it asks for
-/// a terminal): the pid runc wrote and the shim's side of the stdio.
-async fn run_exec(
+/// The container an exec starts in.
+struct ExecTarget<'a> {
+    id: &'a str,
+    exec_id: &'a str,
+    bundle: &'a Path,
+    init_pid: u32,
+    no_new_keyring: bool,
+}
+
+impl Service {
+    /// Starts `spec` in the container: natively when [`crate::nexec`] can apply all of
+    /// what runc would, else with `runc exec --detach`; its pid and the shim's side of
+    /// its stdio (a pty when it asks for a terminal).
+    async fn run_exec(
+        &self,
+        runc: &runc::Runc,
+        t: &ExecTarget<'_>,
+        spec: &ProcessSpec,
+        stdio: &StdioSpec,
+    ) -> TtrpcResult<(u32, ShimIo)> {
+        // Moving the process into the container's cgroups waits for the migration lock.
+        crate::cgroup::prime_migration_lock();
+        let (child_io, mut shim_io) = if stdio.terminal {
+            (pio::ChildIo::default(), ShimIo::default())
+        } else {
+            pio::prepare(stdio).map_err(|e| internal(format!("stdio: {e}")))?
+        };
+        let native = crate::nexec::Request {
+            container_id: t.id,
+            bundle: t.bundle,
+            init_pid: t.init_pid,
+            no_new_keyring: t.no_new_keyring,
+            process: spec,
+            stdio: child_io.raw_fds(),
+            terminal: stdio.terminal,
+        };
+        let reaper = self.0.reaper.clone();
+        match crate::nexec::start(&native, |pid| reaper.watch(pid)).await {
+            Ok(Some(started)) => match started.console {
+                Some(master) => pio::attach_console(stdio, master, &mut shim_io)
+                    .map(|()| (started.pid, shim_io))
+                    .map_err(|e| internal(format!("console: {e}"))),
+                None => Ok((started.pid, shim_io)),
+            },
+            Ok(None) => {
+                let pid_file = t.bundle.join(format!("exec-{}.pid", t.exec_id));
+                let ran =
+                    runc_exec(runc, t, spec, stdio, (child_io, &mut shim_io), &pid_file).await;
+                let _ = std::fs::remove_file(&pid_file);
+                ran.map(|pid| (pid, shim_io))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+}
+
+/// `runc exec --detach` of `spec`: the pid runc wrote (a pty master, with a terminal,
+/// wired to `shim_io`).
+async fn runc_exec(
     runc: &runc::Runc,
-    bundle: &Path,
-    id: &str,
+    t: &ExecTarget<'_>,
     spec: &ProcessSpec,
     stdio: &StdioSpec,
+    (child_io, shim_io): (pio::ChildIo, &mut ShimIo),
     pid_file: &Path,
-) -> TtrpcResult<(u32, ShimIo)> {
-    // runc exec moves the process into the container's cgroups (see `prime_migration_lock`).
-    crate::cgroup::prime_migration_lock();
-    let (child_io, mut shim_io) = if stdio.terminal {
-        (pio::ChildIo::default(), ShimIo::default())
-    } else {
-        pio::prepare(stdio).map_err(|e| internal(format!("stdio: {e}")))?
-    };
+) -> TtrpcResult<u32> {
     let mut eopts = ExecOpts::new()
         .pid_file(pid_file)
         .detach(true)
@@ -303,21 +358,19 @@ async fn run_exec(
         let sock = ConsoleSocket::new().map_err(|e| internal(format!("console: {e}")))?;
         eopts = eopts.console_socket(&sock.path);
         let run = async {
-            runc.exec(id, spec, Some(&eopts))
+            runc.exec(t.id, spec, Some(&eopts))
                 .await
-                .map_err(|e| runc_error(bundle, e))
+                .map_err(|e| runc_error(t.bundle, e))
         };
         with_console(sock, run).await.and_then(|(_, master)| {
-            pio::attach_console(stdio, master, &mut shim_io)
+            pio::attach_console(stdio, master, shim_io)
                 .map_err(|e| internal(format!("console: {e}")))
         })
     } else {
-        runc.exec(id, spec, Some(&eopts))
+        runc.exec(t.id, spec, Some(&eopts))
             .await
-            .map_err(|e| runc_error(bundle, e))
+            .map_err(|e| runc_error(t.bundle, e))
     };
     drop(eopts);
-    result
-        .and_then(|()| read_pid(pid_file))
-        .map(|pid| (pid, shim_io))
+    result.and_then(|()| read_pid(pid_file))
 }

@@ -34,6 +34,13 @@ pub struct Reaper {
 }
 
 impl Reaper {
+    /// The exit code of `pid`, once the framework reaps it.
+    pub fn watch(&self, pid: i32) -> oneshot::Receiver<i32> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(pid, tx);
+        rx
+    }
+
     fn claim_waiter(&self, pid: i32, code: i32) -> bool {
         match lock(&self.waiters).remove(&pid) {
             Some(tx) => {
