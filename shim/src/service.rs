@@ -13,10 +13,11 @@ use async_trait::async_trait;
 use containerd_shim::{
     Task, TtrpcContext, TtrpcResult,
     api::{
-        CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-        DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, Options, PidsRequest,
-        PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-        StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+        CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+        CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
+        Options, PidsRequest, PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest,
+        StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
+        WaitRequest, WaitResponse,
     },
     asynchronous::{ExitSignal, monitor::monitor_subscribe},
     monitor::{Subject, Topic},
@@ -38,6 +39,8 @@ use log::{debug, info, warn};
 use oci_spec::runtime::{LinuxResources, Process as ProcessSpec};
 use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
 use tokio::sync::{oneshot, watch};
+
+mod checkpoint;
 
 use crate::{
     cgroup::Cgroups,
@@ -183,6 +186,8 @@ impl Proc {
 struct Container {
     bundle: PathBuf,
     runc: Arc<runc::Runc>,
+    /// The same runc as a command line, for calls the client lacks (checkpoint).
+    cli: checkpoint::RuncCli,
     init: Proc,
     execs: HashMap<String, Proc>,
     /// Root filesystem the shim mounted from the create request.
@@ -442,18 +447,19 @@ impl Service {
     }
 }
 
+/// The last error runc logged in the bundle's log.json.
+fn runc_logged_error(bundle: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(bundle.join("log.json")).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v.get("level")?.as_str()? == "error")
+            .then(|| v.get("msg")?.as_str().map(str::to_string))?
+    })
+}
+
 /// The last error runc logged in the bundle's log.json, for a readable message.
 fn runc_error(bundle: &Path, e: runc::error::Error) -> ttrpc::Error {
-    let last = std::fs::read_to_string(bundle.join("log.json"))
-        .ok()
-        .and_then(|text| {
-            text.lines().rev().find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v.get("level")?.as_str()? == "error")
-                    .then(|| v.get("msg")?.as_str().map(str::to_string))?
-            })
-        });
-    let msg = match last {
+    let msg = match runc_logged_error(bundle) {
         Some(m) => format!("runc: {m}"),
         None => format!("runc: {e}"),
     };
@@ -548,6 +554,7 @@ impl Task for Service {
             .as_ref()
             .is_some_and(|any| any.type_url == CREATE_AND_START_OPTIONS);
         let runc = Arc::new(self.build_runc(&opts, &bundle)?);
+        let cli = checkpoint::RuncCli::new(&opts, &bundle);
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -635,6 +642,7 @@ impl Task for Service {
         let container = Container {
             bundle: bundle.clone(),
             runc,
+            cli,
             init,
             execs: HashMap::new(),
             mounted_rootfs: mounted,
@@ -1091,6 +1099,15 @@ impl Task for Service {
             exited_at: ts(p.exited_at),
             ..Default::default()
         })
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
+        self.checkpoint_task(req).await?;
+        Ok(Empty::new())
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {

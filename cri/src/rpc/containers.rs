@@ -1,10 +1,10 @@
 //! Container RPCs: CRI messages to and from `crust_sandbox::container::Containers`.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crust_sandbox::container::checkpoint::{self, Criu};
 use crust_sandbox::container::user::process_ids;
 use crust_sandbox::container::{
     ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo,
@@ -328,39 +328,25 @@ pub async fn exec_sync(cri: &Cri, req: ExecSyncRequest) -> CriResult<ExecSyncRes
     })
 }
 
-/// CheckpointContainer: not built yet.
-fn precondition(message: String) -> CriError {
-    CriError::Sandbox(crust_sandbox::Error::FailedPrecondition(message))
-}
-
-/// CheckpointContainer: refused with FailedPrecondition unless the container runs
-/// and CRIU works on this node (`criu check`), carrying CRIU's own error. The dump
-/// itself (runc checkpoint through the shim, the archive layout of CRI-O and
-/// containerd) is not built: with a working CRIU the answer is Unimplemented.
+/// CheckpointContainer: the running container is dumped with CRIU (left
+/// running) and written as a checkpoint archive at `location`; its CRI status
+/// goes in as `status.dump`. FailedPrecondition when it does not run or CRIU
+/// does not work here (with CRIU's own error), InvalidArgument for a bad
+/// location, DeadlineExceeded past `timeout` seconds.
 pub async fn checkpoint_container(
     cri: &Cri,
     req: CheckpointContainerRequest,
 ) -> CriResult<CheckpointContainerResponse> {
     validate::container::checkpoint(&req)?;
     let r = cri.containers.get(&req.container_id)?;
-    if r.state != ContainerState::Running {
-        return Err(precondition(format!(
-            "container {} is not running: only a running container can be checkpointed",
-            r.id
-        )));
-    }
-    let criu = tokio::task::spawn_blocking(checkpoint::criu)
-        .await
-        .map_err(|e| CriError::Internal(format!("criu check task: {e}")))?;
-    match criu {
-        Criu::Missing => Err(precondition(
-            "cannot checkpoint: criu is not installed on this node".to_string(),
-        )),
-        Criu::Unusable(e) => Err(precondition(format!(
-            "cannot checkpoint: criu does not work on this node: {e}"
-        ))),
-        Criu::Usable => Err(CriError::Unimplemented("CheckpointContainer")),
-    }
+    let spec = cri.containers.oci_spec(&r.id).ok();
+    let status = serde_json::to_vec_pretty(&status_of(&r, spec.as_ref()))
+        .map_err(|e| CriError::Internal(format!("container status: {e}")))?;
+    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    cri.containers
+        .checkpoint(&r.id, Path::new(&req.location), timeout, status)
+        .await?;
+    Ok(CheckpointContainerResponse {})
 }
 
 /// GetContainerEvents: every container event from now on, each with the

@@ -4,6 +4,7 @@
 pub mod apparmor;
 pub mod attach;
 pub mod checkpoint;
+pub mod checkpoint_archive;
 pub mod exec_stream;
 pub mod metrics;
 pub mod record;

@@ -44,6 +44,11 @@ pub trait Rootfs: Send + Sync {
     fn usage(&self, key: &str) -> Option<(u64, u64)>;
     /// Keys of every writable snapshot there is (to find those no container owns).
     fn keys(&self) -> std::result::Result<Vec<String>, String>;
+    /// The directory holding what snapshot `key` wrote (an overlay upper
+    /// directory), for CheckpointContainer's rootfs diff; None when it has none.
+    fn upper_dir(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A container's resource usage, for the stats RPCs.
@@ -916,6 +921,11 @@ impl Containers {
         let (rec, shim) = self.running(id).await?;
         shim.reopen_log(&rec.id).await?;
         Ok(())
+    }
+
+    /// The directory of what the container wrote to its root filesystem.
+    pub(crate) fn writable_layer(&self, id: &str) -> Option<PathBuf> {
+        self.inner.rootfs.upper_dir(id)
     }
 
     /// A running container and its pod's shim; FailedPrecondition when not running.

@@ -33,14 +33,14 @@ use std::{
 
 use containerd_shim_protos::{
     api::{
-        CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest,
-        KillRequest, PidsRequest, ResizePtyRequest, ShutdownRequest, StartRequest, StateRequest,
-        StatsRequest, UpdateTaskRequest, WaitRequest,
+        CheckpointTaskRequest, CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest,
+        ExecProcessRequest, KillRequest, PidsRequest, ResizePtyRequest, ShutdownRequest,
+        StartRequest, StateRequest, StatsRequest, UpdateTaskRequest, WaitRequest,
     },
     bootstrap_api::{BootstrapParams, BootstrapResult},
     cgroups::metrics::Metrics,
     protobuf::{Message, MessageField, well_known_types::any::Any},
-    shim::oci::Options,
+    shim::oci::{CheckpointOptions, Options},
     shim_async::Client,
     ttrpc::{self, Code, context::Context},
     types::{mount::Mount, task::Status},
@@ -662,6 +662,39 @@ impl ShimClient {
             ..Default::default()
         };
         self.task.update(self.ctx(), &req).await?;
+        Ok(())
+    }
+
+    /// Dumps the running container with CRIU into `image_dir`, leaving it running;
+    /// CRIU works and logs (dump.log, stats-dump) in `work_dir`. `timeout` bounds
+    /// the call (the shim's per-call timeout does not: a dump takes what it takes).
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        image_dir: &Path,
+        work_dir: &Path,
+        timeout: Duration,
+    ) -> Result<()> {
+        let opts = CheckpointOptions {
+            exit: false,
+            work_path: work_dir.display().to_string(),
+            ..Default::default()
+        };
+        let req = CheckpointTaskRequest {
+            id: id.to_string(),
+            path: image_dir.display().to_string(),
+            options: Some(Any {
+                type_url: "containerd.runc.v1.CheckpointOptions".into(),
+                value: opts
+                    .write_to_bytes()
+                    .map_err(|e| ShimError::Internal(e.to_string()))?,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let ctx = ttrpc::context::with_timeout(timeout.as_nanos() as i64);
+        self.task.checkpoint(ctx, &req).await?;
         Ok(())
     }
 
