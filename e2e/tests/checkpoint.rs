@@ -12,8 +12,10 @@ use crust_e2e::cri;
 use crust_e2e::workload::*;
 use tonic::Code;
 
-const COUNTER: &str =
-    "i=0; while true; do i=$((i+1)); echo $i > /count; echo tick $i; sleep 0.1; done";
+/// Counts in /count (replaced by a rename: the archive's copy of the writable
+/// layer is taken while the container runs on, so a reader never sees it half
+/// written) and logs each tick.
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; echo tick $i; sleep 0.1; done";
 
 async fn checkpoint(rt: &mut Rt, id: &str, location: &str) -> Result<(), tonic::Status> {
     rt.checkpoint_container(cri::CheckpointContainerRequest {
@@ -234,6 +236,65 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     let log = String::from_utf8_lossy(&tar_file(&archive, "container.log")).into_owned();
     assert!(log.contains("tick 1"), "{log}");
 
+    remove_pod(&mut rt, &pod).await;
+    assert_no_cgroups_left(&net);
+}
+
+#[tokio::test]
+async fn a_failed_dump_leaves_no_archive_and_the_container_running() {
+    if !Command::new("criu")
+        .arg("check")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("skipped: criu check fails here (the other test asserts the refusal)");
+        return;
+    }
+    let (_registry, crustd, net, image, mut rt, pc, pod) = scene(51, "ckpt-tcp").await;
+    let out_dir = crustd.dir().join("checkpoints");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let location = out_dir.join("tcp.tar").display().to_string();
+    // An established TCP connection: CRIU will not dump one unless told to
+    // (--tcp-established), which kubelet's checkpoint never asks for.
+    let script = format!(
+        "httpd -f -p 127.0.0.1:9999 & sleep 0.3; (sleep 1000 | nc 127.0.0.1 9999 >/dev/null) & {COUNTER}"
+    );
+    let config = container_config("tcp", &image, &["/bin/sh", "-c", &script]);
+    let id = create(&mut rt, &pod, &pc, config).await.expect("create");
+    start(&mut rt, &id).await;
+    count_reaches(&mut rt, &id, 2).await;
+    // Wait for the connection: a line in state 01 (ESTABLISHED).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tcp = exec(&mut rt, &id, &["cat", "/proc/net/tcp"], 10)
+            .await
+            .expect("exec");
+        let text = String::from_utf8_lossy(&tcp.stdout).into_owned();
+        if text
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(3) == Some("01"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no established connection: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let e = checkpoint(&mut rt, &id, &location).await.unwrap_err();
+    eprintln!("refused: {}", e.message());
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().contains("criu: Error ("), "{}", e.message());
+    assert_eq!(names_in(&out_dir), Vec::<String>::new(), "nothing left");
+    let before = count(&mut rt, &id).await;
+    count_reaches(&mut rt, &id, before + 3).await;
+    assert_eq!(
+        status(&mut rt, &id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
     remove_pod(&mut rt, &pod).await;
     assert_no_cgroups_left(&net);
 }

@@ -191,18 +191,17 @@ impl Service {
         if exit.success() {
             return Ok(());
         }
+        // runc's first line ("criu failed: ..."); the next names CRIU's log,
+        // whose errors are quoted instead (the caller may remove the file).
         let runc = super::runc_logged_error(&bundle)
             .unwrap_or_else(|| format!("{} {}", stdout.trim(), stderr.trim()));
+        let runc = runc.lines().next().unwrap_or_default().trim();
         let criu = criu_errors(&work)
-            .map(|c| format!(" (criu: {c})"))
+            .map(|c| format!("; criu: {c}"))
             .unwrap_or_default();
         Err(status(
             Code::INTERNAL,
-            format!(
-                "checkpoint of {} failed: runc: {}{criu}",
-                req.id,
-                runc.trim()
-            ),
+            format!("checkpoint of {} failed: runc: {runc}{criu}", req.id),
         ))
     }
 }
