@@ -153,7 +153,9 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
         }
     }
 
-    // The real client, as a person would: crictl checkpoint --export.
+    // The real client, as a person would: crictl checkpoint --export. The
+    // dumped process has counted at least this far.
+    let before = count(&mut rt, &id).await;
     let began = Instant::now();
     let out = Command::new(crust_e2e::crictl::path())
         .args([
@@ -236,8 +238,65 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     let log = String::from_utf8_lossy(&tar_file(&archive, "container.log")).into_owned();
     assert!(log.contains("tick 1"), "{log}");
 
+    // Restored as a new container (CRI-O's way: the archive as its image, no
+    // command): it goes on from the checkpointed count, not from 1.
+    let restored = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("restored", &location, &[]),
+    )
+    .await
+    .expect("create from the checkpoint archive");
+    assert_eq!(
+        status(&mut rt, &restored).await.state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    let began = Instant::now();
+    start(&mut rt, &restored).await;
+    eprintln!("restore took {:?}", began.elapsed());
+    let first = count(&mut rt, &restored).await;
+    assert!(
+        first >= before,
+        "restored at {first}, counted {before} before the checkpoint"
+    );
+    count_reaches(&mut rt, &restored, first + 5).await;
+    let restored_log = crustd_log_of(&mut rt, &restored).await;
+    let ticks: Vec<u64> = restored_log
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once("tick ")
+                .and_then(|(_, n)| n.trim().parse().ok())
+        })
+        .collect();
+    assert!(
+        ticks
+            .first()
+            .is_some_and(|t| *t >= before && *t <= at_checkpoint + 1),
+        "restored log starts {ticks:?}: counted {before} before the checkpoint, {at_checkpoint} in its layer"
+    );
+    // The original counts on, on its own.
+    assert!(count(&mut rt, &id).await > later);
+
+    // An image path that is no checkpoint archive is refused.
+    let e = create(
+        &mut rt,
+        &pod,
+        &pc,
+        container_config("bogus", &diff.display().to_string(), &[]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
     remove_pod(&mut rt, &pod).await;
     assert_no_cgroups_left(&net);
+}
+
+/// The CRI log of a container, read from the path its status names.
+async fn crustd_log_of(rt: &mut Rt, id: &str) -> String {
+    let path = status(rt, id).await.log_path;
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[tokio::test]

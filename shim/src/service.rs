@@ -549,10 +549,13 @@ impl Task for Service {
                 .map_err(|e| status(Code::INVALID_ARGUMENT, format!("options: {e}")))?,
             _ => Options::new(),
         };
-        let start_now = req
-            .options
-            .as_ref()
-            .is_some_and(|any| any.type_url == CREATE_AND_START_OPTIONS);
+        // A checkpoint to restore (CRIU images): runc restore runs it at once.
+        let restore_from = checkpoint::restore_from(&req)?;
+        let start_now = restore_from.is_some()
+            || req
+                .options
+                .as_ref()
+                .is_some_and(|any| any.type_url == CREATE_AND_START_OPTIONS);
         let runc = Arc::new(self.build_runc(&opts, &bundle)?);
         let cli = checkpoint::RuncCli::new(&opts, &bundle);
         let stdio = StdioSpec {
@@ -614,6 +617,8 @@ impl Task for Service {
                 }
                 Err(e) => Err(internal(format!("console socket: {e}"))),
             }
+        } else if let Some(images) = &restore_from {
+            self.restore(&cli, &id, &bundle, images, &copts).await
         } else {
             launch(&runc, start_now, &id, &bundle, &copts).await
         };

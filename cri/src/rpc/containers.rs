@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crust_sandbox::container::checkpoint_restore::CheckpointArchive;
 use crust_sandbox::container::user::process_ids;
 use crust_sandbox::container::{
     ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo,
@@ -74,7 +75,7 @@ pub async fn create_container(
     req: CreateContainerRequest,
 ) -> CriResult<CreateContainerResponse> {
     validate::container::create_container(&req)?;
-    let config = req.config.unwrap_or_default();
+    let mut config = req.config.unwrap_or_default();
     let pod = cri.pods.get(&req.pod_sandbox_id)?;
     // As containerd, the pod's privileged flag as kubelet restates it in the request.
     let pod_privileged = match &req.sandbox_config {
@@ -96,11 +97,20 @@ pub async fn create_container(
             )));
         }
     }
-    let image_name = config
+    let mut image_name = config
         .image
         .as_ref()
         .map(|i| i.image.trim().to_string())
         .unwrap_or_default();
+    // An image that is a checkpoint archive: a container of the image it
+    // was checkpointed from, restored from it when started (as CRI-O).
+    let restore = CheckpointArchive::open(&image_name)?;
+    if let Some(a) = &restore {
+        image_name = a.base_image().to_string();
+        if config.command.is_empty() && config.args.is_empty() {
+            config.command = a.args().to_vec();
+        }
+    }
     let image = cri.images.status(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!("image {image_name:?} not found: pull it first"))
     })?;
@@ -125,6 +135,12 @@ pub async fn create_container(
             },
         )
         .await?;
+    if let Some(a) = restore
+        && let Err(e) = cri.containers.prepare_restore(&id, a).await
+    {
+        let _ = cri.containers.remove(&id).await;
+        return Err(e.into());
+    }
     Ok(CreateContainerResponse { container_id: id })
 }
 

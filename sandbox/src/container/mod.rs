@@ -5,6 +5,7 @@ pub mod apparmor;
 pub mod attach;
 pub mod checkpoint;
 pub mod checkpoint_archive;
+pub mod checkpoint_restore;
 pub mod exec_stream;
 pub mod metrics;
 pub mod record;

@@ -461,7 +461,28 @@ impl ShimClient {
         }
     }
 
+    /// Creates the container restored from CRIU `images` (a checkpoint's
+    /// `checkpoint/` directory) and so running; returns its pid.
+    pub async fn restore(&self, t: &CreateTask, images: &Path) -> Result<u32> {
+        if self.flavour != ShimFlavour::Crust {
+            self.create_from(t, "containerd.runc.v1.Options", Some(images))
+                .await?;
+            return self.start(&t.id, "").await;
+        }
+        self.create_from(t, CREATE_AND_START_OPTIONS, Some(images))
+            .await
+    }
+
     async fn create_with(&self, t: &CreateTask, options_type: &str) -> Result<u32> {
+        self.create_from(t, options_type, None).await
+    }
+
+    async fn create_from(
+        &self,
+        t: &CreateTask,
+        options_type: &str,
+        checkpoint: Option<&Path>,
+    ) -> Result<u32> {
         let mut placeholders = None;
         let (stdin, stdout, stderr) = match &t.io.output {
             Output::CriLog(path) if !self.flavour.writes_cri_logs() => {
@@ -514,6 +535,9 @@ impl ShimClient {
             stdout,
             stderr,
             options: Some(options).into(),
+            checkpoint: checkpoint
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             ..Default::default()
         };
         let pid = self.task.create(self.ctx(), &req).await?.pid;

@@ -6,23 +6,25 @@
 //!
 //! The runc client crate has no checkpoint call, so the command line is built
 //! here from the same global options as the container's other runc calls and
-//! runs through the shim's reaping spawner.
+//! runs through the shim's reaping spawner. A `Create` whose `checkpoint`
+//! names CRIU images restores the container from them (`runc restore`).
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim::{
     TtrpcResult,
-    api::{CheckpointTaskRequest, Options},
+    api::{CheckpointTaskRequest, CreateTaskRequest, Options},
     protos::{protobuf::Message, shim::oci::CheckpointOptions, ttrpc::Code, types::task::Status},
 };
-use runc::Spawner;
+use runc::{Spawner, options::CreateOpts};
 
 use super::{DEFAULT_RUNC_ROOT, RuncSpawner, Service, internal, lock, not_found, status};
 
 /// Type URL of the options containerd sends with a checkpoint request.
 const CHECKPOINT_OPTIONS: &str = "containerd.runc.v1.CheckpointOptions";
-/// CRIU's dump log inside the work directory (runc names it so).
+/// CRIU's logs inside the work directory (runc names them so).
 const DUMP_LOG: &str = "dump.log";
+const RESTORE_LOG: &str = "restore.log";
 
 /// The runc command line of a container: binary and global options.
 #[derive(Debug, Clone)]
@@ -135,8 +137,8 @@ fn absolute(what: &str, p: &str) -> TtrpcResult<PathBuf> {
 }
 
 /// CRIU's own `Error` lines from its dump log, the last few.
-fn criu_errors(work: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(work.join(DUMP_LOG)).ok()?;
+fn criu_errors(work: &Path, log: &str) -> Option<String> {
+    let text = std::fs::read_to_string(work.join(log)).ok()?;
     let errors: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split_once("Error (").map(|(_, rest)| rest))
@@ -150,7 +152,90 @@ fn criu_errors(work: &Path) -> Option<String> {
     })
 }
 
+/// The CRIU image directory a `Create` restores from, if any (`checkpoint`);
+/// not for a terminal (the pty would have to be handed to CRIU as external).
+pub(super) fn restore_from(req: &CreateTaskRequest) -> TtrpcResult<Option<PathBuf>> {
+    if req.checkpoint.is_empty() {
+        return Ok(None);
+    }
+    if req.terminal {
+        return Err(status(
+            Code::INVALID_ARGUMENT,
+            "restoring a container with a terminal is not supported",
+        ));
+    }
+    let dir = absolute("checkpoint", &req.checkpoint)?;
+    if !dir.join("inventory.img").is_file() {
+        return Err(status(
+            Code::INVALID_ARGUMENT,
+            format!("{} holds no CRIU images", dir.display()),
+        ));
+    }
+    Ok(Some(dir))
+}
+
 impl Service {
+    /// `runc restore --detach` of the container from CRIU `images`, its stdio
+    /// (and so the restored process's) the create options' io, as `runc run` would.
+    pub(super) async fn restore(
+        &self,
+        cli: &RuncCli,
+        id: &str,
+        bundle: &Path,
+        images: &Path,
+        copts: &CreateOpts,
+    ) -> TtrpcResult<()> {
+        let work = bundle.join("criu-restore");
+        std::fs::create_dir_all(&work)
+            .map_err(|e| internal(format!("mkdir {}: {e}", work.display())))?;
+        let mut cmd = runc::Command::new(&cli.binary);
+        cmd.args(cli.global_args()).args([
+            "restore".to_string(),
+            "--detach".to_string(),
+            "--bundle".to_string(),
+            bundle.display().to_string(),
+            "--pid-file".to_string(),
+            bundle.join("init.pid").display().to_string(),
+            "--image-path".to_string(),
+            images.display().to_string(),
+            "--work-path".to_string(),
+            work.display().to_string(),
+        ]);
+        if copts.no_pivot {
+            cmd.arg("--no-pivot");
+        }
+        cmd.arg(id);
+        match &copts.io {
+            Some(io) => io
+                .set(&mut cmd)
+                .await
+                .map_err(|e| internal(format!("restore stdio: {e}")))?,
+            None => {
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+            }
+        }
+        let spawner = RuncSpawner(self.0.reaper.clone());
+        let result = spawner.execute(cmd).await;
+        if let Some(io) = &copts.io {
+            io.close_after_start().await;
+        }
+        let (exit, ..) = result.map_err(|e| internal(format!("runc restore: {e}")))?;
+        if exit.success() {
+            return Ok(());
+        }
+        let runc = super::runc_logged_error(bundle).unwrap_or_else(|| exit.to_string());
+        let runc = runc.lines().next().unwrap_or_default().trim();
+        let criu = criu_errors(&work, RESTORE_LOG)
+            .map(|c| format!("; criu: {c}"))
+            .unwrap_or_default();
+        Err(status(
+            Code::INTERNAL,
+            format!("restore of {id} failed: runc: {runc}{criu}"),
+        ))
+    }
+
     /// Dumps the running container `req.id` into `req.path` with `runc checkpoint`.
     pub(super) async fn checkpoint_task(&self, req: CheckpointTaskRequest) -> TtrpcResult<()> {
         let opts = parse_options(&req)?;
@@ -196,7 +281,7 @@ impl Service {
         let runc = super::runc_logged_error(&bundle)
             .unwrap_or_else(|| format!("{} {}", stdout.trim(), stderr.trim()));
         let runc = runc.lines().next().unwrap_or_default().trim();
-        let criu = criu_errors(&work)
+        let criu = criu_errors(&work, DUMP_LOG)
             .map(|c| format!("; criu: {c}"))
             .unwrap_or_default();
         Err(status(
@@ -271,16 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_needs_criu_images_and_no_terminal() {
+        let d = tempfile::tempdir().unwrap();
+        let mut req = CreateTaskRequest::new();
+        assert_eq!(restore_from(&req).unwrap(), None);
+        req.checkpoint = d.path().display().to_string();
+        assert!(restore_from(&req).is_err(), "no inventory.img");
+        std::fs::write(d.path().join("inventory.img"), "x").unwrap();
+        assert_eq!(restore_from(&req).unwrap(), Some(d.path().to_path_buf()));
+        req.terminal = true;
+        assert!(restore_from(&req).is_err(), "terminal");
+        req.terminal = false;
+        req.checkpoint = "rel".into();
+        assert!(restore_from(&req).is_err(), "relative");
+    }
+
+    #[test]
     fn criu_errors_come_from_the_dump_log() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(criu_errors(d.path()), None);
+        assert_eq!(criu_errors(d.path(), DUMP_LOG), None);
         std::fs::write(
             d.path().join(DUMP_LOG),
             "(00.1) Dumping\n(00.2) Error (criu/sk-unix.c:1): unix: Can't dump\n(00.3) Error (criu/cr-dump.c:2): Dumping FAILED.\n",
         )
         .unwrap();
         assert_eq!(
-            criu_errors(d.path()).unwrap(),
+            criu_errors(d.path(), DUMP_LOG).unwrap(),
             "Error (criu/sk-unix.c:1): unix: Can't dump; Error (criu/cr-dump.c:2): Dumping FAILED."
         );
     }
