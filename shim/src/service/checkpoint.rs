@@ -14,7 +14,12 @@ use std::path::{Path, PathBuf};
 use containerd_shim::{
     TtrpcResult,
     api::{CheckpointTaskRequest, CreateTaskRequest, Options},
-    protos::{protobuf::Message, shim::oci::CheckpointOptions, ttrpc::Code, types::task::Status},
+    protos::{
+        protobuf::Message,
+        shim::oci::CheckpointOptions,
+        ttrpc::{self, Code},
+        types::task::Status,
+    },
 };
 use runc::{Spawner, options::CreateOpts};
 
@@ -136,7 +141,29 @@ fn absolute(what: &str, p: &str) -> TtrpcResult<PathBuf> {
     Ok(path)
 }
 
-/// CRIU's own `Error` lines from its dump log, the last few.
+/// A failed runc checkpoint/restore: runc's first logged line (its next one
+/// names CRIU's log, whose errors are quoted instead: the caller may remove
+/// the file), else `fallback`, and CRIU's last errors.
+fn failure(
+    what: &str,
+    id: &str,
+    bundle: &Path,
+    work: &Path,
+    log: &str,
+    fallback: String,
+) -> ttrpc::Error {
+    let runc = super::runc_logged_error(bundle).unwrap_or(fallback);
+    let runc = runc.lines().next().unwrap_or_default().trim();
+    let criu = criu_errors(work, log)
+        .map(|c| format!("; criu: {c}"))
+        .unwrap_or_default();
+    status(
+        Code::INTERNAL,
+        format!("{what} of {id} failed: runc: {runc}{criu}"),
+    )
+}
+
+/// CRIU's own `Error` lines from its log, the last few.
 fn criu_errors(work: &Path, log: &str) -> Option<String> {
     let text = std::fs::read_to_string(work.join(log)).ok()?;
     let errors: Vec<&str> = text
@@ -225,14 +252,13 @@ impl Service {
         if exit.success() {
             return Ok(());
         }
-        let runc = super::runc_logged_error(bundle).unwrap_or_else(|| exit.to_string());
-        let runc = runc.lines().next().unwrap_or_default().trim();
-        let criu = criu_errors(&work, RESTORE_LOG)
-            .map(|c| format!("; criu: {c}"))
-            .unwrap_or_default();
-        Err(status(
-            Code::INTERNAL,
-            format!("restore of {id} failed: runc: {runc}{criu}"),
+        Err(failure(
+            "restore",
+            id,
+            bundle,
+            &work,
+            RESTORE_LOG,
+            exit.to_string(),
         ))
     }
 
@@ -276,17 +302,14 @@ impl Service {
         if exit.success() {
             return Ok(());
         }
-        // runc's first line ("criu failed: ..."); the next names CRIU's log,
-        // whose errors are quoted instead (the caller may remove the file).
-        let runc = super::runc_logged_error(&bundle)
-            .unwrap_or_else(|| format!("{} {}", stdout.trim(), stderr.trim()));
-        let runc = runc.lines().next().unwrap_or_default().trim();
-        let criu = criu_errors(&work, DUMP_LOG)
-            .map(|c| format!("; criu: {c}"))
-            .unwrap_or_default();
-        Err(status(
-            Code::INTERNAL,
-            format!("checkpoint of {} failed: runc: {runc}{criu}", req.id),
+        let output = format!("{} {}", stdout.trim(), stderr.trim());
+        Err(failure(
+            "checkpoint",
+            &req.id,
+            &bundle,
+            &work,
+            DUMP_LOG,
+            output,
         ))
     }
 }
