@@ -238,12 +238,14 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     let log = String::from_utf8_lossy(&tar_file(&archive, "container.log")).into_owned();
     assert!(log.contains("tick 1"), "{log}");
 
-    // Restored as a new container (CRI-O's way: the archive as its image, no
-    // command): it goes on from the checkpointed count, not from 1.
+    // Restored as a new container of another pod (CRI-O's way: the archive
+    // as its image, no command): it goes on from the checkpointed count.
+    let pc2 = pod_config("ckpt-restored", &net, &crustd.dir().join("logs2"));
+    let pod2 = run_pod(&mut rt, &pc2).await;
     let restored = create(
         &mut rt,
-        &pod,
-        &pc,
+        &pod2,
+        &pc2,
         container_config("restored", &location, &[]),
     )
     .await
@@ -289,6 +291,7 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
+    remove_pod(&mut rt, &pod2).await;
     remove_pod(&mut rt, &pod).await;
     assert_no_cgroups_left(&net);
 }
