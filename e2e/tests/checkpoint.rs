@@ -257,6 +257,14 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     let began = Instant::now();
     start(&mut rt, &restored).await;
     eprintln!("restore took {:?}", began.elapsed());
+    let bundle = verbose_info(&mut rt, &restored).await["bundle"]
+        .as_str()
+        .expect("bundle")
+        .to_string();
+    assert!(
+        !Path::new(&bundle).join("checkpoint").exists(),
+        "CRIU images kept after the restore"
+    );
     let first = count(&mut rt, &restored).await;
     assert!(
         first >= before,

@@ -19,7 +19,10 @@ use super::{
     Containers,
     checkpoint_archive::{CHECKPOINT_DIR, CONFIG_DUMP, DELETED_FILES, ROOTFS_DIFF_TAR, SPEC_DUMP},
 };
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    shim::{CreateTask, Result as ShimResult, ShimClient},
+};
 
 /// What a restore reads of `config.dump`.
 #[derive(Debug, Deserialize)]
@@ -122,6 +125,14 @@ impl CheckpointArchive {
 pub fn images_of(bundle: &Path) -> Option<PathBuf> {
     let dir = bundle.join(CHECKPOINT_DIR);
     dir.join("inventory.img").is_file().then_some(dir)
+}
+
+/// Starts the task by restoring it from `images`, which are then removed
+/// (CRIU has read them; a container starts once).
+pub async fn restore(shim: &ShimClient, task: &CreateTask, images: &Path) -> ShimResult<u32> {
+    let r = shim.restore(task, images).await;
+    let _ = tokio::fs::remove_dir_all(images).await;
+    r
 }
 
 impl Containers {

@@ -444,7 +444,7 @@ impl Containers {
         // container that exits at once never finishes before it started.
         let started_at = now_ns();
         let started = match super::checkpoint_restore::images_of(&rec.bundle) {
-            Some(images) => shim.restore(&task, &images).await,
+            Some(images) => super::checkpoint_restore::restore(&shim, &task, &images).await,
             None => shim.create_and_start(&task).await,
         };
         drop(timer);
