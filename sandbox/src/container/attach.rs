@@ -14,9 +14,11 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use super::service::{Containers, STDIN_FIFO};
+use std::sync::Arc;
+
+use super::{Containers, STDIN_FIFO};
 use crate::error::{Error, Result};
-use crate::shim::ShimClient;
+use crate::task::TaskRuntime;
 
 /// A running container to attach to.
 pub struct AttachTarget {
@@ -27,7 +29,7 @@ pub struct AttachTarget {
     pub stdin_fifo: Option<PathBuf>,
     pub tty: bool,
     pub stdin_once: bool,
-    shim: ShimClient,
+    shim: Arc<dyn TaskRuntime>,
 }
 
 impl Containers {

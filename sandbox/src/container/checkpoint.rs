@@ -17,7 +17,6 @@ use std::{
 use super::{
     ContainerRecord, Containers,
     checkpoint_archive::{self as archive, ConfigDump, Staging},
-    service::new_id,
 };
 use crate::{Error, Result};
 
@@ -107,7 +106,7 @@ impl Containers {
         let upper = self.writable_layer(&rec.id).ok_or_else(|| {
             Error::Internal(format!("container {} has no writable layer", rec.id))
         })?;
-        let staging = Staging::new(location, &new_id()?[..12])?;
+        let staging = Staging::new(location, &crate::registry::new_id()?[..12])?;
         let work = async {
             shim.checkpoint(&rec.id, &staging.images(), &staging.work(), timeout)
                 .await?;

@@ -21,7 +21,8 @@ use super::{
 };
 use crate::{
     Error, Result,
-    shim::{CreateTask, Result as ShimResult, ShimClient},
+    shim::{CreateTask, Result as ShimResult},
+    task::TaskRuntime,
 };
 
 /// What a restore reads of `config.dump`.
@@ -129,7 +130,7 @@ pub fn images_of(bundle: &Path) -> Option<PathBuf> {
 
 /// Starts the task by restoring it from `images`, which are then removed
 /// (CRIU has read them; a container starts once).
-pub async fn restore(shim: &ShimClient, task: &CreateTask, images: &Path) -> ShimResult<u32> {
+pub async fn restore(shim: &dyn TaskRuntime, task: &CreateTask, images: &Path) -> ShimResult<u32> {
     let r = shim.restore(task, images).await;
     let _ = tokio::fs::remove_dir_all(images).await;
     r

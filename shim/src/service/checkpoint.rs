@@ -21,12 +21,11 @@ use containerd_shim::{
         types::task::Status,
     },
 };
+use crust_shim_protocol::CHECKPOINT_OPTIONS;
 use runc::{Spawner, options::CreateOpts};
 
 use super::{DEFAULT_RUNC_ROOT, RuncSpawner, Service, internal, lock, not_found, status};
 
-/// Type URL of the options containerd sends with a checkpoint request.
-const CHECKPOINT_OPTIONS: &str = "containerd.runc.v1.CheckpointOptions";
 /// CRIU's logs inside the work directory (runc names them so).
 const DUMP_LOG: &str = "dump.log";
 const RESTORE_LOG: &str = "restore.log";
