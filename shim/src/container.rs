@@ -28,6 +28,7 @@ use oci_spec::runtime::LinuxResources;
 use runc::options::{CreateOpts, DeleteOpts};
 
 use crate::cgroup::Cgroups;
+use crate::checkpoint::RuncCli;
 use crate::io::{self as pio, ConsoleSocket, ShimIo, StdioSpec};
 use crate::process::Proc;
 use crate::runtime::{launch, read_pid, runc_error, unmount, with_console};
@@ -39,6 +40,8 @@ use crate::service::{
 pub(crate) struct Container {
     pub(crate) bundle: PathBuf,
     pub(crate) runc: Arc<runc::Runc>,
+    /// The same runc as a command line, for calls the client lacks (checkpoint).
+    pub(crate) cli: RuncCli,
     pub(crate) init: Proc,
     pub(crate) execs: HashMap<String, Proc>,
     /// Created with `no_new_keyring` (execs then keep the shim's session keyring).
@@ -110,7 +113,11 @@ impl Service {
         crate::cgroup::prime_migration_lock();
         let bundle = PathBuf::from(&req.bundle);
         let (opts, start_now) = create_options(&req)?;
+        // A checkpoint to restore (CRIU images): runc restore runs it at once.
+        let restore_from = crate::checkpoint::restore_from(&req)?;
+        let start_now = start_now || restore_from.is_some();
         let runc = Arc::new(crate::runtime::build(&self.0.reaper, &opts, &bundle)?);
+        let cli = RuncCli::new(&opts, &bundle);
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -124,6 +131,7 @@ impl Service {
             bundle: &bundle,
             opts: &opts,
             start_now,
+            restore: restore_from.as_deref().map(|images| (self, &cli, images)),
         };
         let (pid, shim_io, runc_ms) = match run_init(&runc, &launch, &stdio).await {
             Ok(ran) => ran,
@@ -145,6 +153,7 @@ impl Service {
             Container {
                 bundle: bundle.clone(),
                 runc,
+                cli,
                 init,
                 execs: HashMap::new(),
                 no_new_keyring: opts.no_new_keyring,
@@ -423,6 +432,8 @@ struct Launch<'a> {
     bundle: &'a Path,
     opts: &'a Options,
     start_now: bool,
+    /// CRIU images to restore the init from (`runc restore --detach`) instead.
+    restore: Option<(&'a Service, &'a RuncCli, &'a Path)>,
 }
 
 /// The init launched with its stdio (a pty when it asks for a terminal): its pid, the
@@ -458,6 +469,8 @@ async fn run_init(
             }
             Err(e) => Err(internal(format!("console socket: {e}"))),
         }
+    } else if let Some((svc, cli, images)) = l.restore {
+        svc.restore(cli, l.id, l.bundle, images, &copts).await
     } else {
         launch(runc, l.start_now, l.id, l.bundle, &copts).await
     };

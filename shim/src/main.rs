@@ -16,6 +16,7 @@
 //! The Task service and the modules it delegates to: `service.rs`.
 
 mod cgroup;
+mod checkpoint;
 mod container;
 mod io;
 mod nexec;

@@ -47,18 +47,19 @@ pub(crate) fn build(
         .map_err(|e| status(Code::FAILED_PRECONDITION, format!("runc {binary}: {e}")))
 }
 
+/// The last error runc logged in the bundle's log.json.
+pub(crate) fn runc_logged_error(bundle: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(bundle.join("log.json")).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v.get("level")?.as_str()? == "error")
+            .then(|| v.get("msg")?.as_str().map(str::to_string))?
+    })
+}
+
 /// The last error runc logged in the bundle's log.json, for a readable message.
 pub(crate) fn runc_error(bundle: &Path, e: runc::error::Error) -> ttrpc::Error {
-    let last = std::fs::read_to_string(bundle.join("log.json"))
-        .ok()
-        .and_then(|text| {
-            text.lines().rev().find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v.get("level")?.as_str()? == "error")
-                    .then(|| v.get("msg")?.as_str().map(str::to_string))?
-            })
-        });
-    let msg = match last {
+    let msg = match runc_logged_error(bundle) {
         Some(m) => format!("runc: {m}"),
         None => format!("runc: {e}"),
     };

@@ -13,10 +13,11 @@ use async_trait::async_trait;
 use containerd_shim::{
     Task, TtrpcContext, TtrpcResult,
     api::{
-        CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-        DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse,
-        ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-        StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+        CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+        CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
+        PidsRequest, PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse,
+        StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest,
+        WaitResponse,
     },
     asynchronous::{ExitSignal, monitor::monitor_subscribe},
     monitor::{Subject, Topic},
@@ -174,6 +175,15 @@ impl Task for Service {
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         self.wait_process(req).await
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
+        self.checkpoint_task(req).await?;
+        Ok(Empty::new())
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {

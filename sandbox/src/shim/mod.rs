@@ -32,14 +32,14 @@ use std::{collections::HashMap, path::Path, process::Stdio, time::Duration};
 
 use containerd_shim_protos::{
     api::{
-        CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest,
-        KillRequest, PidsRequest, ResizePtyRequest, ShutdownRequest, StartRequest, StateRequest,
-        StatsRequest, UpdateTaskRequest, WaitRequest,
+        CheckpointTaskRequest, CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest,
+        ExecProcessRequest, KillRequest, PidsRequest, ResizePtyRequest, ShutdownRequest,
+        StartRequest, StateRequest, StatsRequest, UpdateTaskRequest, WaitRequest,
     },
     bootstrap_api::{BootstrapParams, BootstrapResult},
     cgroups::metrics::Metrics,
     protobuf::{Message, well_known_types::any::Any},
-    shim::oci::Options,
+    shim::oci::{CheckpointOptions, Options},
     shim_async::Client,
     ttrpc::{self, context::Context},
     types::{mount::Mount, task::Status},
@@ -272,7 +272,28 @@ impl ShimClient {
         }
     }
 
+    /// Creates the container restored from CRIU `images` (a checkpoint's
+    /// `checkpoint/` directory) and so running; returns its pid.
+    pub async fn restore(&self, t: &CreateTask, images: &Path) -> Result<u32> {
+        if self.flavour != ShimFlavour::Crust {
+            self.create_from(t, crust_shim_protocol::RUNC_OPTIONS, Some(images))
+                .await?;
+            return self.start(&t.id, "").await;
+        }
+        self.create_from(t, CREATE_AND_START_OPTIONS, Some(images))
+            .await
+    }
+
     async fn create_with(&self, t: &CreateTask, options_type: &str) -> Result<u32> {
+        self.create_from(t, options_type, None).await
+    }
+
+    async fn create_from(
+        &self,
+        t: &CreateTask,
+        options_type: &str,
+        checkpoint: Option<&Path>,
+    ) -> Result<u32> {
         let mut placeholders = None;
         let (stdin, stdout, stderr) = match &t.io.output {
             Output::CriLog(path) if !self.flavour.writes_cri_logs() => {
@@ -325,6 +346,9 @@ impl ShimClient {
             stdout,
             stderr,
             options: Some(options).into(),
+            checkpoint: checkpoint
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             ..Default::default()
         };
         let pid = self.task.create(self.ctx(), &req).await?.pid;
@@ -473,6 +497,39 @@ impl ShimClient {
             ..Default::default()
         };
         self.task.update(self.ctx(), &req).await?;
+        Ok(())
+    }
+
+    /// Dumps the running container with CRIU into `image_dir`, leaving it running;
+    /// CRIU works and logs (dump.log, stats-dump) in `work_dir`. `timeout` bounds
+    /// the call (the shim's per-call timeout does not: a dump takes what it takes).
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        image_dir: &Path,
+        work_dir: &Path,
+        timeout: Duration,
+    ) -> Result<()> {
+        let opts = CheckpointOptions {
+            exit: false,
+            work_path: work_dir.display().to_string(),
+            ..Default::default()
+        };
+        let req = CheckpointTaskRequest {
+            id: id.to_string(),
+            path: image_dir.display().to_string(),
+            options: Some(Any {
+                type_url: crust_shim_protocol::CHECKPOINT_OPTIONS.into(),
+                value: opts
+                    .write_to_bytes()
+                    .map_err(|e| ShimError::Internal(e.to_string()))?,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let ctx = ttrpc::context::with_timeout(timeout.as_nanos() as i64);
+        self.task.checkpoint(ctx, &req).await?;
         Ok(())
     }
 
