@@ -18,6 +18,8 @@ pub mod apparmor;
 pub mod attach;
 mod bundle;
 pub mod checkpoint;
+pub mod checkpoint_archive;
+pub mod checkpoint_restore;
 mod create;
 mod exec;
 pub mod exec_stream;
@@ -78,6 +80,11 @@ pub trait Rootfs: Send + Sync {
     fn usage(&self, key: &str) -> Option<(u64, u64)>;
     /// Keys of every writable snapshot there is (to find those no container owns).
     fn keys(&self) -> std::result::Result<Vec<String>, String>;
+    /// The directory holding what snapshot `key` wrote (an overlay upper
+    /// directory), for CheckpointContainer's rootfs diff; None when it has none.
+    fn upper_dir(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
     /// Where image volumes come from (`image_volumes.rs`); None: this node has none.
     fn image_volumes(&self) -> Option<Arc<dyn ImageVolumeSource>> {
         None
