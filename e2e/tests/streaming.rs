@@ -207,12 +207,15 @@ fn upgrade(url: &str) -> String {
     let (addr, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
+    let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
          X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
+    );
+    // One write: a server that refuses what it read first (a TLS port answering plain
+    // HTTP) may reset the connection before a second write, which then fails.
+    if let Err(e) = s.write_all(request.as_bytes()) {
+        return format!("write failed: {e}");
+    }
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n])
