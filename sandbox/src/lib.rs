@@ -6,6 +6,7 @@ mod config;
 pub mod container;
 mod error;
 pub mod features;
+pub mod idmap;
 pub mod metrics;
 pub mod mountinfo;
 pub mod namespaces;
@@ -13,6 +14,7 @@ pub mod netstats;
 pub mod pod;
 pub mod shim;
 pub mod sysctl;
+pub mod userns;
 
 pub use cgroup::CgroupDriver;
 pub use config::{
