@@ -116,23 +116,9 @@ pub fn bind(source: &Path, target: &Path, userns: &OwnedFd) -> io::Result<()> {
     done
 }
 
-/// Unmounts (detaching) every mount at or below `dir`, deepest first; a `dir` that is not
-/// there is fine. Errors name the mount that stayed: then nothing below `dir` may be deleted.
+/// Unmounts every mount at or below `dir` (see `namespaces::unmount_all_below`).
 pub fn release(dir: &Path) -> io::Result<()> {
-    let Ok(mi) = crate::mountinfo::read() else {
-        return Ok(());
-    };
-    let mut points: Vec<PathBuf> = mi
-        .lines()
-        .filter_map(crate::mountinfo::mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    for p in points {
-        crate::namespaces::unmount(&p)?;
-    }
-    Ok(())
+    crate::namespaces::unmount_all_below(dir)
 }
 
 /// Lower layers of an overlay, each attached idmapped at `<stage>/<i>` for the time of the

@@ -363,6 +363,28 @@ pub fn unmount(target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Unmounts (detaching) every mount point at or below `dir`, deepest first; each is tried.
+/// An error names a mount that stayed: then nothing below `dir` may be deleted.
+pub fn unmount_all_below(dir: &Path) -> io::Result<()> {
+    let Ok(mi) = crate::mountinfo::read() else {
+        return Ok(());
+    };
+    let mut points: Vec<PathBuf> = mi
+        .lines()
+        .filter_map(crate::mountinfo::mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    let mut result = Ok(());
+    for p in points {
+        if let Err(e) = unmount(&p) {
+            result = Err(e);
+        }
+    }
+    result
+}
+
 /// Kills the infra process and releases every pin. Safe to call again.
 pub fn destroy(ns: &PodNamespaces) {
     kill_infra(ns);

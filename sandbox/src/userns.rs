@@ -38,6 +38,23 @@ pub struct UserNamespace {
 const MAX_LINES: usize = 340;
 
 impl UserNamespace {
+    /// The maps of a CRI `UserNamespace` or `Mount`.
+    pub fn from_cri(uids: &[k8s_cri::v1::IdMapping], gids: &[k8s_cri::v1::IdMapping]) -> Self {
+        let conv = |v: &[k8s_cri::v1::IdMapping]| {
+            v.iter()
+                .map(|m| IdMapping {
+                    container_id: m.container_id,
+                    host_id: m.host_id,
+                    length: m.length,
+                })
+                .collect()
+        };
+        UserNamespace {
+            uids: conv(uids),
+            gids: conv(gids),
+        }
+    }
+
     /// The host uid and gid that container id 0 (the pod's root) is.
     pub fn host_root(&self) -> (u32, u32) {
         (host_of(&self.uids, 0), host_of(&self.gids, 0))
@@ -583,17 +600,27 @@ mod tests {
                 std::fs::metadata(&user).unwrap().ino(),
                 std::fs::metadata("/proc/self/ns/user").unwrap().ino()
             );
-            if let Some(infra) = pods.infra_pid {
-                let map = std::fs::read_to_string(format!("/proc/{infra}/uid_map")).unwrap();
+            // The network, IPC and UTS namespaces belong to the new user namespace.
+            for owned in [&pods.net, &pods.ipc, &pods.uts] {
+                let f = std::fs::File::open(owned.as_ref().unwrap()).unwrap();
+                const NS_GET_USERNS: libc::c_ulong = 0xb701;
+                // SAFETY: an ioctl on a namespace file we hold; it returns a new fd or -1.
+                let owner = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_USERNS) };
+                assert!(owner >= 0, "{}", io::Error::last_os_error());
+                // SAFETY: the ioctl returned a descriptor we now own.
+                let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(owner) });
                 assert_eq!(
-                    map.split_whitespace().collect::<Vec<_>>(),
-                    ["0", "3000000", "65536"]
+                    owner.metadata().unwrap().ino(),
+                    std::fs::metadata(&user).unwrap().ino()
                 );
-                let hn =
-                    std::fs::read_to_string(format!("/proc/{infra}/root/proc/sys/kernel/hostname"));
-                assert!(hn.is_ok());
-            } else {
-                assert!(pid == false);
+            }
+            match pods.infra_pid {
+                Some(infra) => {
+                    let map = std::fs::read_to_string(format!("/proc/{infra}/uid_map")).unwrap();
+                    let fields: Vec<&str> = map.split_whitespace().collect();
+                    assert_eq!(fields, ["0", "3000000", "65536"]);
+                }
+                None => assert!(!pid),
             }
             crate::namespaces::destroy(&pods);
             assert!(!crate::namespaces::is_mounted(&user));

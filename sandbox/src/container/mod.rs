@@ -12,6 +12,7 @@ pub mod service;
 pub mod spec;
 pub mod stats;
 pub mod user;
+mod userns;
 
 pub use record::{ContainerRecord, ContainerState};
 pub use service::{

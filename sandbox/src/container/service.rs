@@ -44,6 +44,22 @@ pub trait Rootfs: Send + Sync {
     fn usage(&self, key: &str) -> Option<(u64, u64)>;
     /// Keys of every writable snapshot there is (to find those no container owns).
     fn keys(&self) -> std::result::Result<Vec<String>, String>;
+    /// As `mount`, for a container in a user namespace: the image's layers are seen through
+    /// mounts idmapped with `userns` and the writable layer's root belongs to `root` (the
+    /// pod root's host uid and gid), so nothing is copied or chowned.
+    fn mount_idmapped(
+        &self,
+        key: &str,
+        image_id: &str,
+        target: &Path,
+        userns: &std::os::fd::OwnedFd,
+        root: (u32, u32),
+    ) -> Result<()> {
+        let _ = (key, image_id, target, userns, root);
+        Err(Error::FailedPrecondition(
+            "this root filesystem cannot be idmapped for a user namespace".into(),
+        ))
+    }
 }
 
 /// A container's resource usage, for the stats RPCs.
@@ -112,6 +128,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Unmounts a container's rootfs and removes its snapshot; idempotent.
 fn release_rootfs(rootfs: &dyn Rootfs, key: &str, target: &Path) -> Result<()> {
+    super::userns::release(target.parent().unwrap_or(target))?;
     crate::namespaces::unmount(target)?;
     rootfs.remove(key)
 }
@@ -399,6 +416,10 @@ impl Containers {
                 "container {} is {:?}, not CREATED",
                 rec.id, rec.state
             )));
+        }
+        if let Some(u) = super::userns::PodUserns::of(&pod) {
+            // Start-up may have tightened the path runc's init walks as the pod's root.
+            super::userns::allow_init_in(&self.inner.cfg.state_dir, &rec.bundle, &u.maps)?;
         }
         let stdin = if rec.config.stdin {
             let fifo = rec.bundle.join(STDIN_FIFO);
@@ -1146,10 +1167,13 @@ impl Inner {
                 Ok(id.to_string())
             }
             Err(e) => {
-                if let Err(u) = release_rootfs(self.rootfs.as_ref(), id, &rootfs) {
-                    tracing::error!(container = id, error = %u, "undoing rootfs");
+                match release_rootfs(self.rootfs.as_ref(), id, &rootfs) {
+                    // A mount left in the bundle: deleting through it would delete its files.
+                    Err(u) => tracing::error!(container = id, error = %u, "undoing rootfs"),
+                    Ok(()) => {
+                        let _ = std::fs::remove_dir_all(&bundle);
+                    }
                 }
-                let _ = std::fs::remove_dir_all(&bundle);
                 Err(e)
             }
         }
@@ -1164,7 +1188,15 @@ impl Inner {
         bundle: &Path,
         rootfs: &Path,
     ) -> Result<ContainerRecord> {
-        self.rootfs.mount(id, &image.id, rootfs)?;
+        super::userns::check_mounts(&config, pod)?;
+        let userns = super::userns::PodUserns::of(pod);
+        match &userns {
+            Some(u) => {
+                let (rootfs_impl, dir) = (self.rootfs.as_ref(), &self.cfg.state_dir);
+                super::userns::mount_rootfs(rootfs_impl, dir, id, &image.id, rootfs, u)?
+            }
+            None => self.rootfs.mount(id, &image.id, rootfs)?,
+        }
         let handler = self
             .pods
             .config()
@@ -1206,7 +1238,11 @@ impl Inner {
             shm: pod.shm.clone(),
             cgroups_path: cgroups_path.clone(),
         };
-        let built = spec::build(&config, image.config.as_ref(), rootfs, &ctx, &self.node)?;
+        let mut built = spec::build(&config, image.config.as_ref(), rootfs, &ctx, &self.node)?;
+        if let Some(u) = &userns {
+            let dir = &self.cfg.state_dir;
+            super::userns::adapt_spec(&mut built.spec, &config, pod, u, dir, bundle)?;
+        }
         let profile = built
             .spec
             .process()
