@@ -17,31 +17,14 @@ fn sandbox_err(e: crust_images::Error) -> crust_sandbox::Error {
     }
 }
 
-impl Rootfs for ImageRootfs {
-    fn mount(&self, key: &str, image_id: &str, target: &Path) -> crust_sandbox::Result<()> {
-        let image = self
-            .0
-            .status(image_id)
-            .map_err(sandbox_err)?
-            .ok_or_else(|| crust_sandbox::Error::Internal(format!("image {image_id} is gone")))?;
-        let snapshots = self.0.snapshotter();
-        let mounts = snapshots
-            .prepare(key, image.chain_id.as_deref())
-            .map_err(sandbox_err)?;
-        if let Err(e) = crust_images::snapshot::mount(&mounts, target) {
-            let _ = snapshots.remove(key);
-            return Err(sandbox_err(e));
-        }
-        Ok(())
-    }
-
-    fn mount_idmapped(
+impl ImageRootfs {
+    /// Prepares snapshot `key` on the image's chain and mounts it with `mount`; a failed
+    /// mount removes the snapshot again.
+    fn prepare_and(
         &self,
         key: &str,
         image_id: &str,
-        target: &Path,
-        userns: &std::os::fd::OwnedFd,
-        root: (u32, u32),
+        mount: impl FnOnce(&[crust_images::snapshot::Mount]) -> crust_sandbox::Result<()>,
     ) -> crust_sandbox::Result<()> {
         let image = self
             .0
@@ -52,12 +35,33 @@ impl Rootfs for ImageRootfs {
         let mounts = snapshots
             .prepare(key, image.chain_id.as_deref())
             .map_err(sandbox_err)?;
-        let stage = target.with_file_name("layers");
-        if let Err(e) = mount_idmapped(&mounts, target, &stage, userns, root) {
+        if let Err(e) = mount(&mounts) {
             let _ = snapshots.remove(key);
             return Err(e);
         }
         Ok(())
+    }
+}
+
+impl Rootfs for ImageRootfs {
+    fn mount(&self, key: &str, image_id: &str, target: &Path) -> crust_sandbox::Result<()> {
+        self.prepare_and(key, image_id, |mounts| {
+            crust_images::snapshot::mount(mounts, target).map_err(sandbox_err)
+        })
+    }
+
+    fn mount_idmapped(
+        &self,
+        key: &str,
+        image_id: &str,
+        target: &Path,
+        userns: &std::os::fd::OwnedFd,
+        root: (u32, u32),
+    ) -> crust_sandbox::Result<()> {
+        let stage = target.with_file_name("layers");
+        self.prepare_and(key, image_id, |mounts| {
+            mount_idmapped(mounts, target, &stage, userns, root)
+        })
     }
 
     fn remove(&self, key: &str) -> crust_sandbox::Result<()> {

@@ -86,6 +86,24 @@ fn processes_of(base: u32) -> Vec<String> {
         .collect()
 }
 
+/// `setup(n)` with the test's directory searchable, busybox pulled and a client.
+async fn userns_setup(
+    n: u8,
+) -> (
+    crust_e2e::registry::Registry,
+    Crustd,
+    crust_e2e::net::TestNet,
+    String,
+    Rt,
+) {
+    let (registry, crustd, net) = setup(n).await;
+    searchable(&crustd);
+    let image = registry.image("crust/busybox:latest");
+    pull(&crustd, &image).await;
+    let rt = crustd.runtime().await.expect("client");
+    (registry, crustd, net, image, rt)
+}
+
 async fn sleeper(
     rt: &mut Rt,
     pod: &str,
@@ -124,11 +142,7 @@ fn assert_nothing_left(crustd: &Crustd, base: Option<u32>) {
 async fn a_pod_in_a_user_namespace_is_root_inside_and_unprivileged_outside() {
     let n = 40;
     let base = host_base(n);
-    let (registry, crustd, net) = setup(n).await;
-    searchable(&crustd);
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
+    let (_registry, crustd, net, image, mut rt) = userns_setup(n).await;
 
     let status = rt
         .status(cri::StatusRequest { verbose: false })
@@ -308,11 +322,7 @@ async fn node_mode_is_the_hosts_user_namespace() {
 async fn bad_mappings_are_refused_and_leave_nothing() {
     let n = 42;
     let base = host_base(n);
-    let (registry, crustd, net) = setup(n).await;
-    searchable(&crustd);
-    let image = registry.image("crust/busybox:latest");
-    pull(&crustd, &image).await;
-    let mut rt = crustd.runtime().await.expect("client");
+    let (_registry, crustd, net, image, mut rt) = userns_setup(n).await;
     let m = |c: u32, h: u32, l: u32| cri::IdMapping {
         container_id: c,
         host_id: h,
