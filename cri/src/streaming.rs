@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crust_sandbox::PodSandboxes;
 use crust_sandbox::container::Containers;
-use crust_sandbox::container::attach::{AttachTarget, LogFollower, no_log};
+use crust_sandbox::container::attach::{AttachTarget, LogChanges, LogFollower, no_log};
 use crust_sandbox::container::exec_stream::{ExecHandle, OutputReader, StreamOptions};
 use crust_streaming::{
     Backend, Control, ExecOptions, Input, Output, Process, Server, ServerConfig, TermSize,
@@ -142,7 +142,13 @@ impl Backend for NodeBackend {
                 .log_path
                 .clone()
                 .ok_or_else(|| no_log(&t.id).to_string())?;
+            let changes = LogChanges::new(&path)
+                .inspect_err(|e| {
+                    tracing::debug!(container = %t.id, error = %e, "attach polls the log: no inotify")
+                })
+                .ok();
             Ok(Box::new(LogOut {
+                changes,
                 follower: LogFollower::new(path, stdout, stderr),
                 pending: Vec::new(),
                 done: done_rx.clone(),
@@ -243,12 +249,15 @@ impl Control for Ctl {
     }
 }
 
-/// How often an attach looks for new lines in the container's log.
+/// How often an attach looks for new lines in the container's log when inotify cannot
+/// tell it (no instance or watch left), and at the longest when it can.
 const LOG_POLL: Duration = Duration::from_millis(25);
+const LOG_RECHECK: Duration = Duration::from_secs(1);
 
-/// An attached container's output, read from its CRI log.
+/// An attached container's output, read from its CRI log as soon as it is written there.
 struct LogOut {
     follower: LogFollower,
+    changes: Option<LogChanges>,
     pending: Vec<u8>,
     /// Set when the container has ended or the client detached.
     done: watch::Receiver<bool>,
@@ -265,7 +274,18 @@ impl Output for LogOut {
                     if ended {
                         return Ok(0);
                     }
-                    let _ = tokio::time::timeout(LOG_POLL, self.done.changed()).await;
+                    match &self.changes {
+                        Some(c) => {
+                            tokio::select! {
+                                _ = c.changed() => {}
+                                _ = self.done.changed() => {}
+                                _ = tokio::time::sleep(LOG_RECHECK) => {}
+                            }
+                        }
+                        None => {
+                            let _ = tokio::time::timeout(LOG_POLL, self.done.changed()).await;
+                        }
+                    }
                     continue;
                 }
             }

@@ -520,6 +520,40 @@ async fn containers_of_a_pod_in_pod_pid_mode_see_each_other() {
         String::from_utf8_lossy(&init.stdout)
     );
 
+    // An orphan of the pod is reparented to that PID 1, which reaps it when it ends: a
+    // background child whose parent exits must not stay a zombie for the pod's life.
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).expect("info JSON");
+    let infra = info["namespaces"]["infra_pid"].as_i64().expect("infra pid");
+    let (code, _, err) = sh(
+        &mut rt,
+        &ids[0],
+        "(/bin/sleep 2 </dev/null >/dev/null 2>&1 &)",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let children = std::fs::read_to_string(format!("/proc/{infra}/task/{infra}/children"))
+        .expect("infra's children");
+    let orphan = children
+        .split_whitespace()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("the orphaned sleep is not the infra's child: {children:?}"));
+    let stat = format!("/proc/{orphan}/stat");
+    wait_for("the orphan reaped", Duration::from_secs(5), || {
+        !Path::new(&stat).exists()
+    })
+    .await;
+
     remove_pod(&mut rt, &pod).await;
 }
 

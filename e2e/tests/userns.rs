@@ -124,6 +124,7 @@ fn assert_nothing_left(crustd: &Crustd, base: Option<u32>) {
     };
     assert_eq!(entries("pods"), 0, "pod dirs left");
     assert_eq!(entries("containers"), 0, "bundles left");
+    assert_eq!(entries("containers-trash"), 0, "removed bundles left");
     // The crustd's own state tmpfs (when a test mounts one) is the only mount allowed.
     let left: Vec<String> = mounts_below(crustd.dir())
         .into_iter()

@@ -12,8 +12,10 @@ pub mod mountinfo;
 pub mod namespaces;
 pub mod netstats;
 pub mod pod;
+pub mod registry;
 pub mod shim;
 pub mod sysctl;
+pub mod task;
 pub mod userns;
 
 pub use cgroup::CgroupDriver;

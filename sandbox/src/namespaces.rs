@@ -255,8 +255,12 @@ pub(crate) unsafe fn infra_main(plan: &InfraPlan) -> ! {
         libc::dup2(null_fd, 2);
         // Drop every inherited descriptor (crustd's sockets, the state store's file).
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        // SIGCHLD stays blocked so that it is kept pending for sigwaitinfo: unblocked, its
+        // default disposition discards it and a wait could never learn of an orphan
+        // reparented here after the last reap (it would stay a zombie for the pod's life).
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         libc::prctl(
             libc::PR_SET_NAME,
@@ -280,9 +284,10 @@ pub(crate) unsafe fn infra_main(plan: &InfraPlan) -> ! {
             }
         }
         loop {
-            if libc::waitpid(-1, std::ptr::null_mut(), 0) < 0 {
-                libc::pause();
-            }
+            // Reap every exited child, then sleep until the next one exits (a SIGCHLD
+            // raised in between stays pending, so none is missed).
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            libc::sigwaitinfo(&set, std::ptr::null_mut());
         }
     }
 }

@@ -12,7 +12,7 @@ use containerd_shim_protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat, Throttle,
 };
 
-const ROOT: &str = "/sys/fs/cgroup";
+use crust_cgroups::ROOT;
 
 /// The cgroup directories of one process, by v1 controller name.
 #[derive(Debug, Clone, Default)]
@@ -30,9 +30,10 @@ impl Cgroups {
     /// The cgroup directories of the OCI `cgroupsPath` in a bundle's `config.json`
     /// (cgroupfs form only), for a process gone before its `/proc` entry was read.
     pub fn of_bundle(bundle: &Path) -> Option<Self> {
-        let spec: serde_json::Value =
+        let spec: oci_spec::runtime::Spec =
             serde_json::from_slice(&fs::read(bundle.join("config.json")).ok()?).ok()?;
-        let path = spec.pointer("/linux/cgroupsPath")?.as_str()?;
+        let path = spec.linux().as_ref()?.cgroups_path().clone()?;
+        let path = path.to_str()?;
         if path.contains(':') {
             return None; // systemd's slice:prefix:name
         }
@@ -82,8 +83,7 @@ impl Cgroups {
 
     /// The `oom_kill` counter of the memory cgroup (kernel ≥ 4.13), if readable.
     pub fn oom_kills(&self) -> Option<u64> {
-        let text = self.file("memory", "memory.oom_control")?;
-        parse_kv(&text).get("oom_kill").copied()
+        crust_cgroups::oom::kills_v1(self.dirs.get("memory")?)
     }
 
     /// Whether the memory cgroup directory still exists.
@@ -310,14 +310,7 @@ fn own_procs_files(proc_self_cgroup: &str, root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn parse_kv(text: &str) -> HashMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
-        })
-        .collect()
-}
+use crust_cgroups::files::flat_keyed as parse_kv;
 
 #[cfg(test)]
 mod tests {

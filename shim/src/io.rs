@@ -35,8 +35,7 @@ use tokio::{
 
 use crust_crilog::{LogFile, Stream, copy_to_log};
 
-/// URI scheme of a CRI log path in the stdout field.
-pub const CRI_LOG_SCHEME: &str = "file://";
+pub use crust_shim_protocol::CRI_LOG_SCHEME;
 
 /// The stdio a create/exec request asked for.
 #[derive(Debug, Clone, Default)]

@@ -45,12 +45,7 @@ use crate::{
     publisher::Publisher,
 };
 
-/// Annotation on `Update` that reopens the container's CRI log file (ReopenContainerLog).
-pub const REOPEN_LOG_ANNOTATION: &str = "io.crust.shim.reopen-log";
-/// Type URL of `Create` options (runc `Options`, the same message) that also
-/// start the container: one `runc run --detach` instead of `runc create` and a
-/// later `runc start`, for a caller that starts the task right away anyway.
-pub const CREATE_AND_START_OPTIONS: &str = "crust.shim.v1.CreateAndStart";
+pub use crust_shim_protocol::{CREATE_AND_START_OPTIONS, REOPEN_LOG_ANNOTATION};
 /// runc state root when the create options carry none.
 pub const DEFAULT_RUNC_ROOT: &str = "/run/crust/runc";
 /// How long an exit waits for its output to be copied out before it is reported.

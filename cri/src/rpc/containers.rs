@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crust_sandbox::container::checkpoint::{self, Criu};
-use crust_sandbox::container::user::process_ids;
 use crust_sandbox::container::{
-    ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo,
+    ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo, RunAs,
 };
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::{
@@ -205,9 +204,9 @@ pub async fn container_status(
     let r = cri
         .containers
         .get(require_id(&req.container_id, "ContainerStatus")?)?;
-    let spec = cri.containers.oci_spec(&r.id).ok();
     let mut info = HashMap::new();
     if req.verbose {
+        let spec = cri.containers.oci_spec(&r.id).ok();
         let details = serde_json::json!({
             "pid": r.pid,
             "sandboxID": r.pod_id,
@@ -221,44 +220,20 @@ pub async fn container_status(
         info.insert("info".to_string(), details.to_string());
     }
     Ok(ContainerStatusResponse {
-        status: Some(status_of(&r, spec.as_ref())),
+        status: Some(status_of(&r, cri.containers.run_as(&r))),
         info,
     })
 }
 
-/// Who the container runs as: the effective ids of its running init process
-/// (`/proc/<pid>/status`), else the user of its spec (config.json).
-fn user_of(r: &ContainerRecord, spec: Option<&serde_json::Value>) -> Option<cri::ContainerUser> {
-    let linux = match (r.state == ContainerState::Running && r.pid > 0)
-        .then(|| process_ids(r.pid))
-        .flatten()
-    {
-        Some(p) => cri::LinuxContainerUser {
-            uid: p.uid.into(),
-            gid: p.gid.into(),
-            supplemental_groups: p.groups.into_iter().map(i64::from).collect(),
-        },
-        None => {
-            let u = &spec?["process"]["user"];
-            cri::LinuxContainerUser {
-                uid: u["uid"].as_i64().unwrap_or(0),
-                gid: u["gid"].as_i64().unwrap_or(0),
-                supplemental_groups: u["additionalGids"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
-                    .unwrap_or_default(),
-            }
-        }
-    };
-    Some(cri::ContainerUser { linux: Some(linux) })
-}
-
-/// The CRI status of a container; `spec` (its config.json) gives the user it runs as.
-pub(crate) fn status_of(
-    r: &ContainerRecord,
-    spec: Option<&serde_json::Value>,
-) -> cri::ContainerStatus {
-    let user = user_of(r, spec);
+/// The CRI status of a container, running as `user`.
+pub(crate) fn status_of(r: &ContainerRecord, user: Option<RunAs>) -> cri::ContainerStatus {
+    let user = user.map(|u| cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: i64::from(u.uid),
+            gid: i64::from(u.gid),
+            supplemental_groups: u.additional_gids.into_iter().map(i64::from).collect(),
+        }),
+    });
     cri::ContainerStatus {
         id: r.id.clone(),
         metadata: r.config.metadata.clone(),
@@ -396,7 +371,7 @@ pub async fn get_container_events(cri: Arc<Cri>, _req: GetEventsRequest) -> CriR
             })
             .unwrap_or_default()
             .iter()
-            .map(|r| status_of(r, cri.containers.oci_spec(&r.id).ok().as_ref()))
+            .map(|r| status_of(r, cri.containers.run_as(r)))
             .collect();
         Some(Ok(cri::ContainerEventResponse {
             container_id: e.id,

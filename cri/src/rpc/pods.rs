@@ -61,14 +61,11 @@ pub async fn remove_pod_sandbox(
             },
         )
         .await?;
-        for id in cri.containers.of_pod(&pod.id) {
-            cri.containers.remove(&id).await?;
-        }
+        // Their rootfs, cgroups and bundles are gone when this returns.
+        cri.containers.remove_all_of_pod(&pod.id).await?;
     }
+    // The pod drops its connection to the shim as it removes it.
     cri.pods.remove(&req.pod_sandbox_id).await?;
-    if let Some(pod) = &pod {
-        cri.containers.forget_pod(&pod.id).await;
-    }
     Ok(RemovePodSandboxResponse {})
 }
 

@@ -38,6 +38,8 @@ pub struct Mount {
 pub struct Proc {
     pub pid: u32,
     pub ppid: u32,
+    /// The parent's command name (`/proc/<ppid>/comm`), to tell who fails to reap a zombie.
+    pub parent: String,
     /// Exited, waiting for its parent to reap it.
     pub zombie: bool,
     pub cmdline: String,
@@ -223,9 +225,13 @@ impl Node {
                 let mut fields = after.split_whitespace();
                 let zombie = fields.next() == Some("Z");
                 let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
                 out.push(Proc {
                     pid,
                     ppid,
+                    parent,
                     zombie,
                     cmdline: cmdline.trim().to_string(),
                     cgroups,

@@ -253,11 +253,12 @@ fn processes(f: &Facts, o: &Owners, c: &mut Checker) {
         };
         c.check("processes", owned, || {
             format!(
-                "process {} ({}{}, parent {}) in {:?} belongs to no listed pod or running container",
+                "process {} ({}{}, parent {} {}) in {:?} belongs to no listed pod or running container",
                 p.pid,
                 p.cmdline,
                 if p.zombie { "zombie" } else { "" },
                 p.ppid,
+                p.parent,
                 p.cgroups
             )
         });
@@ -440,6 +441,7 @@ mod tests {
                 Proc {
                     pid: 10,
                     ppid: 1,
+                    parent: String::new(),
                     zombie: false,
                     cmdline: "/b/crust-shim -namespace k8s.io -id p1 -address /t/state/events.sock"
                         .into(),
@@ -448,6 +450,7 @@ mod tests {
                 Proc {
                     pid: 11,
                     ppid: 10,
+                    parent: String::new(),
                     zombie: false,
                     cmdline: "sh -c talk".into(),
                     cgroups: ["crust-p1/c1".to_string()].into(),
@@ -515,6 +518,7 @@ mod tests {
                     f.procs.push(Proc {
                         pid: 12,
                         ppid: 10,
+                        parent: String::new(),
                         zombie: false,
                         cmdline: "sleep 1000".into(),
                         cgroups: ["crust-p1/c9".to_string()].into(),
@@ -528,6 +532,7 @@ mod tests {
                     f.procs.push(Proc {
                         pid: 14,
                         ppid: 10,
+                        parent: String::new(),
                         zombie: true,
                         cmdline: String::new(),
                         cgroups: ["crust-p1/c7 (deleted)".to_string()].into(),
@@ -540,6 +545,7 @@ mod tests {
                     f.procs.push(Proc {
                         pid: 13,
                         ppid: 1,
+                        parent: String::new(),
                         zombie: false,
                         cmdline:
                             "/b/crust-shim -namespace k8s.io -id p9 -address /t/state/events.sock"

@@ -14,9 +14,11 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use super::service::{Containers, STDIN_FIFO};
+use std::sync::Arc;
+
+use super::{Containers, STDIN_FIFO};
 use crate::error::{Error, Result};
-use crate::shim::ShimClient;
+use crate::task::TaskRuntime;
 
 /// A running container to attach to.
 pub struct AttachTarget {
@@ -27,7 +29,7 @@ pub struct AttachTarget {
     pub stdin_fifo: Option<PathBuf>,
     pub tty: bool,
     pub stdin_once: bool,
-    shim: ShimClient,
+    shim: Arc<dyn TaskRuntime>,
 }
 
 impl Containers {
@@ -150,6 +152,83 @@ impl LogFollower {
     }
 }
 
+/// Wakes a follower when its log may have grown: an inotify watch on the log's
+/// directory (writes to the file, and a rotated file created or moved in).
+pub struct LogChanges {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl LogChanges {
+    /// Watches the directory of `log`. An error when inotify is unavailable (no
+    /// instances or watches left): the caller then polls.
+    pub fn new(log: &std::path::Path) -> io::Result<LogChanges> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = log
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in log path"))?;
+        // SAFETY: plain syscalls; the fd is owned right after it is made.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+        // SAFETY: valid fd and NUL-terminated path.
+        if unsafe {
+            libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), dir.as_ptr(), mask)
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: an OwnedFd, owned by the AsyncFd until it drops: open and the same all along.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
+        Ok(LogChanges { fd })
+    }
+
+    /// Returns once something changed in the log's directory since the last call (at
+    /// once when it already has), the events read and dropped.
+    pub async fn changed(&self) -> io::Result<()> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut buf = [0u8; 4096];
+            let mut got = false;
+            loop {
+                // SAFETY: reads into a buffer of its own size.
+                let n = unsafe {
+                    libc::read(
+                        std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref()),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                };
+                if n > 0 {
+                    got = true;
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                if n < 0 && e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if n < 0 && e.kind() != io::ErrorKind::WouldBlock {
+                    return Err(e);
+                }
+                break;
+            }
+            ready.clear_ready();
+            if got {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// The error for an attach to a container without a CRI log.
 pub fn no_log(id: &str) -> Error {
     Error::FailedPrecondition(format!(
@@ -210,5 +289,40 @@ mod tests {
         out.clear();
         f.poll(&mut out).unwrap();
         assert_eq!(out, b"after rotation\n");
+    }
+
+    #[tokio::test]
+    async fn changes_wake_on_a_write_and_on_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        append(&path, Stream::Stdout, false, b"before");
+        let changes = LogChanges::new(&path).unwrap();
+        let mut f = LogFollower::new(path.clone(), true, true);
+        let soon = std::time::Duration::from_secs(5);
+        // Nothing yet: no wake within a short while.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), changes.changed())
+                .await
+                .is_err()
+        );
+        append(&path, Stream::Stdout, false, b"one");
+        tokio::time::timeout(soon, changes.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        f.poll(&mut out).unwrap();
+        assert_eq!(out, b"one\n");
+        // Rotation: a new file moved in at the path.
+        let next = dir.path().join("0.log.new");
+        append(&next, Stream::Stderr, false, b"two");
+        std::fs::rename(&next, &path).unwrap();
+        tokio::time::timeout(soon, changes.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        out.clear();
+        f.poll(&mut out).unwrap();
+        assert_eq!(out, b"two\n");
     }
 }

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use tokio::net::unix::pipe;
 use tokio::sync::{OnceCell, watch};
 
-use super::service::Containers;
+use super::Containers;
+use super::exec::{exec_process, new_exec_id};
 use crate::error::{Error, Result};
-use crate::shim::{Output, ShimClient, TaskIo};
+use crate::shim::{Output, TaskIo};
+use crate::task::TaskRuntime;
 
 /// Which stdio a streamed exec has.
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,7 +41,7 @@ pub struct ExecStream {
 
 /// The exec's lifecycle in the shim.
 pub struct ExecHandle {
-    shim: ShimClient,
+    shim: Arc<dyn TaskRuntime>,
     container: String,
     exec_id: String,
     fifos: Vec<PathBuf>,
@@ -143,18 +145,18 @@ impl Containers {
         cmd: Vec<String>,
         opts: StreamOptions,
     ) -> Result<ExecStream> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is empty".into()));
-        }
-        let (rec, shim) = self.running(id).await?;
-        let mut process = self.oci_spec(&rec.id)?["process"].take();
-        process["args"] = serde_json::json!(cmd);
-        process["terminal"] = serde_json::json!(opts.tty);
+        let (rec, shim) = self.exec_target(id, &cmd).await?;
+        let mut process = exec_process(&rec, cmd, opts.tty)?;
         if let (true, Some((width, height))) = (opts.tty, opts.size) {
             // runc makes the exec's pty this size before the process starts.
-            process["consoleSize"] = serde_json::json!({"width": width, "height": height});
+            let size = oci_spec::runtime::BoxBuilder::default()
+                .width(u64::from(width))
+                .height(u64::from(height))
+                .build()
+                .map_err(|e| Error::Internal(format!("console size: {e}")))?;
+            process.set_console_size(Some(size));
         }
-        let exec_id = super::service::new_id()?[..16].to_string();
+        let exec_id = new_exec_id()?;
         let dir = rec.bundle.join("exec");
         crust_state::private::create_dir(&dir).map_err(|e| Error::write("create", &dir, e))?;
         let fifo = |suffix: &str, wanted: bool| -> Result<Option<PathBuf>> {
@@ -241,6 +243,6 @@ impl Containers {
 
 /// Used by the streaming server to check a request before handing out its URL.
 pub async fn require_running(c: &Containers, id: &str) -> Result<String> {
-    let (rec, _shim): (_, ShimClient) = c.running(id).await?;
+    let (rec, _shim) = c.running(id).await?;
     Ok(rec.id)
 }

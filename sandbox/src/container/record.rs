@@ -12,12 +12,10 @@ use std::sync::Arc;
 
 use crust_state::StateDb;
 use k8s_cri::v1::ContainerConfig;
-use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::registry::Table;
 
-const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 pub const RECORD_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +60,28 @@ pub struct ContainerRecord {
     /// container even once the pod is gone. None in older records.
     #[serde(default)]
     pub runtime_root: Option<PathBuf>,
+    /// The user the process runs as, as the spec was built (ContainerStatus reports it).
+    /// None in older records: it is then read from the bundle's `config.json`.
+    #[serde(default)]
+    pub user: Option<RunAs>,
+}
+
+/// The ids a container's process runs with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+impl RunAs {
+    pub fn of(user: &oci_spec::runtime::User) -> RunAs {
+        RunAs {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        }
+    }
 }
 
 impl ContainerRecord {
@@ -91,91 +111,17 @@ pub fn name_key(pod_id: &str, name: &str, attempt: u32) -> String {
     format!("{pod_id}/{name}/{attempt}")
 }
 
+crate::versioned_record!(ContainerRecord, RECORD_VERSION);
+
 /// The containers table.
-#[derive(Clone)]
-pub struct ContainerStore {
-    db: Arc<StateDb>,
-}
-
-impl ContainerStore {
-    pub fn new(db: Arc<StateDb>) -> Self {
-        Self { db }
-    }
-
-    /// Calls `f` with the key and bytes of every record (none if the table is not made yet).
-    fn each(&self, mut f: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
-        let raw = self.db.read(|tx| {
-            let table = match tx.open_table(CONTAINERS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            let mut raw = Vec::new();
-            for entry in table.iter()? {
-                let (k, v) = entry?;
-                raw.push((k.value().to_string(), v.value().to_vec()));
-            }
-            Ok(raw)
-        })?;
-        for (k, v) in raw {
-            f(&k, &v)?;
-        }
-        Ok(())
-    }
-
-    pub fn load_all(&self) -> Result<Vec<ContainerRecord>> {
-        let mut out = Vec::new();
-        self.each(|k, v| {
-            match serde_json::from_slice::<ContainerRecord>(v) {
-                Ok(r) if r.version <= RECORD_VERSION => out.push(r),
-                Ok(r) => {
-                    return Err(Error::Store(format!(
-                        "container {} has record version {}, newer than {RECORD_VERSION}",
-                        r.id, r.version
-                    )));
-                }
-                Err(e) => {
-                    // One unreadable record must not hide every other container.
-                    tracing::error!(container = k, error = %e, "unreadable container record skipped");
-                }
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// The id of every record in the store, readable or not.
-    pub fn ids(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        self.each(|k, _| {
-            out.push(k.to_string());
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    pub fn put(&self, r: &ContainerRecord) -> Result<()> {
-        let bytes = serde_json::to_vec(r).map_err(|e| Error::Store(e.to_string()))?;
-        self.db.write(|tx| {
-            tx.open_table(CONTAINERS)?
-                .insert(r.id.as_str(), bytes.as_slice())?;
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    pub fn delete(&self, id: &str) -> Result<()> {
-        self.db.write(|tx| {
-            tx.open_table(CONTAINERS)?.remove(id)?;
-            Ok(())
-        })?;
-        Ok(())
-    }
+pub fn table(db: Arc<StateDb>) -> Table<ContainerRecord> {
+    Table::new(db, "containers", "container")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Unreadable;
 
     fn record(id: &str) -> ContainerRecord {
         ContainerRecord {
@@ -206,6 +152,7 @@ mod tests {
             cgroups_path: "/crust/x".into(),
             runtime_binary: "runc".into(),
             runtime_root: None,
+            user: None,
         }
     }
 
@@ -213,12 +160,12 @@ mod tests {
     fn records_round_trip_through_the_store() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Arc::new(StateDb::open(&dir.path().join("s.redb")).expect("db"));
-        let store = ContainerStore::new(db);
-        assert!(store.load_all().expect("empty").is_empty());
+        let store = table(db);
+        assert!(store.load_all(Unreadable::Skip).expect("empty").is_empty());
         store.put(&record("a")).expect("put");
         store.put(&record("b")).expect("put");
         store.delete("a").expect("delete");
-        let all = store.load_all().expect("load");
+        let all = store.load_all(Unreadable::Skip).expect("load");
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].id, "b");
         assert_eq!(all[0].name_key(), "p/web/2");

@@ -2,12 +2,11 @@
 //! cgroup) or a CNI cache entry (an IPAM lease) that no record owns. They are listed once at
 //! start, before any RPC can begin a new create, and released in the background.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Inner;
-use super::record::PodRecord;
 use crate::cgroup::{self, PodCgroup};
 use crate::cni::RuntimeConf;
 use crate::namespaces;
@@ -27,11 +26,7 @@ impl Orphans {
     }
 }
 
-pub(super) fn find(
-    state_dir: &Path,
-    cni_cache: &Path,
-    pods: &HashMap<String, PodRecord>,
-) -> Orphans {
+pub(super) fn find(state_dir: &Path, cni_cache: &Path, pods: &HashSet<String>) -> Orphans {
     let names = |dir: &Path| -> Vec<(String, PathBuf)> {
         std::fs::read_dir(dir)
             .map(|d| {
@@ -44,13 +39,13 @@ pub(super) fn find(
     Orphans {
         dirs: names(&state_dir.join("pods"))
             .into_iter()
-            .filter(|(id, _)| !pods.contains_key(id))
+            .filter(|(id, _)| !pods.contains(id))
             .map(|(_, p)| p)
             .collect(),
         cni: names(cni_cache)
             .into_iter()
             .filter_map(|(name, _)| name.strip_suffix(".json").map(str::to_string))
-            .filter(|id| !pods.contains_key(id))
+            .filter(|id| !pods.contains(id))
             .collect(),
     }
 }

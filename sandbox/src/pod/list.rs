@@ -29,13 +29,7 @@ impl PodSandboxes {
     /// The pods that match every field the filter sets, oldest first.
     pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
         self.inner.refresh_liveness(None);
-        let mut out: Vec<PodRecord> = self
-            .inner
-            .lock_pods()
-            .values()
-            .filter(|p| matches(p, filter))
-            .cloned()
-            .collect();
+        let mut out = self.inner.pods.filter(|p| matches(p, filter));
         out.sort_by(|a, b| a.created_at_ns.cmp(&b.created_at_ns).then(a.id.cmp(&b.id)));
         out
     }
@@ -53,32 +47,22 @@ impl Inner {
     /// `only`: judge that pod alone (a full id), else every pod.
     fn refresh_liveness(&self, only: Option<&str>) {
         let busy = self.pods_under_an_operation(only);
-        let mut changed = false;
-        {
-            let mut pods = self.lock_pods();
-            for rec in pods.values_mut().filter(|r| {
-                r.state == PodState::Ready
-                    && only.is_none_or(|id| r.id == id)
-                    && !busy.contains(&r.id)
-            }) {
-                let infra_dead = rec
-                    .namespaces
-                    .infra_pid
-                    .is_some_and(|pid| !namespaces::running(pid, rec.namespaces.infra_start_time));
-                let shim_dead = rec
-                    .shim_pid
-                    .is_some_and(|pid| !super::shim::shim_alive(&rec.id, pid as i32));
-                if infra_dead || shim_dead {
-                    tracing::warn!(pod = %rec.id, infra_dead, shim_dead, "pod lost its infra process or shim: NOTREADY");
-                    rec.state = PodState::NotReady;
-                    if let Err(e) = self.store.put(rec) {
-                        tracing::warn!(pod = %rec.id, error = %e, "saving NOTREADY");
-                    }
-                    changed = true;
-                }
+        let lost = self.pods.filter(|r| {
+            r.state == PodState::Ready
+                && only.is_none_or(|id| r.id == id)
+                && !busy.contains(&r.id)
+                && losses(r) != (false, false)
+        });
+        for rec in &lost {
+            let (infra_dead, shim_dead) = losses(rec);
+            tracing::warn!(pod = %rec.id, infra_dead, shim_dead, "pod lost its infra process or shim: NOTREADY");
+            // Through the pod's own record lock: a pod removed meanwhile stays removed.
+            match self.pods.update(&rec.id, |r| r.state = PodState::NotReady) {
+                Ok(_) | Err(crate::Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(pod = %rec.id, error = %e, "saving NOTREADY"),
             }
         }
-        if changed {
+        if !lost.is_empty() {
             self.update_metrics();
         }
     }
@@ -88,13 +72,22 @@ impl Inner {
     /// Ids of the pods (of `only`, when given) whose op lock someone holds right now.
     fn pods_under_an_operation(&self, only: Option<&str>) -> std::collections::HashSet<String> {
         self.op_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(id, l)| only.is_none_or(|o| o == id.as_str()) && l.try_lock().is_err())
-            .map(|(id, _)| id.clone())
+            .keys_where(|id, l| only.is_none_or(|o| o == id) && l.try_lock().is_err())
+            .into_iter()
             .collect()
     }
+}
+
+/// Whether the pod's infra process, and its shim, died.
+fn losses(r: &PodRecord) -> (bool, bool) {
+    let infra_dead = r
+        .namespaces
+        .infra_pid
+        .is_some_and(|pid| !namespaces::running(pid, r.namespaces.infra_start_time));
+    let shim_dead = r
+        .shim_pid
+        .is_some_and(|pid| !super::shim::shim_alive(&r.id, pid as i32));
+    (infra_dead, shim_dead)
 }
 
 fn matches(p: &PodRecord, f: &PodFilter) -> bool {

@@ -9,7 +9,6 @@
 pub mod files;
 mod gc;
 mod list;
-mod names;
 pub mod record;
 mod remove;
 mod run;
@@ -20,7 +19,6 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,8 +32,8 @@ use crate::cgroup::{CgroupDriver, Hierarchies};
 use crate::cni::{Cni, PluginRunner, ProcessRunner};
 use crate::error::{Error, Result};
 use crate::metrics;
-use names::Reservation;
-use store::PodStore;
+use crate::registry::{KeyedLocks, Names, Registry, Unreadable};
+use crate::task::{Connector, ShimConnector, TaskRuntime};
 
 /// Where a [`PodSandboxes`] keeps things on the node.
 #[derive(Debug, Clone)]
@@ -54,6 +52,8 @@ pub struct Seams {
     pub hierarchies: Option<Hierarchies>,
     /// Start a shim per pod (false: pods without a shim, for tests of the rest).
     pub spawn_shims: bool,
+    /// Reaches a pod's task runtime (None: its shim, through the pod directory).
+    pub connector: Option<Arc<dyn Connector>>,
 }
 
 /// The pods of this node.
@@ -70,19 +70,21 @@ struct Inner {
     hierarchies: Option<Hierarchies>,
     /// False only in tests that run without a built crust-shim.
     spawn_shims: bool,
-    store: PodStore,
     cni: Cni,
-    /// Every persisted pod by id. A std Mutex: never held across an await.
-    pods: Mutex<HashMap<String, PodRecord>>,
-    /// Names being created, or created for a caller that went away (see names.rs).
-    names: Mutex<HashMap<String, Reservation>>,
-    /// Serialises Stop/Remove of one pod.
-    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Every persisted pod by id.
+    pods: Registry<PodRecord>,
+    /// Names being created, or created for a caller that went away.
+    names: Arc<Names<PodSpec>>,
+    /// Serialises the operations (run's containers, stop, remove) on one pod.
+    op_locks: KeyedLocks<tokio::sync::Mutex<()>>,
     /// Where shims publish their events (started with the first shim).
     events: tokio::sync::OnceCell<String>,
     /// Keeps the events server alive (a Mutex: the server is Send but not Sync).
     events_server: Mutex<Option<crate::shim::EventsServer>>,
     shim_events: tokio::sync::broadcast::Sender<crate::shim::ShimEvent>,
+    connector: Arc<dyn Connector>,
+    /// The connection to each pod's task runtime, made on first use (`shim.rs`).
+    runtimes: tokio::sync::Mutex<std::collections::HashMap<String, Arc<dyn TaskRuntime>>>,
 }
 
 impl PodSandboxes {
@@ -110,6 +112,7 @@ impl PodSandboxes {
                 cni_runner: Box::new(ProcessRunner),
                 hierarchies,
                 spawn_shims: true,
+                connector: None,
             },
         )
     }
@@ -126,26 +129,20 @@ impl PodSandboxes {
             cni_runner: runner,
             hierarchies,
             spawn_shims,
+            connector,
         } = seams;
         config.validate().map_err(Error::InvalidArgument)?;
         metrics::init();
-        let store = PodStore::new(db);
-        let mut pods: HashMap<String, PodRecord> = store
-            .load_all()?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
+        let pods = Registry::open(store::table(db), "pod sandbox", Unreadable::Refuse)?;
         // After a reboot the state dir (tmpfs) is empty: such pods have no namespaces any
         // more. They stay listed, NOTREADY, so kubelet stops (CNI DEL from the persistent
         // cache releases their leases) and removes them.
-        for rec in pods.values_mut() {
-            if rec.state == PodState::Ready && !rec.dir.exists() {
-                tracing::warn!(pod = %rec.id, "pod directory is gone (reboot?): NOTREADY");
-                rec.state = PodState::NotReady;
-                store.put(rec)?;
-            }
+        for rec in pods.filter(|r| r.state == PodState::Ready && !r.dir.exists()) {
+            tracing::warn!(pod = %rec.id, "pod directory is gone (reboot?): NOTREADY");
+            pods.update(&rec.id, |r| r.state = PodState::NotReady)?;
         }
-        let orphans = gc::find(&paths.state_dir, &paths.root_dir.join("cni"), &pods);
+        let known = pods.filter(|_| true).into_iter().map(|r| r.id).collect();
+        let orphans = gc::find(&paths.state_dir, &paths.root_dir.join("cni"), &known);
         let cni = Cni::new(
             config.cni_bin_dirs.clone(),
             paths.root_dir.join("cni"),
@@ -159,14 +156,15 @@ impl PodSandboxes {
                 cgroup_driver,
                 hierarchies,
                 spawn_shims,
-                store,
                 cni,
-                pods: Mutex::new(pods),
-                names: Mutex::new(HashMap::new()),
-                op_locks: Mutex::new(HashMap::new()),
+                pods,
+                names: Names::new("pod sandbox"),
+                op_locks: KeyedLocks::default(),
                 events: tokio::sync::OnceCell::new(),
                 events_server: Mutex::new(None),
                 shim_events: tokio::sync::broadcast::channel(1024).0,
+                connector: connector.unwrap_or_else(|| Arc::new(ShimConnector)),
+                runtimes: Default::default(),
             }),
         };
         s.inner.update_metrics();
@@ -179,7 +177,7 @@ impl PodSandboxes {
             }
         }
         // Shims that outlived the last crustd publish to the same socket path: listen again.
-        let has_shims = s.inner.lock_pods().values().any(|p| p.shim_pid.is_some());
+        let has_shims = s.inner.pods.any(|p| p.shim_pid.is_some());
         if s.inner.spawn_shims
             && has_shims
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -187,10 +185,10 @@ impl PodSandboxes {
             let inner = s.inner.clone();
             rt.spawn(async move {
                 let dirs: Vec<PathBuf> = inner
-                    .lock_pods()
-                    .values()
+                    .pods
                     .filter(|p| p.shim_pid.is_some())
-                    .map(|p| p.dir.clone())
+                    .into_iter()
+                    .map(|p| p.dir)
                     .collect();
                 for dir in dirs {
                     crate::shim::follow_shim_log(&dir);
@@ -248,83 +246,41 @@ pub struct PodGuard {
 }
 
 impl Inner {
-    fn lock_pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodRecord>> {
-        self.pods.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Full id for a full id or unique prefix; None when no pod matches.
     fn resolve(&self, id: &str) -> Result<Option<String>> {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("pod sandbox id is empty".into()));
-        }
-        let pods = self.lock_pods();
-        if pods.contains_key(id) {
-            return Ok(Some(id.to_string()));
-        }
-        let mut matches = pods.keys().filter(|k| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (None, _) => Ok(None),
-            (Some(one), None) => Ok(Some(one.clone())),
-            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-                "pod sandbox id prefix {id:?} is ambiguous"
-            ))),
-        }
+        self.pods.resolve(id)
     }
 
     fn get(&self, id: &str) -> Result<PodRecord> {
-        let full = self
-            .resolve(id)?
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))?;
-        self.lock_pods()
-            .get(&full)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+        self.pods.get(id)
     }
 
     fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.op_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_string())
-            .or_default()
-            .clone()
+        self.op_locks.get(id)
     }
 
     fn forget_op_lock(&self, id: &str) {
-        self.op_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.op_locks.forget(id);
     }
 
     /// Persists and caches a record.
     fn save(&self, rec: PodRecord) -> Result<()> {
-        self.store.put(&rec)?;
-        self.lock_pods().insert(rec.id.clone(), rec);
+        self.pods.insert(rec)?;
         self.update_metrics();
         Ok(())
     }
 
     fn update_metrics(&self) {
-        let pods = self.lock_pods();
         for state in [PodState::Ready, PodState::NotReady] {
-            let n = pods.values().filter(|p| p.state == state).count();
+            let n = self.pods.count(|p| p.state == state);
             metrics::PODS
                 .with_label_values(&[state.as_str()])
                 .set(n as i64);
         }
         // Counted from the records, not /proc: a status poll must stay O(1) in pods.
-        let shims = pods.values().filter(|p| p.shim_pid.is_some()).count();
+        let shims = self.pods.count(|p| p.shim_pid.is_some());
         metrics::SHIMS.set(shims as i64);
     }
-}
-
-/// A fresh random pod id: 64 hex characters.
-fn new_id() -> Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn now_ns() -> i64 {

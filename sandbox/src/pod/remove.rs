@@ -15,13 +15,14 @@ impl PodSandboxes {
         };
         let lock = inner.op_lock(&id);
         let _guard = lock.lock().await;
-        let Some(rec) = inner.lock_pods().get(&id).cloned() else {
+        let Some(rec) = inner.pods.find(&id) else {
             return Ok(());
         };
         let started = std::time::Instant::now();
         let rec = stop_locked(inner, rec).await?;
         // Containers of the pod are gone by now (cri removes them first).
         super::shim::stop_shim(&rec.id, &rec.dir, rec.shim_pid).await;
+        self.forget_task_runtime(&rec.id).await;
         tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "shim gone");
         let r = rec.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -41,17 +42,9 @@ impl PodSandboxes {
         .await
         .map_err(|e| crate::Error::Internal(format!("remove task: {e}")))??;
         tracing::debug!(pod = %id, ms = started.elapsed().as_millis() as u64, "namespaces, files and cgroup gone");
-        {
-            // Under the pods lock, so a concurrent liveness refresh cannot write it back.
-            let mut pods = inner.lock_pods();
-            inner.store.delete(&id)?;
-            pods.remove(&id);
-        }
-        inner
-            .names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, r| r.id() != id);
+        // Under the record's lock: a concurrent liveness refresh cannot write it back.
+        inner.pods.remove(&id)?;
+        inner.names.forget_id(&id);
         inner.update_metrics();
         drop(_guard);
         inner.forget_op_lock(&id);

@@ -4,27 +4,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::names::Reservation;
 use super::record::PodRecord;
 use super::spec::{NamespaceMode, PodSpec, PodState};
-use super::{Inner, PodSandboxes, new_id, now_ns};
+use super::{Inner, PodSandboxes, now_ns};
 use crate::cgroup::{self, PodCgroup};
 use crate::cni::{self, RuntimeConf, result_ips};
 use crate::error::{Error, Result};
 use crate::namespaces::{self, NamespaceRequest, PodNamespaces};
 use crate::pod::files;
+use crate::registry::{Holder, NameGuard, Reserved, wait_outcome};
 use crate::sysctl;
-
-enum Reserved {
-    /// A finished create whose caller had gone: this request takes it over.
-    Created(String),
-    /// The name is ours with this new id.
-    Fresh(String, watch::Sender<super::names::Outcome>),
-    /// An identical create is running.
-    Wait(watch::Receiver<super::names::Outcome>),
-}
 
 /// What to undo if a later step fails, in the order the steps were done.
 enum Undo {
@@ -41,156 +32,51 @@ enum Undo {
 }
 
 impl PodSandboxes {
-    /// Creates a pod and returns its id. See names.rs for what happens to a retried request.
+    /// Creates a pod and returns its id. See `registry::names` for what happens to a
+    /// retried request.
     pub async fn run(&self, spec: PodSpec) -> Result<String> {
         validate(&self.inner, &spec)?;
         let key = spec.metadata.key();
         loop {
-            match self.reserve(&key, &spec)? {
-                Reserved::Created(id) => return Ok(id),
-                Reserved::Fresh(id, tx) => return self.start_run(id, key, spec, tx).await,
-                Reserved::Wait(mut done) => {
+            let holder = || {
+                self.inner
+                    .pods
+                    .filter(|p| p.spec.metadata == spec.metadata)
+                    .into_iter()
+                    .next()
+                    .map(|p| Holder::Taken(p.id))
+            };
+            match self.inner.names.reserve(&key, &spec, holder)? {
+                Reserved::Made(id) => return Ok(id),
+                Reserved::Fresh(guard) => return self.start_run(guard, spec).await,
+                Reserved::Wait(done) => {
                     // A retry of a create still running: wait for it. If it failed, try again.
-                    let outcome = done
-                        .wait_for(Option::is_some)
-                        .await
-                        .map(|o| o.clone())
-                        .ok()
-                        .flatten();
-                    match outcome {
-                        Some(Ok(id)) => {
-                            let mut names =
-                                self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
-                            if matches!(names.get(&key), Some(Reservation::Unclaimed { id: i, .. }) if *i == id)
-                            {
-                                names.remove(&key);
-                            }
-                            return Ok(id);
-                        }
-                        // The first create failed and freed the name: try again.
-                        Some(Err(_)) => {}
-                        None => {
-                            return Err(Error::Internal(
-                                "the pod creation this request waited for ended without a result"
-                                    .into(),
-                            ));
-                        }
+                    if let Some(id) = wait_outcome(done, "pod sandbox").await? {
+                        self.inner.names.claim(&key, &id);
+                        return Ok(id);
                     }
                 }
             }
         }
     }
 
-    /// Takes the name for a new pod, or finds the create this request is a retry of.
-    fn reserve(&self, key: &str, spec: &PodSpec) -> Result<Reserved> {
-        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
-        match names.get(key) {
-            Some(Reservation::InFlight { spec: s, done, .. }) if s == spec => {
-                Ok(Reserved::Wait(done.clone()))
-            }
-            Some(Reservation::Unclaimed { id, spec: s }) if s == spec => {
-                let id = id.clone();
-                names.remove(key);
-                Ok(Reserved::Created(id))
-            }
-            Some(r) => Err(Error::AlreadyExists(format!(
-                "pod sandbox name {key:?} is reserved for {}",
-                r.id()
-            ))),
-            None => {
-                if let Some(holder) = self
-                    .inner
-                    .lock_pods()
-                    .values()
-                    .find(|p| p.spec.metadata == spec.metadata)
-                {
-                    return Err(Error::AlreadyExists(format!(
-                        "pod sandbox name {key:?} is already used by {}",
-                        holder.id
-                    )));
-                }
-                let id = new_id()?;
-                let (tx, rx) = watch::channel(None);
-                names.insert(
-                    key.to_string(),
-                    Reservation::InFlight {
-                        id: id.clone(),
-                        spec: spec.clone(),
-                        done: rx,
-                    },
-                );
-                Ok(Reserved::Fresh(id, tx))
-            }
-        }
-    }
-
-    async fn start_run(
-        &self,
-        id: String,
-        key: String,
-        spec: PodSpec,
-        done: watch::Sender<super::names::Outcome>,
-    ) -> Result<String> {
+    async fn start_run(&self, guard: NameGuard<PodSpec>, spec: PodSpec) -> Result<String> {
         let inner = self.inner.clone();
         let (tx, rx) = oneshot::channel();
-        // The create runs to its end even if the RPC that asked for it is cancelled.
+        // The create runs to its end even if the RPC that asked for it is cancelled; should
+        // it panic, the guard frees the name and the waiters learn the outcome is lost.
         tokio::spawn(async move {
-            // Frees the name should the create panic (the waiters then see the channel close).
-            let mut release = ReleaseName {
-                inner: inner.clone(),
-                key: key.clone(),
-                armed: true,
-            };
+            let id = guard.id().to_string();
             let result = create(&inner, &id, &spec).await;
-            release.armed = false;
-            {
-                let mut names = inner.names.lock().unwrap_or_else(|p| p.into_inner());
-                match &result {
-                    Ok(id) if tx.is_closed() => {
-                        tracing::info!(pod = %id, name = ?key, "pod created after its caller left; kept for a retry");
-                        names.insert(
-                            key.clone(),
-                            Reservation::Unclaimed {
-                                id: id.clone(),
-                                spec: spec.clone(),
-                            },
-                        );
-                    }
-                    _ => {
-                        names.remove(&key);
-                    }
-                }
+            let left = tx.is_closed();
+            if left && result.is_ok() {
+                tracing::info!(pod = %id, name = ?guard.key(), "pod created after its caller left; kept for a retry");
             }
-            let _ = done.send(Some(
-                result
-                    .as_ref()
-                    .map(String::clone)
-                    .map_err(|e| e.to_string()),
-            ));
+            guard.finish(result.as_deref().map_err(|e| e.to_string()), left);
             let _ = tx.send(result);
         });
         rx.await
             .map_err(|_| Error::Internal("pod creation task ended without a result".into()))?
-    }
-}
-
-/// Drops a name reservation when dropped (only reached by a panicking create).
-struct ReleaseName {
-    inner: Arc<Inner>,
-    key: String,
-    armed: bool,
-}
-
-impl Drop for ReleaseName {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.inner
-            .names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
     }
 }
 

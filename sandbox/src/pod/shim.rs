@@ -10,11 +10,36 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use super::Inner;
+use std::sync::Arc;
+
+use super::record::PodRecord;
+use super::{Inner, PodSandboxes};
 use crate::RuntimeKind;
 use crate::error::{Error, Result};
 use crate::namespaces::start_time;
 use crate::shim::{EventsServer, ShimClient, ShimEvent, ShimFlavour, SpawnConfig};
+use crate::task::TaskRuntime;
+
+impl PodSandboxes {
+    /// The pod's task runtime (its shim), connected on first use and kept until the pod is
+    /// removed or [`forget_task_runtime`](Self::forget_task_runtime) drops it.
+    pub async fn task_runtime(&self, pod: &PodRecord) -> Result<Arc<dyn TaskRuntime>> {
+        let mut runtimes = self.inner.runtimes.lock().await;
+        if let Some(r) = runtimes.get(&pod.id) {
+            return Ok(r.clone());
+        }
+        let r = self.inner.connector.connect(pod).await.map_err(|e| {
+            Error::FailedPrecondition(format!("shim of pod {} is not reachable: {e}", pod.id))
+        })?;
+        runtimes.insert(pod.id.clone(), r.clone());
+        Ok(r)
+    }
+
+    /// Drops the connection to a pod's shim (lost): the next use connects again.
+    pub async fn forget_task_runtime(&self, pod_id: &str) {
+        self.inner.runtimes.lock().await.remove(pod_id);
+    }
+}
 
 /// The containerd namespace crust's shims run in.
 pub const SHIM_NAMESPACE: &str = "k8s.io";

@@ -15,7 +15,7 @@ impl PodSandboxes {
         };
         let lock = self.inner.op_lock(&id);
         let _guard = lock.lock().await;
-        let Some(rec) = self.inner.lock_pods().get(&id).cloned() else {
+        let Some(rec) = self.inner.pods.find(&id) else {
             return Ok(());
         };
         stop_locked(&self.inner, rec).await?;

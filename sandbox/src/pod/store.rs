@@ -1,79 +1,26 @@
-//! Pod records in the shared redb state store (table `sandbox_pods`).
+//! Pod records in the shared redb state store (table `sandbox_pods`, JSON with a `version`).
 
 use std::sync::Arc;
 
 use crust_state::StateDb;
-use redb::{ReadableTable, TableDefinition};
 
 use super::record::PodRecord;
-use crate::error::{Error, Result};
-
-const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("sandbox_pods");
+use crate::registry::Table;
 
 /// The version this code writes; records from a newer crust are refused.
 pub const RECORD_VERSION: u32 = 1;
 
-pub struct PodStore {
-    db: Arc<StateDb>,
-}
+crate::versioned_record!(PodRecord, RECORD_VERSION);
 
-impl PodStore {
-    pub fn new(db: Arc<StateDb>) -> Self {
-        Self { db }
-    }
-
-    pub fn load_all(&self) -> Result<Vec<PodRecord>> {
-        let raw = self.db.read(|txn| {
-            let table = match txn.open_table(PODS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            let mut raw = Vec::new();
-            for entry in table.iter()? {
-                let (k, v) = entry?;
-                raw.push((k.value().to_string(), v.value().to_vec()));
-            }
-            Ok(raw)
-        })?;
-        let mut out = Vec::new();
-        for (k, v) in raw {
-            let rec: PodRecord = serde_json::from_slice(&v)
-                .map_err(|e| Error::Store(format!("pod record {k}: {e}")))?;
-            if rec.version > RECORD_VERSION {
-                return Err(Error::Store(format!(
-                    "pod record {k} has version {} (this crust knows {RECORD_VERSION})",
-                    rec.version
-                )));
-            }
-            out.push(rec);
-        }
-        Ok(out)
-    }
-
-    pub fn put(&self, rec: &PodRecord) -> Result<()> {
-        let bytes = serde_json::to_vec(rec).map_err(|e| Error::Internal(e.to_string()))?;
-        self.db.write(|txn| {
-            txn.open_table(PODS)?
-                .insert(rec.id.as_str(), bytes.as_slice())?;
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    pub fn delete(&self, id: &str) -> Result<()> {
-        self.db.write(|txn| {
-            txn.open_table(PODS)?.remove(id)?;
-            Ok(())
-        })?;
-        Ok(())
-    }
+/// The pods table.
+pub fn table(db: Arc<StateDb>) -> Table<PodRecord> {
+    Table::new(db, "sandbox_pods", "pod")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pod::record::PodRecord;
+    use crate::registry::Unreadable;
 
     #[test]
     fn records_round_trip_and_survive_reopen() {
@@ -85,15 +32,15 @@ mod tests {
             ..PodRecord::for_test()
         };
         {
-            let s = PodStore::new(Arc::new(StateDb::open(&path).unwrap()));
-            assert!(s.load_all().unwrap().is_empty());
+            let s = table(Arc::new(StateDb::open(&path).unwrap()));
+            assert!(s.load_all(Unreadable::Refuse).unwrap().is_empty());
             s.put(&rec).unwrap();
         }
-        let s = PodStore::new(Arc::new(StateDb::open(&path).unwrap()));
-        assert_eq!(s.load_all().unwrap(), vec![rec.clone()]);
+        let s = table(Arc::new(StateDb::open(&path).unwrap()));
+        assert_eq!(s.load_all(Unreadable::Refuse).unwrap(), vec![rec.clone()]);
         s.delete(&rec.id).unwrap();
         s.delete(&rec.id).unwrap();
-        assert!(s.load_all().unwrap().is_empty());
+        assert!(s.load_all(Unreadable::Refuse).unwrap().is_empty());
     }
 
     #[test]
@@ -106,16 +53,10 @@ mod tests {
         let mut old = serde_json::to_value(&rec).unwrap();
         old.as_object_mut().unwrap().remove("cni_result");
         let d = tempfile::tempdir().unwrap();
-        let db = Arc::new(StateDb::open(&d.path().join("s.redb")).unwrap());
-        db.write(|txn| {
-            txn.open_table(PODS)?.insert(
-                rec.id.as_str(),
-                serde_json::to_vec(&old).unwrap().as_slice(),
-            )?;
-            Ok(())
-        })
-        .unwrap();
-        let loaded = PodStore::new(db).load_all().unwrap();
+        let t = table(Arc::new(StateDb::open(&d.path().join("s.redb")).unwrap()));
+        t.put_raw(&rec.id, &serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        let loaded = t.load_all(Unreadable::Refuse).unwrap();
         assert_eq!(
             loaded,
             vec![PodRecord {
@@ -128,12 +69,12 @@ mod tests {
     #[test]
     fn newer_records_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        let s = PodStore::new(Arc::new(StateDb::open(&d.path().join("s.redb")).unwrap()));
+        let s = table(Arc::new(StateDb::open(&d.path().join("s.redb")).unwrap()));
         let rec = PodRecord {
             version: RECORD_VERSION + 1,
             ..PodRecord::for_test()
         };
         s.put(&rec).unwrap();
-        assert!(s.load_all().is_err());
+        assert!(s.load_all(Unreadable::Refuse).is_err());
     }
 }

@@ -106,6 +106,7 @@ impl Env {
                 cni_runner: Box::new(cni.clone()),
                 hierarchies: None,
                 spawn_shims: false,
+                connector: None,
             },
         )
         .unwrap()
@@ -331,7 +332,7 @@ async fn what_a_crash_mid_create_left_is_released_at_start() {
     let cni = FakeCni::default();
     let id = env.pods(&cni).run(spec("crashed")).await.unwrap();
     // As if crustd died after every step but writing the record.
-    store::PodStore::new(env.db.clone()).delete(&id).unwrap();
+    store::table(env.db.clone()).delete(&id).unwrap();
     let dir = env.dir.path().join("state/pods").join(&id);
     assert!(dir.exists());
     assert_eq!(cni.leases.load(Ordering::SeqCst), 1);

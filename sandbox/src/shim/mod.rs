@@ -51,13 +51,10 @@ pub use events::{EventsServer, ShimEvent, TaskEvent};
 pub use flavour::{SANDBOX_ID_ANNOTATION, ShimFlavour};
 use task::TaskClient;
 
-/// Annotation on a Task `Update` that makes the shim reopen the container's CRI log.
-pub const REOPEN_LOG_ANNOTATION: &str = "io.crust.shim.reopen-log";
-/// crust-shim: `Create` options of this type also start the task (one
-/// `runc run --detach`); see [`ShimClient::create_and_start`].
-pub const CREATE_AND_START_OPTIONS: &str = "crust.shim.v1.CreateAndStart";
-/// Scheme of the CRI log path in the create request's stdout field.
-pub const CRI_LOG_SCHEME: &str = "file://";
+pub use crust_shim_protocol::{
+    CREATE_AND_START_OPTIONS, CRI_LOG_SCHEME, PROCESS_TYPE, REOPEN_LOG_ANNOTATION, RESOURCES_TYPE,
+    RUNC_OPTIONS,
+};
 
 /// Errors talking to a shim, named by meaning.
 #[derive(Debug, thiserror::Error)]
@@ -443,7 +440,7 @@ impl ShimClient {
     /// Creates a container; returns its init pid. A CRI log is written by the shim, or by
     /// crustd from the shim's output FIFOs when the shim does not write one.
     pub async fn create(&self, t: &CreateTask) -> Result<u32> {
-        self.create_with(t, "containerd.runc.v1.Options").await
+        self.create_with(t, RUNC_OPTIONS).await
     }
 
     /// Creates and starts a container; returns its pid. crust-shim does both
@@ -622,7 +619,7 @@ impl ShimClient {
             stdout,
             stderr,
             spec: Some(Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                type_url: PROCESS_TYPE.into(),
                 value,
                 ..Default::default()
             })
@@ -654,7 +651,7 @@ impl ShimClient {
         let req = UpdateTaskRequest {
             id: id.to_string(),
             resources: Some(Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                type_url: RESOURCES_TYPE.into(),
                 value,
                 ..Default::default()
             })
