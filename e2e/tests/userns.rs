@@ -161,7 +161,9 @@ async fn a_pod_in_a_user_namespace_is_root_inside_and_unprivileged_outside() {
 
     let mut pc = pod_config("userns", &net, &crustd.dir().join("logs"));
     pod_userns(&mut pc, base);
+    let t0 = std::time::Instant::now();
     let pod = run_pod(&mut rt, &pc).await;
+    let t_pod = t0.elapsed();
 
     // Two volumes from the host, both owned by root there: `plain` without mappings (so
     // world-writable, as the pod's root is nobody to it), `idmapped` with the pod's.
@@ -187,7 +189,13 @@ async fn a_pod_in_a_user_namespace_is_root_inside_and_unprivileged_outside() {
             ..Default::default()
         },
     ];
+    let t0 = std::time::Instant::now();
     let id = create(&mut rt, &pod, &pc, c).await.expect("create");
+    // The figures the architecture map quotes (printed with --nocapture).
+    eprintln!(
+        "userns: RunPodSandbox {t_pod:?}, CreateContainer (2 idmapped volumes) {:?}",
+        t0.elapsed()
+    );
     start(&mut rt, &id).await;
 
     // Inside: root, with the mapping in uid_map.
@@ -300,8 +308,15 @@ async fn node_mode_is_the_hosts_user_namespace() {
         mode: cri::NamespaceMode::Node as i32,
         ..Default::default()
     });
+    let t0 = std::time::Instant::now();
     let pod = run_pod(&mut rt, &pc).await;
+    let t_pod = t0.elapsed();
+    let t0 = std::time::Instant::now();
     let id = sleeper(&mut rt, &pod, &pc, &image, "c").await;
+    eprintln!(
+        "NODE: RunPodSandbox {t_pod:?}, CreateContainer {:?}",
+        t0.elapsed()
+    );
     start(&mut rt, &id).await;
     let out = crictl(&crustd, &["exec", &id, "cat", "/proc/self/uid_map"]);
     assert_eq!(

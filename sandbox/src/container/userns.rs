@@ -246,3 +246,79 @@ pub(crate) fn check_mounts(config: &ContainerConfig, pod: &PodRecord) -> Result<
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn maps(host: u32) -> UserNamespace {
+        let m = vec![IdMapping {
+            container_id: 0,
+            host_id: host,
+            length: 65536,
+        }];
+        UserNamespace {
+            uids: m.clone(),
+            gids: m,
+        }
+    }
+
+    #[test]
+    fn the_spec_joins_the_pods_user_namespace_with_its_maps() {
+        let mut spec = Spec::default();
+        let pod = PodUserns {
+            pin: "/run/crust/pods/p/ns/user".into(),
+            maps: maps(655360),
+        };
+        join(&mut spec, &pod).unwrap();
+        // Twice is the same (a retried create rebuilds the spec).
+        join(&mut spec, &pod).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let ns = linux.namespaces().as_ref().unwrap();
+        let users: Vec<_> = ns
+            .iter()
+            .filter(|n| n.typ() == LinuxNamespaceType::User)
+            .collect();
+        assert_eq!(users.len(), 1);
+        assert_eq!(
+            users[0].path().as_deref(),
+            Some(Path::new("/run/crust/pods/p/ns/user"))
+        );
+        let uids = linux.uid_mappings().as_ref().unwrap();
+        assert_eq!(
+            (uids[0].container_id(), uids[0].host_id(), uids[0].size()),
+            (0, 655360, 65536)
+        );
+        assert_eq!(linux.gid_mappings().as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_bundle_path_is_opened_to_the_pods_root_only_as_far_as_needed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let bundle = state.join("containers/abc");
+        crust_state::private::create_dir(&bundle).unwrap();
+        // A directory above state_dir others cannot search: named, nothing changed.
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = allow_init_in(&state, &bundle, &maps(700000)).unwrap_err();
+        assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
+        assert!(
+            e.to_string().contains(&d.path().display().to_string()),
+            "{e}"
+        );
+        assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        allow_init_in(&state, &bundle, &maps(700000)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&state), 0o711);
+        assert_eq!(mode(&state.join("containers")), 0o711);
+        assert_eq!(mode(&bundle), 0o710);
+        assert_eq!(std::fs::metadata(&bundle).unwrap().gid(), 700000);
+    }
+}
