@@ -188,6 +188,16 @@ async fn a_pod_in_a_user_namespace_is_root_inside_and_unprivileged_outside() {
             gid_mappings: mapping(base),
             ..Default::default()
         },
+        // Maps of its own (a user namespace made for the mount): on-disk 0 is host
+        // base + 5, which is 5 inside.
+        cri::Mount {
+            container_path: "/shifted".into(),
+            host_path: idmapped.display().to_string(),
+            uid_mappings: mapping(base + 5),
+            gid_mappings: mapping(base + 5),
+            readonly: true,
+            ..Default::default()
+        },
     ];
     let t0 = std::time::Instant::now();
     let id = create(&mut rt, &pod, &pc, c).await.expect("create");
@@ -240,6 +250,11 @@ async fn a_pod_in_a_user_namespace_is_root_inside_and_unprivileged_outside() {
     for l in out.lines() {
         assert!(l.starts_with("0:0 "), "{out}");
     }
+    let out = crictl(
+        &crustd,
+        &["exec", &id, "stat", "-c", "%u:%g", "/shifted/from-host"],
+    );
+    assert_eq!(out.trim(), "5:5");
     let out = crictl(
         &crustd,
         &["exec", &id, "ls", "/sys/class/net", "/sys/fs/cgroup"],
