@@ -145,14 +145,13 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// What the child reports: 0 when ready, else the failed step and errno.
-const STEPS: [&str; 6] = [
+/// What the child reports: 0 when ready, else the failed step (1-based; from 5 on, sysctl
+/// `step - 5`) and errno.
+const STEPS: [&str; 4] = [
     "waiting for the id maps",
     "unshare(net/ipc/uts) in the user namespace",
     "sethostname",
     "bringing lo up",
-    "writing a sysctl",
-    "",
 ];
 
 /// Everything the child needs, prepared before the clone (no allocation after it).
@@ -293,7 +292,13 @@ fn parent_side(
     let code = i32::from_ne_bytes(status[4..].try_into().unwrap_or_default());
     if step != 0 {
         let e = io::Error::from_raw_os_error(code);
-        let what = STEPS.get(step - 1).copied().unwrap_or("setting up");
+        let what = match STEPS.get(step - 1) {
+            Some(what) => what.to_string(),
+            None => match req.sysctls.get(step - 1 - STEPS.len()) {
+                Some((path, value)) => format!("writing {value:?} to {path}"),
+                None => "setting up the namespaces".into(),
+            },
+        };
         return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
     }
     let pin = |kind: &str| -> io::Result<std::path::PathBuf> {
@@ -361,12 +366,12 @@ fn child_main(plan: &ChildPlan, go: i32, status: i32) -> ! {
     if plan.net && crate::namespaces::loopback_up_raw() != 0 {
         fail(4);
     }
-    for (path, value) in &plan.sysctls {
+    for (i, (path, value)) in plan.sysctls.iter().enumerate() {
         // SAFETY: path is NUL-terminated, value a live buffer; the fd is closed below.
         unsafe {
             let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
-                fail(5);
+                fail(STEPS.len() as u32 + 1 + i as u32);
             }
             libc::close(fd);
         }
@@ -640,5 +645,26 @@ mod tests {
         let e = crate::namespaces::create(&req).unwrap_err();
         assert!(e.to_string().contains("uid_map"), "{e}");
         assert_eq!(std::fs::read_dir(d.path().join("bad")).unwrap().count(), 0);
+        // A step the child fails is named (here the sysctl) and nothing stays either.
+        let req = NamespaceRequest {
+            dir: d.path().join("bad-sysctl"),
+            net: true,
+            pid: true,
+            sysctls: vec![("/proc/sys/net/ipv4/no_such_sysctl".into(), "1".into())],
+            userns: Some(userns.clone()),
+            ..Default::default()
+        };
+        let e = crate::namespaces::create(&req).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("writing \"1\" to /proc/sys/net/ipv4/no_such_sysctl: "),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_dir(d.path().join("bad-sysctl"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }
