@@ -472,3 +472,54 @@ async fn a_user_namespace_pod_is_removed_after_a_crustd_crash() {
     .await;
     assert_nothing_left(&crustd, Some(base));
 }
+
+#[tokio::test]
+async fn crictl_runs_a_pod_with_a_user_namespace() {
+    let n = 44;
+    let base = host_base(n);
+    let (_registry, crustd, net, image, _rt) = userns_setup(n).await;
+    let ids = serde_json::json!([{ "host_id": base, "container_id": 0, "length": 65536 }]);
+    let pod = serde_json::json!({
+        "metadata": { "name": "crictl-userns", "uid": "uid-crictl-userns", "namespace": "e2e" },
+        "hostname": "crictl-userns",
+        "log_directory": crustd.dir().join("logs").display().to_string(),
+        "linux": {
+            "cgroup_parent": net.cgroup_parent,
+            "security_context": { "namespace_options": {
+                "pid": cri::NamespaceMode::Container as i32,
+                "userns_options": { "mode": cri::NamespaceMode::Pod as i32, "uids": ids, "gids": ids }
+            } }
+        }
+    });
+    let ctr = serde_json::json!({
+        "metadata": { "name": "c" },
+        "image": { "image": image },
+        "command": ["/bin/sleep", "1000"],
+        "log_path": "c/0.log"
+    });
+    let pod_file = crustd.dir().join("pod.json");
+    let ctr_file = crustd.dir().join("ctr.json");
+    std::fs::write(&pod_file, pod.to_string()).expect("pod.json");
+    std::fs::write(&ctr_file, ctr.to_string()).expect("ctr.json");
+    let (pod_file, ctr_file) = (
+        pod_file.display().to_string(),
+        ctr_file.display().to_string(),
+    );
+    let pod = crictl(&crustd, &["runp", &pod_file]).trim().to_string();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&crictl(&crustd, &["inspectp", "-o", "json", &pod])).expect("json");
+    let userns = &inspect["status"]["linux"]["namespaces"]["options"]["usernsOptions"];
+    assert_eq!(userns["mode"], "POD", "{inspect}");
+    assert_eq!(userns["uids"][0]["hostId"], base, "{inspect}");
+    let id = crictl(&crustd, &["create", &pod, &ctr_file, &pod_file])
+        .trim()
+        .to_string();
+    crictl(&crustd, &["start", &id]);
+    let out = crictl(&crustd, &["exec", &id, "cat", "/proc/self/uid_map"]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", &base.to_string(), "65536"]
+    );
+    crictl(&crustd, &["rmp", "-f", &pod]);
+    assert_nothing_left(&crustd, Some(base));
+}
