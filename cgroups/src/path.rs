@@ -12,6 +12,16 @@ pub enum CgroupDriver {
     Systemd,
 }
 
+impl CgroupDriver {
+    /// The name kubelet's `--cgroup-driver` and crustd's config use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
+        }
+    }
+}
+
 /// The cgroup path (relative to each hierarchy's root, starting with `/`) of a pod.
 ///
 /// cgroupfs: `cgroup_parent` is a path (`/kubepods/besteffort/pod<uid>`), the pod gets

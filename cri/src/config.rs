@@ -10,23 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The cgroup driver kubelet must be configured with to match crust.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupDriver {
-    #[default]
-    Cgroupfs,
-    Systemd,
-}
-
-impl CgroupDriver {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CgroupDriver::Cgroupfs => "cgroupfs",
-            CgroupDriver::Systemd => "systemd",
-        }
-    }
-}
+/// The cgroup driver kubelet must be configured with to match crust (one definition, in
+/// `crust-cgroups`).
+pub use crust_sandbox::CgroupDriver;
 
 /// How crustd writes its log to stderr. Under systemd, when stderr is the journal,
 /// crustd sends its records to journald natively instead (see `logging.rs`).

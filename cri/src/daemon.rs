@@ -203,10 +203,6 @@ async fn open_services(config: Config, store: Store) -> Result<Cri, DaemonError>
         db.clone(),
     )
     .await?;
-    let driver = match config.cgroup_driver {
-        CgroupDriver::Cgroupfs => crust_sandbox::CgroupDriver::Cgroupfs,
-        CgroupDriver::Systemd => crust_sandbox::CgroupDriver::Systemd,
-    };
     let pods = PodSandboxes::open(
         config.sandbox.clone(),
         db.clone(),
@@ -214,7 +210,7 @@ async fn open_services(config: Config, store: Store) -> Result<Cri, DaemonError>
             root_dir: config.root_dir.clone(),
             state_dir: config.state_dir.clone(),
         },
-        driver,
+        config.cgroup_driver,
     )?;
     let containers = Containers::open(
         ContainersConfig {

@@ -1,7 +1,7 @@
 //! Container root filesystems: the images crate's snapshots, handed to the
 //! sandbox crate through its `Rootfs` seam.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crust_images::ImageStore;
 use crust_sandbox::container::Rootfs;
@@ -76,12 +76,16 @@ impl Rootfs for ImageRootfs {
     }
 
     fn usage(&self, key: &str) -> Option<(u64, u64)> {
+        Some(disk_usage(&self.upper_dir(key)?))
+    }
+
+    fn upper_dir(&self, key: &str) -> Option<PathBuf> {
         let mounts = self.0.snapshotter().mounts(key).ok()?;
-        let upper = mounts
+        mounts
             .iter()
             .flat_map(|m| m.options.iter())
-            .find_map(|o| o.strip_prefix("upperdir="))?;
-        Some(disk_usage(Path::new(upper)))
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .map(PathBuf::from)
     }
 }
 

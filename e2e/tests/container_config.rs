@@ -539,15 +539,25 @@ async fn containers_of_a_pod_in_pod_pid_mode_see_each_other() {
     )
     .await;
     assert_eq!(code, 0, "{err}");
-    let children = std::fs::read_to_string(format!("/proc/{infra}/task/{infra}/children"))
-        .expect("infra's children");
-    let orphan = children
-        .split_whitespace()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("the orphaned sleep is not the infra's child: {children:?}"));
+    // The orphan may still be the forked shell for a moment (comm `sh`) before it
+    // executes sleep: poll.
+    let orphan_of_infra = || {
+        std::fs::read_to_string(format!("/proc/{infra}/task/{infra}/children"))
+            .expect("infra's children")
+            .split_whitespace()
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .map(str::to_string)
+    };
+    wait_for(
+        "the orphaned sleep as the infra's child",
+        Duration::from_secs(2),
+        || orphan_of_infra().is_some(),
+    )
+    .await;
+    let orphan = orphan_of_infra().expect("the orphaned sleep is the infra's child");
     let stat = format!("/proc/{orphan}/stat");
     wait_for("the orphan reaped", Duration::from_secs(5), || {
         !Path::new(&stat).exists()

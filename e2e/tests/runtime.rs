@@ -179,7 +179,7 @@ async fn runtime_config_reports_the_cgroup_driver() {
 }
 
 #[tokio::test]
-async fn unbuilt_rpc_answers_unimplemented_naming_it() {
+async fn checkpoint_of_an_unknown_container_is_not_found_naming_it() {
     let crustd = Crustd::start().await.expect("crustd starts");
     let err = crustd
         .runtime()
@@ -191,9 +191,9 @@ async fn unbuilt_rpc_answers_unimplemented_naming_it() {
             timeout: 0,
         })
         .await
-        .expect_err("CheckpointContainer is not built");
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("CheckpointContainer"), "{err:?}");
+        .expect_err("no such container");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("abc"), "{err:?}");
 }
 
 #[tokio::test]
@@ -361,14 +361,14 @@ async fn metrics_count_the_calls_just_made() {
     }
     rt.checkpoint_container(cri::CheckpointContainerRequest::default())
         .await
-        .expect_err("unimplemented");
+        .expect_err("no container id");
 
     let after = crustd.metrics().await.expect("GET /metrics");
     assert_eq!(metric_value(&after, ok_version), Some(v0 + 3.0), "{after}");
     assert_eq!(
         metric_value(
             &after,
-            r#"crust_cri_requests_total{code="Unimplemented",method="CheckpointContainer"}"#
+            r#"crust_cri_requests_total{code="InvalidArgument",method="CheckpointContainer"}"#
         ),
         Some(1.0)
     );

@@ -7,13 +7,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim_protos::cgroups::metrics::Metrics;
 use oci_spec::runtime::{LinuxResources, Process};
 
 use crate::pod::PodRecord;
-use crate::shim::{CreateTask, ExitInfo, Result, ShimClient, TaskIo, TaskState};
+use crate::shim::{CreateTask, ExitInfo, Result, ShimClient, ShimError, TaskIo, TaskState};
 
 /// A pod's tasks: its containers (`exec_id` empty) and their execs.
 #[async_trait]
@@ -42,6 +43,25 @@ pub trait TaskRuntime: Send + Sync {
     /// After a crustd restart: copies the container's output into its CRI log again, for
     /// shims that do not write the log themselves.
     fn follow_output(&self, id: &str, bundle: &Path, log_path: Option<&Path>);
+    /// CRIU dump of a running container into `images`, left running (CheckpointContainer).
+    async fn checkpoint(
+        &self,
+        id: &str,
+        _images: &Path,
+        _work: &Path,
+        _timeout: Duration,
+    ) -> Result<()> {
+        Err(ShimError::FailedPrecondition(format!(
+            "cannot checkpoint {id}: this task runtime has no checkpoint"
+        )))
+    }
+    /// Creates the container restored from CRIU `images`, so running; its pid.
+    async fn restore(&self, t: &CreateTask, _images: &Path) -> Result<u32> {
+        Err(ShimError::FailedPrecondition(format!(
+            "cannot restore {}: this task runtime has no restore",
+            t.id
+        )))
+    }
 }
 
 /// Reaches the task runtime of a pod.
@@ -94,6 +114,18 @@ impl TaskRuntime for ShimClient {
     }
     async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
         ShimClient::resize_pty(self, id, exec_id, width, height).await
+    }
+    async fn checkpoint(
+        &self,
+        id: &str,
+        images: &Path,
+        work: &Path,
+        timeout: Duration,
+    ) -> Result<()> {
+        ShimClient::checkpoint(self, id, images, work, timeout).await
+    }
+    async fn restore(&self, t: &CreateTask, images: &Path) -> Result<u32> {
+        ShimClient::restore(self, t, images).await
     }
     async fn stats(&self, id: &str) -> Result<Metrics> {
         ShimClient::stats(self, id).await

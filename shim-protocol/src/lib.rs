@@ -14,6 +14,10 @@ pub const CREATE_AND_START_OPTIONS: &str = "crust.shim.v1.CreateAndStart";
 /// The type of ordinary `Create` options (containerd's runc `Options`).
 pub const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
 
+/// The type of `Checkpoint` options (containerd's runc `CheckpointOptions`: leave running
+/// unless `exit`, CRIU's work path, ...), as containerd's CRI sends them.
+pub const CHECKPOINT_OPTIONS: &str = "containerd.runc.v1.CheckpointOptions";
+
 /// The scheme of the stdout field that asks the shim to write stdout and stderr into this
 /// file in the CRI log format: `file:///abs/path.log`.
 pub const CRI_LOG_SCHEME: &str = "file://";

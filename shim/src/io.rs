@@ -61,6 +61,18 @@ pub struct ChildIo {
     stderr: Mutex<Option<OwnedFd>>,
 }
 
+impl ChildIo {
+    /// The raw descriptors (-1 for none), for a process the shim starts itself.
+    pub fn raw_fds(&self) -> [std::os::fd::RawFd; 3] {
+        [&self.stdin, &self.stdout, &self.stderr].map(|slot| {
+            slot.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map_or(-1, AsRawFd::as_raw_fd)
+        })
+    }
+}
+
 fn stdio_of(slot: &Mutex<Option<OwnedFd>>) -> io::Result<Stdio> {
     match slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         Some(fd) => Ok(Stdio::from(fd.try_clone()?)),
@@ -271,7 +283,7 @@ impl ConsoleSocket {
     }
 }
 
-fn recv_fd(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
+pub fn recv_fd(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::FromRawFd;
     let mut buf = [0u8; 4096];

@@ -3,11 +3,28 @@
 //! One process per pod; every container of the pod and every exec is a task of it.
 //! `crust-shim -namespace NS -id POD -address EVENTS start` (cwd = the pod's state dir,
 //! `BootstrapParams` on stdin carrying the events ttrpc address and the socket directory)
-//! starts the daemon detached (own session), prints where it listens and exits.
+//! starts the daemon detached (own session), prints where it listens and exits. The
+//! socket goes in crust's own directory (the bootstrap's `socket_dir`, else
+//! `$CRUST_SHIM_SOCKET_DIR`, else `/run/crust/s`; never `/run/containerd`); a second
+//! `start` for the same pod finds the serving shim and prints its address.
+//!
+//! The shim's own log goes to the `log` FIFO when someone reads it (containerd does),
+//! else to `shim.log` in the pod dir, never blocking; crust does not make that FIFO (one
+//! nobody reads while crustd is down would stall the shim). The server's stderr is
+//! `shim.log` too, so a start that fails leaves its reason there.
+//!
+//! The Task service and the modules it delegates to: `service.rs`.
 
 mod cgroup;
+mod checkpoint;
+mod container;
 mod io;
+mod nexec;
+mod oom;
+mod process;
 mod publisher;
+mod reaper;
+mod runtime;
 mod service;
 
 use std::{

@@ -3,7 +3,8 @@
 //! Unlike the framework's publisher this one never touches protobuf reflection (type URLs
 //! are written out), which keeps descriptor tables out of the shim's memory, and it keeps
 //! order: one queue, each event retried for a while (crustd may be restarting) before the
-//! next one goes out.
+//! next one goes out. Exits that happen while crustd is away longer than that are read
+//! back by crustd with `state`/`wait` once it reconnects.
 
 use std::time::{Duration, SystemTime};
 

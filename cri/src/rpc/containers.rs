@@ -1,10 +1,11 @@
 //! Container RPCs: CRI messages to and from `crust_sandbox::container::Containers`.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crust_sandbox::container::checkpoint::{self, Criu};
+use crust_sandbox::container::checkpoint_restore::CheckpointArchive;
 use crust_sandbox::container::{
     ContainerEventKind, ContainerFilter, ContainerRecord, ContainerState, ImageInfo, RunAs,
 };
@@ -73,7 +74,7 @@ pub async fn create_container(
     req: CreateContainerRequest,
 ) -> CriResult<CreateContainerResponse> {
     validate::container::create_container(&req)?;
-    let config = req.config.unwrap_or_default();
+    let mut config = req.config.unwrap_or_default();
     let pod = cri.pods.get(&req.pod_sandbox_id)?;
     // As containerd, the pod's privileged flag as kubelet restates it in the request.
     let pod_privileged = match &req.sandbox_config {
@@ -95,11 +96,20 @@ pub async fn create_container(
             )));
         }
     }
-    let image_name = config
+    let mut image_name = config
         .image
         .as_ref()
         .map(|i| i.image.trim().to_string())
         .unwrap_or_default();
+    // An image that is a checkpoint archive: a container of the image it
+    // was checkpointed from, restored from it when started (as CRI-O).
+    let restore = CheckpointArchive::open(&image_name)?;
+    if let Some(a) = &restore {
+        image_name = a.base_image().to_string();
+        if config.command.is_empty() && config.args.is_empty() {
+            config.command = a.args().to_vec();
+        }
+    }
     let image = cri.images.status(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!("image {image_name:?} not found: pull it first"))
     })?;
@@ -124,6 +134,12 @@ pub async fn create_container(
             },
         )
         .await?;
+    if let Some(a) = restore
+        && let Err(e) = cri.containers.prepare_restore(&id, a).await
+    {
+        let _ = cri.containers.remove(&id).await;
+        return Err(e.into());
+    }
     Ok(CreateContainerResponse { container_id: id })
 }
 
@@ -303,39 +319,24 @@ pub async fn exec_sync(cri: &Cri, req: ExecSyncRequest) -> CriResult<ExecSyncRes
     })
 }
 
-/// CheckpointContainer: not built yet.
-fn precondition(message: String) -> CriError {
-    CriError::Sandbox(crust_sandbox::Error::FailedPrecondition(message))
-}
-
-/// CheckpointContainer: refused with FailedPrecondition unless the container runs
-/// and CRIU works on this node (`criu check`), carrying CRIU's own error. The dump
-/// itself (runc checkpoint through the shim, the archive layout of CRI-O and
-/// containerd) is not built: with a working CRIU the answer is Unimplemented.
+/// CheckpointContainer: the running container is dumped with CRIU (left
+/// running) and written as a checkpoint archive at `location`; its CRI status
+/// goes in as `status.dump`. FailedPrecondition when it does not run or CRIU
+/// does not work here (with CRIU's own error), InvalidArgument for a bad
+/// location, DeadlineExceeded past `timeout` seconds.
 pub async fn checkpoint_container(
     cri: &Cri,
     req: CheckpointContainerRequest,
 ) -> CriResult<CheckpointContainerResponse> {
     validate::container::checkpoint(&req)?;
     let r = cri.containers.get(&req.container_id)?;
-    if r.state != ContainerState::Running {
-        return Err(precondition(format!(
-            "container {} is not running: only a running container can be checkpointed",
-            r.id
-        )));
-    }
-    let criu = tokio::task::spawn_blocking(checkpoint::criu)
-        .await
-        .map_err(|e| CriError::Internal(format!("criu check task: {e}")))?;
-    match criu {
-        Criu::Missing => Err(precondition(
-            "cannot checkpoint: criu is not installed on this node".to_string(),
-        )),
-        Criu::Unusable(e) => Err(precondition(format!(
-            "cannot checkpoint: criu does not work on this node: {e}"
-        ))),
-        Criu::Usable => Err(CriError::Unimplemented("CheckpointContainer")),
-    }
+    let status = serde_json::to_vec_pretty(&status_of(&r, cri.containers.run_as(&r)))
+        .map_err(|e| CriError::Internal(format!("container status: {e}")))?;
+    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    cri.containers
+        .checkpoint(&r.id, Path::new(&req.location), timeout, status)
+        .await?;
+    Ok(CheckpointContainerResponse {})
 }
 
 /// GetContainerEvents: every container event from now on, each with the

@@ -5,7 +5,7 @@
 //! and inodes come from the snapshot's upper dir (the `Rootfs::usage` seam).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::record::{ContainerRecord, ContainerState};
@@ -112,6 +112,11 @@ impl Containers {
         let cg = pod.cgroup.as_ref()?;
         self.inner
             .cgroup_usage(&format!("pod:{}", pod.id), &cg.path, now_ns())
+    }
+
+    /// The directory of what the container wrote to its root filesystem.
+    pub(crate) fn writable_layer(&self, id: &str) -> Option<PathBuf> {
+        self.inner.rootfs.upper_dir(id)
     }
 
     /// A running container and its pod's task runtime; FailedPrecondition when not running.

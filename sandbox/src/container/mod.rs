@@ -18,6 +18,8 @@ pub mod apparmor;
 pub mod attach;
 mod bundle;
 pub mod checkpoint;
+pub mod checkpoint_archive;
+pub mod checkpoint_restore;
 mod create;
 mod exec;
 pub mod exec_stream;
@@ -91,6 +93,11 @@ pub trait Rootfs: Send + Sync {
         Err(Error::FailedPrecondition(
             "this root filesystem cannot be idmapped for a user namespace".into(),
         ))
+    }
+    /// The directory holding what snapshot `key` wrote (an overlay upper
+    /// directory), for CheckpointContainer's rootfs diff; None when it has none.
+    fn upper_dir(&self, _key: &str) -> Option<PathBuf> {
+        None
     }
 }
 

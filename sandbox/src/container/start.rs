@@ -68,7 +68,10 @@ impl Containers {
         // The start time is taken before the process can run, so that a
         // container that exits at once never finishes before it started.
         let started_at = now_ns();
-        let started = shim.create_and_start(&task).await;
+        let started = match super::checkpoint_restore::images_of(&rec.bundle) {
+            Some(images) => super::checkpoint_restore::restore(&*shim, &task, &images).await,
+            None => shim.create_and_start(&task).await,
+        };
         drop(timer);
         tracing::debug!(
             container = %rec.id,

@@ -73,16 +73,8 @@ pub struct PortMapping {
     pub host_ip: String,
 }
 
-/// Pod-level resources (CRI LinuxContainerResources subset that applies to a pod cgroup).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodResources {
-    pub cpu_period: i64,
-    pub cpu_quota: i64,
-    pub cpu_shares: i64,
-    pub memory_limit_in_bytes: i64,
-    pub cpuset_cpus: String,
-    pub cpuset_mems: String,
-}
+/// Pod-level resources: the pod cgroup's limits (crate `crust-cgroups`).
+pub use crust_cgroups::pod::PodResources;
 
 /// Everything RunPodSandbox asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

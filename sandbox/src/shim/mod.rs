@@ -15,6 +15,9 @@
 //! ReopenContainerLog is an `Update` with the [`REOPEN_LOG_ANNOTATION`] annotation
 //! ([`ShimClient::reopen_log`]).
 //!
+//! The types the client speaks in (errors, stdio, create requests, status) are in
+//! `types.rs`.
+//!
 //! Other shim v2 binaries (containerd-shim-runc-v2) are started and fed differently; every
 //! such difference is behind [`ShimFlavour`], and a [`ShimClient`] carries the flavour of its
 //! shim, so its callers do not tell shims apart.
@@ -23,26 +26,22 @@ mod events;
 mod flavour;
 mod logcopy;
 mod task;
+mod types;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, path::Path, process::Stdio, time::Duration};
 
 use containerd_shim_protos::{
     api::{
-        CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest,
-        KillRequest, PidsRequest, ResizePtyRequest, ShutdownRequest, StartRequest, StateRequest,
-        StatsRequest, UpdateTaskRequest, WaitRequest,
+        CheckpointTaskRequest, CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest,
+        ExecProcessRequest, KillRequest, PidsRequest, ResizePtyRequest, ShutdownRequest,
+        StartRequest, StateRequest, StatsRequest, UpdateTaskRequest, WaitRequest,
     },
     bootstrap_api::{BootstrapParams, BootstrapResult},
     cgroups::metrics::Metrics,
-    protobuf::{Message, MessageField, well_known_types::any::Any},
-    shim::oci::Options,
+    protobuf::{Message, well_known_types::any::Any},
+    shim::oci::{CheckpointOptions, Options},
     shim_async::Client,
-    ttrpc::{self, Code, context::Context},
+    ttrpc::{self, context::Context},
     types::{mount::Mount, task::Status},
 };
 use tokio::io::AsyncWriteExt;
@@ -50,198 +49,13 @@ use tokio::io::AsyncWriteExt;
 pub use events::{EventsServer, ShimEvent, TaskEvent};
 pub use flavour::{SANDBOX_ID_ANNOTATION, ShimFlavour};
 use task::TaskClient;
+use types::to_time;
+pub use types::*;
 
 pub use crust_shim_protocol::{
     CREATE_AND_START_OPTIONS, CRI_LOG_SCHEME, PROCESS_TYPE, REOPEN_LOG_ANNOTATION, RESOURCES_TYPE,
     RUNC_OPTIONS,
 };
-
-/// Errors talking to a shim, named by meaning.
-#[derive(Debug, thiserror::Error)]
-pub enum ShimError {
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("already exists: {0}")]
-    AlreadyExists(String),
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
-    /// The shim is gone or not answering.
-    #[error("shim unavailable: {0}")]
-    Unavailable(String),
-    /// Starting the shim process failed.
-    #[error("starting shim: {0}")]
-    Start(String),
-    #[error("shim i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("shim: {0}")]
-    Internal(String),
-}
-
-pub type Result<T> = std::result::Result<T, ShimError>;
-
-impl From<ttrpc::Error> for ShimError {
-    fn from(e: ttrpc::Error) -> Self {
-        match e {
-            ttrpc::Error::RpcStatus(s) => {
-                let msg = s.message().to_string();
-                match s.code() {
-                    Code::NOT_FOUND => ShimError::NotFound(msg),
-                    Code::ALREADY_EXISTS => ShimError::AlreadyExists(msg),
-                    Code::INVALID_ARGUMENT => ShimError::InvalidArgument(msg),
-                    Code::FAILED_PRECONDITION => ShimError::FailedPrecondition(msg),
-                    Code::UNAVAILABLE | Code::DEADLINE_EXCEEDED => ShimError::Unavailable(msg),
-                    _ => ShimError::Internal(msg),
-                }
-            }
-            ttrpc::Error::Socket(m) => ShimError::Unavailable(m),
-            ttrpc::Error::RemoteClosed | ttrpc::Error::LocalClosed => {
-                ShimError::Unavailable("connection closed".into())
-            }
-            other => ShimError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// How to start shims.
-#[derive(Debug, Clone)]
-pub struct SpawnConfig {
-    /// The shim binary (`crust-shim`, or another shim v2).
-    pub binary: PathBuf,
-    /// containerd-style namespace passed to the shim (`k8s.io`).
-    pub namespace: String,
-    /// Directory for the shims' ttrpc sockets (under crust's state dir; at most 42 bytes:
-    /// sockets are `<dir>/<sha256 hex>` and a unix socket path holds 107).
-    pub socket_dir: PathBuf,
-    pub debug: bool,
-    /// How long `start` may take.
-    pub start_timeout: Duration,
-    /// How the binary expects to be started and fed.
-    pub flavour: ShimFlavour,
-}
-
-impl Default for SpawnConfig {
-    fn default() -> Self {
-        SpawnConfig {
-            binary: PathBuf::from("crust-shim"),
-            namespace: "k8s.io".to_string(),
-            socket_dir: PathBuf::from("/run/crust/s"),
-            debug: false,
-            start_timeout: Duration::from_secs(10),
-            flavour: ShimFlavour::Crust,
-        }
-    }
-}
-
-/// Where a process's output goes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Output {
-    /// Discarded.
-    #[default]
-    Null,
-    /// The shim writes stdout and stderr to this file in the CRI log format.
-    CriLog(PathBuf),
-    /// Raw bytes into these paths (FIFOs the caller reads, or files).
-    Paths {
-        stdout: Option<PathBuf>,
-        stderr: Option<PathBuf>,
-    },
-}
-
-/// Stdio of a container's init process or of an exec.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TaskIo {
-    /// A FIFO the caller writes the process's stdin into (attach); `CloseIO` ends it.
-    pub stdin: Option<PathBuf>,
-    pub output: Output,
-    /// Allocate a pty (its output is the `stdout` stream).
-    pub terminal: bool,
-}
-
-impl TaskIo {
-    fn fields(&self) -> (String, String, String) {
-        let p = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        };
-        let (out, err) = match &self.output {
-            Output::Null => (String::new(), String::new()),
-            Output::CriLog(path) => (format!("{CRI_LOG_SCHEME}{}", path.display()), String::new()),
-            Output::Paths { stdout, stderr } => (p(stdout), p(stderr)),
-        };
-        (p(&self.stdin), out, err)
-    }
-}
-
-/// Which OCI runtime the shim drives for a container.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuntimeOptions {
-    /// runc-compatible binary (default `runc` from PATH).
-    pub binary: Option<String>,
-    /// The runtime's state root (`runc --root`); default `/run/crust/runc`.
-    pub root: Option<PathBuf>,
-    pub systemd_cgroup: bool,
-}
-
-/// A mount the shim performs at `<bundle>/rootfs` before creating the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootfsMount {
-    pub kind: String,
-    pub source: String,
-    pub options: Vec<String>,
-}
-
-/// A container to create: `bundle` holds `config.json` (and `rootfs` unless mounts are given).
-#[derive(Debug, Clone, Default)]
-pub struct CreateTask {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub rootfs: Vec<RootfsMount>,
-    pub io: TaskIo,
-    pub runtime: RuntimeOptions,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskStatus {
-    Unknown,
-    Created,
-    Running,
-    Stopped,
-    Paused,
-}
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitInfo {
-    pub pid: u32,
-    /// Exit code, or 128 + signal.
-    pub exit_status: u32,
-    pub exited_at: Option<SystemTime>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskState {
-    pub id: String,
-    pub exec_id: String,
-    pub pid: u32,
-    pub status: TaskStatus,
-    pub exit_status: u32,
-    pub exited_at: Option<SystemTime>,
-    pub bundle: String,
-    pub terminal: bool,
-}
-
-fn to_time(
-    t: &MessageField<containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp>,
-) -> Option<SystemTime> {
-    t.as_ref()
-        .filter(|t| t.seconds > 0 || t.nanos > 0)
-        .map(|t| {
-            std::time::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
-        })
-}
 
 /// A connection to one pod's shim.
 #[derive(Clone)]
@@ -458,7 +272,28 @@ impl ShimClient {
         }
     }
 
+    /// Creates the container restored from CRIU `images` (a checkpoint's
+    /// `checkpoint/` directory) and so running; returns its pid.
+    pub async fn restore(&self, t: &CreateTask, images: &Path) -> Result<u32> {
+        if self.flavour != ShimFlavour::Crust {
+            self.create_from(t, crust_shim_protocol::RUNC_OPTIONS, Some(images))
+                .await?;
+            return self.start(&t.id, "").await;
+        }
+        self.create_from(t, CREATE_AND_START_OPTIONS, Some(images))
+            .await
+    }
+
     async fn create_with(&self, t: &CreateTask, options_type: &str) -> Result<u32> {
+        self.create_from(t, options_type, None).await
+    }
+
+    async fn create_from(
+        &self,
+        t: &CreateTask,
+        options_type: &str,
+        checkpoint: Option<&Path>,
+    ) -> Result<u32> {
         let mut placeholders = None;
         let (stdin, stdout, stderr) = match &t.io.output {
             Output::CriLog(path) if !self.flavour.writes_cri_logs() => {
@@ -511,6 +346,9 @@ impl ShimClient {
             stdout,
             stderr,
             options: Some(options).into(),
+            checkpoint: checkpoint
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             ..Default::default()
         };
         let pid = self.task.create(self.ctx(), &req).await?.pid;
@@ -662,6 +500,39 @@ impl ShimClient {
         Ok(())
     }
 
+    /// Dumps the running container with CRIU into `image_dir`, leaving it running;
+    /// CRIU works and logs (dump.log, stats-dump) in `work_dir`. `timeout` bounds
+    /// the call (the shim's per-call timeout does not: a dump takes what it takes).
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        image_dir: &Path,
+        work_dir: &Path,
+        timeout: Duration,
+    ) -> Result<()> {
+        let opts = CheckpointOptions {
+            exit: false,
+            work_path: work_dir.display().to_string(),
+            ..Default::default()
+        };
+        let req = CheckpointTaskRequest {
+            id: id.to_string(),
+            path: image_dir.display().to_string(),
+            options: Some(Any {
+                type_url: crust_shim_protocol::CHECKPOINT_OPTIONS.into(),
+                value: opts
+                    .write_to_bytes()
+                    .map_err(|e| ShimError::Internal(e.to_string()))?,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let ctx = ttrpc::context::with_timeout(timeout.as_nanos() as i64);
+        self.task.checkpoint(ctx, &req).await?;
+        Ok(())
+    }
+
     /// Reopens the container's CRI log file (ReopenContainerLog). Fails with
     /// `FailedPrecondition` when the container is not running or has no CRI log.
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
@@ -744,6 +615,7 @@ impl ShimClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim_protos::ttrpc::Code;
 
     #[test]
     fn start_output_formats() {

@@ -7,10 +7,11 @@
 
 use containerd_shim_protos::{
     api::{
-        CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-        DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest,
-        PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-        StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+        CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+        CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest,
+        PidsRequest, PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse,
+        StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest,
+        WaitResponse,
     },
     protobuf::Message,
     shim_async::Client,
@@ -87,6 +88,7 @@ impl TaskClient {
         resize_pty("ResizePty", ResizePtyRequest) -> Empty;
         close_io("CloseIO", CloseIORequest) -> Empty;
         update("Update", UpdateTaskRequest) -> Empty;
+        checkpoint("Checkpoint", CheckpointTaskRequest) -> Empty;
         wait("Wait", WaitRequest) -> WaitResponse;
         stats("Stats", StatsRequest) -> StatsResponse;
         connect("Connect", ConnectRequest) -> ConnectResponse;
