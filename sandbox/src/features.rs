@@ -15,16 +15,30 @@ pub fn recursive_read_only(handler: &RuntimeHandler) -> bool {
     kernel_at_least(5, 12) && runtime_mount_options(handler.oci_runtime()).contains(&"rro".into())
 }
 
-/// The mount options `<runtime> features` lists, asked once per binary; empty
-/// when the runtime cannot say.
+/// Whether the handler's OCI runtime joins a user namespace: `<runtime> features` lists
+/// `user` among its namespaces (the kernel side is `crate::userns::supported`).
+pub fn runtime_user_namespaces(handler: &RuntimeHandler) -> bool {
+    parse_list(
+        &runtime_features(handler.oci_runtime()),
+        &["linux", "namespaces"],
+    )
+    .contains(&"user".into())
+}
+
+/// The mount options `<runtime> features` lists; empty when the runtime cannot say.
 fn runtime_mount_options(runtime: &Path) -> Vec<String> {
-    static CACHE: Mutex<Option<HashMap<PathBuf, Vec<String>>>> = Mutex::new(None);
+    parse_mount_options(&runtime_features(runtime))
+}
+
+/// What `<runtime> features` answers, asked once per binary; empty when it cannot say.
+fn runtime_features(runtime: &Path) -> Vec<u8> {
+    static CACHE: Mutex<Option<HashMap<PathBuf, Vec<u8>>>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
     if let Some(v) = cache.get(runtime) {
         return v.clone();
     }
-    let options = crate::resolve_binary(runtime)
+    let out = crate::resolve_binary(runtime)
         .and_then(|bin| {
             std::process::Command::new(bin)
                 .arg("features")
@@ -32,21 +46,29 @@ fn runtime_mount_options(runtime: &Path) -> Vec<String> {
                 .ok()
         })
         .filter(|o| o.status.success())
-        .map(|o| parse_mount_options(&o.stdout))
+        .map(|o| o.stdout)
         .unwrap_or_default();
-    cache.insert(runtime.to_path_buf(), options.clone());
-    options
+    cache.insert(runtime.to_path_buf(), out.clone());
+    out
 }
 
 fn parse_mount_options(features_json: &[u8]) -> Vec<String> {
+    parse_list(features_json, &["mountOptions"])
+}
+
+/// The strings of the array at `path` in the features JSON.
+fn parse_list(features_json: &[u8], path: &[&str]) -> Vec<String> {
     serde_json::from_slice::<serde_json::Value>(features_json)
         .ok()
         .and_then(|v| {
-            v["mountOptions"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|o| o.as_str().map(str::to_string))
-                    .collect()
-            })
+            path.iter()
+                .try_fold(&v, |v, k| v.get(k))?
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|o| o.as_str().map(str::to_string))
+                        .collect()
+                })
         })
         .unwrap_or_default()
 }
@@ -74,6 +96,12 @@ mod tests {
         assert_eq!(parse_mount_options(json), ["bind", "rro", "ro"]);
         assert!(parse_mount_options(b"runc: unknown command").is_empty());
         assert!(parse_mount_options(br#"{"hooks":[]}"#).is_empty());
+        let json = br#"{"linux":{"namespaces":["cgroup","user","uts"]}}"#;
+        assert_eq!(
+            parse_list(json, &["linux", "namespaces"]),
+            ["cgroup", "user", "uts"]
+        );
+        assert!(parse_list(br#"{"linux":{}}"#, &["linux", "namespaces"]).is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod config;
 pub mod container;
 mod error;
 pub mod features;
+pub mod idmap;
 pub mod metrics;
 pub mod mountinfo;
 pub mod namespaces;
@@ -15,6 +16,7 @@ pub mod registry;
 pub mod shim;
 pub mod sysctl;
 pub mod task;
+pub mod userns;
 
 pub use cgroup::CgroupDriver;
 pub use config::{

@@ -27,11 +27,16 @@ pub struct NamespaceRequest {
     pub hostname: String,
     /// (path under /proc/sys, value), written from inside the new namespaces.
     pub sysctls: Vec<(String, String)>,
+    /// A user namespace with these maps owning the others (`crate::userns`).
+    pub userns: Option<crate::userns::UserNamespace>,
 }
 
 /// The pinned namespaces of a pod; `None` means the host's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodNamespaces {
+    /// The pod's own user namespace (POD mode); absent for older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<PathBuf>,
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
@@ -49,6 +54,9 @@ fn errno(what: &str) -> io::Error {
 /// Creates the namespaces. On error everything made so far is undone.
 pub fn create(req: &NamespaceRequest) -> io::Result<PodNamespaces> {
     crust_state::private::create_dir(&req.dir)?;
+    if let Some(userns) = &req.userns {
+        return crate::userns::create(req, userns);
+    }
     let req2 = req.clone();
     std::thread::Builder::new()
         .name("crust-pod-ns".into())
@@ -123,7 +131,7 @@ fn in_helper_thread(req: &NamespaceRequest, ns: &mut PodNamespaces) -> io::Resul
     Ok(())
 }
 
-fn pin(source: &Path, target: &Path) -> io::Result<()> {
+pub(crate) fn pin(source: &Path, target: &Path) -> io::Result<()> {
     std::fs::File::create(target)?;
     let src = cstr(source)?;
     let dst = cstr(target)?;
@@ -157,11 +165,27 @@ fn cstr(p: &Path) -> io::Result<CString> {
 
 /// Brings `lo` up in the current thread's network namespace.
 fn loopback_up() -> io::Result<()> {
+    match loopback_up_raw() {
+        0 => Ok(()),
+        e => {
+            let e = io::Error::from_raw_os_error(e);
+            Err(io::Error::new(e.kind(), format!("bringing lo up: {e}")))
+        }
+    }
+}
+
+/// `loopback_up` with raw system calls only (safe in a child after fork): 0 or the errno.
+pub(crate) fn loopback_up_raw() -> i32 {
+    let err = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
     // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo"; the fd is closed below.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(errno("socket"));
+            return err();
         }
         let mut ifr: libc::ifreq = std::mem::zeroed();
         for (i, b) in b"lo".iter().enumerate() {
@@ -172,23 +196,36 @@ fn loopback_up() -> io::Result<()> {
             ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
             r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
         }
-        let e = (r != 0).then(|| errno("bringing lo up"));
+        let e = if r != 0 { err() } else { 0 };
         libc::close(fd);
-        e.map_or(Ok(()), Err)
+        e
+    }
+}
+
+/// What the infra process needs, prepared before the fork (nothing is allocated after it).
+pub(crate) struct InfraPlan {
+    devnull: std::fs::File,
+    args: Option<(usize, usize)>,
+}
+
+impl InfraPlan {
+    pub(crate) fn new() -> io::Result<InfraPlan> {
+        Ok(InfraPlan {
+            devnull: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?,
+            // The child is a copy of crustd, command line included: in POD mode every
+            // container would read crustd's path and config path in /proc/1/cmdline. The
+            // child overwrites it.
+            args: own_arg_area(),
+        })
     }
 }
 
 /// Forks the pod's infra process: PID 1 of the new PID namespace, reaping orphans forever.
 fn spawn_infra() -> io::Result<i32> {
-    let devnull = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
-    use std::os::fd::AsRawFd;
-    let null_fd = devnull.as_raw_fd();
-    // The child is a copy of crustd, command line included: in POD mode every container
-    // would read crustd's path and config path in /proc/1/cmdline. The child overwrites it.
-    let args = own_arg_area();
+    let plan = InfraPlan::new()?;
     // SAFETY: after fork the child runs only async-signal-safe syscalls (no allocation, no
     // locks), as required in a multi-threaded parent.
     let pid = unsafe { libc::fork() };
@@ -197,50 +234,62 @@ fn spawn_infra() -> io::Result<i32> {
     }
     if pid == 0 {
         // SAFETY: see above; the child never returns.
-        unsafe {
-            libc::setsid();
-            libc::dup2(null_fd, 0);
-            libc::dup2(null_fd, 1);
-            libc::dup2(null_fd, 2);
-            // Drop every inherited descriptor (crustd's sockets, the state store's file).
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            // SIGCHLD stays blocked so that it is kept pending for sigwaitinfo: unblocked, its
-            // default disposition discards it and a wait could never learn of an orphan
-            // reparented here after the last reap (it would stay a zombie for the pod's life).
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGCHLD);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::prctl(
-                libc::PR_SET_NAME,
-                c"crust-pod-init".as_ptr() as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            if let Some((start, len)) = args {
-                let name = c"crust-pod-init".to_bytes_with_nul();
-                libc::memset(start as *mut libc::c_void, 0, len);
-                libc::memcpy(
-                    start as *mut libc::c_void,
-                    name.as_ptr() as *const libc::c_void,
-                    name.len().min(len),
-                );
-                // A last byte that is not NUL tells the kernel the area was rewritten
-                // (setproctitle): cmdline then ends at the first NUL, not at the area's end.
-                if len > name.len() {
-                    *((start + len - 1) as *mut u8) = b' ';
-                }
-            }
-            loop {
-                // Reap every exited child, then sleep until the next one exits (a SIGCHLD
-                // raised in between stays pending, so none is missed).
-                while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
-                libc::sigwaitinfo(&set, std::ptr::null_mut());
-            }
-        }
+        unsafe { infra_main(&plan) }
     }
     Ok(pid)
+}
+
+/// The infra process's life: detached from crustd's session and descriptors, named
+/// `crust-pod-init`, reaping orphans until killed.
+///
+/// # Safety
+/// Only in a freshly forked (single-threaded) child: it makes raw system calls alone.
+pub(crate) unsafe fn infra_main(plan: &InfraPlan) -> ! {
+    use std::os::fd::AsRawFd;
+    let null_fd = plan.devnull.as_raw_fd();
+    // SAFETY: the caller guarantees a forked child; raw syscalls on our own memory.
+    unsafe {
+        libc::setsid();
+        libc::dup2(null_fd, 0);
+        libc::dup2(null_fd, 1);
+        libc::dup2(null_fd, 2);
+        // Drop every inherited descriptor (crustd's sockets, the state store's file).
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        // SIGCHLD stays blocked so that it is kept pending for sigwaitinfo: unblocked, its
+        // default disposition discards it and a wait could never learn of an orphan
+        // reparented here after the last reap (it would stay a zombie for the pod's life).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"crust-pod-init".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if let Some((start, len)) = plan.args {
+            let name = c"crust-pod-init".to_bytes_with_nul();
+            libc::memset(start as *mut libc::c_void, 0, len);
+            libc::memcpy(
+                start as *mut libc::c_void,
+                name.as_ptr() as *const libc::c_void,
+                name.len().min(len),
+            );
+            // A last byte that is not NUL tells the kernel the area was rewritten
+            // (setproctitle): cmdline then ends at the first NUL, not at the area's end.
+            if len > name.len() {
+                *((start + len - 1) as *mut u8) = b' ';
+            }
+        }
+        loop {
+            // Reap every exited child, then sleep until the next one exits (a SIGCHLD
+            // raised in between stays pending, so none is missed).
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            libc::sigwaitinfo(&set, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Where this process's command line lies in its memory (`arg_start`, its length), from
@@ -319,10 +368,35 @@ pub fn unmount(target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Unmounts (detaching) every mount point at or below `dir`, deepest first; each is tried.
+/// An error names a mount that stayed: then nothing below `dir` may be deleted.
+pub fn unmount_all_below(dir: &Path) -> io::Result<()> {
+    let Ok(mi) = crate::mountinfo::read() else {
+        return Ok(());
+    };
+    let mut points: Vec<PathBuf> = mi
+        .lines()
+        .filter_map(crate::mountinfo::mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    let mut result = Ok(());
+    for p in points {
+        if let Err(e) = unmount(&p) {
+            result = Err(e);
+        }
+    }
+    result
+}
+
 /// Kills the infra process and releases every pin. Safe to call again.
 pub fn destroy(ns: &PodNamespaces) {
     kill_infra(ns);
-    for p in [&ns.net, &ns.ipc, &ns.uts, &ns.pid].into_iter().flatten() {
+    for p in [&ns.net, &ns.ipc, &ns.uts, &ns.pid, &ns.user]
+        .into_iter()
+        .flatten()
+    {
         if let Err(e) = unmount(p) {
             tracing::warn!(path = %p.display(), error = %e, "unpinning namespace");
         }
@@ -429,6 +503,7 @@ mod tests {
                 "/proc/sys/net/ipv4/ip_unprivileged_port_start".into(),
                 "0".into(),
             )],
+            userns: None,
         };
         let ns = create(&req).unwrap();
         let net = ns.net.clone().unwrap();

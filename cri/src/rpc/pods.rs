@@ -193,6 +193,11 @@ fn pod_spec(c: cri::PodSandboxConfig, runtime_handler: String) -> CriResult<PodS
             network: mode_from_cri(ns.network()),
             pid: mode_from_cri(ns.pid()),
             ipc: mode_from_cri(ns.ipc()),
+            userns: ns
+                .userns_options
+                .as_ref()
+                .filter(|u| u.mode == cri::NamespaceMode::Pod as i32)
+                .map(|u| crust_sandbox::userns::UserNamespace::from_cri(&u.uids, &u.gids)),
             target_id: ns.target_id,
         },
         overhead: linux.overhead.map(resources),
@@ -236,7 +241,7 @@ pub(crate) fn pod_status(r: &PodRecord) -> cri::PodSandboxStatus {
                     pid: mode_to_cri(ns.pid) as i32,
                     ipc: mode_to_cri(ns.ipc) as i32,
                     target_id: ns.target_id.clone(),
-                    userns_options: None,
+                    userns_options: Some(userns_to_cri(ns.userns.as_ref())),
                 }),
             }),
         }),
@@ -288,5 +293,29 @@ fn state_to_cri(s: PodState) -> cri::PodSandboxState {
     match s {
         PodState::Ready => cri::PodSandboxState::SandboxReady,
         PodState::NotReady => cri::PodSandboxState::SandboxNotready,
+    }
+}
+
+/// The pod's user namespace as PodSandboxStatus reports it: POD with its maps, else NODE.
+fn userns_to_cri(u: Option<&crust_sandbox::userns::UserNamespace>) -> cri::UserNamespace {
+    let back = |v: &[crust_sandbox::userns::IdMapping]| {
+        v.iter()
+            .map(|m| cri::IdMapping {
+                host_id: m.host_id,
+                container_id: m.container_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    match u {
+        Some(u) => cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: back(&u.uids),
+            gids: back(&u.gids),
+        },
+        None => cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
     }
 }

@@ -58,7 +58,14 @@ pub async fn status(cri: &Cri, req: StatusRequest) -> CriResult<StatusResponse> 
             name: name.clone(),
             features: Some(RuntimeHandlerFeatures {
                 recursive_read_only_mounts: crust_sandbox::features::recursive_read_only(handler),
-                user_namespaces: false,
+                user_namespaces: crust_sandbox::userns::handler_supports(
+                    handler,
+                    &crust_sandbox::Paths {
+                        root_dir: cri.config.root_dir.clone(),
+                        state_dir: cri.config.state_dir.clone(),
+                    },
+                )
+                .is_ok(),
             }),
         })
         .collect();

@@ -146,10 +146,9 @@ fn mount(field: &str, m: &Mount) -> CriResult<()> {
         absolute_path(format!("{field}.host_path"), &m.host_path)?;
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return Err(invalid(
-            field,
-            "uid and gid mappings (idmapped mounts) are not supported by crust yet",
-        ));
+        crust_sandbox::userns::UserNamespace::from_cri(&m.uid_mappings, &m.gid_mappings)
+            .validate()
+            .map_err(|e| invalid(format!("{field}.uid_mappings"), e))?;
     }
     // The CRI API: RRO only with readonly and private propagation.
     if m.recursive_read_only && (!m.readonly || propagation != MountPropagation::PropagationPrivate)
@@ -458,8 +457,10 @@ mod tests {
 
     #[test]
     fn unsupported_requests_are_refused_not_ignored() {
+        // A zero-length mapping is malformed.
         assert!(
-            refused(|c| c.mounts[0].uid_mappings.push(Default::default())).contains("mappings")
+            refused(|c| c.mounts[0].uid_mappings.push(Default::default()))
+                .contains("uid_mappings: uids[0]: length is 0")
         );
         assert!(
             refused(|c| {

@@ -332,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn user_namespace_pod_mode_is_refused() {
+    fn user_namespace_pod_mode_needs_mappings_that_cover_root() {
         let m = refused(|c| {
             sc(c)
                 .namespace_options
@@ -344,7 +344,7 @@ mod tests {
                 .mode = NamespaceMode::Pod as i32
         });
         assert!(
-            m.contains("userns_options.mode") && m.contains("not supported"),
+            m.contains("userns_options") && m.contains("uids: no mapping"),
             "{m}"
         );
     }

@@ -111,10 +111,19 @@ pub(crate) fn namespace_options(field: &str, ns: &NamespaceOption, owner: Owner)
                 ));
             }
             NamespaceMode::Pod => {
-                return Err(invalid(
-                    f,
-                    "POD (a user namespace) is not supported by crust yet",
-                ));
+                crust_sandbox::userns::UserNamespace::from_cri(&u.uids, &u.gids)
+                    .validate()
+                    .map_err(|e| invalid(format!("{field}.userns_options"), e))?;
+                if let Some((name, _)) = [("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid)]
+                    .into_iter()
+                    .find(|(_, m)| *m == NamespaceMode::Node as i32)
+                {
+                    return Err(invalid(
+                        format!("{field}.{name}"),
+                        "NODE with a user namespace of the pod's own (POD): hostUsers false \
+                         needs the pod's own network, IPC and PID namespaces",
+                    ));
+                }
             }
             other => {
                 return Err(invalid(
@@ -276,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn user_namespaces_are_refused_until_built() {
+    fn user_namespace_mappings_are_checked() {
         let mut o = ns(NamespaceMode::Pod, NamespaceMode::Container);
         let mapping = IdMapping {
             host_id: 100000,
@@ -288,10 +297,34 @@ mod tests {
             uids: vec![mapping],
             gids: vec![mapping],
         });
-        match namespace_options("n", &o, Owner::Pod) {
-            Err(CriError::InvalidArgument(m)) => assert!(m.contains("not supported"), "{m}"),
+        assert!(namespace_options("n", &o, Owner::Pod).is_ok());
+        let refused = |o: &NamespaceOption| match namespace_options("n", o, Owner::Pod) {
+            Err(CriError::InvalidArgument(m)) => m,
             other => panic!("{other:?}"),
-        }
+        };
+        // A user namespace needs the pod's own network, IPC and PID namespaces.
+        let mut host = o.clone();
+        host.network = NamespaceMode::Node as i32;
+        assert!(refused(&host).starts_with("n.network: NODE"));
+        // Overlapping host ranges, no root, no gid map.
+        let mut bad = o.clone();
+        let u = bad.userns_options.as_mut().unwrap();
+        u.uids.push(IdMapping {
+            host_id: 100000 + 65535,
+            container_id: 70000,
+            length: 2,
+        });
+        assert!(refused(&bad).contains("host ids overlap"));
+        let u = bad.userns_options.as_mut().unwrap();
+        u.uids = vec![IdMapping {
+            host_id: 100000,
+            container_id: 1,
+            length: 10,
+        }];
+        assert!(refused(&bad).contains("container id 0 is not mapped"));
+        bad.userns_options.as_mut().unwrap().uids = vec![mapping];
+        bad.userns_options.as_mut().unwrap().gids.clear();
+        assert!(refused(&bad).starts_with("n.userns_options: gids: no mapping"));
         o.userns_options = Some(UserNamespace {
             mode: NamespaceMode::Node as i32,
             ..Default::default()

@@ -30,6 +30,7 @@ pub(super) fn write_spec(bundle: &Path, spec: &Spec) -> Result<()> {
 
 /// Unmounts a container's rootfs and removes its snapshot; idempotent.
 pub(super) fn release_rootfs(rootfs: &dyn Rootfs, key: &str, target: &Path) -> Result<()> {
+    super::userns::release(target.parent().unwrap_or(target))?;
     crate::namespaces::unmount(target)?;
     rootfs.remove(key)
 }

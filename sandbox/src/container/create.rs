@@ -150,13 +150,16 @@ impl Inner {
                 Ok(id.to_string())
             }
             Err(e) => {
-                if let Err(u) = release_rootfs(self.rootfs.as_ref(), id, &rootfs) {
-                    tracing::error!(container = id, error = %u, "undoing rootfs");
+                match release_rootfs(self.rootfs.as_ref(), id, &rootfs) {
+                    // A mount left in the bundle: deleting through it would delete its files.
+                    Err(u) => tracing::error!(container = id, error = %u, "undoing rootfs"),
+                    Ok(()) => {
+                        let _ = std::fs::remove_dir_all(&bundle);
+                    }
                 }
                 if let Err(u) = self.volumes.detach(id) {
                     tracing::error!(container = id, error = %u, "undoing image volumes");
                 }
-                let _ = std::fs::remove_dir_all(&bundle);
                 Err(e)
             }
         }
@@ -171,11 +174,19 @@ impl Inner {
         bundle: &Path,
         rootfs: &Path,
     ) -> Result<ContainerRecord> {
+        super::userns::check_mounts(&config, pod)?;
         // Image volumes first (an absent image fails before anything is mounted). Their
         // mounts get the volume's path as host path, for the spec only: the record keeps
         // the request as it came (a retry is compared with it).
         let volumes = self.volumes.attach(id, &pod.id, &config)?;
-        self.rootfs.mount(id, &image.id, rootfs)?;
+        let userns = super::userns::PodUserns::of(pod);
+        match &userns {
+            Some(u) => {
+                let (rootfs_impl, dir) = (self.rootfs.as_ref(), &self.cfg.state_dir);
+                super::userns::mount_rootfs(rootfs_impl, dir, id, &image.id, rootfs, u)?
+            }
+            None => self.rootfs.mount(id, &image.id, rootfs)?,
+        }
         let handler = self
             .pods
             .config()
@@ -217,7 +228,11 @@ impl Inner {
             cgroups_path: cgroups_path.clone(),
         };
         let spec_config = volumes.as_ref().unwrap_or(&config);
-        let built = spec::build(spec_config, image.config.as_ref(), rootfs, &ctx, &self.node)?;
+        let mut built = spec::build(spec_config, image.config.as_ref(), rootfs, &ctx, &self.node)?;
+        if let Some(u) = &userns {
+            let dir = &self.cfg.state_dir;
+            super::userns::adapt_spec(&mut built.spec, spec_config, pod, u, dir, bundle)?;
+        }
         let process = built.spec.process().as_ref();
         if process.and_then(|p| p.apparmor_profile().as_deref())
             == Some(super::apparmor::DEFAULT_PROFILE)

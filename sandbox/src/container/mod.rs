@@ -40,6 +40,7 @@ mod stop;
 mod tests;
 mod update;
 pub mod user;
+mod userns;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,22 @@ pub trait Rootfs: Send + Sync {
     fn usage(&self, key: &str) -> Option<(u64, u64)>;
     /// Keys of every writable snapshot there is (to find those no container owns).
     fn keys(&self) -> std::result::Result<Vec<String>, String>;
+    /// As `mount`, for a container in a user namespace: the image's layers are seen through
+    /// mounts idmapped with `userns` and the writable layer's root belongs to `root` (the
+    /// pod root's host uid and gid), so nothing is copied or chowned.
+    fn mount_idmapped(
+        &self,
+        key: &str,
+        image_id: &str,
+        target: &Path,
+        userns: &std::os::fd::OwnedFd,
+        root: (u32, u32),
+    ) -> Result<()> {
+        let _ = (key, image_id, target, userns, root);
+        Err(Error::FailedPrecondition(
+            "this root filesystem cannot be idmapped for a user namespace".into(),
+        ))
+    }
     /// The directory holding what snapshot `key` wrote (an overlay upper
     /// directory), for CheckpointContainer's rootfs diff; None when it has none.
     fn upper_dir(&self, _key: &str) -> Option<PathBuf> {

@@ -26,6 +26,10 @@ impl Containers {
                 rec.id, rec.state
             )));
         }
+        if let Some(u) = super::userns::PodUserns::of(&pod) {
+            // Start-up may have tightened the path runc's init walks as the pod's root.
+            super::userns::allow_init_in(&self.inner.cfg.state_dir, &rec.bundle, &u.maps)?;
+        }
         let stdin = if rec.config.stdin {
             let fifo = rec.bundle.join(STDIN_FIFO);
             match nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)) {

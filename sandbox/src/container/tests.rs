@@ -94,6 +94,7 @@ impl Env {
                     pid: NamespaceMode::Container,
                     ipc: NamespaceMode::Node,
                     target_id: String::new(),
+                    userns: None,
                 },
                 ..Default::default()
             })

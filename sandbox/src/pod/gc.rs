@@ -75,7 +75,9 @@ pub(super) async fn release(inner: Arc<Inner>, orphans: Orphans) {
                     tracing::warn!(error = %e, "orphan pod cgroup");
                 }
             }
-            unmount_below(&dir);
+            if let Err(e) = namespaces::unmount_all_below(&dir) {
+                tracing::warn!(error = %e, "orphan mount");
+            }
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "orphan pod dir");
             }
@@ -88,24 +90,6 @@ pub(super) async fn release(inner: Arc<Inner>, orphans: Orphans) {
     for id in orphans.cni {
         if let Err(e) = inner.cni.del(&id, None, &RuntimeConf::default()).await {
             tracing::warn!(pod = %id, error = %e, "CNI DEL of an unfinished create");
-        }
-    }
-}
-
-/// Unmounts every mount point at or below `dir`, deepest first.
-fn unmount_below(dir: &Path) {
-    let Ok(mi) = crate::mountinfo::read() else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = mi
-        .lines()
-        .filter_map(crate::mountinfo::mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        if let Err(e) = namespaces::unmount(&p) {
-            tracing::warn!(error = %e, "orphan mount");
         }
     }
 }

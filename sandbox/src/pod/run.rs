@@ -108,6 +108,9 @@ fn validate(inner: &Inner, spec: &PodSpec) -> Result<()> {
     }
     cgroup::pod_cgroup_path(inner.cgroup_driver, &spec.cgroup_parent, &"0".repeat(64))
         .map_err(Error::InvalidArgument)?;
+    if let Some(u) = &ns.userns {
+        crate::userns::check_pod(u, ns, &inner.config, &spec.runtime_handler, &inner.paths)?;
+    }
     Ok(())
 }
 
@@ -192,6 +195,7 @@ async fn create_steps(
         pid: spec.namespaces.pid == NamespaceMode::Pod,
         hostname: hostname.clone(),
         sysctls,
+        userns: spec.namespaces.userns.clone(),
     };
     let ns = tokio::task::spawn_blocking(move || namespaces::create(&req))
         .await

@@ -44,6 +44,9 @@ pub struct NamespaceOptions {
     pub pid: NamespaceMode,
     pub ipc: NamespaceMode,
     pub target_id: String,
+    /// POD user namespace mode: the pod's own user namespace with these maps (None = NODE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<crate::userns::UserNamespace>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
