@@ -240,23 +240,35 @@ pub fn add_process(h: &Hierarchies, path: &str, pid: i32) -> std::io::Result<()>
     Ok(())
 }
 
+/// The processes directly in cgroup `path` in any hierarchy (each once; none when the
+/// cgroup is gone everywhere).
+pub fn procs(h: &Hierarchies, path: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = h
+        .mounts
+        .iter()
+        .flat_map(|(mount, _)| {
+            let procs = mount
+                .join(path.trim_start_matches('/'))
+                .join("cgroup.procs");
+            std::fs::read_to_string(procs)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// SIGKILLs every process directly in the pod cgroup (crust's own infra process; containers
 /// live in cgroups of their own).
 pub fn kill_all(h: &Hierarchies, path: &str) {
-    for (mount, _) in &h.mounts {
-        let procs = mount
-            .join(path.trim_start_matches('/'))
-            .join("cgroup.procs");
-        for pid in std::fs::read_to_string(procs)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse::<i32>().ok())
-            .filter(|p| *p > 1)
-        {
-            // SAFETY: kill has no memory preconditions; the pid is in a cgroup crust made.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+    for pid in procs(h, path).into_iter().filter(|p| *p > 1) {
+        // SAFETY: kill has no memory preconditions; the pid is in a cgroup crust made.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
     }
 }

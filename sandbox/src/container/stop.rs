@@ -9,6 +9,9 @@
 
 use std::time::{Duration, SystemTime};
 
+/// How long a stop waits for killed processes to leave the container's cgroup.
+const CGROUP_DRAIN: Duration = Duration::from_secs(2);
+
 use super::Containers;
 use super::record::{ContainerRecord, ContainerState};
 use crate::error::{Error, Result};
@@ -40,7 +43,12 @@ impl Containers {
         let shim = match self.inner.pods.task_runtime(&pod).await {
             Ok(s) => s,
             Err(e) => {
+                // The shim is gone: what it ran is killed as for an UNKNOWN container, so
+                // that an OK means nothing of the container runs.
                 self.inner.mark_unknown(&rec.id, &e.to_string());
+                if let Some(rec) = self.inner.records.find(&rec.id) {
+                    self.settle_unknown(rec).await?;
+                }
                 return Ok(());
             }
         };
@@ -60,6 +68,8 @@ impl Containers {
                 .await
                 .is_ok()
             {
+                // Not waited for: what the init left in a shared PID namespace was not
+                // killed (a container of its own loses the rest with its init).
                 return Ok(());
             }
             tracing::info!(container = %rec.id, "did not stop within {timeout:?}; SIGKILL");
@@ -78,7 +88,32 @@ impl Containers {
                 rec.id
             )));
         }
+        self.wait_cgroup_empty(&rec).await;
         Ok(())
+    }
+
+    /// After SIGKILL to all of them (or `runc delete --force`) the init's exit is reported
+    /// once it is reaped; the container's other processes may still be leaving its cgroup. Waits (briefly, bounded) until none
+    /// is left, so that StopContainer's OK means nothing of the container runs.
+    async fn wait_cgroup_empty(&self, rec: &ContainerRecord) {
+        let Some(h) = self.inner.pods.hierarchies() else {
+            return;
+        };
+        let Some(path) = crust_cgroups::path::cgroupfs_path(&rec.cgroups_path) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + CGROUP_DRAIN;
+        loop {
+            let left = crust_cgroups::pod::procs(h, &path);
+            if left.is_empty() {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(container = %rec.id, ?left, "processes still in the stopped container's cgroup");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// An UNKNOWN container: RUNNING again when its shim still runs it (returned, to be
@@ -98,6 +133,7 @@ impl Containers {
             // Its shim is gone, its process maybe not: the runtime kills
             // what is left; how it would have exited is not known.
             self.inner.force_delete(&rec).await;
+            self.wait_cgroup_empty(&rec).await;
             self.inner
                 .record_exit(&rec.id, 255, Some(SystemTime::now()));
             let _ = self.inner.update(&rec.id, |r| r.reason = "Unknown".into());

@@ -289,6 +289,27 @@ async fn an_unknown_container_whose_shim_is_gone_stops_as_exited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_finds_the_shim_gone_kills_what_is_left_before_answering() {
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
+    let id = running(&env, &c).await;
+    // The shim cannot be reached (a crustd restarted after it died has no connection to
+    // it), and nothing has told the container's record yet.
+    env.runtime.unreachable.store(true, Ordering::SeqCst);
+    let pod = c.get(&id).unwrap().pod_id;
+    c.inner.pods.forget_task_runtime(&pod).await;
+    assert_eq!(c.get(&id).unwrap().state, ContainerState::Running);
+    c.stop(&id, Duration::from_secs(5)).await.unwrap();
+    // An OK means stopped: not UNKNOWN, left for a later call to settle.
+    let r = c.get(&id).unwrap();
+    assert_eq!(
+        (r.state, r.exit_code, r.reason.as_str()),
+        (ContainerState::Exited, 255, "Unknown")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_container_its_shim_still_runs_is_stopped_gracefully() {
     let Some((env, c)) = Env::with_containers().await else {
         return;

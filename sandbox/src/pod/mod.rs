@@ -206,6 +206,11 @@ impl PodSandboxes {
         &self.inner.config
     }
 
+    /// The node's cgroup hierarchies (None when they could not be read).
+    pub fn hierarchies(&self) -> Option<&Hierarchies> {
+        self.inner.hierarchies.as_ref()
+    }
+
     /// Events published by the pods' shims (task exits, OOMs, ...).
     pub fn shim_events(&self) -> tokio::sync::broadcast::Receiver<crate::shim::ShimEvent> {
         self.inner.subscribe()
