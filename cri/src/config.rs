@@ -431,7 +431,7 @@ mod tests {
     }
 }
 
-/// Property-based fuzzing of config parsing (docs/architecture.md, "Fuzzing").
+/// Property-based fuzzing of config parsing (docs/testing.md, "Fuzzing").
 /// `PROPTEST_CASES` overrides the bounded CI number of cases, e.g.
 /// `PROPTEST_CASES=100000 cargo test -p crust-cri --lib fuzz`. Failures are not
 /// persisted: each becomes a plain regression test.

@@ -7,7 +7,7 @@
 //! earlier, and [`within`] also compares the clock, so it answers before tonic's
 //! timer can (the test `tonic_server_answers_deadline_exceeded` runs the whole stack).
 //! Passing the deadline drops the call's future: what the call was doing is
-//! cancelled (see docs/architecture.md, "Deadlines", for what each RPC does then).
+//! cancelled (see cri/README.md, "Deadlines", for what each RPC does then).
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -268,7 +268,7 @@ mod tests {
     }
 }
 
-/// Property-based fuzzing of `grpc-timeout` parsing (docs/architecture.md,
+/// Property-based fuzzing of `grpc-timeout` parsing (docs/testing.md,
 /// "Fuzzing"); `PROPTEST_CASES` overrides the bounded number of cases.
 #[cfg(test)]
 mod fuzz {

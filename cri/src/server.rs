@@ -18,7 +18,7 @@ use crate::{Cri, EventStream, rpc};
 /// shim but recorded CREATED. kubelet retries such a call, and it is idempotent.
 /// (RunPodSandbox and CreateContainer do the same inside `crust-sandbox`, where a
 /// retry also waits for the running create; PullImage and ExecSync are cancelled by
-/// the drop instead: see docs/architecture.md, "Deadlines".)
+/// the drop instead: see cri/README.md, "Deadlines".)
 async fn detached<Req, T, F, Fut>(cri: &Arc<Cri>, rpc: F, req: Req) -> Result<T, Status>
 where
     F: FnOnce(Arc<Cri>, Req) -> Fut,

@@ -1,4 +1,4 @@
-//! Property-based fuzzing of the CRI log format (docs/architecture.md, "Fuzzing"):
+//! Property-based fuzzing of the CRI log format (docs/testing.md, "Fuzzing"):
 //! the line splitter on arbitrary bytes in arbitrary chunks, and entries read back
 //! by a reader written here to the format's definition (crust only writes logs;
 //! kubelet reads them).

@@ -1,5 +1,5 @@
 //! Property-based fuzzing of what the images crate parses from outside (see
-//! docs/architecture.md, "Fuzzing"): the settings shared by every `fuzz` module of
+//! docs/testing.md, "Fuzzing"): the settings shared by every `fuzz` module of
 //! this crate, and the properties of public entry points (`unpack_layer`,
 //! `Reference::parse`). Parsers with private entry points have a `mod fuzz` of
 //! their own next to them (tar_reader/fuzz.rs, auth.rs, registry.rs).

@@ -10,7 +10,7 @@
 //! [`ImageStore::reload`] of the registry set-up on SIGHUP); [`Snapshotter`] and
 //! [`snapshot::mount`] are what containers use; [`Config`] is the `[images]` section.
 //! The registry client (`registry/`), the pull (`store/`) and the layer unpacker
-//! (`unpack/`, `tar_reader/`) are private: docs/architecture.md maps them.
+//! (`unpack/`, `tar_reader/`) are private: images/README.md maps them.
 
 mod config;
 mod content;

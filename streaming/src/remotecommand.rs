@@ -453,7 +453,7 @@ mod tests {
     }
 }
 
-/// Property-based fuzzing of the resize stream's parsing (docs/architecture.md,
+/// Property-based fuzzing of the resize stream's parsing (docs/testing.md,
 /// "Fuzzing"): `TerminalSize` objects back to back, cut at arbitrary points, and
 /// arbitrary bytes. `PROPTEST_CASES` overrides the bounded number of cases.
 #[cfg(test)]

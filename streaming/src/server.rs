@@ -464,7 +464,7 @@ mod tests {
     }
 }
 
-/// Property-based fuzzing of the port-forward URL's query (docs/architecture.md,
+/// Property-based fuzzing of the port-forward URL's query (docs/testing.md,
 /// "Fuzzing"); `PROPTEST_CASES` overrides the bounded number of cases.
 #[cfg(test)]
 mod fuzz {

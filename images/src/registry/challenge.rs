@@ -149,7 +149,7 @@ mod tests {
     }
 }
 
-/// Property-based fuzzing of `WWW-Authenticate` parsing (docs/architecture.md, "Fuzzing").
+/// Property-based fuzzing of `WWW-Authenticate` parsing (docs/testing.md, "Fuzzing").
 #[cfg(test)]
 mod fuzz {
     use super::*;

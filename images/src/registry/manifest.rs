@@ -219,7 +219,7 @@ mod tests {
     }
 }
 
-/// Property-based fuzzing of manifest and index decoding (docs/architecture.md, "Fuzzing").
+/// Property-based fuzzing of manifest and index decoding (docs/testing.md, "Fuzzing").
 #[cfg(test)]
 mod fuzz {
     use super::*;

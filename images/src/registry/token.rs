@@ -516,7 +516,7 @@ mod tests {
     }
 }
 
-/// Property-based fuzzing of token service answers (docs/architecture.md, "Fuzzing").
+/// Property-based fuzzing of token service answers (docs/testing.md, "Fuzzing").
 #[cfg(test)]
 mod fuzz {
     use super::*;

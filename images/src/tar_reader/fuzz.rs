@@ -1,4 +1,4 @@
-//! Property-based fuzzing of the tar reader (docs/architecture.md, "Fuzzing"):
+//! Property-based fuzzing of the tar reader (docs/testing.md, "Fuzzing"):
 //! arbitrary bytes, and archives the `tar` crate writes, mutated or not.
 
 use super::*;

@@ -1,5 +1,5 @@
 //! Property-based fuzzing of SPDY/3.1 framing and header blocks
-//! (docs/architecture.md, "Fuzzing"): frame heads and payloads, uncompressed and
+//! (docs/testing.md, "Fuzzing"): frame heads and payloads, uncompressed and
 //! compressed header blocks on arbitrary bytes, and encode→parse round trips.
 //!
 //! `PROPTEST_CASES` overrides the bounded CI number of cases, e.g.
