@@ -18,11 +18,13 @@ pub(super) const CGROUP_FILE: &str = "cgroup.json";
 pub(super) struct Orphans {
     pub dirs: Vec<PathBuf>,
     pub cni: Vec<String>,
+    /// CNI cache entries written aside whose rename a crash cut short (`<id>.json.tmp`).
+    pub temps: Vec<PathBuf>,
 }
 
 impl Orphans {
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.cni.is_empty()
+        self.dirs.is_empty() && self.cni.is_empty() && self.temps.is_empty()
     }
 }
 
@@ -36,13 +38,19 @@ pub(super) fn find(state_dir: &Path, cni_cache: &Path, pods: &HashSet<String>) -
             })
             .unwrap_or_default()
     };
+    let cache = names(cni_cache);
     Orphans {
+        temps: cache
+            .iter()
+            .filter(|(name, _)| name.ends_with(".json.tmp"))
+            .map(|(_, p)| p.clone())
+            .collect(),
         dirs: names(&state_dir.join("pods"))
             .into_iter()
             .filter(|(id, _)| !pods.contains(id))
             .map(|(_, p)| p)
             .collect(),
-        cni: names(cni_cache)
+        cni: cache
             .into_iter()
             .filter_map(|(name, _)| name.strip_suffix(".json").map(str::to_string))
             .filter(|id| !pods.contains(id))
@@ -51,6 +59,11 @@ pub(super) fn find(state_dir: &Path, cni_cache: &Path, pods: &HashSet<String>) -
 }
 
 pub(super) async fn release(inner: Arc<Inner>, orphans: Orphans) {
+    // Found before any RPC could begin a write: none is in progress.
+    for t in &orphans.temps {
+        tracing::warn!(file = %t.display(), "removing a CNI cache entry a crash left half-renamed");
+        let _ = std::fs::remove_file(t);
+    }
     for dir in orphans.dirs {
         let id = dir
             .file_name()
@@ -91,5 +104,30 @@ pub(super) async fn release(inner: Arc<Inner>, orphans: Orphans) {
         if let Err(e) = inner.cni.del(&id, None, &RuntimeConf::default()).await {
             tracing::warn!(pod = %id, error = %e, "CNI DEL of an unfinished create");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cni_cache_temps_are_leftovers_whoever_owns_the_pod() {
+        let state = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        for name in ["a.json", "a.json.tmp", "b.json", "b.json.tmp"] {
+            std::fs::write(cache.path().join(name), b"{}").unwrap();
+        }
+        let pods: HashSet<String> = ["a".to_string()].into();
+        let o = find(state.path(), cache.path(), &pods);
+        assert_eq!(o.cni, vec!["b".to_string()]);
+        let mut temps: Vec<String> = o
+            .temps
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        temps.sort();
+        assert_eq!(temps, ["a.json.tmp", "b.json.tmp"]);
+        assert!(!o.is_empty());
     }
 }
