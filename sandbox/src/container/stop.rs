@@ -38,17 +38,28 @@ impl Containers {
         if rec.state != ContainerState::Running {
             return Ok(());
         }
+        self.stop_running(rec, timeout).await?;
+        // The shim lost on the way (unreachable, or the exit signal was its loss: the watch
+        // marked the container UNKNOWN) stopped nothing: what is left is settled as for an
+        // UNKNOWN container, so that an OK means nothing of the container runs.
+        if let Some(rec) = self.inner.records.find(&full)
+            && rec.state == ContainerState::Unknown
+            && let Some(rec) = self.settle_unknown(rec).await?
+        {
+            // Its shim runs it after all: killed now.
+            self.stop_running(rec, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// The stop signal, `timeout` seconds, then SIGKILL, through the pod's shim.
+    async fn stop_running(&self, rec: ContainerRecord, timeout: Duration) -> Result<()> {
         let _timer = super::metrics::OpTimer::new("stop");
         let pod = self.inner.pods.get(&rec.pod_id)?;
         let shim = match self.inner.pods.task_runtime(&pod).await {
             Ok(s) => s,
             Err(e) => {
-                // The shim is gone: what it ran is killed as for an UNKNOWN container, so
-                // that an OK means nothing of the container runs.
                 self.inner.mark_unknown(&rec.id, &e.to_string());
-                if let Some(rec) = self.inner.records.find(&rec.id) {
-                    self.settle_unknown(rec).await?;
-                }
                 return Ok(());
             }
         };

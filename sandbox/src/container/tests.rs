@@ -310,6 +310,23 @@ async fn a_stop_that_finds_the_shim_gone_kills_what_is_left_before_answering() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shim_lost_during_the_stop_leaves_nothing_running_behind_an_ok() {
+    let Some((env, c)) = Env::with_containers().await else {
+        return;
+    };
+    let id = running(&env, &c).await;
+    // The shim dies as the stop begins: its signal fails, and the exit the stop waits for
+    // is the watch marking the container UNKNOWN, not an exit.
+    env.runtime.shim.lose();
+    c.stop(&id, Duration::from_secs(5)).await.unwrap();
+    let r = c.get(&id).unwrap();
+    assert_eq!(
+        (r.state, r.exit_code, r.reason.as_str()),
+        (ContainerState::Exited, 255, "Unknown")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_container_its_shim_still_runs_is_stopped_gracefully() {
     let Some((env, c)) = Env::with_containers().await else {
         return;
