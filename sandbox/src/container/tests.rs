@@ -267,6 +267,15 @@ async fn a_create_that_panics_frees_its_name() {
     assert_eq!(c.get(&id).unwrap().state, ContainerState::Created);
 }
 
+/// A container whose shim was lost, once stopped: EXITED 255, reason `Unknown`.
+fn assert_settled_unknown(c: &Containers, id: &str) {
+    let r = c.get(id).unwrap();
+    assert_eq!(
+        (r.state, r.exit_code, r.reason.as_str()),
+        (ContainerState::Exited, 255, "Unknown")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_container_whose_shim_is_gone_stops_as_exited() {
     let Some((env, c)) = Env::with_containers().await else {
@@ -279,11 +288,7 @@ async fn an_unknown_container_whose_shim_is_gone_stops_as_exited() {
     env.runtime.shim.lose();
     state_of(&c, &id, ContainerState::Unknown).await;
     c.stop(&id, Duration::from_secs(5)).await.unwrap();
-    let r = c.get(&id).unwrap();
-    assert_eq!(
-        (r.state, r.exit_code, r.reason.as_str()),
-        (ContainerState::Exited, 255, "Unknown")
-    );
+    assert_settled_unknown(&c, &id);
     c.remove(&id).await.unwrap();
     assert!(matches!(c.get(&id), Err(Error::NotFound(_))));
 }
@@ -302,11 +307,7 @@ async fn a_stop_that_finds_the_shim_gone_kills_what_is_left_before_answering() {
     assert_eq!(c.get(&id).unwrap().state, ContainerState::Running);
     c.stop(&id, Duration::from_secs(5)).await.unwrap();
     // An OK means stopped: not UNKNOWN, left for a later call to settle.
-    let r = c.get(&id).unwrap();
-    assert_eq!(
-        (r.state, r.exit_code, r.reason.as_str()),
-        (ContainerState::Exited, 255, "Unknown")
-    );
+    assert_settled_unknown(&c, &id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,11 +320,7 @@ async fn a_shim_lost_during_the_stop_leaves_nothing_running_behind_an_ok() {
     // is the watch marking the container UNKNOWN, not an exit.
     env.runtime.shim.lose();
     c.stop(&id, Duration::from_secs(5)).await.unwrap();
-    let r = c.get(&id).unwrap();
-    assert_eq!(
-        (r.state, r.exit_code, r.reason.as_str()),
-        (ContainerState::Exited, 255, "Unknown")
-    );
+    assert_settled_unknown(&c, &id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

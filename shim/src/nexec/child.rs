@@ -47,7 +47,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub fn from_u32(v: u32) -> Option<Stage> {
+    /// Every stage, in the order of the enum.
+    const ALL: [Stage; 18] = {
         use Stage::*;
         [
             Stdio,
@@ -69,8 +70,10 @@ impl Stage {
             Ambient,
             Exec,
         ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
+    };
+
+    pub fn from_u32(v: u32) -> Option<Stage> {
+        Self::ALL.into_iter().find(|s| *s as u32 == v)
     }
 }
 
